@@ -1,0 +1,126 @@
+"""The curated instance-type catalog: data files in ``kumo_infra/catalog/``.
+
+Figures (vCPU, memory, sustained and burst network, local NVMe, price) live in
+one TOML file per cloud so they can be reviewed and refreshed without touching
+code. This module only loads and checks them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+CLOUDS = ("aws", "azure", "gcp")
+CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    cloud: str
+    name: str
+    family: str
+    vcpu: int
+    memory_gib: float
+    arch: str
+    burstable_cpu: bool
+    baseline_gbps: float
+    burst_gbps: float
+    nvme_count: int
+    nvme_gb_each: int
+    nvme_attach: str  # none | builtin | scratch
+    price_usd_hour: float
+    nvme_price_usd_hour: float = 0.0
+    nvme_controller_required: bool = False
+    accelerated_networking: bool = False
+    tier1_gbps: float = 0.0
+    notes: str = ""
+
+    @property
+    def has_nvme(self) -> bool:
+        return self.nvme_attach != "none" and self.nvme_count > 0
+
+    @property
+    def nvme_gb(self) -> int:
+        return self.nvme_count * self.nvme_gb_each if self.has_nvme else 0
+
+    def price_with(self, storage: str) -> float:
+        """Hourly price of one machine, counting separately billed NVMe when the spool uses it."""
+        extra = self.nvme_price_usd_hour if storage == "local_nvme" else 0.0
+        return round(self.price_usd_hour + extra, 6)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    cloud: str
+    price_region: str
+    price_taken: str
+    price_basis: str
+    sources: tuple[str, ...]
+    types: tuple[InstanceType, ...]
+
+    def get(self, name: str) -> InstanceType | None:
+        return next((t for t in self.types if t.name == name), None)
+
+
+_REQUIRED = {
+    "name": str, "family": str, "vcpu": int, "memory_gib": (int, float), "arch": str, "burstable_cpu": bool,
+    "baseline_gbps": (int, float), "burst_gbps": (int, float), "nvme_count": int, "nvme_gb_each": int,
+    "nvme_attach": str, "price_usd_hour": (int, float),
+}
+_OPTIONAL = {
+    "nvme_price_usd_hour": (int, float), "nvme_controller_required": bool, "accelerated_networking": bool,
+    "tier1_gbps": (int, float), "notes": str,
+}
+
+
+class CatalogError(ValueError):
+    pass
+
+
+def parse(cloud: str, data: dict) -> Catalog:
+    """Build a catalog from decoded TOML, refusing any entry that breaks the schema."""
+    source = data.get("source", {})
+    if source.get("cloud") != cloud:
+        raise CatalogError(f"{cloud}.toml: [source].cloud must be '{cloud}'")
+    types = []
+    seen = set()
+    for i, entry in enumerate(data.get("types", [])):
+        where = f"{cloud}.toml types[{i}] ({entry.get('name', '?')})"
+        for key, kind in _REQUIRED.items():
+            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool) != (kind is bool):
+                raise CatalogError(f"{where}: '{key}' missing or of the wrong type")
+        for key in entry:
+            if key not in _REQUIRED and key not in _OPTIONAL:
+                raise CatalogError(f"{where}: unknown key '{key}'")
+        if entry["name"] in seen:
+            raise CatalogError(f"{where}: duplicate name")
+        seen.add(entry["name"])
+        if entry["nvme_attach"] not in ("none", "builtin", "scratch"):
+            raise CatalogError(f"{where}: nvme_attach must be none, builtin or scratch")
+        if (entry["nvme_attach"] == "none") != (entry["nvme_count"] == 0):
+            raise CatalogError(f"{where}: nvme_attach and nvme_count disagree")
+        if entry["baseline_gbps"] > entry["burst_gbps"]:
+            raise CatalogError(f"{where}: baseline_gbps above burst_gbps")
+        if entry["arch"] not in ("x86_64", "arm64"):
+            raise CatalogError(f"{where}: arch must be x86_64 or arm64")
+        types.append(InstanceType(cloud=cloud, **{**entry, "memory_gib": float(entry["memory_gib"])}))
+    if not types:
+        raise CatalogError(f"{cloud}.toml: no [[types]]")
+    return Catalog(
+        cloud=cloud,
+        price_region=source.get("price_region", ""),
+        price_taken=source.get("price_taken", ""),
+        price_basis=source.get("price_basis", ""),
+        sources=tuple(source.get("sources", ())),
+        types=tuple(types),
+    )
+
+
+@cache
+def load(cloud: str) -> Catalog:
+    if cloud not in CLOUDS:
+        raise CatalogError(f"unknown cloud '{cloud}'")
+    with open(CATALOG_DIR / f"{cloud}.toml", "rb") as f:
+        return parse(cloud, tomllib.load(f))

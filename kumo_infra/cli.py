@@ -1,0 +1,174 @@
+"""``kumo-infra``: validate stacks, size workloads, and show what a stack would do.
+
+Exit codes: 0 success, 2 bad input (message on stderr, no traceback, nothing
+created), 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from . import catalog, sizing
+from .errors import ConfigError, Problem
+from .stackconfig import StackConfig, load_file, stack_path
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments already; keep its message and usage short."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _add_stack_source(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--stack", help="stack name: reads stacks/Pulumi.NAME.yaml")
+    src.add_argument("--config", metavar="FILE", help="any file in the Pulumi stack file format")
+
+
+def load_stack(args: argparse.Namespace) -> StackConfig:
+    if args.stack is not None:
+        return load_file(stack_path(args.stack), stack=args.stack)
+    return load_file(args.config)
+
+
+def _warn(stack: StackConfig) -> None:
+    for w in stack.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+# -- commands ---------------------------------------------------------------
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    stack = load_stack(args)
+    _warn(stack)
+    d, p = stack.deployment, stack.plan
+    print(f"stack {stack.stack}: valid ({d.cloud} {d.region}, {p.nodes} x {p.instance_type}, os {d.os}, "
+          f"spool on {p.spool_storage}, outbound port 25: {d.outbound_mode})")
+    return 0
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    if args.list:
+        if not args.cloud:
+            raise ConfigError(Problem("--cloud", "--list needs --cloud aws|azure|gcp"))
+        return _list_catalog(args.cloud, args.json)
+    if args.stack or args.config:
+        stack = load_stack(args)
+        _warn(stack)
+        plan = stack.plan
+    else:
+        missing = [flag for flag, v in (("--cloud", args.cloud), ("--messages-per-hour", args.messages_per_hour),
+                                        ("--avg-message-kb", args.avg_message_kb)) if v is None]
+        if missing:
+            raise ConfigError(Problem(missing[0], f"required without --stack/--config: {', '.join(missing)}"))
+        if args.messages_per_hour < 1:
+            raise ConfigError(Problem("--messages-per-hour", "must be a whole number of at least 1"))
+        if not 0 < args.avg_message_kb <= 50_000:
+            raise ConfigError(Problem("--avg-message-kb", "must be above 0 and at most 50000"))
+        storage = args.storage or ("local_nvme" if args.profile == "performance" else "block")
+        if args.profile == "performance" and storage == "block":
+            raise ConfigError(Problem("--storage", "the performance profile keeps the spool on local NVMe"))
+        plan = sizing.plan(sizing.Workload(
+            cloud=args.cloud, messages_per_hour=args.messages_per_hour, avg_message_kb=args.avg_message_kb,
+            profile=args.profile, storage=storage, instance_type=args.instance_type, nodes=args.nodes,
+            headroom=args.headroom,
+        ), catalog.load(args.cloud))
+        for w in plan.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+def format_plan(plan: sizing.Plan) -> str:
+    rows = [
+        ("cloud", plan.cloud),
+        ("instance type", plan.instance_type),
+        ("nodes", str(plan.nodes)),
+        ("per node", f"{plan.vcpu} vCPU, {plan.memory_gib:g} GiB, {plan.arch}"),
+        ("network", f"{plan.sustained_gbps:g} Gbps sustained (burst {plan.burst_gbps:g})"),
+        ("required", f"{plan.required_mbps:,.1f} Mbps with headroom ({plan.required_mbps_per_node:,.1f} per node)"),
+        ("capacity", f"{plan.capacity_per_node_per_hour:,} messages/h per node"),
+        ("spool", f"{plan.spool_storage.replace('_', ' ')}, {plan.spool_gb_per_node:,} GB per node"
+                  + (f" ({plan.nvme_count} NVMe device(s))" if plan.nvme_count else "")),
+        ("OS disk", f"{plan.os_disk_gb} GB"),
+        ("price", f"${plan.price_usd_hour:.4f}/h per node, ${plan.total_price_usd_hour:.4f}/h in all "
+                  f"({plan.price_region}, prices of {plan.price_taken})"),
+        ("decided by", plan.decided_by),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += ["", "why:"] + [f"  - {r}" for r in plan.reasons]
+    return "\n".join(lines)
+
+
+def _list_catalog(cloud: str, as_json: bool) -> int:
+    cat = catalog.load(cloud)
+    if as_json:
+        print(json.dumps([t.__dict__ for t in cat.types], indent=2))
+        return 0
+    print(f"{'type':<24} {'vCPU':>4} {'GiB':>6} {'arch':<7} {'Gbps':>7} {'burst':>6} {'NVMe GB':>8} {'$/h':>8}")
+    for t in sorted(cat.types, key=lambda t: (t.price_usd_hour, t.name)):
+        print(f"{t.name:<24} {t.vcpu:>4} {t.memory_gib:>6g} {t.arch:<7} {t.baseline_gbps:>7g} {t.burst_gbps:>6g} "
+              f"{t.nvme_gb:>8} {t.price_usd_hour:>8.4f}")
+    print(f"\nprices: {cat.price_basis}, {cat.price_region}, taken {cat.price_taken}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "size": cmd_size,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kumo-infra", description="Run KumoMTA on AWS, Azure and GCP with Pulumi.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="validate a stack configuration")
+    _add_stack_source(p)
+
+    p = sub.add_parser("size", help="size machines for a workload")
+    p.add_argument("--stack", help="size the workload of stacks/Pulumi.NAME.yaml")
+    p.add_argument("--config", metavar="FILE", help="size the workload of a stack file")
+    p.add_argument("--cloud", choices=catalog.CLOUDS)
+    p.add_argument("--messages-per-hour", type=int, metavar="N")
+    p.add_argument("--avg-message-kb", type=float, metavar="K")
+    p.add_argument("--profile", choices=("minimal", "performance"), default="minimal")
+    p.add_argument("--storage", choices=("local_nvme", "block"))
+    p.add_argument("--instance-type")
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--headroom", type=float, default=1.5)
+    p.add_argument("--list", action="store_true", help="list the cloud's catalog")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "stack", None) and getattr(args, "config", None):
+        parser.error("give --stack or --config, not both")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,322 @@
+"""The typed stack configuration: ``kumo:deployment`` and its secrets.
+
+Pulumi hands structured config over as plain JSON and checks nothing, so this
+model is where every rule lives, checked once: types and ranges by pydantic,
+rules that span fields in ``Deployment.check``. Every error names the exact
+key path (``kumo:deployment.sizing.messages_per_hour``), what was wrong and
+what is allowed. No Pulumi import here: the CLI and tests use it directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import oses
+from .errors import ConfigError, Problem
+
+ROOT = "kumo:deployment"
+# Secrets are separate top-level keys so Pulumi keeps them encrypted end to end
+# (a secret leaf inside a structured object comes back as plain text).
+RELAY_PASSWORD_KEY = "kumo:relayPassword"
+
+Cloud = Literal["aws", "azure", "gcp"]
+
+DEFAULT_REPO_URL = "https://openrepo.kumomta.com"
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,18}[a-z0-9]$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sizing(_Strict):
+    profile: Literal["minimal", "performance"] = "minimal"
+    messages_per_hour: int = Field(100_000, ge=1, le=1_000_000_000)
+    avg_message_kb: float = Field(50.0, gt=0, le=50_000)
+    instance_type: Optional[str] = None
+    # Plan for peaks above the average rate; 1.5 leaves a third of every
+    # resource free at the stated rate.
+    headroom: float = Field(1.5, ge=1.0, le=10.0)
+
+
+class Spool(_Strict):
+    # Default follows the profile: performance needs local NVMe, minimal uses a block volume.
+    storage: Optional[Literal["local_nvme", "block"]] = None
+    size_gb: Optional[int] = Field(None, ge=20, le=64_000)
+    # Hours of traffic the spool must absorb when delivery stalls (remote outage,
+    # throttling) before mail is refused.
+    hold_hours: float = Field(4.0, gt=0, le=168)
+    filesystem: Literal["xfs", "ext4"] = "xfs"
+
+
+class Logs(_Strict):
+    # KumoMTA never deletes its logs; the bootstrap removes segments older than this.
+    retention_days: int = Field(7, ge=1, le=3650)
+
+
+def _cidr(value: str, refuse_world: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"'{value}' is not a CIDR block (like 203.0.113.0/24)") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"'{value}' is refused: {refuse_world}")
+    return str(net)
+
+
+AdminCidr = Annotated[str, AfterValidator(lambda v: _cidr(
+    v, "management ports (SSH, the KumoMTA HTTP API) are never opened to the whole internet; "
+       "list the operators' own networks"))]
+RelayCidr = Annotated[str, AfterValidator(lambda v: _cidr(
+    v, "an entry covering every address makes an open relay; list only the networks of your own "
+       "injecting applications"))]
+
+
+class Network(_Strict):
+    admin_cidrs: list[AdminCidr] = Field(default_factory=list)
+    # Message submission from clients (587/465) is off unless asked for.
+    submission_ports: list[Literal[465, 587, 2525]] = Field(default_factory=list)
+
+
+class Relay(_Strict):
+    host: str
+    port: Literal[587, 465, 2525] = 587
+    username: str
+
+    @field_validator("host")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        return _hostname(value)
+
+
+class Port25(_Strict):
+    outbound: Literal["auto", "direct", "relay"] = "auto"
+    relay: Optional[Relay] = None
+    # Hosts the boot-time probe tries on TCP 25; MX hosts of large mailbox providers.
+    probe_hosts: list[str] = Field(
+        default_factory=lambda: ["gmail-smtp-in.l.google.com", "mx1.mail.yahoo.com",
+                                 "outlook-com.olc.protection.outlook.com"])
+    probe_timeout_s: int = Field(5, ge=1, le=60)
+
+
+class KumoMta(_Strict):
+    channel: Literal["stable", "dev"] = "stable"
+    version: Optional[str] = Field(None, pattern=r"^[0-9][0-9A-Za-z.+~_-]*$")
+    # A host laid out like KumoMTA's repository host (files/*.repo, files/*.list,
+    # kumomta-ubuntu-22/public.gpg ...), e.g. a private mirror.
+    repo_url: str = Field(DEFAULT_REPO_URL, pattern=r"^https?://[^\s'\"]+$")
+    relay_cidrs: list[RelayCidr] = Field(default_factory=list)
+
+    @field_validator("repo_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class Dns(_Strict):
+    # When set, kumo-infra creates the forward A records in this zone before the PTR.
+    zone: Optional[str] = None
+
+
+class Dkim(_Strict):
+    domains: list[str] = Field(default_factory=list)
+    selector: str = Field("kumo", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [_hostname(v) for v in value]
+
+
+class AwsSection(_Strict):
+    vpc_id: Optional[str] = Field(None, pattern=r"^vpc-[0-9a-f]+$")
+    subnet_id: Optional[str] = Field(None, pattern=r"^subnet-[0-9a-f]+$")
+    key_name: Optional[str] = None
+    availability_zone: Optional[str] = None
+    route53_zone_id: Optional[str] = None
+
+
+class AzureSection(_Strict):
+    resource_group: Optional[str] = None
+    # What decides whether outbound port 25 can ever be open (see docs "Troubleshoot
+    # outbound SMTP connectivity problems in Azure").
+    subscription_type: Literal["ea", "mca-e", "dev-test", "pay-as-you-go", "csp", "msdn", "free", "other"] = "pay-as-you-go"
+    vnet_id: Optional[str] = None
+    subnet_id: Optional[str] = None
+    ssh_public_key: Optional[str] = None
+    # Set when the marketplace terms of a planned image (e.g. Rocky Linux) were accepted
+    # in this subscription, once (az vm image terms accept ...).
+    marketplace_terms_accepted: bool = False
+
+
+class GcpSection(_Strict):
+    project: str
+    zone: Optional[str] = None
+    network: Optional[str] = None
+    subnetwork: Optional[str] = None
+
+
+class Deployment(_Strict):
+    cloud: Cloud
+    region: str = Field(pattern=r"^[a-z0-9-]+$")
+    name: str
+    hostname: str
+    os: str = "rocky9"
+    nodes: Optional[int] = Field(None, ge=1, le=100)
+    sizing: Sizing = Field(default_factory=Sizing)
+    spool: Spool = Field(default_factory=Spool)
+    logs: Logs = Field(default_factory=Logs)
+    network: Network = Field(default_factory=Network)
+    port25: Port25 = Field(default_factory=Port25)
+    kumomta: KumoMta = Field(default_factory=KumoMta)
+    dns: Dns = Field(default_factory=Dns)
+    dkim: Dkim = Field(default_factory=Dkim)
+    aws: Optional[AwsSection] = None
+    azure: Optional[AzureSection] = None
+    gcp: Optional[GcpSection] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("must be 2-20 characters of lowercase letters, digits and hyphens, starting with "
+                             "a letter (it prefixes every cloud resource name)")
+        return value
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        return _hostname(value)
+
+    @field_validator("os")
+    @classmethod
+    def _os(cls, value: str) -> str:
+        if value in oses.REFUSED:
+            raise ValueError(f"'{value}' is not supported: {oses.REFUSED[value]}")
+        if value not in oses.SUPPORTED:
+            raise ValueError(f"unknown OS '{value}'; supported: {', '.join(oses.SUPPORTED)}")
+        return value
+
+    # -- derived values ----------------------------------------------------
+    @property
+    def spool_storage(self) -> str:
+        if self.spool.storage:
+            return self.spool.storage
+        return "local_nvme" if self.sizing.profile == "performance" else "block"
+
+    @property
+    def os_spec(self) -> oses.OsSpec:
+        return oses.SUPPORTED[self.os]
+
+    @property
+    def outbound_mode(self) -> str:
+        """The resolved outbound port 25 mode: ``direct`` or ``relay``."""
+        if self.port25.outbound != "auto":
+            return self.port25.outbound
+        return "direct" if direct_allowed(self)[0] else "relay"
+
+    def node_hostname(self, index: int, count: int) -> str:
+        """mta.example.com for one node; mta1.example.com, mta2... for several."""
+        if count == 1:
+            return self.hostname
+        first, _, rest = self.hostname.partition(".")
+        return f"{first}{index + 1}.{rest}"
+
+    def check(self) -> list[Problem]:
+        """Rules that span fields. Returns every problem, empty when the deployment is sound."""
+        problems: list[Problem] = []
+
+        def bad(path: str, message: str) -> None:
+            problems.append(Problem(f"{ROOT}.{path}" if path else ROOT, message))
+
+        # Exactly the cloud's own section may be present.
+        for other in ("aws", "azure", "gcp"):
+            if other != self.cloud and getattr(self, other) is not None:
+                bad(other, f"this section is for cloud '{other}' but cloud is '{self.cloud}'; remove it")
+        if self.cloud == "gcp" and self.gcp is None:
+            bad("gcp.project", "a GCP deployment needs the project id (gcp: {project: my-project})")
+
+        spec = self.os_spec
+        if spec.image_for(self.cloud) is None:
+            bad("os", f"'{self.os}' has no image on {self.cloud}; choose one of {', '.join(oses.names_for(self.cloud))}")
+
+        if self.sizing.profile == "performance" and self.spool.storage == "block":
+            bad("spool.storage", "the performance profile keeps the spool on local NVMe; use storage: local_nvme "
+                                 "or profile: minimal")
+
+        p25 = self.port25
+        if p25.outbound == "relay" and p25.relay is None:
+            bad("port25.relay", "outbound: relay needs the smarthost: relay: {host: smtp.example.net, port: 587, "
+                                "username: ...} and the password as the secret kumo:relayPassword")
+        if p25.outbound == "direct":
+            allowed, why = direct_allowed(self)
+            if not allowed:
+                bad("port25.outbound", f"direct delivery on port 25 is impossible here: {why}; use outbound: relay "
+                                       "with an authenticated smarthost")
+        if p25.outbound == "auto" and p25.relay is None and not direct_allowed(self)[0]:
+            bad("port25.relay", f"outbound: auto resolves to relay because {direct_allowed(self)[1]}, and no relay "
+                                "is configured: add relay: {host, port, username} and the secret kumo:relayPassword")
+
+        if self.azure and self.azure.subnet_id and not self.azure.vnet_id:
+            bad("azure.vnet_id", "subnet_id is given without vnet_id; give both or neither")
+        if self.aws and self.aws.subnet_id and not self.aws.vpc_id:
+            bad("aws.vpc_id", "subnet_id is given without vpc_id; give both or neither")
+        if self.dns.zone and not (self.hostname == self.dns.zone or self.hostname.endswith("." + self.dns.zone)):
+            bad("dns.zone", f"hostname '{self.hostname}' is not inside zone '{self.dns.zone}'")
+        return problems
+
+
+def direct_allowed(deployment: Deployment) -> tuple[bool, str]:
+    """Whether this cloud and account can ever deliver on outbound port 25, and why not."""
+    if deployment.cloud == "gcp":
+        return False, "GCP blocks outbound port 25 for every project and has no exemption process"
+    if deployment.cloud == "azure":
+        kind = (deployment.azure.subscription_type if deployment.azure else "pay-as-you-go")
+        if kind not in ("ea", "mca-e", "dev-test"):
+            return False, (f"Azure blocks outbound port 25 on '{kind}' subscriptions with no exemption "
+                           "(only EA, MCA-E and, after the portal self-service, Enterprise Dev/Test can send)")
+    return True, ""
+
+
+def _hostname(value: str) -> str:
+    value = value.lower().rstrip(".")
+    if len(value) > 253 or not _HOSTNAME_RE.match(value):
+        raise ValueError(f"'{value}' is not a fully qualified DNS name (like mta.example.com)")
+    return value
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    path = ROOT
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def parse_deployment(raw: Any) -> Deployment:
+    """Validate ``kumo:deployment`` (already JSON/YAML-decoded). Raises ConfigError with every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(Problem(ROOT, "must be an object (a YAML mapping) with at least cloud, region, name "
+                                        "and hostname"))
+    try:
+        deployment = Deployment.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; check the spelling against the README's configuration table"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(Problem(_format_loc(tuple(err["loc"])), msg))
+        raise ConfigError(problems) from None
+    problems = deployment.check()
+    if problems:
+        raise ConfigError(problems)
+    return deployment

@@ -1,0 +1,133 @@
+"""Reading a stack: a ``Pulumi.<stack>.yaml`` file, or the config Pulumi hands a running program.
+
+Both paths end in ``StackConfig``: the validated deployment plus which secrets
+are set. Secret values never pass through here when read from a file (they are
+ciphertext there); the Pulumi program reads them itself as secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import catalog, sizing
+from .config import RELAY_PASSWORD_KEY, ROOT, Deployment, parse_deployment
+from .errors import ConfigError, Problem
+
+# Every key kumo-infra reads from the ``kumo`` namespace; anything else there is a typo.
+SECRET_KEYS = (RELAY_PASSWORD_KEY,)
+KNOWN_KEYS = (ROOT, *SECRET_KEYS)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    deployment: Deployment
+    plan: sizing.Plan
+    secrets_set: frozenset[str] = field(default_factory=frozenset)
+    warnings: tuple[str, ...] = ()
+
+
+def project_root() -> Path:
+    """The directory holding Pulumi.yaml: the working directory if it has one, else this checkout."""
+    cwd = Path.cwd()
+    if (cwd / "Pulumi.yaml").exists():
+        return cwd
+    return Path(__file__).resolve().parent.parent
+
+
+def stack_path(stack: str) -> Path:
+    if not stack or "/" in stack or stack.startswith("."):
+        raise ConfigError(Problem("--stack", f"'{stack}' is not a stack name (like aws-dev)"))
+    path = project_root() / "stacks" / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in path.parent.glob("Pulumi.*.yaml"))
+        raise ConfigError(Problem("--stack", f"no stack file {path}; known stacks: {', '.join(known) or 'none'}"))
+    return path
+
+
+def load_file(path: Path | str, stack: str | None = None) -> StackConfig:
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(Problem("--config", f"file not found: {path}")) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(Problem("--config", f"cannot read {path}: {exc}")) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(Problem(str(path), f"is not valid YAML: {exc}")) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ConfigError(Problem(str(path), "must be a Pulumi stack file with a top-level 'config:' mapping"))
+    name = stack or path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    return from_values(name, doc["config"])
+
+
+def from_values(stack: str, values: dict[str, Any]) -> StackConfig:
+    """Validate the ``kumo:`` keys of a stack's config (as in the file: secrets as {secure: ...})."""
+    problems: list[Problem] = []
+    for key in values:
+        if key.startswith("kumo:") and key not in KNOWN_KEYS:
+            problems.append(Problem(key, f"unknown key; kumo-infra reads {', '.join(KNOWN_KEYS)}"))
+    secrets = set()
+    for key in SECRET_KEYS:
+        if key not in values:
+            continue
+        value = values[key]
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            secrets.add(key)
+        else:
+            problems.append(Problem(key, f"must be stored encrypted: pulumi config set --secret {key} ..."))
+    if ROOT not in values:
+        problems.append(Problem(ROOT, "required key is missing"))
+    deployment = None
+    try:
+        deployment = parse_deployment(values.get(ROOT)) if ROOT in values else None
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    assert deployment is not None
+    plan = plan_for(deployment)
+    warnings = warnings_for(deployment) + plan.warnings
+    if needs_relay_password(deployment) and RELAY_PASSWORD_KEY not in secrets:
+        # Not an error here: stack files are often validated before their secrets are set.
+        # The Pulumi program refuses to deploy without it.
+        warnings.append(f"{RELAY_PASSWORD_KEY} is not set; before pulumi up run: "
+                        f"pulumi config set --secret {RELAY_PASSWORD_KEY}")
+    return StackConfig(stack, deployment, plan, frozenset(secrets), tuple(warnings))
+
+
+def needs_relay_password(deployment: Deployment) -> bool:
+    return deployment.outbound_mode == "relay"
+
+
+def warnings_for(deployment: Deployment) -> list[str]:
+    warnings = []
+    if deployment.os_spec.warning:
+        warnings.append(f"{ROOT}.os: {deployment.os_spec.warning}")
+    return warnings
+
+
+def workload_for(deployment: Deployment) -> sizing.Workload:
+    return sizing.Workload(
+        cloud=deployment.cloud,
+        messages_per_hour=deployment.sizing.messages_per_hour,
+        avg_message_kb=deployment.sizing.avg_message_kb,
+        profile=deployment.sizing.profile,
+        storage=deployment.spool_storage,
+        headroom=deployment.sizing.headroom,
+        hold_hours=deployment.spool.hold_hours,
+        log_retention_days=deployment.logs.retention_days,
+        arches=deployment.os_spec.arches,
+        instance_type=deployment.sizing.instance_type,
+        nodes=deployment.nodes,
+        spool_size_gb=deployment.spool.size_gb,
+    )
+
+
+def plan_for(deployment: Deployment) -> sizing.Plan:
+    """The sizing plan of a validated deployment (raises ConfigError when nothing fits)."""
+    return sizing.plan(workload_for(deployment), catalog.load(deployment.cloud))

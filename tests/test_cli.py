@@ -1,0 +1,108 @@
+"""The kumo-infra command as an operator runs it: real processes, exit codes, stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, STACKS
+
+
+def kumo(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kumo_infra.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_bad_input(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_example_stacks_exist():
+    assert {"aws-dev", "aws-prod", "azure-dev", "gcp-dev"} <= set(STACKS)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_example_stack_validates(stack):
+    result = kumo("validate", "--stack", stack)
+    assert result.returncode == 0, result.stderr
+    assert f"stack {stack}: valid" in result.stdout
+
+
+def test_validate_a_file_by_path(tmp_path):
+    f = tmp_path / "Pulumi.mine.yaml"
+    f.write_text((ROOT / "stacks" / "Pulumi.aws-dev.yaml").read_text())
+    result = kumo("validate", "--config", str(f), cwd=tmp_path)
+    assert result.returncode == 0 and "stack mine: valid" in result.stdout
+
+
+def test_size_json_has_the_contract_fields():
+    result = kumo("size", "--cloud", "aws", "--messages-per-hour", "1000000", "--avg-message-kb", "50", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    for key in ("cloud", "instance_type", "nodes", "vcpu", "memory_gib", "local_nvme_gb", "baseline_gbps",
+                "required_mbps", "price_usd_hour", "reasons"):
+        assert key in plan
+    assert plan["required_mbps"] == pytest.approx(111.1 * 1.5, abs=0.2)
+
+
+def test_size_table_for_a_stack():
+    result = kumo("size", "--stack", "aws-prod")
+    assert result.returncode == 0, result.stderr
+    assert "instance type" in result.stdout and "decided by" in result.stdout
+    assert "local NVMe" in result.stderr  # the data-loss trade-off is always said
+
+
+def test_size_performance_profile():
+    result = kumo("size", "--cloud", "gcp", "--messages-per-hour", "4000000", "--avg-message-kb", "50",
+                  "--profile", "performance", "--json")
+    plan = json.loads(result.stdout)
+    assert plan["local_nvme_gb"] > 0 and plan["baseline_gbps"] >= 10
+
+
+def test_size_list_catalog():
+    result = kumo("size", "--cloud", "azure", "--list")
+    assert result.returncode == 0 and "Standard_L8s_v3" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    ((), ["the following arguments are required"]),
+    (("size",), ["--cloud"]),
+    (("size", "--cloud", "aws", "--messages-per-hour", "0", "--avg-message-kb", "5"), ["--messages-per-hour"]),
+    (("size", "--cloud", "aws", "--messages-per-hour", "lots", "--avg-message-kb", "5"), ["invalid int value"]),
+    (("size", "--cloud", "oracle", "--messages-per-hour", "5", "--avg-message-kb", "5"), ["invalid choice"]),
+    (("size", "--cloud", "aws", "--messages-per-hour", "5", "--avg-message-kb", "5", "--instance-type", "x9.huge"),
+     ["kumo:deployment.sizing.instance_type", "not in kumo-infra's aws catalog"]),
+    (("validate",), ["one of the arguments --stack --config is required"]),
+    (("validate", "--stack", "nope"), ["--stack", "known stacks: aws-dev"]),
+    (("validate", "--config", "/nonexistent.yaml"), ["file not found"]),
+    (("validate", "--stack", "aws-dev", "--config", "x"), ["not allowed with argument"]),
+])
+def test_bad_arguments_exit_2_without_traceback(args, fragments):
+    assert_bad_input(kumo(*args), *fragments)
+
+
+@pytest.mark.parametrize("content, fragments", [
+    ("config: [", ["is not valid YAML"]),
+    ("just: text\n", ["top-level 'config:' mapping"]),
+    ("config:\n  kumo:deployment:\n    cloud: aws\n", ["kumo:deployment.region: required key is missing"]),
+    ("config:\n  kumo:deploymnet: {}\n", ["kumo:deploymnet: unknown key", "kumo:deployment: required"]),
+    ("config:\n  kumo:relayPassword: hunter2\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab,"
+     " hostname: mta.example.com}\n", ["kumo:relayPassword: must be stored encrypted"]),
+    ("config:\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab, hostname: mta.example.com,"
+     " sizing: {messages_per_hour: -3}}\n", ["kumo:deployment.sizing.messages_per_hour"]),
+    ("config:\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab, hostname: mta.example.com,"
+     " os: centos7}\n", ["kumo:deployment.os", "CentOS 7 is end of life"]),
+    ("config:\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab, hostname: mta.example.com,"
+     " spool: {storage: local_nvme}, sizing: {instance_type: t3.medium}}\n", ["no local NVMe"]),
+])
+def test_bad_stack_files_exit_2_naming_the_key(tmp_path, content, fragments):
+    f = tmp_path / "Pulumi.bad.yaml"
+    f.write_text(content)
+    assert_bad_input(kumo("validate", "--config", str(f)), *fragments)

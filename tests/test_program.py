@@ -1,0 +1,41 @@
+"""The Pulumi program itself, run under the SDK's mock engine."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+import yaml
+
+from kumo_infra import offline, program
+from kumo_infra.stackconfig import load_file
+from tests.conftest import ROOT, STACKS
+
+
+def stack_values(stack: str) -> dict:
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_exports_the_sizing_plan(stack):
+    result = offline.run(program.run, stack_values(stack), stack=stack)
+    expected = load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml").plan
+    assert result.outputs["sizing"]["instance_type"] == expected.instance_type
+    assert result.outputs["sizing"]["nodes"] == expected.nodes
+
+
+def test_bad_config_stops_the_program_before_any_resource():
+    values = stack_values("aws-dev")
+    values["kumo:deployment"]["sizing"]["messages_per_hour"] = 0
+    with pytest.raises(pulumi.RunError, match=r"kumo:deployment\.sizing\.messages_per_hour"):
+        offline.run(program.run, values, stack="aws-dev")
+
+
+def test_duplicate_names_are_caught_like_the_real_engine():
+    import pulumi_aws as aws
+
+    def twice():
+        aws.ec2.Eip("same", domain="vpc")
+        aws.ec2.Eip("same", domain="vpc")
+
+    with pytest.raises(Exception, match="duplicate resource name"):
+        offline.run(twice, {}, stack="dup")
