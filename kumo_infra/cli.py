@@ -125,9 +125,22 @@ def _list_catalog(cloud: str, as_json: bool) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from .bootstrap import render_user_data
+
+    stack = load_stack(args)
+    if not 0 <= args.node < stack.plan.nodes:
+        raise ConfigError(Problem("--node", f"node {args.node} does not exist: stack {stack.stack} has "
+                                            f"{stack.plan.nodes} node(s), numbered from 0"))
+    _warn(stack)
+    sys.stdout.write(render_user_data(stack.deployment, stack.plan, args.node))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "size": cmd_size,
+    "render": cmd_render,
 }
 
 
@@ -137,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a stack configuration")
     _add_stack_source(p)
+
+    p = sub.add_parser("render", help="print a node's cloud-init user-data, as the machine receives it")
+    _add_stack_source(p)
+    p.add_argument("--node", type=int, default=0, help="node number, from 0 (default 0)")
 
     p = sub.add_parser("size", help="size machines for a workload")
     p.add_argument("--stack", help="size the workload of stacks/Pulumi.NAME.yaml")

@@ -1,0 +1,530 @@
+#!/bin/bash
+# Step functions are called through run_step by name, which shellcheck cannot follow.
+# shellcheck disable=SC2317
+# kumo-bootstrap: install, tune and start KumoMTA on this machine (written by kumo-infra).
+#
+#   kumo-bootstrap all     every step; what cloud-init runs at first boot
+#   kumo-bootstrap spool   only prepare the spool disk; run by kumo-spool.service at every
+#                          boot, so a local NVMe disk the cloud wiped is re-created
+#
+# Safe to run again at any time: a configured, healthy machine is left unchanged.
+# Settings come from /etc/kumo-infra/bootstrap.env; the result is written to
+# /var/lib/kumo-infra/status.json and summed up in one console line.
+set -uo pipefail
+
+MODE=${1:-all}
+CONF_DIR=${KUMO_CONF_DIR:-/etc/kumo-infra}
+STATE_DIR=/var/lib/kumo-infra
+LOG=/var/log/kumo-infra-bootstrap.log
+SPOOL=/var/spool/kumomta
+POLICY=/opt/kumomta/etc/policy/init.lua
+KUMOD=/opt/kumomta/sbin/kumod
+SPOOL_LABEL=kumospool
+SYSCTL_FILE=/etc/sysctl.d/90-kumomta.conf
+
+# shellcheck source=/dev/null
+. "$CONF_DIR/bootstrap.env"
+
+mkdir -p "$STATE_DIR"
+WORK=$(mktemp -d /run/kumo-bootstrap.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+STATUS=$STATE_DIR/status.json
+[ "$MODE" = spool ] && STATUS=$STATE_DIR/spool-status.json
+
+say() { printf 'kumo-bootstrap: %s\n' "$*"; }
+
+# -- helpers used inside steps (each step runs in a subshell with errexit) ----------
+die() { printf '%s\n' "$*" >"$WORK/detail"; exit 1; }
+detail() { printf '%s\n' "$*" >"$WORK/detail"; }
+changed() { : >"$WORK/changed"; }
+# fact KEY JSON: a fact for status.json; the value is already JSON.
+fact() { printf '%s\t%s\n' "$1" "$2" >>"$WORK/facts"; }
+
+json_str() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}
+  s=${s//$'\t'/\\t}
+  s=${s//$'\r'/}
+  printf '"%s"' "$s"
+}
+
+json_array() {
+  local out="" item
+  for item in "$@"; do out+="${out:+,}$(json_str "$item")"; done
+  printf '[%s]' "$out"
+}
+
+# Compare non-negative integers of any size (some sysctl defaults overflow bash arithmetic).
+num_gt() {
+  local a=$1 b=$2
+  if [ ${#a} -ne ${#b} ]; then [ ${#a} -gt ${#b} ]; else [[ "$a" > "$b" ]]; fi
+}
+
+# -- step runner -----------------------------------------------------------------------
+STEP_JSON=""
+FAILED_STEP=""
+FAILED_DETAIL=""
+ANY_CHANGED=false
+
+run_step() {
+  local name=$1 fn=$2 start end rc status step_changed=false text=""
+  rm -f "$WORK/detail" "$WORK/changed" "$WORK/err"
+  start=$(date +%s%N)
+  say "step $name ..."
+  (
+    set -eE
+    trap 'printf "command failed (exit %s): %s\n" "$?" "$BASH_COMMAND" >"$WORK/err"' ERR
+    "$fn"
+  ) >>"$LOG" 2>&1
+  rc=$?
+  end=$(date +%s%N)
+  [ -f "$WORK/changed" ] && step_changed=true && ANY_CHANGED=true
+  [ -f "$WORK/detail" ] && text=$(head -c 2000 "$WORK/detail")
+  if [ $rc -eq 0 ]; then
+    status=ok
+  else
+    status=failed
+    [ -z "$text" ] && [ -f "$WORK/err" ] && text=$(cat "$WORK/err")
+    [ -z "$text" ] && text="exit $rc; see $LOG"
+    FAILED_STEP=$name
+    FAILED_DETAIL=$text
+  fi
+  say "step $name: $status${text:+ ($text)}"
+  STEP_JSON+="${STEP_JSON:+,}{\"name\":$(json_str "$name"),\"status\":\"$status\",\"changed\":$step_changed,"
+  STEP_JSON+="\"seconds\":$(( (end - start) / 1000000 ))e-3,\"detail\":$(json_str "$text")}"
+  return $rc
+}
+
+write_status() {
+  local result=$1 facts="" key value tmp
+  if [ -f "$WORK/facts" ]; then
+    while IFS=$'\t' read -r key value; do
+      facts+="${facts:+,}$(json_str "$key"):$value"
+    done <"$WORK/facts"
+  fi
+  tmp=$(mktemp "$STATE_DIR/.status.XXXXXX")
+  printf '{"schema":1,"mode":%s,"hostname":%s,"cloud":%s,"os":%s,"result":"%s","failed_step":%s,"changed":%s,"started":%s,"finished":%s,"steps":[%s],"facts":{%s}}\n' \
+    "$(json_str "$MODE")" "$(json_str "$KUMO_HOSTNAME")" "$(json_str "$KUMO_CLOUD")" "$(json_str "$KUMO_OS")" "$result" \
+    "$( [ -n "$FAILED_STEP" ] && json_str "$FAILED_STEP" || echo null)" "$ANY_CHANGED" \
+    "$(json_str "$STARTED")" "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")" "$STEP_JSON" "$facts" >"$tmp"
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$STATUS"
+}
+
+# -- package helpers -----------------------------------------------------------------
+installed_version() {
+  case "$KUMO_PKG_FAMILY" in
+    apt) dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null | awk '$1 == "ii" { print $2 }' ;;
+    *) rpm -q --qf '%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | grep -v 'not installed' || true ;;
+  esac
+}
+
+pkg_install() {
+  case "$KUMO_PKG_FAMILY" in
+    apt) DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold "$@" ;;
+    dnf) dnf install -y -q "$@" ;;
+    yum) yum install -y -q "$@" ;;
+  esac
+}
+
+pkg_remove() {
+  case "$KUMO_PKG_FAMILY" in
+    apt) DEBIAN_FRONTEND=noninteractive apt-get remove -y -q "$@" ;;
+    dnf) dnf remove -y -q "$@" ;;
+    yum) yum remove -y -q "$@" ;;
+  esac
+}
+
+# -- steps ---------------------------------------------------------------------------
+step_network() {
+  local deadline=$((SECONDS + KUMO_NET_WAIT_S))
+  until ip route show default | grep -q .; do
+    [ "$SECONDS" -lt "$deadline" ] || die "no default route after ${KUMO_NET_WAIT_S} s"
+    sleep 2
+  done
+  fact default_route "$(json_str "$(ip route show default | head -n 1)")"
+}
+
+step_other_mtas() {
+  local svc disabled=()
+  for svc in postfix exim4 sendmail qpidd; do
+    systemctl list-unit-files "$svc.service" --no-legend 2>/dev/null | grep -q . || continue
+    if systemctl is-active --quiet "$svc" || systemctl is-enabled --quiet "$svc"; then
+      systemctl disable --now "$svc"
+      changed
+    fi
+    if [ "$(systemctl is-enabled "$svc" 2>/dev/null)" != masked ]; then
+      # Masked so that a package upgrade cannot start it again and take port 25.
+      systemctl mask "$svc"
+      changed
+    fi
+    disabled+=("$svc")
+  done
+  fact other_mtas_disabled "$(json_array "${disabled[@]}")"
+}
+
+wait_for_repository() {
+  local url="$KUMO_REPO_URL/$KUMO_REPO_FILE" deadline=$((SECONDS + KUMO_REPO_WAIT_S))
+  until curl -fsS -o /dev/null --max-time 10 "$url"; do
+    [ "$SECONDS" -lt "$deadline" ] || die "KumoMTA repository unreachable: $url did not answer within ${KUMO_REPO_WAIT_S} s"
+    sleep 5
+  done
+}
+
+spool_tools() {
+  local need=()
+  case "$KUMO_SPOOL_FS" in
+    xfs) command -v mkfs.xfs >/dev/null || need+=(xfsprogs) ;;
+    ext4) command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs) ;;
+  esac
+  if [ "$KUMO_SPOOL_DEVICES" -gt 1 ]; then command -v mdadm >/dev/null || need+=(mdadm); fi
+  printf '%s\n' "${need[@]}"
+}
+
+step_install() {
+  local current want="$KUMO_PACKAGE" tools=()
+  mapfile -t tools < <(spool_tools)
+  current=$(installed_version "$KUMO_PACKAGE")
+  if [ -n "$current" ] && { [ -z "$KUMO_VERSION" ] || [[ "$current" == "$KUMO_VERSION"* ]]; } && [ ${#tools[@]} -eq 0 ]; then
+    detail "$KUMO_PACKAGE $current already installed"
+    fact kumomta_version "$(json_str "$current")"
+    return 0
+  fi
+  wait_for_repository
+  case "$KUMO_PKG_FAMILY" in
+    apt)
+      local base=()
+      for p in curl gnupg ca-certificates; do [ -n "$(installed_version "$p")" ] || base+=("$p"); done
+      [ ${#base[@]} -eq 0 ] || { apt-get update -q; pkg_install "${base[@]}"; }
+      curl -fsSL "$KUMO_REPO_URL/$KUMO_APT_KEY_DIR/public.gpg" -o "$WORK/kumomta.asc" \
+        || die "cannot fetch the repository key $KUMO_REPO_URL/$KUMO_APT_KEY_DIR/public.gpg"
+      gpg --batch --yes --dearmor -o /usr/share/keyrings/kumomta.gpg "$WORK/kumomta.asc"
+      chmod 0644 /usr/share/keyrings/kumomta.gpg
+      curl -fsSL "$KUMO_REPO_URL/$KUMO_REPO_FILE" -o /etc/apt/sources.list.d/kumomta.list \
+        || die "cannot fetch $KUMO_REPO_URL/$KUMO_REPO_FILE"
+      apt-get update -q || die "apt-get update failed with the KumoMTA repository"
+      [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE=$KUMO_VERSION"
+      ;;
+    dnf | yum)
+      curl -fsSL "$KUMO_REPO_URL/$KUMO_REPO_FILE" -o /etc/yum.repos.d/kumomta.repo \
+        || die "cannot fetch $KUMO_REPO_URL/$KUMO_REPO_FILE"
+      pkg_install ca-certificates
+      [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE-$KUMO_VERSION"
+      ;;
+  esac
+  # The stable and dev packages conflict: switching channel removes the other one first.
+  if [ -n "$(installed_version "$KUMO_OTHER_PACKAGE")" ]; then pkg_remove "$KUMO_OTHER_PACKAGE"; fi
+  pkg_install "$want" "${tools[@]}" || die "installing $want failed (see $LOG)"
+  current=$(installed_version "$KUMO_PACKAGE")
+  [ -n "$current" ] || die "$KUMO_PACKAGE is not installed after the install step"
+  id kumod >/dev/null 2>&1 || die "the package did not create the kumod user"
+  fact kumomta_version "$(json_str "$current")"
+  changed
+}
+
+# A whole disk that holds no mounted filesystem and no partitions.
+device_is_free() {
+  local dev=$1
+  [ -b "$dev" ] || return 1
+  [ -z "$(lsblk -nro MOUNTPOINT "$dev" 2>/dev/null | tr -d '[:space:]')" ] || return 1
+  [ "$(lsblk -nro NAME "$dev" 2>/dev/null | wc -l)" -eq 1 ] || return 1
+}
+
+# Blank, or carrying the filesystem or RAID set kumo-infra made: never someone else's data.
+device_is_ours_or_blank() {
+  local dev=$1 type label
+  type=$(blkid -p -o value -s TYPE "$dev" 2>/dev/null || true)
+  label=$(blkid -p -o value -s LABEL "$dev" 2>/dev/null || true)
+  [ -z "$type" ] && return 0
+  [ "$label" = "$SPOOL_LABEL" ] && return 0
+  [ "$type" = linux_raid_member ] && mdadm --examine "$dev" 2>/dev/null | grep -q "Name : .*$SPOOL_LABEL"
+}
+
+nvme_model() { sed 's/[[:space:]]*$//' "/sys/block/$(basename "$1")/device/model" 2>/dev/null; }
+
+# Print the spool's devices, one per line, by the cloud's stable identifiers first.
+find_spool_devices() {
+  local patterns=() dev seen=" " found=()
+  case "$KUMO_SPOOL_STORAGE:$KUMO_CLOUD" in
+    local_nvme:aws) patterns=(/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*) ;;
+    local_nvme:azure) patterns=(/dev/disk/azure/local/by-serial/* /dev/disk/azure/local/by-index/*) ;;
+    local_nvme:gcp) patterns=(/dev/disk/by-id/google-local-nvme-ssd-*) ;;
+    block:aws) patterns=(/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_* /dev/xvdf /dev/sdf) ;;
+    block:azure) patterns=(/dev/disk/azure/data/by-lun/0 /dev/disk/azure/scsi1/lun0) ;;
+    block:gcp) patterns=(/dev/disk/by-id/google-kumo-spool) ;;
+  esac
+  for dev in "${patterns[@]}"; do
+    [[ "$dev" == *-part* ]] && continue
+    [ -e "$dev" ] || continue
+    dev=$(readlink -f "$dev")
+    [[ "$seen" == *" $dev "* ]] && continue
+    seen+="$dev "
+    device_is_free "$dev" && found+=("$dev")
+  done
+  if [ ${#found[@]} -eq 0 ]; then
+    # No stable name (an image without the cloud's udev rules, or another platform):
+    # fall back to whole disks of the right kind that are free and blank or already ours.
+    for dev in /sys/block/*; do
+      dev=/dev/$(basename "$dev")
+      case "$KUMO_SPOOL_STORAGE:$dev" in
+        local_nvme:/dev/nvme*n*) [[ "$(nvme_model "$dev")" == "Amazon Elastic Block Store" ]] && continue ;;
+        block:/dev/vd* | block:/dev/sd* | block:/dev/xvd*) ;;
+        *) continue ;;
+      esac
+      device_is_free "$dev" && device_is_ours_or_blank "$dev" && found+=("$dev")
+    done
+  fi
+  [ ${#found[@]} -eq 0 ] || printf '%s\n' "${found[@]}"
+}
+
+spool_facts() {
+  local source
+  source=$(findmnt -no SOURCE "$SPOOL")
+  fact spool_mounted "true"
+  fact spool_source "$(json_str "$source")"
+  fact spool_fstype "$(json_str "$(findmnt -no FSTYPE "$SPOOL")")"
+  fact spool_options "$(json_str "$(findmnt -no OPTIONS "$SPOOL")")"
+  fact spool_owner "$(json_str "$(stat -c %U:%G "$SPOOL")")"
+  fact spool_mode "$(json_str "$(stat -c %a "$SPOOL")")"
+  fact spool_size_bytes "$(lsblk -bdno SIZE "$source" 2>/dev/null || echo 0)"
+}
+
+ensure_spool_ownership() {
+  # The package creates the spool kumod-owned only if it did not exist; a mount on top
+  # leaves the mount point root-owned, and kumod could not write.
+  if [ "$(stat -c %U:%G:%a "$SPOOL")" != "kumod:kumod:2770" ]; then
+    chown kumod:kumod "$SPOOL"
+    chmod 2770 "$SPOOL"
+    changed
+  fi
+}
+
+step_spool() {
+  local devs=() target fstype label line
+  id kumod >/dev/null 2>&1 || die "user kumod does not exist: KumoMTA is not installed"
+  if mountpoint -q "$SPOOL"; then
+    ensure_spool_ownership
+    spool_facts
+    return 0
+  fi
+  [ -e "/dev/md/$SPOOL_LABEL" ] && mdadm --detail "/dev/md/$SPOOL_LABEL" >/dev/null 2>&1 && target=/dev/md/$SPOOL_LABEL
+  if [ -z "${target:-}" ]; then
+    mapfile -t devs < <(find_spool_devices)
+    [ ${#devs[@]} -gt 0 ] || die "no free $KUMO_SPOOL_STORAGE device found for the spool (expected $KUMO_SPOOL_DEVICES); refusing to put the spool on the OS disk"
+    [ ${#devs[@]} -ge "$KUMO_SPOOL_DEVICES" ] || detail "found ${#devs[@]} of $KUMO_SPOOL_DEVICES expected spool devices: ${devs[*]}"
+    fact spool_devices "$(json_array "${devs[@]}")"
+    if [ ${#devs[@]} -gt 1 ]; then
+      target=/dev/md/$SPOOL_LABEL
+      if mdadm --examine "${devs[0]}" >/dev/null 2>&1; then
+        mdadm --assemble "$target" "${devs[@]}"
+      else
+        # RAID0 across every local NVMe device: the spool is as fast as all of them.
+        mdadm --create "$target" --name="$SPOOL_LABEL" --level=0 --raid-devices=${#devs[@]} --run "${devs[@]}"
+      fi
+      changed
+    else
+      target=${devs[0]}
+    fi
+  fi
+  fstype=$(blkid -p -o value -s TYPE "$target" 2>/dev/null || true)
+  label=$(blkid -p -o value -s LABEL "$target" 2>/dev/null || true)
+  if [ -z "$fstype" ]; then
+    case "$KUMO_SPOOL_FS" in
+      xfs) mkfs.xfs -q -K -L "$SPOOL_LABEL" "$target" ;;
+      ext4) mkfs.ext4 -q -E nodiscard -m 0 -L "$SPOOL_LABEL" "$target" ;;
+    esac
+    changed
+    udevadm settle || true
+  elif [ "$label" != "$SPOOL_LABEL" ]; then
+    die "$target already holds a $fstype filesystem that kumo-infra did not make; refusing to format it"
+  fi
+  # Mail already spooled on the OS disk would be hidden by the mount: stop rather than lose it.
+  if [ -d "$SPOOL" ] && [ -n "$(find "$SPOOL" -mindepth 1 -type f -print -quit)" ]; then
+    die "$SPOOL holds files on the OS disk; move them away before the spool disk is mounted over them"
+  fi
+  line="LABEL=$SPOOL_LABEL $SPOOL $KUMO_SPOOL_FS noatime,nofail 0 2"
+  if ! grep -qxF "$line" /etc/fstab; then
+    # Replace whatever mounted the spool before (a wiped disk comes back with the same label).
+    sed -i "\\# $SPOOL #d" /etc/fstab
+    printf '%s\n' "$line" >>/etc/fstab
+    changed
+  fi
+  systemctl daemon-reload
+  mkdir -p "$SPOOL"
+  mount "$SPOOL"
+  changed
+  ensure_spool_ownership
+  spool_facts
+}
+
+step_tuning() {
+  local key wanted current value new="$WORK/sysctl.conf" applied=""
+  {
+    echo "# Written by kumo-bootstrap from $CONF_DIR/sysctl.wanted: values are raised, never lowered."
+    while IFS='=' read -r key wanted; do
+      key=$(echo "$key" | xargs)
+      wanted=$(echo "$wanted" | xargs)
+      [ -z "$key" ] || [[ "$key" == \#* ]] && continue
+      current=$(sysctl -n "$key" 2>/dev/null | xargs) || continue
+      [ -n "$current" ] || continue
+      value=$wanted
+      if [[ "$wanted" =~ ^[0-9]+$ && "$current" =~ ^[0-9]+$ ]] && num_gt "$current" "$wanted"; then
+        value=$current
+      fi
+      echo "$key = $value"
+    done <"$CONF_DIR/sysctl.wanted"
+  } >"$new"
+  if ! cmp -s "$new" "$SYSCTL_FILE"; then
+    install -m 0644 "$new" "$SYSCTL_FILE"
+    changed
+  fi
+  sysctl -q -p "$SYSCTL_FILE" >/dev/null
+  while IFS='=' read -r key _; do
+    key=$(echo "$key" | xargs)
+    [ -z "$key" ] || [[ "$key" == \#* ]] && continue
+    applied+="${applied:+,}$(json_str "$key"):$(json_str "$(sysctl -n "$key" | xargs)")"
+  done <"$SYSCTL_FILE"
+  fact sysctl "{$applied}"
+  fact nofile_limit "$(json_str "$(systemctl show kumomta -p LimitNOFILE --value 2>/dev/null || true)")"
+}
+
+install_if_changed() {
+  local src=$1 dst=$2 mode=$3
+  if ! cmp -s "$src" "$dst"; then
+    install -o root -g kumod -m "$mode" "$src" "$dst"
+    : >"$STATE_DIR/restart-needed"
+    changed
+  fi
+}
+
+step_policy() {
+  local staged
+  staged=$(dirname "$POLICY")/.init.lua.kumo-infra
+  install -o root -g kumod -m 0640 "$CONF_DIR/init.lua" "$staged"
+  # Validate the new policy as kumod before it replaces the running one.
+  if ! runuser -u kumod -- "$KUMOD" --policy "$staged" --validate >"$WORK/validate.out" 2>&1; then
+    rm -f "$staged"
+    die "policy validation failed: $(tail -n 5 "$WORK/validate.out" | tr '\n' ' ')"
+  fi
+  if cmp -s "$staged" "$POLICY"; then rm -f "$staged"; else
+    mv -f "$staged" "$POLICY"
+    : >"$STATE_DIR/restart-needed"
+    changed
+  fi
+  install_if_changed "$CONF_DIR/kumod.env" /opt/kumomta/etc/kumod.env 0640
+  fact policy_sha256 "$(json_str "$(sha256sum "$POLICY" | cut -d' ' -f1)")"
+}
+
+enable_unit() {
+  if ! systemctl is-enabled --quiet "$1"; then
+    systemctl enable "$1"
+    changed
+  fi
+}
+
+step_start() {
+  systemctl daemon-reload
+  enable_unit kumo-spool.service
+  enable_unit kumo-log-retention.timer
+  systemctl is-active --quiet kumo-log-retention.timer || { systemctl start kumo-log-retention.timer; changed; }
+  enable_unit kumomta.service
+  if systemctl is-active --quiet kumomta; then
+    if [ -f "$STATE_DIR/restart-needed" ]; then systemctl restart kumomta; changed; fi
+  else
+    systemctl start kumomta
+    changed
+  fi
+  rm -f "$STATE_DIR/restart-needed"
+}
+
+smtp_banner() {
+  local banner=""
+  exec 3<>/dev/tcp/127.0.0.1/25 || return 1
+  IFS= read -r -t 10 banner <&3 || true
+  printf 'QUIT\r\n' >&3 || true
+  exec 3>&- 3<&-
+  printf '%s' "${banner%$'\r'}"
+}
+
+step_health() {
+  local deadline=$((SECONDS + KUMO_HEALTH_WAIT_S)) grace=$((SECONDS + 20)) code="" banner=""
+  until [ "$code" = 200 ]; do
+    code=$(curl -s -o "$WORK/liveness" -w '%{http_code}' --max-time 5 "http://127.0.0.1:$KUMO_HTTP_PORT/api/check-liveness/v1" || true)
+    [ "$code" = 200 ] && break
+    if ! systemctl is-active --quiet kumomta && [ "$SECONDS" -gt "$grace" ]; then
+      die "kumomta is not running: $(journalctl -u kumomta --no-pager -n 5 2>&1 | tr '\n' ' ')"
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || die "liveness answered ${code:-nothing} after ${KUMO_HEALTH_WAIT_S} s: $(head -c 300 "$WORK/liveness" 2>/dev/null)"
+    sleep 2
+  done
+  fact liveness_http "$code"
+  until [[ "$banner" == 220* ]]; do
+    banner=$(smtp_banner 2>/dev/null || true)
+    [[ "$banner" == 220* ]] && break
+    [ "$SECONDS" -lt "$deadline" ] || die "no SMTP banner on port 25 (got: ${banner:-nothing})"
+    sleep 2
+  done
+  fact smtp_banner "$(json_str "$banner")"
+}
+
+# Outbound TCP 25 to well-known MX hosts: every cloud blocks it by default.
+step_probe25() {
+  local host result=blocked reached=""
+  for host in $KUMO_PROBE_HOSTS; do
+    if timeout "$KUMO_PROBE_TIMEOUT_S" bash -c "exec 3<>/dev/tcp/$host/25" 2>/dev/null; then
+      result=open
+      reached=$host
+      break
+    fi
+  done
+  fact outbound_25 "$(json_str "$result")"
+  fact outbound_25_reached "$(json_str "$reached")"
+  fact outbound_mode "$(json_str "$KUMO_OUTBOUND_MODE")"
+  if [ "$result" = blocked ] && [ "$KUMO_OUTBOUND_MODE" = direct ]; then
+    fact deliverability '"failed"'
+    die "outbound port 25 is blocked, and delivery is direct: mail will queue until the cloud lifts the block (kumo-infra port25)"
+  fi
+  fact deliverability '"ok"'
+  detail "outbound port 25 $result; delivery mode $KUMO_OUTBOUND_MODE"
+}
+
+# -- main ------------------------------------------------------------------------------
+exec 9>/run/kumo-bootstrap.lock
+if [ "$MODE" = spool ]; then
+  # At first boot the full bootstrap holds the lock and prepares the spool itself.
+  flock -n 9 || { say "full bootstrap in progress; it prepares the spool"; exit 0; }
+else
+  flock -w 900 9 || { say "another kumo-bootstrap is still running"; exit 1; }
+fi
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+echo "=== kumo-bootstrap $MODE $STARTED" >>"$LOG"
+
+case "$MODE" in
+  all) STEPS="network:step_network other_mtas:step_other_mtas install:step_install spool:step_spool tuning:step_tuning policy:step_policy start:step_start health:step_health" ;;
+  spool) STEPS="spool:step_spool" ;;
+  *) say "usage: kumo-bootstrap [all|spool]"; exit 2 ;;
+esac
+
+for entry in $STEPS; do
+  run_step "${entry%%:*}" "${entry#*:}" || break
+done
+
+if [ -n "$FAILED_STEP" ]; then
+  write_status failed
+  say "FAILED at step $FAILED_STEP: $FAILED_DETAIL"
+  echo "KUMO-BOOTSTRAP FAILED step=$FAILED_STEP host=$KUMO_HOSTNAME: $FAILED_DETAIL" >/dev/console 2>/dev/null || true
+  logger -t kumo-bootstrap -p user.err "FAILED step=$FAILED_STEP: $FAILED_DETAIL" 2>/dev/null || true
+  exit 1
+fi
+
+DELIVERY=""
+if [ "$MODE" = all ]; then
+  # Deliverability is reported, never fatal: inbound mail and the spool work regardless.
+  if run_step probe25 step_probe25; then DELIVERY="deliverability=ok"; else DELIVERY="deliverability=FAILED ($FAILED_DETAIL)"; FAILED_STEP=""; fi
+fi
+write_status ok
+say "OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED $DELIVERY"
+echo "KUMO-BOOTSTRAP OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED $DELIVERY" >/dev/console 2>/dev/null || true
+exit 0
