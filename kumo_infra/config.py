@@ -121,8 +121,20 @@ class KumoMta(_Strict):
 
 
 class Dns(_Strict):
-    # When set, kumo-infra creates the forward A records in this zone before the PTR.
+    # When set (with the cloud's zone id: aws.route53_zone_id, azure.dns_zone_resource_group,
+    # gcp.dns_managed_zone), kumo-infra creates the forward A records before the PTR.
     zone: Optional[str] = None
+    # Every cloud checks (or requires) the forward record before it sets a PTR. Without a
+    # zone, deploy once, publish the A records kumo-infra outputs, then set this and deploy again.
+    forward_records_exist: bool = False
+
+
+class Lifecycle(_Strict):
+    # A changed bootstrap is ignored on running machines by default: replacing a machine
+    # loses the mail queued on its local spool. Roll nodes deliberately (see README).
+    replace_on_bootstrap_change: bool = False
+    # Pulumi's protect option on machines and spool volumes.
+    protect: bool = False
 
 
 class Dkim(_Strict):
@@ -141,6 +153,7 @@ class AwsSection(_Strict):
     key_name: Optional[str] = None
     availability_zone: Optional[str] = None
     route53_zone_id: Optional[str] = None
+    vpc_cidr: str = "10.42.0.0/16"
 
 
 class AzureSection(_Strict):
@@ -154,6 +167,8 @@ class AzureSection(_Strict):
     # Set when the marketplace terms of a planned image (e.g. Rocky Linux) were accepted
     # in this subscription, once (az vm image terms accept ...).
     marketplace_terms_accepted: bool = False
+    dns_zone_resource_group: Optional[str] = None
+    vnet_cidr: str = "10.42.0.0/16"
 
 
 class GcpSection(_Strict):
@@ -161,6 +176,8 @@ class GcpSection(_Strict):
     zone: Optional[str] = None
     network: Optional[str] = None
     subnetwork: Optional[str] = None
+    dns_managed_zone: Optional[str] = None
+    subnet_cidr: str = "10.42.0.0/24"
 
 
 class Deployment(_Strict):
@@ -178,6 +195,7 @@ class Deployment(_Strict):
     kumomta: KumoMta = Field(default_factory=KumoMta)
     dns: Dns = Field(default_factory=Dns)
     dkim: Dkim = Field(default_factory=Dkim)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     aws: Optional[AwsSection] = None
     azure: Optional[AzureSection] = None
     gcp: Optional[GcpSection] = None
@@ -270,6 +288,12 @@ class Deployment(_Strict):
             bad("aws.vpc_id", "subnet_id is given without vpc_id; give both or neither")
         if self.dns.zone and not (self.hostname == self.dns.zone or self.hostname.endswith("." + self.dns.zone)):
             bad("dns.zone", f"hostname '{self.hostname}' is not inside zone '{self.dns.zone}'")
+        zone_id = {"aws": ("aws", "route53_zone_id"), "azure": ("azure", "dns_zone_resource_group"),
+                   "gcp": ("gcp", "dns_managed_zone")}[self.cloud]
+        section = getattr(self, zone_id[0])
+        if self.dns.zone and (section is None or not getattr(section, zone_id[1])):
+            bad(f"{zone_id[0]}.{zone_id[1]}", f"dns.zone is set, so kumo-infra creates the forward records and "
+                                              f"needs the zone's {zone_id[1]}")
         return problems
 
 

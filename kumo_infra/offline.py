@@ -11,6 +11,7 @@ The same engine drives ``kumo-infra plan`` and the tests.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -25,39 +26,19 @@ from pulumi.runtime.sync_await import _sync_await
 PROJECT = "kumo-infra"
 PLACEHOLDER = "(placeholder)"
 
-# Outputs a provider computes, answered offline so downstream code has a value.
-# Addresses come from the documentation ranges (RFC 5737), never a real host.
-_COMPUTED: dict[str, dict[str, Any]] = {
-    "aws:ec2/eip:Eip": {"publicIp": "192.0.2.{n}", "allocationId": "eipalloc-{n:08x}"},
-    "aws:ec2/instance:Instance": {"privateIp": "10.0.1.{n}", "publicIp": "", "arn": "arn:aws:ec2:::instance/i-{n:08x}"},
-    "aws:ec2/vpc:Vpc": {"arn": "arn:aws:ec2:::vpc/vpc-{n:08x}"},
-    "aws:secretsmanager/secret:Secret": {"arn": "arn:aws:secretsmanager:::secret:{name}"},
-    "aws:iam/role:Role": {"arn": "arn:aws:iam:::role/{name}"},
-    "azure-native:network:PublicIPAddress": {"ipAddress": "192.0.2.{n}"},
-    "azure-native:network:NetworkInterface": {"ipConfigurations": [{"privateIPAddress": "10.0.1.{n}"}]},
-    "azure-native:keyvault:Vault": {"properties": {"vaultUri": "https://{name}.vault.azure.net/"}},
-    "azure-native:compute:VirtualMachine": {"identity": {"principalId": "00000000-0000-0000-0000-{n:012x}"}},
-    "gcp:compute/address:Address": {"address": "192.0.2.{n}"},
-    "gcp:compute/instance:Instance": {"networkInterfaces": [{"networkIp": "10.0.1.{n}"}]},
-    "gcp:serviceaccount/account:Account": {"email": "{name}@project.iam.gserviceaccount.com"},
-}
-
-# Answers to data-source look-ups (invokes) that need the cloud.
-_INVOKES: dict[str, dict[str, Any]] = {
-    "aws:ec2/getAmi:getAmi": {"id": "ami-00000000placeholder", "imageId": "ami-00000000placeholder",
-                              "name": PLACEHOLDER, "architecture": "x86_64"},
-    "aws:index/getAvailabilityZones:getAvailabilityZones": {"names": ["zone-a", "zone-b"], "zoneIds": ["z1", "z2"]},
-    "aws:index/getCallerIdentity:getCallerIdentity": {"accountId": "123456789012", "arn": PLACEHOLDER,
-                                                      "userId": PLACEHOLDER},
-    "aws:index/getPartition:getPartition": {"partition": "aws", "dnsSuffix": "amazonaws.com"},
-    "aws:index/getRegion:getRegion": {"name": "region", "region": "region"},
-    "gcp:compute/getImage:getImage": {"selfLink": "projects/placeholder/global/images/placeholder",
-                                      "name": PLACEHOLDER},
-    "azure-native:authorization:getClientConfig": {"tenantId": "00000000-0000-0000-0000-000000000000",
-                                                   "subscriptionId": "00000000-0000-0000-0000-000000000000",
-                                                   "objectId": "00000000-0000-0000-0000-000000000000",
-                                                   "clientId": "00000000-0000-0000-0000-000000000000"},
-}
+# Outputs a provider computes and answers to data-source look-ups (invokes), given
+# offline so downstream code has a value. Each cloud keeps its own table in
+# kumo_infra/clouds/offline_<cloud>.py; addresses come from the documentation
+# ranges (RFC 5737), never a real host.
+_COMPUTED: dict[str, dict[str, Any]] = {}
+_INVOKES: dict[str, dict[str, Any]] = {}
+for _cloud in ("aws", "azure", "gcp"):
+    try:
+        _answers = importlib.import_module(f"kumo_infra.clouds.offline_{_cloud}")
+    except ModuleNotFoundError:
+        continue
+    _COMPUTED.update(_answers.COMPUTED)
+    _INVOKES.update(_answers.INVOKES)
 
 
 class DuplicateResourceError(RuntimeError):

@@ -1,26 +1,51 @@
-"""The Pulumi program behind ``pulumi up``: config in, components and exports out.
+"""The Pulumi program behind ``pulumi up``: config in, one cloud component and exports out.
 
 Kept apart from ``__main__.py`` so the offline plan and the tests run exactly
-this code under Pulumi's mock engine.
+this code under Pulumi's mock engine. Only the deployment's own cloud SDK is
+imported.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import pulumi
 
-from .config import ROOT, parse_deployment
+from .config import RELAY_PASSWORD_KEY, ROOT, parse_deployment
 from .errors import ConfigError
-from .stackconfig import plan_for, warnings_for
+from .stackconfig import needs_relay_password, plan_for, warnings_for
+
+COMPONENTS = {
+    "aws": ("kumo_infra.clouds.aws", "AwsKumoMta"),
+    "azure": ("kumo_infra.clouds.azure", "AzureKumoMta"),
+    "gcp": ("kumo_infra.clouds.gcp", "GcpKumoMta"),
+}
 
 
 def run() -> None:
     config = pulumi.Config("kumo")
     try:
-        deployment = parse_deployment(config.get_object(ROOT.split(":", 1)[1]))
+        raw = config.get_object(ROOT.split(":", 1)[1])
+        deployment = parse_deployment(raw)
         plan = plan_for(deployment)
+        relay_password = config.get_secret(RELAY_PASSWORD_KEY.split(":", 1)[1])
+        if needs_relay_password(deployment) and relay_password is None:
+            raise ConfigError(f"the relay needs its password: pulumi config set --secret {RELAY_PASSWORD_KEY} ...",
+                              RELAY_PASSWORD_KEY)
     except ConfigError as exc:
         # RunError makes Pulumi print the message alone, without a Python traceback.
         raise pulumi.RunError(str(exc)) from None
     for warning in warnings_for(deployment) + plan.warnings:
         pulumi.log.warn(warning)
+
+    module, cls = COMPONENTS[deployment.cloud]
+    component_cls = getattr(importlib.import_module(module), cls)
+    args = {"deployment": raw}
+    if relay_password is not None:
+        args["relay_password"] = relay_password
+    mta = component_cls(deployment.name, args)
+
     pulumi.export("sizing", plan.to_dict())
+    pulumi.export("nodes", mta.nodes)
+    pulumi.export("public_ips", mta.public_ips)
+    pulumi.export("dns_records", mta.dns_records)

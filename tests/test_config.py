@@ -80,6 +80,7 @@ def test_not_a_mapping():
     (deployment(sizing={"profile": "performance"}, spool={"storage": "block"}), "kumo:deployment.spool.storage", "local NVMe"),
     (deployment(aws={"subnet_id": "subnet-0abc"}), "kumo:deployment.aws.vpc_id", "give both"),
     (deployment(dns={"zone": "other.org"}), "kumo:deployment.dns.zone", "not inside zone"),
+    (deployment(dns={"zone": "example.com"}), "kumo:deployment.aws.route53_zone_id", "needs the zone"),
 ])
 def test_cross_field_rules(raw, path, fragment):
     found = problems(raw)

@@ -11,8 +11,10 @@ own cloud identity.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import shlex
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,36 +91,75 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(_Literal, _literal_representer)
 
 
-def _write(path: str, content: str, permissions: str = "0644") -> dict:
-    return {"path": path, "owner": "root:root", "permissions": permissions, "content": _Literal(content)}
+@dataclass(frozen=True)
+class NodeFile:
+    path: str
+    content: str
+    permissions: str = "0644"
+
+
+def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts = Timeouts()) -> list[NodeFile]:
+    """Every file the bootstrap puts on a node, whichever way the cloud delivers them."""
+    return [
+        NodeFile("/etc/kumo-infra/bootstrap.env", settings_env(deployment, plan, hostname, timeouts)),
+        NodeFile("/etc/kumo-infra/init.lua", render_policy(deployment, hostname), "0600"),
+        NodeFile("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
+        NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted()),
+        NodeFile("/usr/local/sbin/kumo-bootstrap", _file("kumo-bootstrap.sh"), "0755"),
+        NodeFile("/etc/systemd/system/kumo-spool.service", _file("kumo-spool.service")),
+        NodeFile("/etc/systemd/system/kumomta.service.d/10-kumo-infra.conf", _file("kumomta-dropin.conf")),
+        NodeFile("/etc/systemd/system/kumo-log-retention.service", _file("kumo-log-retention.service")),
+        NodeFile("/etc/systemd/system/kumo-log-retention.timer", _file("kumo-log-retention.timer")),
+    ]
+
+
+def _hostname_for(deployment: Deployment, plan: Plan, node: int) -> str:
+    if not 0 <= node < plan.nodes:
+        raise ValueError(f"node {node} does not exist: the plan has {plan.nodes} node(s)")
+    return deployment.node_hostname(node, plan.nodes)
+
+
+def _header(comment: str, hostname: str, node: int, plan: Plan) -> str:
+    return (f"{comment} KumoMTA node {hostname} ({node + 1} of {plan.nodes}), rendered by kumo-infra {__version__}.\n"
+            f"{comment} Contains no secrets. Progress: /var/log/kumo-infra-bootstrap.log; "
+            "result: /var/lib/kumo-infra/status.json\n")
 
 
 def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts()) -> str:
-    """The cloud-config for node ``node`` (0-based), exactly as the machine receives it."""
-    if not 0 <= node < plan.nodes:
-        raise ValueError(f"node {node} does not exist: the plan has {plan.nodes} node(s)")
-    hostname = deployment.node_hostname(node, plan.nodes)
+    """The cloud-config for node ``node`` (0-based), exactly as the machine receives it (AWS, Azure)."""
+    hostname = _hostname_for(deployment, plan, node)
     doc = {
         "fqdn": hostname,
         "hostname": hostname.split(".", 1)[0],
         "prefer_fqdn_over_hostname": True,
         "write_files": [
-            _write("/etc/kumo-infra/bootstrap.env", settings_env(deployment, plan, hostname, timeouts)),
-            _write("/etc/kumo-infra/init.lua", render_policy(deployment, hostname), "0600"),
-            _write("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
-            _write("/etc/kumo-infra/sysctl.wanted", sysctl_wanted()),
-            _write("/usr/local/sbin/kumo-bootstrap", _file("kumo-bootstrap.sh"), "0755"),
-            _write("/etc/systemd/system/kumo-spool.service", _file("kumo-spool.service")),
-            _write("/etc/systemd/system/kumomta.service.d/10-kumo-infra.conf", _file("kumomta-dropin.conf")),
-            _write("/etc/systemd/system/kumo-log-retention.service", _file("kumo-log-retention.service")),
-            _write("/etc/systemd/system/kumo-log-retention.timer", _file("kumo-log-retention.timer")),
+            {"path": f.path, "owner": "root:root", "permissions": f.permissions, "content": _Literal(f.content)}
+            for f in node_files(deployment, plan, hostname, timeouts)
         ],
         "runcmd": [["/usr/local/sbin/kumo-bootstrap", "all"]],
     }
-    header = (f"#cloud-config\n# KumoMTA node {hostname} ({node + 1} of {plan.nodes}), rendered by kumo-infra "
-              f"{__version__}.\n# Contains no secrets. Progress: /var/log/kumo-infra-bootstrap.log; "
-              "result: /var/lib/kumo-infra/status.json\n")
-    return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+    return ("#cloud-config\n" + _header("#", hostname, node, plan)
+            + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True))
+
+
+def render_startup_script(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts()) -> str:
+    """The same bootstrap as a shell script, for GCP's startup-script.
+
+    GCP runs it at every boot on every image, with or without cloud-init (its Rocky
+    and Alma images have none); kumo-bootstrap is idempotent, so every boot ends healthy.
+    """
+    hostname = _hostname_for(deployment, plan, node)
+    lines = ["#!/bin/bash", _header("#", hostname, node, plan).rstrip("\n"), "set -euo pipefail",
+             "umask 022", f"hostnamectl set-hostname {shlex.quote(hostname)}"]
+    for f in node_files(deployment, plan, hostname, timeouts):
+        encoded = base64.b64encode(f.content.encode()).decode()
+        lines += [f"install -d -m 0755 {shlex.quote(str(Path(f.path).parent))}",
+                  f"base64 -d > {shlex.quote(f.path)}.kumo-new <<'KUMO_EOF'",
+                  *textwrap.wrap(encoded, 76), "KUMO_EOF",
+                  f"chmod {f.permissions} {shlex.quote(f.path)}.kumo-new",
+                  f"mv -f {shlex.quote(f.path)}.kumo-new {shlex.quote(f.path)}"]
+    lines.append("exec /usr/local/sbin/kumo-bootstrap all")
+    return "\n".join(lines) + "\n"
 
 
 def compressed(user_data: str) -> bytes:

@@ -1,0 +1,113 @@
+"""What every cloud component shares: its arguments, its node plan and its outputs.
+
+``AwsKumoMta``, ``AzureKumoMta`` and ``GcpKumoMta`` take the same arguments
+(the ``kumo:deployment`` object and the relay password) and publish the same
+outputs, so a program can switch clouds by switching the class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, TypedDict
+
+import pulumi
+
+from ..bootstrap import render_user_data
+from ..config import Deployment, parse_deployment
+from ..errors import ConfigError
+from ..netplan import Rule, firewall_rules
+from ..sizing import Plan
+from ..stackconfig import plan_for
+
+
+class KumoMtaArgs(TypedDict, total=False):
+    """Arguments of every KumoMTA component.
+
+    deployment: the ``kumo:deployment`` object as plain data (the stack config's shape);
+        it decides which resources exist, so it cannot be an unresolved Output.
+    relay_password: the smarthost password, as a Pulumi secret (relay mode only).
+    """
+
+    deployment: dict[str, Any]
+    relay_password: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    index: int  # 0-based
+    key: str  # stable resource-name part: "node1", "node2", ...
+    hostname: str
+    user_data: str
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    """Everything a cloud component decides before it creates a resource."""
+
+    deployment: Deployment
+    plan: Plan
+    nodes: tuple[NodePlan, ...]
+    rules: tuple[Rule, ...]
+
+    @property
+    def set_ptr(self) -> bool:
+        """PTRs need the forward record first: set them when kumo-infra creates it or it exists."""
+        return bool(self.deployment.dns.zone) or self.deployment.dns.forward_records_exist
+
+    @property
+    def create_forward_records(self) -> bool:
+        return bool(self.deployment.dns.zone)
+
+
+def prepare(args: KumoMtaArgs, cloud: str) -> ComponentPlan:
+    """Validate the arguments and plan the nodes. Raises ConfigError on bad input."""
+    raw = args.get("deployment")
+    if raw is None:
+        raise ConfigError("the component needs args['deployment'] (the kumo:deployment object)", "deployment")
+    deployment = raw if isinstance(raw, Deployment) else parse_deployment(raw)
+    if deployment.cloud != cloud:
+        raise ConfigError(f"this is the {cloud} component but the deployment's cloud is '{deployment.cloud}'",
+                          "kumo:deployment.cloud")
+    plan = plan_for(deployment)
+    nodes = tuple(
+        NodePlan(i, f"node{i + 1}", deployment.node_hostname(i, plan.nodes), render_user_data(deployment, plan, i))
+        for i in range(plan.nodes)
+    )
+    return ComponentPlan(deployment, plan, nodes, tuple(firewall_rules(deployment)))
+
+
+def node_output(node: NodePlan, *, public_ip: pulumi.Input[str], private_ip: pulumi.Input[str],
+                instance_type: str, spool: str, ptr_set: bool, forward_record_created: bool) -> pulumi.Output[dict]:
+    """One node's outputs, the same keys on every cloud."""
+    return pulumi.Output.all(public_ip, private_ip).apply(lambda ips: {
+        "name": node.key,
+        "hostname": node.hostname,
+        "public_ip": ips[0],
+        "private_ip": ips[1],
+        "ptr": node.hostname if ptr_set else None,
+        "instance_type": instance_type,
+        "spool": spool,
+        "forward_record": {"name": node.hostname, "type": "A", "value": ips[0],
+                           "created": forward_record_created},
+    })
+
+
+def dns_records_to_publish(nodes: list[pulumi.Output[dict]]) -> pulumi.Output[list[dict]]:
+    """The records the operator must publish: forward A records kumo-infra did not create."""
+    def pending(resolved: list[dict]) -> list[dict]:
+        return [{"name": n["hostname"], "type": "A", "value": n["public_ip"],
+                 "why": "publish before setting dns.forward_records_exist: the cloud checks it before setting the PTR"}
+                for n in resolved if not n["forward_record"]["created"]]
+    return pulumi.Output.all(*nodes).apply(pending)
+
+
+def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+def machine_options(parent: pulumi.Resource, cp: ComponentPlan, user_data_props: list[str],
+                    depends_on: Optional[list[pulumi.Resource]] = None) -> pulumi.ResourceOptions:
+    """Options for a machine: a changed bootstrap never replaces it unless the operator opts in."""
+    ignore = [] if cp.deployment.lifecycle.replace_on_bootstrap_change else user_data_props
+    return pulumi.ResourceOptions(parent=parent, ignore_changes=ignore, protect=cp.deployment.lifecycle.protect,
+                                  depends_on=depends_on or [])
