@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from . import catalog, sizing
 from .errors import ConfigError, Problem
-from .stackconfig import StackConfig, load_file, stack_path
+from .stackconfig import StackConfig, load_file, read_values, stack_path
 
 EXIT_BAD_INPUT = 2
 
@@ -33,10 +33,17 @@ def _add_stack_source(p: argparse.ArgumentParser) -> None:
     src.add_argument("--config", metavar="FILE", help="any file in the Pulumi stack file format")
 
 
+def _stack_file(args: argparse.Namespace):
+    return stack_path(args.stack) if args.stack is not None else args.config
+
+
 def load_stack(args: argparse.Namespace) -> StackConfig:
-    if args.stack is not None:
-        return load_file(stack_path(args.stack), stack=args.stack)
-    return load_file(args.config)
+    return load_file(_stack_file(args), stack=args.stack)
+
+
+def stack_values(args: argparse.Namespace) -> dict:
+    """The raw config mapping of a stack file (already validated by load_stack)."""
+    return read_values(_stack_file(args))
 
 
 def _warn(stack: StackConfig) -> None:
@@ -137,8 +144,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .planview import format_plan, run_plan
+
+    stack = load_stack(args)  # bad input exits 2 here, before any resource is registered
+    _warn(stack)
+    doc = run_plan(stack, stack_values(args))
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else format_plan(doc))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
+    "plan": cmd_plan,
     "size": cmd_size,
     "render": cmd_render,
 }
@@ -150,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a stack configuration")
     _add_stack_source(p)
+
+    p = sub.add_parser("plan", help="show what pulumi up would create, offline (no cloud account, no Pulumi CLI)")
+    _add_stack_source(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     p = sub.add_parser("render", help="print a node's cloud-init user-data, as the machine receives it")
     _add_stack_source(p)

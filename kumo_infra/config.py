@@ -284,8 +284,14 @@ class Deployment(_Strict):
 
         if self.azure and self.azure.subnet_id and not self.azure.vnet_id:
             bad("azure.vnet_id", "subnet_id is given without vnet_id; give both or neither")
+        if self.azure and self.azure.vnet_id and not self.azure.subnet_id:
+            bad("azure.subnet_id", "vnet_id is given without subnet_id; give both or neither")
+        if self.gcp and self.gcp.subnetwork and not self.gcp.network:
+            bad("gcp.network", "subnetwork is given without network; give both or neither")
         if self.aws and self.aws.subnet_id and not self.aws.vpc_id:
             bad("aws.vpc_id", "subnet_id is given without vpc_id; give both or neither")
+        if self.aws and self.aws.vpc_id and not self.aws.subnet_id:
+            bad("aws.subnet_id", "vpc_id is given without subnet_id; give both or neither")
         if self.dns.zone and not (self.hostname == self.dns.zone or self.hostname.endswith("." + self.dns.zone)):
             bad("dns.zone", f"hostname '{self.hostname}' is not inside zone '{self.dns.zone}'")
         zone_id = {"aws": ("aws", "route53_zone_id"), "azure": ("azure", "dns_zone_resource_group"),

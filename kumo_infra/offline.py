@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import itertools
 import json
+import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -63,6 +64,7 @@ class OfflineResult:
     resources: list[RecordedResource]
     outputs: dict[str, Any]
     invokes: list[dict[str, Any]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # what the program logged (pulumi.log.*)
 
     def of_type(self, token: str) -> list[RecordedResource]:
         return [r for r in self.resources if r.type == token]
@@ -79,7 +81,6 @@ class _Recorder(pulumi.runtime.Mocks):
         self.resources: list[RecordedResource] = []
         self.invokes: list[dict[str, Any]] = []
         self._seen: set[tuple[str, str]] = set()
-        self._counter = itertools.count(10)
         self._pending_parents: dict[tuple[str, str], str | None] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
@@ -90,10 +91,13 @@ class _Recorder(pulumi.runtime.Mocks):
         self._seen.add(key)
         parent = self._pending_parents.pop(key, None)
         self.resources.append(RecordedResource(args.typ, args.name, parent, _plain(args.inputs), bool(args.custom)))
-        n = next(self._counter)
+        # Derived from the name, not the registration order (which varies run to run),
+        # so the same program always gets the same placeholders.
+        n = 10 + zlib.crc32(f"{args.typ}::{args.name}".encode()) % 240
         state = dict(args.inputs)
         for prop, template in _COMPUTED.get(args.typ, {}).items():
-            state.setdefault(prop, _fill(template, n, args.name))
+            filled = _fill(template, n, args.name)
+            state[prop] = _merge(state[prop], filled) if prop in state else filled
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
@@ -129,6 +133,15 @@ def _fill(template: Any, n: int, name: str) -> Any:
     return template
 
 
+def _merge(value: Any, computed: Any) -> Any:
+    """Fill keys a provider computes inside input structures (GCP networkInterfaces[].networkIp)."""
+    if isinstance(value, dict) and isinstance(computed, dict):
+        return {**computed, **{k: _merge(v, computed[k]) if k in computed else v for k, v in value.items()}}
+    if isinstance(value, list) and isinstance(computed, list) and computed:
+        return [_merge(v, computed[min(i, len(computed) - 1)]) for i, v in enumerate(value)]
+    return value
+
+
 def _plain(value: Any) -> Any:
     """Engine values as JSON-able data: unknowns and resource references become strings."""
     if isinstance(value, dict):
@@ -146,11 +159,12 @@ def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secr
         preview: bool = False) -> OfflineResult:
     """Run ``program`` with ``config`` (``kumo:deployment`` etc.; structured values are JSON-encoded)."""
     recorder = _Recorder()
+    engine_log = _EngineLog()
     _settings.ROOT.set(None)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=preview,
-                             monitor=_ParentRecordingMonitor(recorder))
+                             monitor=_ParentRecordingMonitor(recorder), logger=engine_log.logger)
     encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     pulumi.runtime.set_all_config(encoded, secret_keys or [])
     outputs: dict[str, Any] = {}
@@ -168,4 +182,19 @@ def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secr
     finally:
         _settings.SETTINGS.rpc_manager.clear()
         loop.close()
-    return OfflineResult(stack, recorder.resources, outputs, recorder.invokes)
+    return OfflineResult(stack, recorder.resources, outputs, recorder.invokes, engine_log.messages)
+
+
+class _EngineLog(logging.Handler):
+    """Keeps what the program logs instead of printing it: callers decide what to show."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self.logger = logging.getLogger(f"kumo_infra.offline.{id(self)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.levelname.lower()}: {record.getMessage()}")

@@ -43,9 +43,14 @@ def run() -> None:
     args = {"deployment": raw}
     if relay_password is not None:
         args["relay_password"] = relay_password
-    mta = component_cls(deployment.name, args)
+    try:
+        mta = component_cls(deployment.name, args)
+    except ConfigError as exc:  # found by the component (e.g. marketplace terms), still before any resource
+        raise pulumi.RunError(str(exc)) from None
 
     pulumi.export("sizing", plan.to_dict())
     pulumi.export("nodes", mta.nodes)
     pulumi.export("public_ips", mta.public_ips)
     pulumi.export("dns_records", mta.dns_records)
+    if getattr(mta, "ssh_private_key", None) is not None:  # Azure, when no ssh_public_key was given
+        pulumi.export("ssh_private_key", mta.ssh_private_key)

@@ -49,7 +49,8 @@ def stack_path(stack: str) -> Path:
     return path
 
 
-def load_file(path: Path | str, stack: str | None = None) -> StackConfig:
+def read_values(path: Path | str) -> dict[str, Any]:
+    """The ``config:`` mapping of a Pulumi stack file."""
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -61,8 +62,13 @@ def load_file(path: Path | str, stack: str | None = None) -> StackConfig:
         raise ConfigError(Problem(str(path), f"is not valid YAML: {exc}")) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ConfigError(Problem(str(path), "must be a Pulumi stack file with a top-level 'config:' mapping"))
+    return doc["config"]
+
+
+def load_file(path: Path | str, stack: str | None = None) -> StackConfig:
+    path = Path(path)
     name = stack or path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    return from_values(name, doc["config"])
+    return from_values(name, read_values(path))
 
 
 def from_values(stack: str, values: dict[str, Any]) -> StackConfig:

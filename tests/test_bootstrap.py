@@ -114,7 +114,7 @@ def test_script_and_settings_agree_on_every_variable(tmp_path):
     files = write_files(render_user_data(d, plan))
     defined = set(source_env(files["/etc/kumo-infra/bootstrap.env"], tmp_path))
     script = (FILES / "kumo-bootstrap.sh").read_text() + (FILES / "kumo-log-retention.service").read_text()
-    used = set(re.findall(r"\$\{?(KUMO_[A-Z0-9_]+)", script)) - {"KUMO_CONF_DIR"}
+    used = set(re.findall(r"\b(KUMO_[A-Z0-9_]+)\b", script)) - {"KUMO_CONF_DIR"}
     assert used == defined, (used - defined, defined - used)
 
 

@@ -12,12 +12,14 @@ from tests.conftest import ROOT, STACKS
 
 
 def stack_values(stack: str) -> dict:
-    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+    values = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+    values["kumo:relayPassword"] = "test-relay-password"
+    return values
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_program_exports_the_sizing_plan(stack):
-    result = offline.run(program.run, stack_values(stack), stack=stack)
+    result = offline.run(program.run, stack_values(stack), stack=stack, secret_keys=["kumo:relayPassword"])
     expected = load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml").plan
     assert result.outputs["sizing"]["instance_type"] == expected.instance_type
     assert result.outputs["sizing"]["nodes"] == expected.nodes
@@ -28,6 +30,13 @@ def test_bad_config_stops_the_program_before_any_resource():
     values["kumo:deployment"]["sizing"]["messages_per_hour"] = 0
     with pytest.raises(pulumi.RunError, match=r"kumo:deployment\.sizing\.messages_per_hour"):
         offline.run(program.run, values, stack="aws-dev")
+
+
+def test_relay_mode_without_its_password_stops_before_any_resource():
+    values = stack_values("gcp-dev")
+    del values["kumo:relayPassword"]
+    with pytest.raises(pulumi.RunError, match="kumo:relayPassword"):
+        offline.run(program.run, values, stack="gcp-dev")
 
 
 def test_duplicate_names_are_caught_like_the_real_engine():

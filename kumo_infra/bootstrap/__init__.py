@@ -38,6 +38,7 @@ class Timeouts:
     network_s: int = 300
     repository_s: int = 180
     health_s: int = 180
+    device_s: int = 180  # a cloud may attach the spool volume after the machine starts
 
 
 def _file(name: str) -> str:
@@ -70,6 +71,7 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_NET_WAIT_S": str(timeouts.network_s),
         "KUMO_REPO_WAIT_S": str(timeouts.repository_s),
         "KUMO_HEALTH_WAIT_S": str(timeouts.health_s),
+        "KUMO_DEVICE_WAIT_S": str(timeouts.device_s),
     }
     lines = [f"# kumo-bootstrap settings for {hostname}, rendered by kumo-infra {__version__}. No secrets."]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]

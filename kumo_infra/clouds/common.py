@@ -106,8 +106,12 @@ def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
 
 
 def machine_options(parent: pulumi.Resource, cp: ComponentPlan, user_data_props: list[str],
+                    image_props: Optional[list[str]] = None,
                     depends_on: Optional[list[pulumi.Resource]] = None) -> pulumi.ResourceOptions:
-    """Options for a machine: a changed bootstrap never replaces it unless the operator opts in."""
-    ignore = [] if cp.deployment.lifecycle.replace_on_bootstrap_change else user_data_props
+    """Options for a machine: a changed bootstrap never replaces it unless the operator opts in,
+    and a newer image of the OS never does (the look-up follows the vendor's latest image; the
+    running machine keeps its own and is patched by its package manager)."""
+    ignore = [] if cp.deployment.lifecycle.replace_on_bootstrap_change else list(user_data_props)
+    ignore += list(image_props or [])
     return pulumi.ResourceOptions(parent=parent, ignore_changes=ignore, protect=cp.deployment.lifecycle.protect,
                                   depends_on=depends_on or [])

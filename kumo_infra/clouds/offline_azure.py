@@ -1,7 +1,23 @@
 """Offline answers for Azure (see kumo_infra.offline): computed outputs and look-ups."""
 
+PLACEHOLDER = "(placeholder)"
+
 COMPUTED = {
     "azure-native:network:PublicIPAddress": {"ipAddress": "192.0.2.{n}"},
+    # Azure names auto-named resources (name plus a random suffix); offline they keep the resource name.
+    "azure-native:resources:ResourceGroup": {"name": "{name}"},
+    "azure-native:network:VirtualNetwork": {"name": "{name}"},
+    # The private address Azure allocates on the NIC, and the VM identity's principal. ipConfigurations
+    # and identity are also inputs, so these nested answers need kumo_infra.offline to fill nested keys
+    # the inputs leave unset.
+    "azure-native:network:NetworkInterface": {"ipConfigurations": [{"privateIPAddress": "192.0.2.{n}"}]},
+    "azure-native:compute:VirtualMachine": {"identity": {"principalId": "00000000-0000-0000-0000-{n:012d}",
+                                                         "tenantId": "00000000-0000-0000-0000-000000000000"}},
+    # The generated SSH key when azure.ssh_public_key is not given.
+    "tls:index/privateKey:PrivateKey": {
+        "publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlaceholderPlaceholderPlaceholder00000 {name}",
+        "privateKeyOpenssh": PLACEHOLDER,
+    },
 }
 
 INVOKES = {

@@ -4,6 +4,14 @@ PLACEHOLDER = "(placeholder)"
 
 COMPUTED = {
     "gcp:compute/address:Address": {"address": "192.0.2.{n}"},
+    # GCP derives both from account_id and the project; offline they name the resource instead.
+    "gcp:serviceaccount/account:Account": {
+        "email": "{name}@placeholder.iam.gserviceaccount.com",
+        "member": "serviceAccount:{name}@placeholder.iam.gserviceaccount.com",
+    },
+    # The internal address GCP allocates on the first NIC. networkInterfaces is also an input,
+    # so this nested answer needs kumo_infra.offline to fill nested keys the inputs leave unset.
+    "gcp:compute/instance:Instance": {"networkInterfaces": [{"networkIp": "192.0.2.{n}"}]},
 }
 
 INVOKES = {

@@ -311,7 +311,14 @@ step_spool() {
   fi
   [ -e "/dev/md/$SPOOL_LABEL" ] && mdadm --detail "/dev/md/$SPOOL_LABEL" >/dev/null 2>&1 && target=/dev/md/$SPOOL_LABEL
   if [ -z "${target:-}" ]; then
+    # A block volume may be attached a little after the machine starts: wait for it.
+    local deadline=$((SECONDS + KUMO_DEVICE_WAIT_S))
     mapfile -t devs < <(find_spool_devices)
+    while [ ${#devs[@]} -eq 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
+      sleep 3
+      udevadm settle 2>/dev/null || true
+      mapfile -t devs < <(find_spool_devices)
+    done
     [ ${#devs[@]} -gt 0 ] || die "no free $KUMO_SPOOL_STORAGE device found for the spool (expected $KUMO_SPOOL_DEVICES); refusing to put the spool on the OS disk"
     [ ${#devs[@]} -ge "$KUMO_SPOOL_DEVICES" ] || detail "found ${#devs[@]} of $KUMO_SPOOL_DEVICES expected spool devices: ${devs[*]}"
     fact spool_devices "$(json_array "${devs[@]}")"

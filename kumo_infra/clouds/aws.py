@@ -1,0 +1,249 @@
+"""AWS: KumoMTA nodes on EC2, each with an Elastic IP, its reverse DNS and a spool.
+
+Per deployment: a minimal VPC (unless ``aws.vpc_id``/``aws.subnet_id`` are given),
+one security group built from the shared firewall plan (``kumo_infra.netplan``),
+and an IAM role + instance profile. Per node: an EC2 instance booting the
+gzip-compressed kumo-bootstrap cloud-config, an Elastic IP, optionally the
+forward A record and the PTR, and for ``block`` spools an encrypted gp3 volume.
+
+Everything here is checked against pulumi-aws 7.51 and runs under the mock
+engine (``kumo_infra.offline``); values only AWS knows are answered by
+``kumo_infra/clouds/offline_aws.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from ..bootstrap import AWS_USER_DATA_LIMIT, compressed
+from ..config import AwsSection
+from ..errors import ConfigError
+from ..netplan import Rule
+from .common import (ComponentPlan, KumoMtaArgs, NodePlan, child, dns_records_to_publish, machine_options,
+                     node_output, prepare)
+
+TYPE = "kumo:index:AwsKumoMta"
+# The Instance properties (engine camelCase) that carry the bootstrap: a change to them
+# is ignored on running machines unless lifecycle.replace_on_bootstrap_change.
+BOOTSTRAP_PROPS = ["userDataBase64"]
+# get_ami(most_recent=True) moves whenever the vendor publishes an image; replacing every
+# machine for that would lose the mail on local NVMe spools. The image is chosen when a
+# machine is created; the OS is kept current by its package manager.
+IMAGE_PROPS = ["ami"]
+SPOOL_DEVICE = "/dev/sdf"  # kumo-bootstrap finds it as nvme-Amazon_Elastic_Block_Store_* (or /dev/xvdf, /dev/sdf)
+EC2_ASSUME_ROLE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Service": "ec2.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+    }],
+}
+
+
+def base_tags(name: str) -> dict[str, str]:
+    return {"kumo-infra": name, "managed-by": "kumo-infra"}
+
+
+def user_data_base64(node: NodePlan) -> str:
+    """The node's cloud-config, gzip-compressed (cloud-init inflates it) and base64-encoded."""
+    packed = compressed(node.user_data)
+    if len(packed) > AWS_USER_DATA_LIMIT:
+        raise ConfigError(f"the bootstrap of {node.hostname} is {len(packed)} bytes compressed, above AWS's "
+                          f"{AWS_USER_DATA_LIMIT}-byte user-data limit", "kumo:deployment")
+    return base64.b64encode(packed).decode()
+
+
+def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
+    """Owners and filters of the image look-up for the planned OS and architecture."""
+    image = cp.deployment.os_spec.aws
+    if image is None:  # Deployment.check refuses this already
+        raise ConfigError(f"'{cp.deployment.os}' has no image on aws", "kumo:deployment.os")
+    arch_name = image.arch_names.get(cp.plan.arch)
+    if arch_name is None:
+        raise ConfigError(f"'{cp.deployment.os}' has no {cp.plan.arch} image on aws; choose an "
+                          f"{'/'.join(image.arch_names)} instance type", "kumo:deployment.sizing.instance_type")
+    return [image.owner], [
+        {"name": "name", "values": [image.name_pattern.format(arch=arch_name)]},
+        {"name": "architecture", "values": [cp.plan.arch]},
+    ]
+
+
+def subnet_cidr(vpc_cidr: str) -> str:
+    """The public subnet of a created VPC: its first /24 (or the whole VPC when it is smaller)."""
+    try:
+        net = ipaddress.ip_network(vpc_cidr)
+    except ValueError:
+        raise ConfigError(f"'{vpc_cidr}' is not a CIDR block (like 10.42.0.0/16)",
+                          "kumo:deployment.aws.vpc_cidr") from None
+    if net.version != 4 or not 16 <= net.prefixlen <= 28:
+        raise ConfigError(f"'{vpc_cidr}': an AWS VPC needs an IPv4 block between /16 and /28",
+                          "kumo:deployment.aws.vpc_cidr")
+    return str(next(net.subnets(new_prefix=max(net.prefixlen, 24))))
+
+
+def _cidr_slug(cidr: str) -> str:
+    """A resource-name part for a CIDR: 203.0.113.0-24, 2001_db8__-32, __-0 (::/0)."""
+    return cidr.replace(":", "_").replace("/", "-")
+
+
+class AwsKumoMta(pulumi.ComponentResource):
+    nodes: pulumi.Output[list[dict]]
+    public_ips: pulumi.Output[list[str]]
+    dns_records: pulumi.Output[list[dict]]
+    sizing: pulumi.Output[dict]
+    role: aws.iam.Role  # issue 5 grants it read access to the relay secret
+
+    def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        # Everything that can be wrong with the input is found before anything is registered.
+        cp = prepare(args, "aws")
+        cfg = cp.deployment.aws or AwsSection()
+        if cfg.vpc_id and not cfg.subnet_id:
+            # Picking "some" subnet of the VPC could pick one without a route to an internet
+            # gateway, and a different pick later would replace every machine.
+            raise ConfigError("aws.vpc_id is given without aws.subnet_id; name the public subnet "
+                              "(with a route to an internet gateway) the nodes go in",
+                              "kumo:deployment.aws.subnet_id")
+        owners, filters = ami_filters(cp)
+        created_subnet_cidr = None if cfg.subnet_id else subnet_cidr(cfg.vpc_cidr)
+        user_data = {node.key: user_data_base64(node) for node in cp.nodes}
+
+        super().__init__(TYPE, name, {"deployment": args["deployment"]}, opts)
+        tags = base_tags(name)
+
+        def named(suffix: str) -> dict[str, str]:
+            return {**tags, "Name": f"{name}-{suffix}"}
+
+        # -- network ------------------------------------------------------------------
+        network_ready: list[pulumi.Resource] = []
+        if cfg.subnet_id:
+            vpc_id: pulumi.Input[str] = cfg.vpc_id
+            subnet_id: pulumi.Input[str] = cfg.subnet_id
+            # The spool volume must live in the subnet's availability zone.
+            zone: pulumi.Input[str] = aws.ec2.get_subnet_output(
+                id=cfg.subnet_id, opts=pulumi.InvokeOutputOptions(parent=self)).availability_zone
+        else:
+            vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=cfg.vpc_cidr, enable_dns_support=True,
+                              enable_dns_hostnames=True, tags=named("vpc"), opts=child(self))
+            az: pulumi.Input[str] = cfg.availability_zone or aws.get_availability_zones_output(
+                state="available", opts=pulumi.InvokeOutputOptions(parent=self)).names[0]
+            subnet = aws.ec2.Subnet(f"{name}-subnet", vpc_id=vpc.id, cidr_block=created_subnet_cidr,
+                                    availability_zone=az,
+                                    # Each node's public address is its Elastic IP, never an automatic one.
+                                    map_public_ip_on_launch=False, tags=named("subnet"), opts=child(self))
+            igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=named("igw"), opts=child(self))
+            rt = aws.ec2.RouteTable(f"{name}-rt", vpc_id=vpc.id,
+                                    routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": igw.id}],
+                                    tags=named("rt"), opts=child(self))
+            rta = aws.ec2.RouteTableAssociation(f"{name}-rta", subnet_id=subnet.id, route_table_id=rt.id,
+                                                opts=child(self))
+            vpc_id, subnet_id, zone = vpc.id, subnet.id, subnet.availability_zone
+            network_ready = [igw, rta]
+
+        # -- firewall -------------------------------------------------------------------
+        # No inline rules: the provider removes AWS's default allow-all egress rule from a
+        # new group, so the group allows exactly the rules below (egress deny-other).
+        # Traffic to the VPC's DNS resolver, IMDS and the time service is not filtered
+        # by security groups. Stateful: replies need no rule.
+        sg = aws.ec2.SecurityGroup(f"{name}-sg", vpc_id=vpc_id, description=f"KumoMTA nodes of {name}",
+                                   tags=named("sg"), opts=child(self))
+        for rule in cp.rules:
+            self._rule(name, sg, rule, tags)
+
+        # -- identity ---------------------------------------------------------------------
+        # No permissions yet: issue 5 attaches read access to the relay secret to self.role.
+        self.role = aws.iam.Role(f"{name}-role", assume_role_policy=json.dumps(EC2_ASSUME_ROLE_POLICY),
+                                 description=f"KumoMTA nodes of {name}", tags=tags, opts=child(self))
+        self.instance_profile = aws.iam.InstanceProfile(f"{name}-profile", role=self.role.name, tags=tags,
+                                                        opts=child(self))
+
+        ami = aws.ec2.get_ami_output(owners=owners, most_recent=True, filters=filters,
+                                     opts=pulumi.InvokeOutputOptions(parent=self))
+        bootstrap_replaces = cp.deployment.lifecycle.replace_on_bootstrap_change
+
+        node_outputs: list[pulumi.Output[dict]] = []
+        public_ips: list[pulumi.Output[str]] = []
+        for node in cp.nodes:
+            prefix = f"{name}-{node.key}"
+            # ENA networking comes with the AMI and the instance type: no switch on Instance.
+            instance = aws.ec2.Instance(
+                f"{prefix}-instance",
+                ami=ami.id,
+                instance_type=cp.plan.instance_type,
+                subnet_id=subnet_id,
+                vpc_security_group_ids=[sg.id],
+                iam_instance_profile=self.instance_profile.name,
+                key_name=cfg.key_name,
+                associate_public_ip_address=False,  # the Elastic IP is the public address
+                user_data_base64=user_data[node.key],
+                user_data_replace_on_change=bootstrap_replaces,
+                metadata_options={"http_tokens": "required", "http_endpoint": "enabled",
+                                  "http_put_response_hop_limit": 1},
+                root_block_device={"volume_type": "gp3", "volume_size": cp.plan.os_disk_gb, "encrypted": True,
+                                   "delete_on_termination": True, "tags": {**tags, "Name": f"{prefix}-root"}},
+                tags={**tags, "Name": node.hostname},
+                opts=machine_options(self, cp, BOOTSTRAP_PROPS, IMAGE_PROPS, depends_on=network_ready),
+            )
+            eip = aws.ec2.Eip(f"{prefix}-eip", domain="vpc", instance=instance.id,
+                              tags={**tags, "Name": node.hostname},
+                              # AWS: an Elastic IP may need the internet gateway before it associates.
+                              opts=child(self, depends_on=network_ready))
+
+            if cp.create_forward_records:
+                record = aws.route53.Record(f"{prefix}-a", zone_id=cfg.route53_zone_id, name=node.hostname,
+                                            type="A", ttl=300, records=[eip.public_ip], opts=child(self))
+                ptr_after: list[pulumi.Resource] = [record]
+            else:
+                ptr_after = []
+            if cp.set_ptr:
+                # AWS refuses the PTR unless the forward record already resolves to the address.
+                aws.ec2.EipDomainName(f"{prefix}-ptr", allocation_id=eip.allocation_id,
+                                      domain_name=node.hostname, opts=child(self, depends_on=ptr_after))
+
+            if cp.plan.spool_storage == "block":
+                self._block_spool(prefix, cp, zone, instance, tags)
+            # local_nvme: the d-types' instance store is attached automatically (block device
+            # mappings do not matter); kumo-bootstrap finds it by its by-id name and RAIDs it.
+
+            out = node_output(node, public_ip=eip.public_ip, private_ip=instance.private_ip,
+                              instance_type=cp.plan.instance_type, spool=cp.plan.spool_storage,
+                              ptr_set=cp.set_ptr, forward_record_created=cp.create_forward_records)
+            node_outputs.append(out)
+            public_ips.append(eip.public_ip)
+
+        self.nodes = pulumi.Output.all(*node_outputs)
+        self.public_ips = pulumi.Output.all(*public_ips)
+        self.dns_records = dns_records_to_publish(node_outputs)
+        self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
+        self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips,
+                               "dns_records": self.dns_records, "sizing": self.sizing})
+
+    def _rule(self, name: str, sg: aws.ec2.SecurityGroup, rule: Rule, tags: dict[str, str]) -> None:
+        """One rule resource per CIDR, named by the CIDR so adding one never renames the others."""
+        cls = aws.vpc.SecurityGroupIngressRule if rule.direction == "ingress" else aws.vpc.SecurityGroupEgressRule
+        for cidr in rule.ipv4 + rule.ipv6:
+            family = {"cidr_ipv4": cidr} if cidr in rule.ipv4 else {"cidr_ipv6": cidr}
+            cls(f"{name}-sg-{rule.name}-{_cidr_slug(cidr)}", security_group_id=sg.id, ip_protocol=rule.protocol,
+                from_port=rule.port, to_port=rule.port, description=rule.description,
+                tags={**tags, "Name": f"{name}-{rule.name}"}, **family, opts=child(self))
+
+    def _block_spool(self, prefix: str, cp: ComponentPlan, zone: pulumi.Input[str], instance: aws.ec2.Instance,
+                     tags: dict[str, str]) -> None:
+        volume = aws.ebs.Volume(
+            f"{prefix}-spool", availability_zone=zone, size=cp.plan.spool_gb_per_node, type="gp3", encrypted=True,
+            tags={**tags, "Name": f"{prefix}-spool"},
+            # Queued mail outlives the machine: a replaced instance gets the same volume back,
+            # and deleting the stack leaves it behind.
+            opts=child(self, retain_on_delete=True, protect=cp.deployment.lifecycle.protect))
+        aws.ec2.VolumeAttachment(
+            f"{prefix}-spool-attach", device_name=SPOOL_DEVICE, volume_id=volume.id, instance_id=instance.id,
+            # Stop the old machine (clean unmount) before detaching; a gp3 volume attaches to one
+            # instance at a time, so the old attachment must go before the new one is made.
+            stop_instance_before_detaching=True,
+            opts=child(self, delete_before_replace=True))

@@ -1,0 +1,362 @@
+"""KumoMTA on Azure virtual machines: ``AzureKumoMta``.
+
+One component per deployment: a resource group (the configured one, or a new
+one), a virtual network and subnet (the configured ones, or a minimal new
+pair), one network security group built from ``cp.rules`` and attached to every
+NIC, and per node a Standard static public IP (with its PTR), a NIC, the VM
+with a system-assigned managed identity and, for a ``block`` spool, a managed
+data disk at LUN 0 that outlives the VM. With ``dns.zone`` the forward A
+records are created in the Azure DNS zone.
+
+PTR sequencing (Azure sets the PTR as ``dnsSettings.reverseFqdn`` of the public
+IP, and refuses a reverse FQDN that does not already resolve to an address of
+the subscription): the A record needs the address, and the address only exists
+once the public IP does, so one ``pulumi up`` cannot create the IP, then the
+record, then set the PTR on that same IP. kumo-infra therefore sets
+``reverseFqdn`` only when ``dns.forward_records_exist`` is true:
+
+* with ``dns.zone``: the first run creates the IP (no PTR) and the A record;
+  the operator then sets ``dns.forward_records_exist: true`` and runs again, and
+  the IP is updated in place with its PTR (a warning says so);
+* without a zone: publish the A records from the ``dns_records`` output, set
+  ``dns.forward_records_exist: true`` and run again (as on every cloud).
+
+A CNAME to the IP's ``<label>.<region>.cloudapp.azure.com`` name would pass
+Azure's check in one run, but a mail host's name must be an address record
+(RFC 5321 4.1.4: EHLO gives a primary host name) and a CNAME is impossible at
+a zone apex, so it is not used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from typing import Any, Optional
+
+import pulumi
+import pulumi_tls as tls
+from pulumi_azure_native import compute, dns, network, resources
+
+from .. import catalog
+from ..bootstrap import compressed
+from ..config import ROOT, AzureSection
+from ..errors import ConfigError
+from ..netplan import Rule
+from .common import (
+    ComponentPlan,
+    KumoMtaArgs,
+    NodePlan,
+    child,
+    dns_records_to_publish,
+    machine_options,
+    node_output,
+    prepare,
+)
+
+TYPE_TOKEN = "kumo:index:AzureKumoMta"
+# The engine property path of the bootstrap on the VM (custom data cannot change on a
+# running VM: a change replaces it unless lifecycle.replace_on_bootstrap_change).
+BOOTSTRAP_PATHS = ["osProfile.customData"]
+ADMIN_USER = "kumoadmin"
+DISK_SKU = "Premium_LRS"
+# Azure's Linux marketplace images ship a 30 GiB OS disk (Ubuntu, Debian, AlmaLinux) and refuse a
+# smaller disk_size_gb; a Premium SSD is billed as P4 (32 GiB) up to there anyway.
+MIN_OS_DISK_GB = 30
+SPOOL_LUN = 0  # the bootstrap looks for /dev/disk/azure/data/by-lun/0 (or scsi1/lun0)
+# Azure refuses custom data above 64 KiB (base64 text); cloud-init inflates gzip.
+CUSTOM_DATA_LIMIT = 65_535
+RECORD_TTL = 300
+ALLOW_PRIORITY_START = 100
+PRIORITY_STEP = 10
+# NSG priorities run 100..4096; the explicit denies take the last one, below every allow.
+DENY_PRIORITY = 4096
+
+
+class AzureKumoMta(pulumi.ComponentResource):
+    """KumoMTA nodes on Azure VMs (see docs/component-spec.md)."""
+
+    nodes: pulumi.Output[list[dict]]
+    public_ips: pulumi.Output[list[str]]
+    dns_records: pulumi.Output[list[dict]]
+    sizing: pulumi.Output[dict]
+    identity_principal_ids: pulumi.Output[list[str]]
+    ssh_private_key: Optional[pulumi.Output[str]]
+
+    def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        cp = prepare(args, "azure")
+        d = cp.deployment
+        az = d.azure or AzureSection()
+        image = d.os_spec.azure
+        _check(cp, az)  # raises ConfigError before any resource exists
+        itype = catalog.load("azure").get(cp.plan.instance_type)
+        if itype is None:  # the planner only picks catalog types; a guard, not a path
+            raise ConfigError(f"'{cp.plan.instance_type}' is not in the azure catalog",
+                              f"{ROOT}.sizing.instance_type")
+        super().__init__(TYPE_TOKEN, name, {"deployment": args["deployment"]}, opts)
+
+        region = d.region
+        tags = {"kumo-infra": name, "managed-by": "kumo-infra"}
+
+        # -- resource group and network ---------------------------------------
+        if az.resource_group:
+            rg_name: pulumi.Input[str] = az.resource_group
+        else:
+            rg = resources.ResourceGroup(f"{name}-rg", location=region, tags=tags, opts=child(self))
+            rg_name = rg.name
+        self.resource_group_name = pulumi.Output.from_input(rg_name)
+
+        if az.subnet_id:
+            subnet_id: pulumi.Input[str] = az.subnet_id
+        else:
+            vnet = network.VirtualNetwork(
+                f"{name}-vnet", resource_group_name=rg_name, location=region,
+                address_space=network.AddressSpaceArgs(address_prefixes=[az.vnet_cidr]), tags=tags,
+                opts=child(self))
+            subnet = network.Subnet(
+                f"{name}-subnet", resource_group_name=rg_name, virtual_network_name=vnet.name,
+                address_prefix=subnet_cidr(az.vnet_cidr),
+                # Every node has its own Standard public IP for outbound; no implicit default outbound.
+                default_outbound_access=False, opts=child(self))
+            subnet_id = subnet.id
+
+        # -- firewall -------------------------------------------------------------
+        self.network_security_group = network.NetworkSecurityGroup(
+            f"{name}-nsg", resource_group_name=rg_name, location=region,
+            security_rules=security_rules(cp.rules), tags=tags, opts=child(self))
+
+        # -- SSH access -------------------------------------------------------------
+        if az.ssh_public_key:
+            ssh_public_key: pulumi.Input[str] = az.ssh_public_key
+            self.ssh_private_key = None
+        else:
+            key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child(self))
+            ssh_public_key = key.public_key_openssh
+            self.ssh_private_key = pulumi.Output.secret(key.private_key_openssh)
+
+        if cp.create_forward_records and not d.dns.forward_records_exist:
+            pulumi.log.warn(
+                f"Azure sets a PTR only once the forward record resolves: this run creates the A records in "
+                f"{d.dns.zone} without PTRs; then set {ROOT}.dns.forward_records_exist: true and run again "
+                f"to set them")  # no resource=: that form logs asynchronously and can be lost at exit
+
+        # -- nodes ----------------------------------------------------------------
+        self.vms: list[compute.VirtualMachine] = []
+        node_outputs: list[pulumi.Output[dict]] = []
+        addresses: list[pulumi.Output[str]] = []
+        principals: list[pulumi.Output[Any]] = []
+        for node in cp.nodes:
+            pip = network.PublicIPAddress(
+                f"{name}-{node.key}-ip", resource_group_name=rg_name, location=region,
+                sku=network.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
+                public_ip_allocation_method="Static", public_ip_address_version="IPv4",
+                dns_settings=network.PublicIPAddressDnsSettingsArgs(
+                    domain_name_label=domain_label(name, node),
+                    # See the module docstring: only once the A record resolves.
+                    reverse_fqdn=f"{node.hostname}." if ptr_set(cp) else None),
+                tags=tags, opts=child(self))
+
+            if cp.create_forward_records:
+                dns.RecordSet(
+                    f"{name}-{node.key}-a", resource_group_name=az.dns_zone_resource_group,
+                    zone_name=d.dns.zone, relative_record_set_name=relative_name(node.hostname, d.dns.zone),
+                    record_type="A", ttl=RECORD_TTL, a_records=[dns.ARecordArgs(ipv4_address=pip.ip_address)],
+                    metadata=tags, opts=child(self))
+
+            nic = network.NetworkInterface(
+                f"{name}-{node.key}-nic", resource_group_name=rg_name, location=region,
+                # The subnet is a plain reference: SubnetArgs would add its network-policy defaults.
+                ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
+                    name="primary", primary=True, subnet={"id": subnet_id},
+                    public_ip_address=network.PublicIPAddressArgs(id=pip.id),
+                    private_ip_allocation_method="Dynamic", private_ip_address_version="IPv4")],
+                network_security_group=network.NetworkSecurityGroupArgs(id=self.network_security_group.id),
+                enable_accelerated_networking=itype.accelerated_networking,
+                tags=tags, opts=child(self))
+
+            data_disks = None
+            if cp.plan.spool_storage == "block":
+                # The queue lives on its own managed disk: it survives the VM's deletion (delete option
+                # Detach), Pulumi keeps it on replacement and stack removal (retain_on_delete), and the
+                # replacement VM attaches the same disk. Platform-managed keys encrypt it at rest.
+                # (Deleting a resource group kumo-infra created deletes everything in it, this disk too.)
+                spool = compute.Disk(
+                    f"{name}-{node.key}-spool", resource_group_name=rg_name, location=region,
+                    creation_data=compute.CreationDataArgs(create_option="Empty"),
+                    disk_size_gb=cp.plan.spool_gb_per_node, sku=compute.DiskSkuArgs(name=DISK_SKU),
+                    tags=tags, opts=child(self, retain_on_delete=True, protect=d.lifecycle.protect))
+                data_disks = [compute.DataDiskArgs(
+                    lun=SPOOL_LUN, create_option="Attach", caching="None", delete_option="Detach",
+                    managed_disk=compute.ManagedDiskParametersArgs(id=spool.id, storage_account_type=DISK_SKU))]
+
+            # v6 sizes have no SCSI controller: their disks (and raw NVMe temp disks) need NVMe.
+            controller = "NVMe" if itype.nvme_controller_required else None
+
+            plan = None
+            if image.needs_plan:
+                plan = compute.PlanArgs(name=image.sku, product=image.offer, publisher=image.publisher)
+
+            # The NIC and the spool disk attach to one VM at a time: a replacement VM is created only
+            # after the old one is gone.
+            vm_opts = pulumi.ResourceOptions.merge(
+                machine_options(self, cp, BOOTSTRAP_PATHS), pulumi.ResourceOptions(delete_before_replace=True))
+            vm = compute.VirtualMachine(
+                f"{name}-{node.key}-vm",
+                resource_group_name=rg_name,
+                location=region,
+                hardware_profile=compute.HardwareProfileArgs(vm_size=cp.plan.instance_type),
+                storage_profile=compute.StorageProfileArgs(
+                    image_reference=compute.ImageReferenceArgs(
+                        publisher=image.publisher, offer=image.offer, sku=image.sku, version="latest"),
+                    # Managed disks are encrypted at rest with platform-managed keys by default.
+                    # Encryption at host is not set: it needs a per-subscription feature registration.
+                    os_disk=compute.OSDiskArgs(
+                        create_option="FromImage", caching="ReadWrite", delete_option="Delete",
+                        disk_size_gb=max(cp.plan.os_disk_gb, MIN_OS_DISK_GB),
+                        managed_disk=compute.ManagedDiskParametersArgs(storage_account_type=DISK_SKU)),
+                    data_disks=data_disks,
+                    disk_controller_type=controller),
+                plan=plan,
+                os_profile=compute.OSProfileArgs(
+                    computer_name=node.hostname.split(".", 1)[0],
+                    admin_username=ADMIN_USER,
+                    custom_data=custom_data(node.user_data),
+                    linux_configuration=compute.LinuxConfigurationArgs(
+                        disable_password_authentication=True,
+                        provision_vm_agent=True,
+                        ssh=compute.SshConfigurationArgs(public_keys=[compute.SshPublicKeyArgs(
+                            path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=ssh_public_key)]))),
+                network_profile=compute.NetworkProfileArgs(network_interfaces=[
+                    compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True, delete_option="Detach")]),
+                # Least privilege: an identity with no role yet; issue 5 grants it Key Vault read
+                # through identity_principal_ids.
+                identity=compute.VirtualMachineIdentityArgs(type="SystemAssigned"),
+                # No security_profile: Trusted Launch / secure boot is not supported by every image
+                # offered here (marketplace Rocky), so it is left to the platform default.
+                tags=tags,
+                opts=vm_opts,
+            )
+            self.vms.append(vm)
+            addresses.append(pip.ip_address)
+            principals.append(vm.identity.apply(principal_id))
+            node_outputs.append(node_output(
+                node, public_ip=pip.ip_address, private_ip=nic.ip_configurations.apply(first_private_ip),
+                instance_type=cp.plan.instance_type, spool=cp.plan.spool_storage, ptr_set=ptr_set(cp),
+                forward_record_created=cp.create_forward_records))
+
+        self.nodes = pulumi.Output.all(*node_outputs).apply(list)
+        self.public_ips = pulumi.Output.all(*addresses).apply(list)
+        self.dns_records = dns_records_to_publish(node_outputs)
+        self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
+        self.identity_principal_ids = pulumi.Output.all(*principals).apply(list)
+        outputs: dict[str, Any] = {"nodes": self.nodes, "public_ips": self.public_ips,
+                                   "dns_records": self.dns_records, "sizing": self.sizing,
+                                   "identity_principal_ids": self.identity_principal_ids}
+        if self.ssh_private_key is not None:
+            outputs["ssh_private_key"] = self.ssh_private_key
+        self.register_outputs(outputs)
+
+
+# -- pure helpers (unit-tested) ---------------------------------------------------------
+
+
+def _check(cp: ComponentPlan, az: AzureSection) -> None:
+    image = cp.deployment.os_spec.azure
+    if image.needs_plan and not az.marketplace_terms_accepted:
+        urn = f"{image.publisher}:{image.offer}:{image.sku}:latest"
+        raise ConfigError(
+            f"{cp.deployment.os_spec.title} on Azure is the marketplace image {urn}, whose terms must be "
+            f"accepted once in the subscription before a VM can use it (azure-native cannot do that): run "
+            f"'az vm image terms accept --urn {urn}', then set marketplace_terms_accepted: true",
+            f"{ROOT}.azure.marketplace_terms_accepted")
+    if az.vnet_id and not az.subnet_id:
+        raise ConfigError("vnet_id is given without subnet_id: name the subnet the nodes go in (kumo-infra "
+                          "does not carve a subnet out of an existing network)", f"{ROOT}.azure.subnet_id")
+
+
+def ptr_set(cp: ComponentPlan) -> bool:
+    """Whether the public IPs carry the PTR: only once the forward records resolve (module docstring)."""
+    return cp.deployment.dns.forward_records_exist
+
+
+def subnet_cidr(vnet_cidr: str) -> str:
+    """The nodes' subnet: the first /24 of the new VNet (the VNet itself when smaller)."""
+    net = ipaddress.ip_network(vnet_cidr, strict=False)
+    return str(next(net.subnets(new_prefix=24)) if net.prefixlen < 24 else net)
+
+
+def domain_label(name: str, node: NodePlan) -> str:
+    """The public IP's DNS label, unique per region across Azure: name, node key and a hostname hash."""
+    digest = hashlib.sha256(node.hostname.encode()).hexdigest()[:6]
+    return f"{name}-{node.key}-{digest}"
+
+
+def relative_name(hostname: str, zone: str) -> str:
+    return "@" if hostname == zone else hostname[: -len(zone) - 1]
+
+
+def custom_data(user_data: str) -> str:
+    """The cloud-config as Azure custom data: base64, gzip-compressed only if it would not fit."""
+    plain = base64.b64encode(user_data.encode()).decode()
+    if len(plain) <= CUSTOM_DATA_LIMIT:
+        return plain
+    packed = base64.b64encode(compressed(user_data)).decode()
+    if len(packed) > CUSTOM_DATA_LIMIT:
+        raise ConfigError(f"the bootstrap is {len(packed)} bytes of custom data even compressed; Azure accepts "
+                          f"{CUSTOM_DATA_LIMIT}", ROOT)
+    return packed
+
+
+def _get(obj: Any, attr: str, key: str) -> Any:
+    """A field of an engine response: the SDK's output type (by attribute) or plain data (by camelCase key)."""
+    if obj is None:
+        return None
+    if type(obj) is dict:
+        return obj.get(key)
+    return getattr(obj, attr, None)
+
+
+def first_private_ip(ip_configurations: Any) -> Optional[str]:
+    """The private address Azure gave the NIC's first IP configuration."""
+    if not ip_configurations:
+        return None
+    return _get(ip_configurations[0], "private_ip_address", "privateIPAddress")
+
+
+def principal_id(identity: Any) -> Optional[str]:
+    return _get(identity, "principal_id", "principalId")
+
+
+def _prefixes(field: str, cidrs: list[str]) -> dict[str, Any]:
+    # Azure takes one prefix in *_address_prefix and several in *_address_prefixes, never both.
+    return {f"{field}_address_prefix": cidrs[0]} if len(cidrs) == 1 else {f"{field}_address_prefixes": cidrs}
+
+
+def security_rules(rules: tuple[Rule, ...] | list[Rule]) -> list[network.SecurityRuleArgs]:
+    """Every rule of cp.rules, one NSG rule per address family (Azure refuses mixed v4/v6 prefixes),
+    then the explicit denies: all other inbound, and all other outbound to the Internet."""
+    made: list[network.SecurityRuleArgs] = []
+    priority = {"ingress": ALLOW_PRIORITY_START, "egress": ALLOW_PRIORITY_START}
+    for rule in rules:
+        for family, cidrs in (("v4", rule.ipv4), ("v6", rule.ipv6)):
+            if not cidrs:
+                continue
+            inbound = rule.direction == "ingress"
+            remote = _prefixes("source" if inbound else "destination", list(cidrs))
+            local = {"destination_address_prefix": "*"} if inbound else {"source_address_prefix": "*"}
+            made.append(network.SecurityRuleArgs(
+                name=f"allow-{rule.name}-{family}", description=rule.description,
+                direction="Inbound" if inbound else "Outbound", access="Allow",
+                protocol=rule.protocol.capitalize(), priority=priority[rule.direction],
+                source_port_range="*", destination_port_range=str(rule.port), **remote, **local))
+            priority[rule.direction] += PRIORITY_STEP
+    made.append(network.SecurityRuleArgs(
+        name="deny-in-all", description="deny all other inbound traffic", direction="Inbound", access="Deny",
+        protocol="*", priority=DENY_PRIORITY, source_address_prefix="*", source_port_range="*",
+        destination_address_prefix="*", destination_port_range="*"))
+    made.append(network.SecurityRuleArgs(
+        name="deny-out-internet", description="deny all other outbound traffic to the Internet",
+        direction="Outbound", access="Deny", protocol="*", priority=DENY_PRIORITY, source_address_prefix="*",
+        source_port_range="*", destination_address_prefix="Internet", destination_port_range="*"))
+    return made
+

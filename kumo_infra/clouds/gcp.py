@@ -1,0 +1,234 @@
+"""KumoMTA on Google Compute Engine: ``GcpKumoMta``.
+
+One component per deployment: a network (the configured one, or a minimal
+custom-mode VPC), VPC firewall rules from ``cp.rules`` aimed at this
+deployment's network tag, one dedicated service account, and per node a static
+external address with its PTR, an optional forward A record, the instance and,
+for a ``block`` spool, a persistent disk that outlives the instance.
+
+The bootstrap travels as ``metadata["startup-script"]``: GCP runs it at every
+boot on every image (its Rocky and Alma images have no cloud-init), and a
+metadata key changes in place, whereas ``metadata_startup_script`` forces a new
+instance.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+from pulumi_gcp import compute, dns, projects, serviceaccount
+
+from .. import catalog
+from ..bootstrap import render_startup_script
+from ..errors import ConfigError
+from ..netplan import Rule
+from .common import (
+    ComponentPlan,
+    KumoMtaArgs,
+    child,
+    dns_records_to_publish,
+    machine_options,
+    node_output,
+    prepare,
+)
+
+TYPE_TOKEN = "kumo:index:GcpKumoMta"
+# The engine property path of the bootstrap, in Pulumi's property-path syntax: the key
+# holds a "-", so it is written in bracket notation (same path as metadata.startup-script).
+BOOTSTRAP_PATHS = ['metadata["startup-script"]']
+# The image family's newest image changes over time; it must never replace a running machine.
+IMAGE_PATHS = ["bootDisk.initializeParams.image"]
+SPOOL_DEVICE_NAME = "kumo-spool"  # the bootstrap looks for /dev/disk/by-id/google-kumo-spool
+DISK_TYPE = "pd-balanced"
+SCRATCH_DISK_GB = 375  # GCP's fixed local SSD size
+SA_ROLES = {"logwriter": "roles/logging.logWriter", "metricwriter": "roles/monitoring.metricWriter"}
+ALLOW_PRIORITY = 1000
+# GCP's implied rules sit at 65535; the explicit denies go just above them, below every allow.
+DENY_PRIORITY = 65534
+WORLD = {"v4": "0.0.0.0/0", "v6": "::/0"}
+
+
+class GcpKumoMta(pulumi.ComponentResource):
+    """KumoMTA nodes on Compute Engine (see docs/component-spec.md)."""
+
+    nodes: pulumi.Output[list[dict]]
+    public_ips: pulumi.Output[list[str]]
+    dns_records: pulumi.Output[list[dict]]
+    sizing: pulumi.Output[dict]
+
+    def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        cp = prepare(args, "gcp")
+        gcp = cp.deployment.gcp
+        if gcp.subnetwork and not gcp.network:
+            # The firewall rules attach to a network, which a subnetwork alone does not name.
+            raise ConfigError("gcp.subnetwork is given without gcp.network; give both (the firewall rules are "
+                              "created in the network) or neither", "kumo:deployment.gcp.network")
+        itype = catalog.load("gcp").get(cp.plan.instance_type)
+        if itype is None:  # the planner only picks catalog types; a guard, not a path
+            raise ConfigError(f"'{cp.plan.instance_type}' is not in the gcp catalog",
+                              "kumo:deployment.sizing.instance_type")
+        super().__init__(TYPE_TOKEN, name, {"deployment": args["deployment"]}, opts)
+
+        d = cp.deployment
+        project = gcp.project
+        region = d.region
+        zone = gcp.zone or f"{region}-a"
+        labels = {"kumo-infra": name, "managed-by": "kumo-infra"}
+        tag = f"{name}-mta"  # network tag: the firewall rules apply to this deployment's instances only
+
+        # -- network -------------------------------------------------------
+        if gcp.network:
+            network: pulumi.Input[str] = gcp.network
+            # Without a subnetwork the NIC names the network (an auto-mode network such as
+            # "default" picks its subnet in the region).
+            subnetwork: Optional[pulumi.Input[str]] = gcp.subnetwork
+        else:
+            net = compute.Network(f"{name}-net", project=project, auto_create_subnetworks=False,
+                                  description=f"kumo-infra {name}", opts=child(self))
+            subnet = compute.Subnetwork(f"{name}-subnet", project=project, region=region, network=net.id,
+                                        ip_cidr_range=gcp.subnet_cidr, private_ip_google_access=True,
+                                        description=f"kumo-infra {name}", opts=child(self))
+            network, subnetwork = net.id, subnet.id
+
+        # -- firewall ------------------------------------------------------
+        self.firewalls = self._firewalls(name, cp, project, network, tag)
+
+        # -- identity ------------------------------------------------------
+        # One dedicated service account, allowed to write logs and metrics and nothing else.
+        # Issue 5 grants it Secret Manager access through self.service_account.
+        self.service_account = serviceaccount.Account(
+            f"{name}-sa", project=project, account_id=f"{name}-mta",
+            display_name=f"kumo-infra {name} KumoMTA nodes", opts=child(self))
+        grants = [projects.IAMMember(f"{name}-sa-{suffix}", project=project, role=role,
+                                     member=self.service_account.member, opts=child(self))
+                  for suffix, role in SA_ROLES.items()]
+
+        image = compute.get_image_output(family=d.os_spec.gcp.family, project=d.os_spec.gcp.project,
+                                         opts=pulumi.InvokeOutputOptions(parent=self))
+
+        # -- nodes ---------------------------------------------------------
+        self.instances: list[compute.Instance] = []
+        node_outputs: list[pulumi.Output[dict]] = []
+        addresses: list[pulumi.Output[str]] = []
+        for node in cp.nodes:
+            address = compute.Address(
+                f"{name}-{node.key}-ip", project=project, region=region, address_type="EXTERNAL",
+                network_tier="PREMIUM", labels=labels, description=f"{node.hostname} (kumo-infra)",
+                opts=child(self))
+            depends_on: list[pulumi.Resource] = list(grants)
+            if cp.create_forward_records:
+                # The PTR (on the access config below) needs the forward record in place first.
+                record = dns.RecordSet(
+                    f"{name}-{node.key}-a", project=project, managed_zone=gcp.dns_managed_zone,
+                    name=f"{node.hostname}.", type="A", ttl=300, rrdatas=[address.address], opts=child(self))
+                depends_on.append(record)
+
+            attached_disks = None
+            if cp.plan.spool_storage == "block":
+                # The queue lives here: a separate disk that survives replacing the instance
+                # (retain_on_delete), encrypted at rest by Google's default encryption.
+                spool = compute.Disk(
+                    f"{name}-{node.key}-spool", project=project, zone=zone, type=DISK_TYPE,
+                    size=cp.plan.spool_gb_per_node, labels=labels,
+                    description=f"KumoMTA spool of {node.hostname} (kumo-infra)",
+                    opts=child(self, retain_on_delete=True, protect=d.lifecycle.protect))
+                attached_disks = [compute.InstanceAttachedDiskArgs(source=spool.id, device_name=SPOOL_DEVICE_NAME)]
+
+            scratch_disks = None
+            if cp.plan.spool_storage == "local_nvme" and itype.nvme_attach == "scratch":
+                # N2 and similar take local SSDs as scratch disks; the -lssd types (C3 ...) come
+                # with their fixed local SSDs and take none here (nvme_attach == "builtin").
+                scratch_disks = [compute.InstanceScratchDiskArgs(interface="NVME", size=SCRATCH_DISK_GB)
+                                 for _ in range(cp.plan.nvme_count)]
+
+            network_performance = None
+            if itype.tier1_gbps > 0:
+                # Tier_1 egress: N2/N2D/C2/C2D/C3 with 30+ vCPUs and gVNIC (set below).
+                network_performance = compute.InstanceNetworkPerformanceConfigArgs(
+                    total_egress_bandwidth_tier="TIER_1")
+
+            access_config = compute.InstanceNetworkInterfaceAccessConfigArgs(
+                nat_ip=address.address, network_tier="PREMIUM",
+                public_ptr_domain_name=f"{node.hostname}." if cp.set_ptr else None)
+            nic = compute.InstanceNetworkInterfaceArgs(
+                subnetwork=subnetwork, network=None if subnetwork else network,
+                nic_type="GVNIC",  # every image kumo-infra offers on GCP supports gVNIC
+                access_configs=[access_config])
+
+            instance = compute.Instance(
+                f"{name}-{node.key}-vm",
+                project=project,
+                zone=zone,
+                machine_type=cp.plan.instance_type,
+                hostname=node.hostname,
+                boot_disk=compute.InstanceBootDiskArgs(
+                    auto_delete=True,
+                    # Google encrypts every persistent disk at rest by default (no key to manage).
+                    initialize_params=compute.InstanceBootDiskInitializeParamsArgs(
+                        image=image.self_link, size=cp.plan.os_disk_gb, type=DISK_TYPE, labels=labels)),
+                attached_disks=attached_disks,
+                scratch_disks=scratch_disks,
+                network_interfaces=[nic],
+                network_performance_config=network_performance,
+                metadata={
+                    "startup-script": render_startup_script(d, cp.plan, node.index),
+                    "enable-oslogin": "TRUE",
+                    "block-project-ssh-keys": "TRUE",
+                },
+                shielded_instance_config=compute.InstanceShieldedInstanceConfigArgs(
+                    enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True),
+                service_account=compute.InstanceServiceAccountArgs(
+                    email=self.service_account.email, scopes=["cloud-platform"]),
+                tags=[tag],
+                labels=labels,
+                # Changing the machine type needs a stop. A stop keeps a persistent-disk spool but
+                # discards local SSD: with a local NVMe spool a resize must fail rather than lose mail.
+                allow_stopping_for_update=True if cp.plan.spool_storage == "block" else None,
+                deletion_protection=d.lifecycle.protect,
+                description=f"KumoMTA {node.hostname} (kumo-infra)",
+                opts=machine_options(self, cp, BOOTSTRAP_PATHS, IMAGE_PATHS, depends_on=depends_on),
+            )
+            self.instances.append(instance)
+            addresses.append(address.address)
+            node_outputs.append(node_output(
+                node, public_ip=address.address,
+                private_ip=instance.network_interfaces.apply(lambda nics: nics[0].network_ip if nics else None),
+                instance_type=cp.plan.instance_type, spool=cp.plan.spool_storage, ptr_set=cp.set_ptr,
+                forward_record_created=cp.create_forward_records))
+
+        self.nodes = pulumi.Output.all(*node_outputs).apply(list)
+        self.public_ips = pulumi.Output.all(*addresses).apply(list)
+        self.dns_records = dns_records_to_publish(node_outputs)
+        self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
+        self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips,
+                               "dns_records": self.dns_records, "sizing": self.sizing})
+
+    def _firewalls(self, name: str, cp: ComponentPlan, project: str, network: pulumi.Input[str],
+                   tag: str) -> list[compute.Firewall]:
+        """Every rule of cp.rules, one firewall per address family (GCP refuses mixed v4/v6 ranges)."""
+        made = []
+        for rule in cp.rules:
+            for family, cidrs in (("v4", rule.ipv4), ("v6", rule.ipv6)):
+                if cidrs:
+                    made.append(self._firewall(f"{name}-fw-{rule.name}-{family}", project, network, tag, rule,
+                                               list(cidrs)))
+        # Explicit denies below every allow: inbound anything else, outbound anything else.
+        for direction, suffix in (("INGRESS", "deny-in"), ("EGRESS", "deny-out")):
+            for family, world in WORLD.items():
+                ranges = {"source_ranges": [world]} if direction == "INGRESS" else {"destination_ranges": [world]}
+                made.append(compute.Firewall(
+                    f"{name}-fw-{suffix}-{family}", project=project, network=network, direction=direction,
+                    priority=DENY_PRIORITY, denies=[compute.FirewallDenyArgs(protocol="all")],
+                    target_tags=[tag], description=f"kumo-infra {name}: deny other {direction.lower()} traffic",
+                    **ranges, opts=child(self)))
+        return made
+
+    def _firewall(self, resource_name: str, project: str, network: pulumi.Input[str], tag: str, rule: Rule,
+                  cidrs: list[str]) -> compute.Firewall:
+        ranges = {"source_ranges": cidrs} if rule.direction == "ingress" else {"destination_ranges": cidrs}
+        return compute.Firewall(
+            resource_name, project=project, network=network, direction=rule.direction.upper(),
+            priority=ALLOW_PRIORITY,
+            allows=[compute.FirewallAllowArgs(protocol=rule.protocol, ports=[str(rule.port)])],
+            target_tags=[tag], description=rule.description, **ranges, opts=child(self))

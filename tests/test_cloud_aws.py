@@ -1,0 +1,493 @@
+"""AwsKumoMta under the mock engine: the whole stack program, values asserted (preview=False)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import ipaddress
+import json
+
+import pulumi
+import pulumi_aws
+import pytest
+import yaml
+
+from kumo_infra import offline, program
+from kumo_infra.bootstrap import render_user_data
+from kumo_infra.clouds import aws as aws_component
+from kumo_infra.config import parse_deployment
+from kumo_infra.errors import ConfigError
+from kumo_infra.stackconfig import plan_for
+from tests.conftest import ROOT, deployment
+
+INSTANCE = "aws:ec2/instance:Instance"
+EIP = "aws:ec2/eip:Eip"
+PTR = "aws:ec2/eipDomainName:EipDomainName"
+RECORD = "aws:route53/record:Record"
+VOLUME = "aws:ebs/volume:Volume"
+ATTACH = "aws:ec2/volumeAttachment:VolumeAttachment"
+SG = "aws:ec2/securityGroup:SecurityGroup"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+VPC = "aws:ec2/vpc:Vpc"
+SUBNET = "aws:ec2/subnet:Subnet"
+IGW = "aws:ec2/internetGateway:InternetGateway"
+RT = "aws:ec2/routeTable:RouteTable"
+RTA = "aws:ec2/routeTableAssociation:RouteTableAssociation"
+ROLE = "aws:iam/role:Role"
+PROFILE = "aws:iam/instanceProfile:InstanceProfile"
+COMPONENT = "kumo:index:AwsKumoMta"
+NOT_TAGGABLE = {RTA, ATTACH, PTR, RECORD}
+TAGS = {"managed-by": "kumo-infra"}
+
+
+def stack_deployment(stack: str) -> dict:
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]["kumo:deployment"]
+
+
+def run(d: dict, *, preview: bool = False) -> offline.OfflineResult:
+    return offline.run(program.run, {"kumo:deployment": d}, stack="t", preview=preview)
+
+
+def plan_of(d: dict):
+    return plan_for(parse_deployment(d))
+
+
+def user_data_of(instance: offline.RecordedResource) -> str:
+    return gzip.decompress(base64.b64decode(instance.inputs["userDataBase64"])).decode()
+
+
+def ids(result: offline.OfflineResult, token: str) -> list[str]:
+    # The mock engine's id of a resource is "<name>-id".
+    return [f"{r.name}-id" for r in result.of_type(token)]
+
+
+def by_name(result: offline.OfflineResult, token: str) -> dict[str, offline.RecordedResource]:
+    return {r.name: r for r in result.of_type(token)}
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """spy(module, "Class") -> {resource name: (resource, ResourceOptions)} of every instance created."""
+    def install(module, cls_name: str) -> dict:
+        captured: dict = {}
+        original = getattr(module, cls_name)
+
+        class Spy(original):
+            def __init__(self, resource_name, *args, opts=None, **kwargs):
+                super().__init__(resource_name, *args, opts=opts, **kwargs)
+                captured[resource_name] = (self, opts)
+
+        monkeypatch.setattr(module, cls_name, Spy)
+        return captured
+    return install
+
+
+@pytest.fixture
+def recorders(monkeypatch):
+    """Every offline recorder created, to see what was registered before an error."""
+    made = []
+
+    class Capturing(offline._Recorder):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(offline, "_Recorder", Capturing)
+    return made
+
+
+# -- the example stacks --------------------------------------------------------------
+
+def test_dev_stack_creates_a_minimal_public_network():
+    r = run(stack_deployment("aws-dev"))
+    vpc = r.one(VPC)
+    assert vpc.name == "kumo-dev-vpc"
+    assert vpc.inputs["cidrBlock"] == "10.42.0.0/16"
+    assert vpc.inputs["enableDnsHostnames"] is True and vpc.inputs["enableDnsSupport"] is True
+    subnet = r.one(SUBNET)
+    assert subnet.inputs["vpcId"] == "kumo-dev-vpc-id"
+    assert subnet.inputs["cidrBlock"] == "10.42.0.0/24"
+    assert subnet.inputs["availabilityZone"] == "zone-a"  # first of get_availability_zones
+    assert subnet.inputs["mapPublicIpOnLaunch"] is False
+    assert r.one(IGW).inputs["vpcId"] == "kumo-dev-vpc-id"
+    rt = r.one(RT)
+    assert rt.inputs["vpcId"] == "kumo-dev-vpc-id"
+    assert rt.inputs["routes"] == [{"cidrBlock": "0.0.0.0/0", "gatewayId": "kumo-dev-igw-id"}]
+    rta = r.one(RTA)
+    assert rta.inputs["subnetId"] == "kumo-dev-subnet-id" and rta.inputs["routeTableId"] == "kumo-dev-rt-id"
+    azs = [i for i in r.invokes if i["token"] == "aws:index/getAvailabilityZones:getAvailabilityZones"]
+    assert azs and azs[0]["args"] == {"state": "available"}
+
+
+def test_dev_stack_machine():
+    d = stack_deployment("aws-dev")
+    plan = plan_of(d)
+    r = run(d)
+    vm = r.one(INSTANCE)
+    i = vm.inputs
+    assert vm.name == "kumo-dev-node1-instance"
+    assert i["instanceType"] == plan.instance_type == "t3a.medium"
+    assert i["ami"] == "ami-00000000placeholder"
+    assert i["metadataOptions"] == {"httpTokens": "required", "httpEndpoint": "enabled", "httpPutResponseHopLimit": 1}
+    assert i["rootBlockDevice"]["volumeType"] == "gp3"
+    assert i["rootBlockDevice"]["encrypted"] is True
+    assert i["rootBlockDevice"]["volumeSize"] == plan.os_disk_gb
+    assert i["associatePublicIpAddress"] is False
+    assert i["subnetId"] == "kumo-dev-subnet-id"
+    assert i["vpcSecurityGroupIds"] == ["kumo-dev-sg-id"]
+    assert i["iamInstanceProfile"].startswith("kumo-dev-profile-")  # the profile's (auto-)name
+    assert "keyName" not in i
+    assert i["tags"]["Name"] == "mta-dev.example.com"
+    eip = r.one(EIP)
+    assert eip.name == "kumo-dev-node1-eip"
+    assert eip.inputs["domain"] == "vpc" and eip.inputs["instance"] == "kumo-dev-node1-instance-id"
+    # No zone and no forward_records_exist: neither a record nor a PTR.
+    assert r.of_type(RECORD) == [] and r.of_type(PTR) == []
+
+
+def test_image_lookup_filters_by_owner_name_and_architecture():
+    r = run(stack_deployment("aws-dev"))
+    (ami,) = [i for i in r.invokes if i["token"] == "aws:ec2/getAmi:getAmi"]
+    assert ami["args"]["owners"] == ["792107900819"]
+    assert ami["args"]["mostRecent"] is True
+    assert ami["args"]["filters"] == [{"name": "name", "values": ["Rocky-9-EC2-Base-9.*x86_64"]},
+                                      {"name": "architecture", "values": ["x86_64"]}]
+
+
+def test_arm_image_uses_the_os_arch_name():
+    r = run(deployment(os="ubuntu22", sizing={"instance_type": "t4g.medium"}))
+    (ami,) = [i for i in r.invokes if i["token"] == "aws:ec2/getAmi:getAmi"]
+    assert ami["args"]["owners"] == ["099720109477"]
+    assert ami["args"]["filters"] == [
+        {"name": "name", "values": ["ubuntu/images/hvm-ssd*/ubuntu-jammy-22.04-arm64-server-*"]},
+        {"name": "architecture", "values": ["arm64"]}]
+    assert r.one(INSTANCE).inputs["instanceType"] == "t4g.medium"
+
+
+def test_user_data_is_the_gzipped_bootstrap():
+    d = stack_deployment("aws-dev")
+    r = run(d)
+    vm = r.one(INSTANCE)
+    assert "userData" not in vm.inputs  # only the compressed form is sent
+    raw = base64.b64decode(vm.inputs["userDataBase64"])
+    assert raw[:2] == b"\x1f\x8b" and len(raw) <= 16 * 1024
+    text = user_data_of(vm)
+    assert text.startswith("#cloud-config\n")
+    assert "/usr/local/sbin/kumo-bootstrap" in text
+    assert "fqdn: mta-dev.example.com" in text
+    dep = parse_deployment(d)
+    assert text == render_user_data(dep, plan_of(d), 0)
+
+
+def test_block_spool_is_a_retained_encrypted_gp3_volume(spy):
+    volumes = spy(pulumi_aws.ebs, "Volume")
+    attachments = spy(pulumi_aws.ec2, "VolumeAttachment")
+    d = stack_deployment("aws-dev")
+    plan = plan_of(d)
+    assert plan.spool_storage == "block"
+    r = run(d)
+    vol = r.one(VOLUME)
+    assert vol.name == "kumo-dev-node1-spool"
+    assert vol.inputs["type"] == "gp3" and vol.inputs["encrypted"] is True
+    assert vol.inputs["size"] == plan.spool_gb_per_node
+    assert vol.inputs["availabilityZone"] == r.one(SUBNET).inputs["availabilityZone"]
+    att = r.one(ATTACH)
+    assert att.inputs["deviceName"] == "/dev/sdf"
+    assert att.inputs["volumeId"] == "kumo-dev-node1-spool-id"
+    assert att.inputs["instanceId"] == "kumo-dev-node1-instance-id"
+    assert att.inputs["stopInstanceBeforeDetaching"] is True
+    assert volumes["kumo-dev-node1-spool"][1].retain_on_delete is True
+    assert attachments["kumo-dev-node1-spool-attach"][1].delete_before_replace is True
+
+
+def test_prod_stack_local_nvme_forward_record_and_ptr(spy):
+    records = spy(pulumi_aws.route53, "Record")
+    ptrs = spy(pulumi_aws.ec2, "EipDomainName")
+    d = stack_deployment("aws-prod")
+    plan = plan_of(d)
+    assert plan.spool_storage == "local_nvme"
+    r = run(d)
+    # Instance store comes with the d-type: no volume of ours.
+    assert r.of_type(VOLUME) == [] and r.of_type(ATTACH) == []
+    assert {vm.inputs["instanceType"] for vm in r.of_type(INSTANCE)} == {plan.instance_type}
+    eips = by_name(r, EIP)
+    assert len(r.of_type(RECORD)) == len(r.of_type(PTR)) == len(eips) == plan.nodes
+    for node in r.outputs["nodes"]:
+        prefix = f"kumo-prod-{node['name']}"
+        rec = by_name(r, RECORD)[f"{prefix}-a"].inputs
+        assert rec == {"zoneId": "Z0EXAMPLE12345", "name": node["hostname"], "type": "A", "ttl": 300,
+                       "records": [node["public_ip"]]}
+        ptr = by_name(r, PTR)[f"{prefix}-ptr"].inputs
+        assert ptr["domainName"] == node["hostname"]
+        assert ptr["allocationId"].startswith("eipalloc-")
+        # The PTR waits for the A record of its own node.
+        depends = ptrs[f"{prefix}-ptr"][1].depends_on
+        assert depends == [records[f"{prefix}-a"][0]]
+        assert node["ptr"] == node["hostname"] and node["forward_record"]["created"] is True
+    assert r.outputs["dns_records"] == []
+
+
+def test_ptr_without_zone_when_forward_records_exist(spy):
+    ptrs = spy(pulumi_aws.ec2, "EipDomainName")
+    r = run(deployment(dns={"forward_records_exist": True}))
+    assert r.of_type(RECORD) == []
+    ptr = r.one(PTR)
+    assert ptr.name == "kumo-test-node1-ptr" and ptr.inputs["domainName"] == "mta.example.com"
+    assert not ptrs["kumo-test-node1-ptr"][1].depends_on
+    (node,) = r.outputs["nodes"]
+    assert node["ptr"] == "mta.example.com" and node["forward_record"]["created"] is False
+    assert r.outputs["dns_records"] == [{"name": "mta.example.com", "type": "A", "value": node["public_ip"],
+                                         "why": r.outputs["dns_records"][0]["why"]}]
+
+
+def test_no_dns_means_no_ptr_and_a_record_to_publish():
+    r = run(deployment())
+    assert r.of_type(PTR) == [] and r.of_type(RECORD) == []
+    (node,) = r.outputs["nodes"]
+    assert node["ptr"] is None
+    assert [rec["name"] for rec in r.outputs["dns_records"]] == ["mta.example.com"]
+
+
+def test_three_nodes_have_their_own_machine_address_and_spool():
+    d = deployment(nodes=3, dns={"zone": "example.com"}, aws={"route53_zone_id": "Z1"})
+    r = run(d)
+    machines = by_name(r, INSTANCE)
+    assert sorted(machines) == [f"kumo-test-node{i}-instance" for i in (1, 2, 3)]
+    assert sorted(by_name(r, EIP)) == [f"kumo-test-node{i}-eip" for i in (1, 2, 3)]
+    assert sorted(by_name(r, VOLUME)) == [f"kumo-test-node{i}-spool" for i in (1, 2, 3)]
+    assert sorted(by_name(r, PTR)) == [f"kumo-test-node{i}-ptr" for i in (1, 2, 3)]
+    hostnames = [n["hostname"] for n in r.outputs["nodes"]]
+    assert hostnames == ["mta1.example.com", "mta2.example.com", "mta3.example.com"]
+    for i, host in enumerate(hostnames, start=1):
+        vm = machines[f"kumo-test-node{i}-instance"]
+        assert vm.inputs["tags"]["Name"] == host
+        text = user_data_of(vm)
+        assert f"fqdn: {host}" in text and "/usr/local/sbin/kumo-bootstrap" in text
+        assert by_name(r, RECORD)[f"kumo-test-node{i}-a"].inputs["name"] == host
+    ips = r.outputs["public_ips"]
+    assert len(set(ips)) == 3 and ips == [n["public_ip"] for n in r.outputs["nodes"]]
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("192.0.2.0/24") for ip in ips)
+    # Shared resources exist once.
+    for token in (VPC, SUBNET, SG, ROLE, PROFILE):
+        r.one(token)
+
+
+# -- firewall -------------------------------------------------------------------------
+
+def _rules(r, token):
+    return {(x.inputs["ipProtocol"], x.inputs["fromPort"], x.inputs["toPort"],
+             x.inputs.get("cidrIpv4") or x.inputs.get("cidrIpv6")) for x in r.of_type(token)}
+
+
+def test_firewall_is_exactly_the_planned_rules():
+    r = run(deployment(network={"admin_cidrs": ["203.0.113.0/24", "2001:db8::/32"], "submission_ports": [587]}))
+    sg = r.one(SG)
+    assert "ingress" not in sg.inputs and "egress" not in sg.inputs  # no inline rules to fight with
+    assert sg.inputs["vpcId"] == "kumo-test-vpc-id"
+    world = ("0.0.0.0/0", "::/0")
+    admin = ("203.0.113.0/24", "2001:db8::/32")
+    assert _rules(r, INGRESS) == {("tcp", p, p, c) for p, cidrs in ((25, world), (587, world), (22, admin),
+                                                                   (8000, admin)) for c in cidrs}
+    egress = [("tcp", 25), ("tcp", 465), ("tcp", 587), ("tcp", 2525), ("udp", 53), ("tcp", 53), ("udp", 123),
+              ("tcp", 80), ("tcp", 443)]
+    assert _rules(r, EGRESS) == {(proto, p, p, c) for proto, p in egress for c in world}
+    for rule in r.of_type(INGRESS) + r.of_type(EGRESS):
+        assert rule.inputs["securityGroupId"] == "kumo-test-sg-id"
+        assert ("cidrIpv4" in rule.inputs) != ("cidrIpv6" in rule.inputs)
+    assert "kumo-test-sg-ssh-2001_db8__-32" in by_name(r, INGRESS)
+
+
+def test_no_admin_cidrs_no_management_ports():
+    r = run(deployment())
+    assert {x.inputs["fromPort"] for x in r.of_type(INGRESS)} == {25}
+
+
+def _firewall_inputs(r):
+    return [x.inputs for x in r.of_type(SG) + r.of_type(INGRESS) + r.of_type(EGRESS)]
+
+
+def _opens_management_port_to(inputs, cidrs):
+    found = []
+    for blocks in ([inputs], inputs.get("ingress", [])):
+        for rule in blocks:
+            if "fromPort" not in rule:
+                continue
+            ports = range(int(rule["fromPort"]), int(rule["toPort"]) + 1)
+            sources = [rule.get("cidrIpv4"), rule.get("cidrIpv6"), *rule.get("cidrBlocks", []),
+                       *rule.get("ipv6CidrBlocks", [])]
+            if (22 in ports or 8000 in ports or rule.get("ipProtocol") == "-1") and set(sources) & set(cidrs):
+                found.append(rule)
+    return found
+
+
+@pytest.mark.parametrize("d", [
+    stack_deployment("aws-dev"), stack_deployment("aws-prod"),
+    deployment(network={"admin_cidrs": ["198.51.100.0/24", "2001:db8::/48"], "submission_ports": [465, 587]}),
+], ids=["aws-dev", "aws-prod", "dual-stack-admin"])
+def test_management_ports_never_open_to_the_world(d):
+    r = run(d)
+    ingress = [x for x in r.of_type(INGRESS) if x.inputs["fromPort"] in (22, 8000)]
+    assert ingress, "admin_cidrs are set: SSH and the API must be reachable from them"
+    for inputs in _firewall_inputs(r):
+        assert _opens_management_port_to(inputs, ["0.0.0.0/0", "::/0"]) == []
+
+
+# -- network choices ------------------------------------------------------------------
+
+def test_existing_vpc_and_subnet_are_used():
+    r = run(deployment(aws={"vpc_id": "vpc-0abc", "subnet_id": "subnet-0def", "key_name": "ops"}))
+    for token in (VPC, SUBNET, IGW, RT, RTA):
+        assert r.of_type(token) == []
+    assert r.one(SG).inputs["vpcId"] == "vpc-0abc"
+    vm = r.one(INSTANCE).inputs
+    assert vm["subnetId"] == "subnet-0def" and vm["keyName"] == "ops"
+    (lookup,) = [i for i in r.invokes if i["token"] == "aws:ec2/getSubnet:getSubnet"]
+    assert lookup["args"] == {"id": "subnet-0def"}
+    assert r.one(VOLUME).inputs["availabilityZone"] == "zone-a"  # the subnet's zone (offline answer)
+    assert not any(i["token"].endswith("getAvailabilityZones") for i in r.invokes)
+
+
+def test_configured_availability_zone_and_vpc_cidr():
+    r = run(deployment(aws={"availability_zone": "us-east-1c", "vpc_cidr": "10.9.0.0/20"}))
+    assert r.one(VPC).inputs["cidrBlock"] == "10.9.0.0/20"
+    assert r.one(SUBNET).inputs["cidrBlock"] == "10.9.0.0/24"
+    assert r.one(SUBNET).inputs["availabilityZone"] == "us-east-1c"
+    assert r.one(VOLUME).inputs["availabilityZone"] == "us-east-1c"
+    assert not any(i["token"].endswith("getAvailabilityZones") for i in r.invokes)
+
+
+def test_subnet_cidr():
+    assert aws_component.subnet_cidr("10.42.0.0/16") == "10.42.0.0/24"
+    assert aws_component.subnet_cidr("10.1.2.0/26") == "10.1.2.0/26"
+    for bad in ("nonsense", "10.0.0.0/8", "2001:db8::/56"):
+        with pytest.raises(ConfigError, match=r"aws\.vpc_cidr"):
+            aws_component.subnet_cidr(bad)
+
+
+# -- bad input: an error before anything is registered ----------------------------------
+
+@pytest.mark.parametrize("d, error, match", [
+    # ConfigError from the component today; RunError once the program or the model catches these.
+    (deployment(aws={"vpc_id": "vpc-0abc"}), (ConfigError, pulumi.RunError), r"kumo:deployment\.aws\.subnet_id"),
+    (deployment(aws={"vpc_cidr": "10.0.0.0/8"}), (ConfigError, pulumi.RunError), r"kumo:deployment\.aws\.vpc_cidr"),
+    (deployment(sizing={"messages_per_hour": 0}), pulumi.RunError, r"sizing\.messages_per_hour"),
+], ids=["vpc-without-subnet", "vpc-cidr-too-big", "bad-sizing"])
+def test_bad_input_fails_before_any_resource(recorders, d, error, match):
+    with pytest.raises(error, match=match):
+        run(d)
+    assert recorders and recorders[-1].resources == []
+
+
+def test_component_refuses_another_clouds_deployment(recorders):
+    def prog():
+        aws_component.AwsKumoMta("x", {"deployment": deployment(cloud="gcp", gcp={"project": "p"},
+                                                                  port25={"outbound": "relay", "relay": {
+                                                                      "host": "smtp.example.net",
+                                                                      "username": "u"}})})
+    with pytest.raises(ConfigError, match="cloud"):
+        offline.run(prog, {}, stack="t")
+    assert recorders[-1].resources == []
+
+
+# -- lifecycle ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_bootstrap_change_replaces_only_when_asked(spy, replace):
+    machines = spy(pulumi_aws.ec2, "Instance")
+    r = run(deployment(nodes=2, lifecycle={"replace_on_bootstrap_change": replace}))
+    for vm in r.of_type(INSTANCE):
+        assert "userDataBase64" in vm.inputs  # the ignored property is the one carrying the bootstrap
+        assert vm.inputs["userDataReplaceOnChange"] is replace
+        opts = machines[vm.name][1]
+        assert ("userDataBase64" in opts.ignore_changes) is (not replace)
+        assert "ami" in opts.ignore_changes  # a new vendor image never replaces a machine
+        assert opts.parent is not None and opts.parent._name == "kumo-test"
+        assert opts.protect is False
+
+
+def test_protect_covers_machines_and_spool_volumes(spy):
+    machines = spy(pulumi_aws.ec2, "Instance")
+    volumes = spy(pulumi_aws.ebs, "Volume")
+    run(deployment(lifecycle={"protect": True}))
+    assert machines["kumo-test-node1-instance"][1].protect is True
+    assert volumes["kumo-test-node1-spool"][1].protect is True
+    assert volumes["kumo-test-node1-spool"][1].retain_on_delete is True
+
+
+def test_machine_options_ignore_the_bootstrap_property():
+    cp_default = aws_component.prepare({"deployment": deployment()}, "aws")
+    cp_replace = aws_component.prepare({"deployment": deployment(lifecycle={"replace_on_bootstrap_change": True})},
+                                       "aws")
+    assert aws_component.machine_options(None, cp_default, aws_component.BOOTSTRAP_PROPS).ignore_changes == [
+        "userDataBase64"]
+    assert aws_component.machine_options(None, cp_replace, aws_component.BOOTSTRAP_PROPS).ignore_changes == []
+
+
+# -- structure, identity, outputs -----------------------------------------------------
+
+@pytest.mark.parametrize("stack", ["aws-dev", "aws-prod"])
+def test_preview_with_unknowns_completes(stack):
+    r = run(stack_deployment(stack), preview=True)
+    assert len(r.of_type(INSTANCE)) == plan_of(stack_deployment(stack)).nodes
+    assert r.one(COMPONENT)
+
+
+@pytest.mark.parametrize("d", [stack_deployment("aws-dev"), stack_deployment("aws-prod"),
+                               deployment(nodes=2, dns={"forward_records_exist": True})],
+                         ids=["aws-dev", "aws-prod", "two-nodes-ptr"])
+def test_every_child_is_parented_and_tagged(d):
+    r = run(d)
+    name = d["name"]
+    component = r.one(COMPONENT)
+    assert component.name == name and component.parent is None and component.custom is False
+    children = [x for x in r.resources if x is not component]
+    assert children
+    for x in children:
+        assert x.parent == name, x.name
+        assert x.name.startswith(f"{name}-"), x.name
+        if x.type not in NOT_TAGGABLE:
+            assert x.inputs["tags"]["kumo-infra"] == name and x.inputs["tags"].items() >= TAGS.items(), x.name
+    vm_root_tags = r.of_type(INSTANCE)[0].inputs["rootBlockDevice"]["tags"]
+    assert vm_root_tags["kumo-infra"] == name
+
+
+def test_identity_is_a_role_without_permissions(spy):
+    components = spy(aws_component, "AwsKumoMta")
+    r = run(deployment())
+    role = r.one(ROLE)
+    policy = json.loads(role.inputs["assumeRolePolicy"])
+    assert policy["Statement"] == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                                    "Action": "sts:AssumeRole"}]
+    assert "managedPolicyArns" not in role.inputs and "inlinePolicies" not in role.inputs
+    assert not [x for x in r.resources if x.type.startswith("aws:iam/") and x.type not in (ROLE, PROFILE)]
+    profile = r.one(PROFILE)
+    assert profile.inputs["role"].startswith("kumo-test-role-")
+    assert r.one(INSTANCE).inputs["iamInstanceProfile"].startswith("kumo-test-profile-")
+    component = components["kumo-test"][0]
+    assert isinstance(component.role, pulumi_aws.iam.Role)
+
+
+def test_outputs_follow_the_contract():
+    d = stack_deployment("aws-dev")
+    r = run(d)
+    plan = plan_of(d)
+    assert r.outputs["sizing"] == json.loads(json.dumps(plan.to_dict()))
+    (node,) = r.outputs["nodes"]
+    assert set(node) == {"name", "hostname", "public_ip", "private_ip", "ptr", "instance_type", "spool",
+                         "forward_record"}
+    assert node["name"] == "node1" and node["hostname"] == "mta-dev.example.com"
+    assert node["instance_type"] == plan.instance_type and node["spool"] == "block"
+    assert ipaddress.ip_address(node["private_ip"]) in ipaddress.ip_network("192.0.2.0/24")
+    assert r.outputs["public_ips"] == [node["public_ip"]]
+    assert node["public_ip"] != node["private_ip"]
+
+
+def test_relay_password_never_reaches_the_machine():
+    d = deployment(port25={"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "kumo"}})
+    r = offline.run(program.run, {"kumo:deployment": d, "kumo:relayPassword": "s3cret-relay-pw"}, stack="t",
+                    secret_keys=["kumo:relayPassword"])
+    vm = r.one(INSTANCE)
+    assert "KUMO_OUTBOUND_MODE=relay" in user_data_of(vm)
+    assert "s3cret-relay-pw" not in user_data_of(vm)
+    assert "s3cret-relay-pw" not in json.dumps([x.inputs for x in r.resources])

@@ -1,0 +1,574 @@
+"""AzureKumoMta under the Pulumi SDK's mock engine: the real program, real SDK classes, recorded inputs."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import re
+
+import pulumi
+import pytest
+import yaml
+from pulumi.runtime.sync_await import _sync_await
+
+from kumo_infra import catalog, offline, program
+from kumo_infra.clouds import azure
+from kumo_infra.clouds.common import machine_options, prepare
+from kumo_infra.errors import ConfigError
+from kumo_infra.netplan import management_ports
+from tests.conftest import ROOT
+
+T = "azure-native"
+VM = f"{T}:compute:VirtualMachine"
+DISK = f"{T}:compute:Disk"
+PIP = f"{T}:network:PublicIPAddress"
+NIC = f"{T}:network:NetworkInterface"
+NSG = f"{T}:network:NetworkSecurityGroup"
+VNET = f"{T}:network:VirtualNetwork"
+SUBNET = f"{T}:network:Subnet"
+RG = f"{T}:resources:ResourceGroup"
+RECORD = f"{T}:dns:RecordSet"
+SSH_KEY = "tls:index/privateKey:PrivateKey"
+COMPONENT = "kumo:index:AzureKumoMta"
+TAGS = {"kumo-infra": "kumo-t", "managed-by": "kumo-infra"}
+WORLD = {"0.0.0.0/0", "::/0", "*", "Internet", "Any", "any", "internet"}
+ROCKY_URN = "resf:rockylinux-x86_64:9-base:latest"
+
+BASE = {
+    "cloud": "azure",
+    "region": "westeurope",
+    "name": "kumo-t",
+    "hostname": "mta.example.com",
+    "os": "ubuntu22",
+    # Pay-as-you-go subscriptions cannot send on 25: outbound goes through the relay.
+    "port25": {"relay": {"host": "smtp.relay.example.net", "port": 587, "username": "kumo"}},
+}
+
+
+def dep(**overrides) -> dict:
+    d = copy.deepcopy(BASE)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key].update(value)
+        else:
+            d[key] = value
+    return d
+
+
+def run(d: dict, preview: bool = False) -> offline.OfflineResult:
+    return offline.run(program.run, {"kumo:deployment": d, "kumo:relayPassword": "x"}, stack="t",
+                       secret_keys=["kumo:relayPassword"], preview=preview)
+
+
+def stack_values(stack: str) -> dict:
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
+
+
+def run_stack(stack: str) -> offline.OfflineResult:
+    values = stack_values(stack)
+    values["kumo:relayPassword"] = "x"
+    return offline.run(program.run, values, stack=stack, secret_keys=["kumo:relayPassword"], preview=False)
+
+
+def decoded_custom_data(vm) -> str:
+    raw = base64.b64decode(vm.inputs["osProfile"]["customData"])
+    return gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
+
+
+def rules_of(result) -> list[dict]:
+    return [rule for nsg in result.of_type(NSG) for rule in nsg.inputs["securityRules"]]
+
+
+def sources(rule: dict) -> set[str]:
+    return set(rule.get("sourceAddressPrefixes") or []) | (
+        {rule["sourceAddressPrefix"]} if "sourceAddressPrefix" in rule else set())
+
+
+def ports(rule: dict) -> set[str]:
+    return set(rule.get("destinationPortRanges") or []) | (
+        {rule["destinationPortRange"]} if "destinationPortRange" in rule else set())
+
+
+def refused_before_any_resource(monkeypatch, d: dict, match: str) -> Exception:
+    """Run the program expecting the component's ConfigError (the program may re-raise it as a RunError,
+    which Pulumi prints without a traceback), and prove nothing was registered before it."""
+    recorders = []
+
+    class Recorder(offline._Recorder):
+        def __init__(self):
+            super().__init__()
+            recorders.append(self)
+
+    monkeypatch.setattr(offline, "_Recorder", Recorder)
+    with pytest.raises((ConfigError, pulumi.RunError), match=match) as info:
+        run(d)
+    assert recorders and recorders[0].resources == []
+    return info.value
+
+
+# -- the example stack -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def azdev():
+    return run_stack("azure-dev")
+
+
+def test_example_stack_registers_every_resource_parented_and_stably_named(azdev):
+    name = "kumo-azdev"
+    got = sorted((r.type, r.name) for r in azdev.resources)
+    assert got == sorted([
+        (COMPONENT, name), (RG, f"{name}-rg"), (VNET, f"{name}-vnet"), (SUBNET, f"{name}-subnet"),
+        (NSG, f"{name}-nsg"), (SSH_KEY, f"{name}-ssh"), (PIP, f"{name}-node1-ip"),
+        (NIC, f"{name}-node1-nic"), (DISK, f"{name}-node1-spool"), (VM, f"{name}-node1-vm"),
+    ])
+    for r in azdev.resources:
+        assert r.parent == (None if r.type == COMPONENT else name), r.name
+
+
+def test_example_stack_machine(azdev):
+    d = stack_values("azure-dev")["kumo:deployment"]
+    plan = azdev.outputs["sizing"]
+    vm = azdev.one(VM)
+    assert vm.inputs["hardwareProfile"] == {"vmSize": plan["instance_type"]} == {"vmSize": "Standard_B2ls_v2"}
+    assert vm.inputs["location"] == d["region"] == "westeurope"
+    assert vm.inputs["resourceGroupName"] == azdev.one(RG).inputs.get("resourceGroupName", "kumo-azdev-rg")
+    storage = vm.inputs["storageProfile"]
+    assert storage["imageReference"] == {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy",
+                                         "sku": "22_04-lts-gen2", "version": "latest"}
+    assert "plan" not in vm.inputs  # Canonical's image needs no marketplace plan
+    assert storage["osDisk"]["createOption"] == "FromImage"
+    assert storage["osDisk"]["deleteOption"] == "Delete"
+    assert storage["osDisk"]["managedDisk"] == {"storageAccountType": "Premium_LRS"}
+    assert storage["osDisk"]["diskSizeGB"] == max(plan["os_disk_gb"], azure.MIN_OS_DISK_GB)
+    assert "diskControllerType" not in storage  # B2ls_v2 is not a v6 size
+    assert vm.inputs["identity"] == {"type": "SystemAssigned"}
+    assert vm.inputs["tags"] == {"kumo-infra": "kumo-azdev", "managed-by": "kumo-infra"}
+    assert vm.inputs["networkProfile"]["networkInterfaces"] == [
+        {"id": "kumo-azdev-node1-nic-id", "primary": True, "deleteOption": "Detach"}]
+    assert "securityProfile" not in vm.inputs
+
+
+def test_example_stack_os_profile_carries_the_bootstrap_and_no_password(azdev):
+    vm = azdev.one(VM)
+    profile = vm.inputs["osProfile"]
+    assert profile["computerName"] == "mta-azdev"
+    assert profile["adminUsername"] == "kumoadmin"
+    assert "adminPassword" not in profile
+    text = decoded_custom_data(vm)
+    assert text.startswith("#cloud-config\n")
+    assert "/usr/local/sbin/kumo-bootstrap" in text
+    assert "mta-azdev.example.com" in text
+    cp = prepare({"deployment": stack_values("azure-dev")["kumo:deployment"]}, "azure")
+    assert text == cp.nodes[0].user_data
+    linux = profile["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    key = azdev.one(SSH_KEY)
+    assert key.inputs == {"algorithm": "ED25519"}
+    [public_key] = linux["ssh"]["publicKeys"]
+    assert public_key["path"] == "/home/kumoadmin/.ssh/authorized_keys"
+    assert public_key["keyData"].startswith("ssh-ed25519 ")  # the generated key's public half
+
+
+def test_example_stack_block_spool_is_a_surviving_data_disk_at_lun_0(azdev):
+    plan = azdev.outputs["sizing"]
+    assert plan["spool_storage"] == "block"
+    disk = azdev.one(DISK)
+    assert disk.inputs["creationData"] == {"createOption": "Empty"}
+    assert disk.inputs["diskSizeGB"] == plan["spool_gb_per_node"]
+    assert disk.inputs["sku"] == {"name": "Premium_LRS"}
+    assert disk.inputs["tags"]["managed-by"] == "kumo-infra"
+    [data] = azdev.one(VM).inputs["storageProfile"]["dataDisks"]
+    assert data["lun"] == 0
+    assert data["createOption"] == "Attach"
+    assert data["deleteOption"] == "Detach"  # deleting the VM leaves the queue on the disk
+    assert data["managedDisk"] == {"id": f"{disk.name}-id", "storageAccountType": "Premium_LRS"}
+
+
+def test_example_stack_network_and_public_ip(azdev):
+    rg = azdev.one(RG)
+    assert rg.inputs["location"] == "westeurope"
+    vnet = azdev.one(VNET)
+    assert vnet.inputs["addressSpace"] == {"addressPrefixes": ["10.42.0.0/16"]}
+    subnet = azdev.one(SUBNET)
+    assert subnet.inputs["addressPrefix"] == "10.42.0.0/24"
+    assert subnet.inputs["virtualNetworkName"] == "kumo-azdev-vnet"
+    pip = azdev.one(PIP)
+    assert pip.inputs["sku"]["name"] == "Standard"
+    assert pip.inputs["publicIPAllocationMethod"] == "Static"
+    assert pip.inputs["publicIPAddressVersion"] == "IPv4"
+    assert re.fullmatch(r"kumo-azdev-node1-[0-9a-f]{6}", pip.inputs["dnsSettings"]["domainNameLabel"])
+    # No zone and no forward_records_exist: Azure would refuse the reverse FQDN.
+    assert "reverseFqdn" not in pip.inputs["dnsSettings"]
+    nic = azdev.one(NIC)
+    [ipc] = nic.inputs["ipConfigurations"]
+    assert ipc["subnet"] == {"id": "kumo-azdev-subnet-id"}
+    assert ipc["publicIPAddress"] == {"id": "kumo-azdev-node1-ip-id"}
+    assert ipc["primary"] is True
+    assert nic.inputs["networkSecurityGroup"] == {"id": "kumo-azdev-nsg-id"}
+    assert nic.inputs["enableAcceleratedNetworking"] is True  # the catalog says Bsv2 has it
+    assert not azdev.of_type(RECORD)
+
+
+def test_example_stack_outputs(azdev):
+    [node] = azdev.outputs["nodes"]
+    ip = azdev.outputs["public_ips"][0]
+    assert re.fullmatch(r"192\.0\.2\.\d+", ip)
+    assert node["public_ip"] == ip
+    assert node["hostname"] == "mta-azdev.example.com"
+    assert node["name"] == "node1"
+    assert node["ptr"] is None
+    assert node["instance_type"] == "Standard_B2ls_v2" and node["spool"] == "block"
+    # From the NIC's first IP configuration (an address Azure allocates: a placeholder offline).
+    assert re.fullmatch(r"192\.0\.2\.\d+", node["private_ip"]) and node["private_ip"] != ip
+    assert node["forward_record"] == {"name": "mta-azdev.example.com", "type": "A", "value": ip, "created": False}
+    assert azdev.outputs["dns_records"] == [{"name": "mta-azdev.example.com", "type": "A", "value": ip,
+                                             "why": azdev.outputs["dns_records"][0]["why"]}]
+
+
+# -- the firewall --------------------------------------------------------------------------------
+
+
+def test_nsg_translates_every_rule_and_denies_the_rest():
+    d = dep(network={"admin_cidrs": ["203.0.113.0/24", "2001:db8::/32"], "submission_ports": [587]})
+    result = run(d)
+    rules = rules_of(result)
+    cp = prepare({"deployment": d}, "azure")
+    expected = sum(bool(r.ipv4) + bool(r.ipv6) for r in cp.rules)
+    allows = [r for r in rules if r["access"] == "Allow"]
+    assert len(allows) == expected
+    for direction in ("Inbound", "Outbound"):
+        prios = [r["priority"] for r in rules if r["direction"] == direction]
+        assert len(prios) == len(set(prios)), f"{direction} priorities collide"
+        assert all(100 <= p <= 4096 for p in prios)
+        deny = [r for r in rules if r["direction"] == direction and r["access"] == "Deny"]
+        assert len(deny) == 1 and deny[0]["priority"] == 4096 == max(prios)
+    [deny_in] = [r for r in rules if r["direction"] == "Inbound" and r["access"] == "Deny"]
+    assert deny_in["sourceAddressPrefix"] == "*" and deny_in["protocol"] == "*"
+    assert deny_in["destinationPortRange"] == "*"
+    [deny_out] = [r for r in rules if r["direction"] == "Outbound" and r["access"] == "Deny"]
+    assert deny_out["destinationAddressPrefix"] == "Internet" and deny_out["protocol"] == "*"
+    inbound = {(r["name"], frozenset(ports(r)), frozenset(sources(r)), r["protocol"])
+               for r in allows if r["direction"] == "Inbound"}
+    assert inbound == {
+        ("allow-smtp-v4", frozenset({"25"}), frozenset({"0.0.0.0/0"}), "Tcp"),
+        ("allow-smtp-v6", frozenset({"25"}), frozenset({"::/0"}), "Tcp"),
+        ("allow-submission-587-v4", frozenset({"587"}), frozenset({"0.0.0.0/0"}), "Tcp"),
+        ("allow-submission-587-v6", frozenset({"587"}), frozenset({"::/0"}), "Tcp"),
+        ("allow-ssh-v4", frozenset({"22"}), frozenset({"203.0.113.0/24"}), "Tcp"),
+        ("allow-ssh-v6", frozenset({"22"}), frozenset({"2001:db8::/32"}), "Tcp"),
+        ("allow-kumo-api-v4", frozenset({"8000"}), frozenset({"203.0.113.0/24"}), "Tcp"),
+        ("allow-kumo-api-v6", frozenset({"8000"}), frozenset({"2001:db8::/32"}), "Tcp"),
+    }
+    outbound = {(frozenset(ports(r)), r["protocol"]) for r in allows if r["direction"] == "Outbound"}
+    assert (frozenset({"25"}), "Tcp") in outbound and (frozenset({"53"}), "Udp") in outbound
+    assert (frozenset({"443"}), "Tcp") in outbound and (frozenset({"123"}), "Udp") in outbound
+
+
+@pytest.mark.parametrize("admin", [[], ["198.51.100.7/32"], ["198.51.100.0/24", "2001:db8:1::/48"]])
+def test_management_ports_are_never_open_to_the_world(admin):
+    result = run(dep(network={"admin_cidrs": admin}))
+    rules = rules_of(result)
+    assert rules, "no NSG rules recorded"
+    mgmt = {str(p) for p in management_ports()}
+    opened = [r for r in rules if r["direction"] == "Inbound" and r["access"] == "Allow"
+              and (ports(r) & mgmt or ports(r) & {"*"})]
+    for rule in opened:
+        assert not sources(rule) & WORLD, rule
+        assert sources(rule) <= set(admin), rule
+    if admin:
+        assert {p for r in opened for p in ports(r)} == mgmt
+    else:
+        assert opened == []
+
+
+# -- PTR and forward records ------------------------------------------------------------------------
+
+
+def test_ptr_set_when_forward_records_exist_without_a_zone():
+    result = run(dep(dns={"forward_records_exist": True}))
+    assert result.one(PIP).inputs["dnsSettings"]["reverseFqdn"] == "mta.example.com."
+    assert not result.of_type(RECORD)
+    [node] = result.outputs["nodes"]
+    assert node["ptr"] == "mta.example.com"
+    assert node["forward_record"]["created"] is False
+
+
+def test_zone_first_run_creates_the_a_record_and_defers_the_ptr():
+    d = dep(dns={"zone": "example.com"}, azure={"dns_zone_resource_group": "dns-rg"})
+    result = run(d)
+    record = result.one(RECORD)
+    ip = result.outputs["public_ips"][0]
+    assert record.name == "kumo-t-node1-a"
+    assert record.inputs["recordType"] == "A"
+    assert record.inputs["zoneName"] == "example.com"
+    assert record.inputs["resourceGroupName"] == "dns-rg"
+    assert record.inputs["relativeRecordSetName"] == "mta"
+    assert record.inputs["aRecords"] == [{"ipv4Address": ip}]
+    assert record.inputs["ttl"] == azure.RECORD_TTL
+    # The record needs the address: registered only once the public IP exists.
+    names = [r.name for r in result.resources]
+    assert names.index("kumo-t-node1-ip") < names.index("kumo-t-node1-a")
+    # Azure checks the reverse FQDN resolves before it sets it: not in the run that creates the record.
+    assert "reverseFqdn" not in result.one(PIP).inputs["dnsSettings"]
+    [node] = result.outputs["nodes"]
+    assert node["ptr"] is None and node["forward_record"]["created"] is True
+    assert result.outputs["dns_records"] == []
+    # The operator is told how to get the PTR.
+    assert any(m.startswith("warning: ") and "dns.forward_records_exist: true" in m for m in result.log)
+
+
+def test_zone_second_run_sets_the_ptr_once_the_record_exists():
+    d = dep(dns={"zone": "example.com", "forward_records_exist": True}, azure={"dns_zone_resource_group": "dns-rg"})
+    result = run(d)
+    assert result.one(RECORD).inputs["aRecords"] == [{"ipv4Address": result.outputs["public_ips"][0]}]
+    assert result.one(PIP).inputs["dnsSettings"]["reverseFqdn"] == "mta.example.com."
+    assert result.outputs["nodes"][0]["ptr"] == "mta.example.com"
+    assert not any("forward_records_exist" in m for m in result.log)
+
+
+def test_record_at_the_zone_apex():
+    assert azure.relative_name("example.com", "example.com") == "@"
+    assert azure.relative_name("mta1.mail.example.com", "example.com") == "mta1.mail"
+
+
+# -- images and marketplace terms ---------------------------------------------------------------
+
+
+def test_rocky_is_refused_without_marketplace_terms(monkeypatch):
+    err = refused_before_any_resource(monkeypatch, dep(os="rocky9"),
+                                      r"kumo:deployment\.azure\.marketplace_terms_accepted")
+    assert f"az vm image terms accept --urn {ROCKY_URN}" in str(err)
+    assert "invalid configuration: kumo:deployment.azure.marketplace_terms_accepted: " in str(err)
+
+
+def test_rocky_with_accepted_terms_carries_the_marketplace_plan():
+    result = run(dep(os="rocky9", azure={"marketplace_terms_accepted": True}))
+    vm = result.one(VM)
+    assert vm.inputs["plan"] == {"name": "9-base", "product": "rockylinux-x86_64", "publisher": "resf"}
+    assert vm.inputs["storageProfile"]["imageReference"] == {
+        "publisher": "resf", "offer": "rockylinux-x86_64", "sku": "9-base", "version": "latest"}
+    assert "dnf" in decoded_custom_data(vm)
+
+
+def test_alma_needs_no_plan():
+    result = run(dep(os="alma9"))
+    vm = result.one(VM)
+    assert "plan" not in vm.inputs
+    assert vm.inputs["storageProfile"]["imageReference"]["publisher"] == "almalinux"
+
+
+# -- sizes: accelerated networking and NVMe -------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["Standard_D2s_v5", "Standard_B2s"])
+def test_accelerated_networking_follows_the_catalog(size):
+    result = run(dep(sizing={"instance_type": size}))
+    expected = catalog.load("azure").get(size).accelerated_networking
+    assert expected is (size == "Standard_D2s_v5")  # the test needs one of each
+    assert result.one(NIC).inputs["enableAcceleratedNetworking"] is expected
+    assert result.one(VM).inputs["hardwareProfile"]["vmSize"] == size
+
+
+def test_v6_size_with_local_nvme_gets_the_nvme_controller():
+    d = dep(sizing={"profile": "performance", "instance_type": "Standard_D4ads_v6"})
+    result = run(d)
+    assert catalog.load("azure").get("Standard_D4ads_v6").nvme_controller_required
+    vm = result.one(VM)
+    assert result.outputs["sizing"]["spool_storage"] == "local_nvme"
+    assert vm.inputs["storageProfile"]["diskControllerType"] == "NVMe"
+    assert "dataDisks" not in vm.inputs["storageProfile"]  # the spool is on the local NVMe
+    assert not result.of_type(DISK)
+    assert result.one(NIC).inputs["enableAcceleratedNetworking"] is True
+    assert "KUMO_SPOOL_STORAGE=local_nvme" in decoded_custom_data(vm)
+
+
+def test_lsv3_local_nvme_needs_no_controller_setting():
+    result = run(dep(sizing={"profile": "performance", "instance_type": "Standard_L8s_v3"}))
+    storage = result.one(VM).inputs["storageProfile"]
+    assert "diskControllerType" not in storage and "dataDisks" not in storage
+
+
+def test_v6_size_with_block_spool_keeps_nvme_controller_and_lun_0():
+    result = run(dep(sizing={"instance_type": "Standard_D2ads_v6"}, spool={"storage": "block"}))
+    storage = result.one(VM).inputs["storageProfile"]
+    assert storage["diskControllerType"] == "NVMe"
+    assert [d["lun"] for d in storage["dataDisks"]] == [0]
+
+
+# -- several nodes, existing network, own SSH key ---------------------------------------------------
+
+
+def test_three_nodes():
+    result = run(dep(nodes=3))
+    # Registration order is asynchronous; the names are what must be stable.
+    vms, pips, nics, disks = (sorted(result.of_type(t), key=lambda r: r.name) for t in (VM, PIP, NIC, DISK))
+    assert [v.name for v in vms] == [f"kumo-t-node{i}-vm" for i in (1, 2, 3)]
+    assert [p.name for p in pips] == [f"kumo-t-node{i}-ip" for i in (1, 2, 3)]
+    assert len(nics) == len(disks) == 3
+    assert len(result.of_type(NSG)) == 1 and len(result.of_type(SSH_KEY)) == 1
+    hostnames = [n["hostname"] for n in result.outputs["nodes"]]
+    assert hostnames == ["mta1.example.com", "mta2.example.com", "mta3.example.com"]
+    assert len(set(result.outputs["public_ips"])) == 3
+    assert len({p.inputs["dnsSettings"]["domainNameLabel"] for p in pips}) == 3
+    for vm, hostname in zip(vms, hostnames):
+        text = decoded_custom_data(vm)
+        assert f"fqdn: {hostname}" in text
+        assert vm.inputs["osProfile"]["computerName"] == hostname.split(".")[0]
+    for i, vm in enumerate(vms, 1):
+        assert vm.inputs["networkProfile"]["networkInterfaces"][0]["id"] == f"kumo-t-node{i}-nic-id"
+        assert vm.inputs["storageProfile"]["dataDisks"][0]["managedDisk"]["id"] == f"kumo-t-node{i}-spool-id"
+
+
+def test_existing_resource_group_and_subnet_are_used():
+    vnet = "/subscriptions/0/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v"
+    subnet = f"{vnet}/subnets/mail"
+    result = run(dep(azure={"resource_group": "mail-rg", "vnet_id": vnet, "subnet_id": subnet}))
+    assert not result.of_type(RG) and not result.of_type(VNET) and not result.of_type(SUBNET)
+    assert result.one(NIC).inputs["ipConfigurations"][0]["subnet"] == {"id": subnet}
+    for r in result.resources:
+        if r.type.startswith(T) and r.type != RECORD:
+            assert r.inputs["resourceGroupName"] == "mail-rg", r.name
+
+
+def test_vnet_without_subnet_is_refused(monkeypatch):
+    vnet = "/subscriptions/0/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v"
+    refused_before_any_resource(monkeypatch, dep(azure={"vnet_id": vnet}), r"kumo:deployment\.azure\.subnet_id")
+
+
+def test_given_ssh_key_is_used_and_none_generated():
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKeyOperatorKeyOperatorKey00000 ops@example"
+    result = run(dep(azure={"ssh_public_key": key}))
+    assert not result.of_type(SSH_KEY)
+    [public_key] = result.one(VM).inputs["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
+    assert public_key["keyData"] == key
+
+
+def test_every_taggable_resource_is_tagged():
+    result = run(dep(dns={"zone": "example.com"}, azure={"dns_zone_resource_group": "dns-rg"}))
+    for r in result.resources:
+        if r.type in (RG, VNET, NSG, PIP, NIC, DISK, VM):
+            assert r.inputs["tags"] == TAGS, r.name
+    assert result.one(RECORD).inputs["metadata"] == TAGS
+
+
+# -- the component's own attributes and options ---------------------------------------------------
+
+
+def test_component_exposes_identity_and_secret_ssh_key():
+    seen = {}
+
+    def prog():
+        mta = azure.AzureKumoMta("kumo-t", {"deployment": dep(nodes=2), "relay_password": "x"})
+        seen["secret"] = _sync_await(mta.ssh_private_key.is_secret())
+        seen["principals"] = _sync_await(mta.identity_principal_ids.future())
+        seen["rg"] = _sync_await(mta.resource_group_name.future())
+
+    offline.run(prog, {}, stack="t")
+    assert seen["secret"] is True
+    principals = seen["principals"]
+    assert isinstance(principals, list) and len(principals) == 2 and len(set(principals)) == 2
+    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", p) for p in principals)
+    assert seen["rg"] == "kumo-t-rg"
+
+
+def test_given_ssh_key_means_no_private_key_attribute():
+    seen = {}
+
+    def prog():
+        d = dep(azure={"ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperator ops"})
+        seen["mta"] = azure.AzureKumoMta("kumo-t", {"deployment": d, "relay_password": "x"})
+
+    offline.run(prog, {}, stack="t")
+    assert seen["mta"].ssh_private_key is None
+
+
+@pytest.mark.parametrize("replace,protect", [(False, False), (True, True)])
+def test_vm_options_guard_the_bootstrap_and_replace_delete_first(monkeypatch, replace, protect):
+    seen = []
+    original = azure.compute.VirtualMachine
+
+    class Spy(original):
+        def __init__(self, resource_name, *args, opts=None, **kwargs):
+            seen.append(opts)
+            super().__init__(resource_name, *args, opts=opts, **kwargs)
+
+    monkeypatch.setattr(azure.compute, "VirtualMachine", Spy)
+    result = run(dep(lifecycle={"replace_on_bootstrap_change": replace, "protect": protect}))
+    [opts] = seen
+    assert opts.ignore_changes == ([] if replace else ["osProfile.customData"])
+    assert opts.protect is protect
+    assert opts.delete_before_replace is True  # the NIC and spool disk attach to one VM at a time
+    # The ignored path is where the bootstrap really is in the engine's inputs.
+    assert "customData" in result.one(VM).inputs["osProfile"]
+
+
+def test_machine_options_ignore_the_custom_data_path():
+    cp = prepare({"deployment": dep()}, "azure")
+    assert machine_options(None, cp, azure.BOOTSTRAP_PATHS).ignore_changes == ["osProfile.customData"]
+    cp = prepare({"deployment": dep(lifecycle={"replace_on_bootstrap_change": True})}, "azure")
+    assert machine_options(None, cp, azure.BOOTSTRAP_PATHS).ignore_changes == []
+
+
+def test_preview_completes_with_unknowns():
+    result = run(dep(nodes=2, dns={"zone": "example.com"}, azure={"dns_zone_resource_group": "dns-rg"}),
+                 preview=True)
+    assert len(result.of_type(VM)) == 2
+    assert len(result.of_type(RECORD)) == 2
+
+
+def test_wrong_cloud_is_refused_by_the_component():
+    def prog():
+        azure.AzureKumoMta("kumo-t", {"deployment": {**dep(), "cloud": "gcp", "gcp": {"project": "p"}}})
+
+    with pytest.raises(ConfigError, match="kumo:deployment.cloud"):
+        offline.run(prog, {}, stack="t")
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+
+def test_private_ip_and_principal_extraction():
+    from pulumi_azure_native.compute.outputs import VirtualMachineIdentityResponse
+    from pulumi_azure_native.network.outputs import NetworkInterfaceIPConfigurationResponse
+
+    ipc = NetworkInterfaceIPConfigurationResponse(etag="e", provisioning_state="Succeeded",
+                                                  private_link_connection_properties=None,
+                                                  private_ip_address="10.42.0.4")
+    assert azure.first_private_ip([ipc]) == "10.42.0.4"
+    assert azure.first_private_ip([{"privateIPAddress": "10.42.0.5"}]) == "10.42.0.5"
+    assert azure.first_private_ip([]) is None and azure.first_private_ip(None) is None
+    ident = VirtualMachineIdentityResponse(principal_id="p-1", tenant_id="t", type="SystemAssigned")
+    assert azure.principal_id(ident) == "p-1"
+    assert azure.principal_id({"principalId": "p-2"}) == "p-2"
+    assert azure.principal_id(None) is None
+
+
+def test_subnet_and_label_helpers():
+    assert azure.subnet_cidr("10.42.0.0/16") == "10.42.0.0/24"
+    assert azure.subnet_cidr("10.9.8.0/26") == "10.9.8.0/26"
+    cp = prepare({"deployment": dep(name="a" * 20, nodes=100, sizing={"messages_per_hour": 100})}, "azure")
+    labels = {azure.domain_label("a" * 20, n) for n in cp.nodes}
+    assert len(labels) == 100
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]{1,61}[a-z0-9]", label) for label in labels)
+
+
+def test_custom_data_is_plain_base64_and_compressed_only_when_too_big():
+    assert base64.b64decode(azure.custom_data("#cloud-config\nx: 1\n")).decode() == "#cloud-config\nx: 1\n"
+    big = "#cloud-config\n" + "a" * 60_000
+    packed = base64.b64decode(azure.custom_data(big))
+    assert gzip.decompress(packed).decode() == big
+
+
+def test_offline_answers_use_documentation_addresses_only():
+    from kumo_infra.clouds import offline_azure
+
+    text = repr(offline_azure.COMPUTED)
+    for addr in re.findall(r"\d+\.\d+\.\d+\.[\d{}n]+", text):
+        assert addr.startswith("192.0.2."), addr
+
+
+def test_component_is_what_the_program_dispatches_to():
+    assert program.COMPONENTS["azure"] == ("kumo_infra.clouds.azure", "AzureKumoMta")
+    assert isinstance(azure.AzureKumoMta, type) and issubclass(azure.AzureKumoMta, pulumi.ComponentResource)

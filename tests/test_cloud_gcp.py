@@ -1,0 +1,492 @@
+"""GcpKumoMta under the Pulumi SDK's mock engine, through the real stack program."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pytest
+import yaml
+
+from kumo_infra import offline, program
+from kumo_infra.bootstrap import FILES
+from kumo_infra.clouds import common, gcp
+from kumo_infra.config import parse_deployment
+from kumo_infra.errors import ConfigError
+from kumo_infra.netplan import firewall_rules, is_world
+from kumo_infra.stackconfig import plan_for
+from tests.conftest import ROOT
+
+INSTANCE = "gcp:compute/instance:Instance"
+ADDRESS = "gcp:compute/address:Address"
+FIREWALL = "gcp:compute/firewall:Firewall"
+DISK = "gcp:compute/disk:Disk"
+RECORD = "gcp:dns/recordSet:RecordSet"
+ACCOUNT = "gcp:serviceaccount/account:Account"
+IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
+NETWORK = "gcp:compute/network:Network"
+SUBNETWORK = "gcp:compute/subnetwork:Subnetwork"
+COMPONENT = "kumo:index:GcpKumoMta"
+GET_IMAGE = "gcp:compute/getImage:getImage"
+IMAGE_SELF_LINK = "projects/placeholder/global/images/placeholder"
+
+GCP_BASE = {
+    "cloud": "gcp",
+    "region": "us-central1",
+    "name": "kumo-test",
+    "hostname": "mta.example.com",
+    "os": "rocky9",
+    "port25": {"outbound": "relay",
+               "relay": {"host": "smtp.relay.example.net", "port": 587, "username": "kumo"}},
+    "gcp": {"project": "test-project"},
+}
+
+
+def gcp_deployment(**overrides) -> dict:
+    d = copy.deepcopy(GCP_BASE)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key].update(value)
+        else:
+            d[key] = value
+    return d
+
+
+@dataclass
+class Registration:
+    """What the engine receives beyond the inputs: options and dependencies."""
+
+    ignore_changes: list[str]
+    protect: bool
+    retain_on_delete: bool
+    dependencies: list[str]  # names of the resources depended on
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    """Record each registration's options, and answer each instance's internal address.
+
+    kumo_infra.offline fills computed outputs only at the top level, and networkInterfaces
+    is an input, so networkIp (nested in it) is answered here.
+    """
+    seen: dict[tuple[str, str], Registration] = {}
+    original_register = offline._ParentRecordingMonitor.RegisterResource
+    original_new = offline._Recorder.new_resource
+
+    def register(self, request):
+        seen[(request.type, request.name)] = Registration(
+            list(request.ignoreChanges), bool(request.protect), bool(request.retainOnDelete),
+            [urn.split("::")[-1] for urn in request.dependencies])
+        return original_register(self, request)
+
+    def new_resource(self, args):
+        rid, state = original_new(self, args)
+        if args.typ == INSTANCE:
+            n = len([r for r in self.resources if r.type == INSTANCE])
+            state["networkInterfaces"] = [{**nic, "networkIp": f"10.42.0.{100 + n}"}
+                                          for nic in state.get("networkInterfaces") or []]
+        return rid, state
+
+    monkeypatch.setattr(offline._ParentRecordingMonitor, "RegisterResource", register)
+    monkeypatch.setattr(offline._Recorder, "new_resource", new_resource)
+    return seen
+
+
+def run(dep: dict, preview: bool = False, password: str = "x") -> offline.OfflineResult:
+    return offline.run(program.run, {"kumo:deployment": dep, "kumo:relayPassword": password}, stack="t",
+                       secret_keys=["kumo:relayPassword"], preview=preview)
+
+
+def stack_config() -> dict:
+    return yaml.safe_load((ROOT / "stacks" / "Pulumi.gcp-dev.yaml").read_text())["config"]
+
+
+def startup_script(instance: offline.RecordedResource) -> str:
+    return instance.inputs["metadata"]["startup-script"]
+
+
+def decoded_files(script: str) -> dict[str, str]:
+    """The files the startup script writes: path -> content, decoded from its base64 heredocs."""
+    found = re.findall(r"base64 -d > (\S+)\.kumo-new <<'KUMO_EOF'\n(.*?)\nKUMO_EOF", script, re.S)
+    return {path: base64.b64decode("".join(body.split())).decode() for path, body in found}
+
+
+# -- the example stack --------------------------------------------------------
+
+def test_example_stack_registers_a_complete_node(engine):
+    values = stack_config()
+    values["kumo:relayPassword"] = "x"
+    result = offline.run(program.run, values, stack="gcp-dev", secret_keys=["kumo:relayPassword"])
+    dep = values["kumo:deployment"]
+    plan = plan_for(parse_deployment(dep))
+    name = dep["name"]
+
+    # A minimal custom-mode network with the configured CIDR in the region.
+    net = result.one(NETWORK)
+    assert net.inputs["autoCreateSubnetworks"] is False
+    subnet = result.one(SUBNETWORK)
+    assert subnet.inputs["ipCidrRange"] == "10.42.0.0/24"
+    assert subnet.inputs["region"] == "us-central1"
+    assert subnet.inputs["network"] == f"{net.name}-id"
+
+    vm = result.one(INSTANCE)
+    i = vm.inputs
+    assert vm.name == f"{name}-node1-vm"
+    assert i["machineType"] == plan.instance_type == "e2-medium"
+    assert i["zone"] == "us-central1-a" and i["project"] == "my-kumo-project"
+    assert i["hostname"] == "mta-gcpdev.example.com"
+    # Image from the OS table, looked up by family.
+    lookup = [c for c in result.invokes if c["token"] == GET_IMAGE]
+    assert lookup == [{"token": GET_IMAGE, "args": {"family": "almalinux-9", "project": "almalinux-cloud"},
+                       "answered": True}]
+    boot = i["bootDisk"]["initializeParams"]
+    assert boot["image"] == IMAGE_SELF_LINK
+    assert boot["size"] == plan.os_disk_gb and boot["type"] == "pd-balanced"
+    # gVNIC, no Tier_1 on an e2, the static address as NAT IP, no PTR without DNS.
+    nic = i["networkInterfaces"][0]
+    assert nic["nicType"] == "GVNIC"
+    assert nic["subnetwork"] == f"{subnet.name}-id"
+    address = result.one(ADDRESS)
+    assert address.inputs["addressType"] == "EXTERNAL" and address.inputs["networkTier"] == "PREMIUM"
+    assert address.inputs["region"] == "us-central1"
+    public_ip = result.outputs["public_ips"][0]
+    assert nic["accessConfigs"] == [{"natIp": public_ip, "networkTier": "PREMIUM"}]
+    assert "networkPerformanceConfig" not in i
+    assert "scratchDisks" not in i
+    # Block spool: a separate pd-balanced disk with the device name the bootstrap looks for.
+    disk = result.one(DISK)
+    assert disk.inputs["type"] == "pd-balanced" and disk.inputs["size"] == plan.spool_gb_per_node
+    assert disk.inputs["zone"] == "us-central1-a"
+    assert i["attachedDisks"] == [{"source": f"{disk.name}-id", "deviceName": "kumo-spool"}]
+    assert engine[(DISK, disk.name)].retain_on_delete is True
+    assert i["allowStoppingForUpdate"] is True  # a persistent-disk spool survives a stop
+    # Metadata: the bootstrap as startup-script, OS Login, no project-wide keys.
+    assert set(i["metadata"]) == {"startup-script", "enable-oslogin", "block-project-ssh-keys"}
+    assert i["metadata"]["enable-oslogin"] == "TRUE" and i["metadata"]["block-project-ssh-keys"] == "TRUE"
+    assert "metadataStartupScript" not in i
+    assert i["shieldedInstanceConfig"] == {"enableSecureBoot": True, "enableVtpm": True,
+                                           "enableIntegrityMonitoring": True}
+    assert i["deletionProtection"] is False
+    labels = {"kumo-infra": name, "managed-by": "kumo-infra"}
+    assert i["labels"] == labels and boot["labels"] == labels
+    assert disk.inputs["labels"] == labels and address.inputs["labels"] == labels
+    # Outputs, the same keys on every cloud.
+    node = result.outputs["nodes"][0]
+    assert node == {"name": "node1", "hostname": "mta-gcpdev.example.com", "public_ip": public_ip,
+                    "private_ip": "10.42.0.101", "ptr": None, "instance_type": "e2-medium", "spool": "block",
+                    "forward_record": {"name": "mta-gcpdev.example.com", "type": "A", "value": public_ip,
+                                       "created": False}}
+    assert ipaddress.ip_address(public_ip) in ipaddress.ip_network("192.0.2.0/24")
+    assert result.outputs["dns_records"] == [
+        {"name": "mta-gcpdev.example.com", "type": "A", "value": public_ip,
+         "why": "publish before setting dns.forward_records_exist: the cloud checks it before setting the PTR"}]
+    assert result.outputs["sizing"] == plan.to_dict()
+
+
+def test_private_ip_is_the_first_nics_address(engine):
+    result = run(gcp_deployment(nodes=2))
+    assert [n["private_ip"] for n in result.outputs["nodes"]] == ["10.42.0.101", "10.42.0.102"]
+
+
+def test_dedicated_service_account_with_only_log_and_metric_roles(engine):
+    result = run(gcp_deployment())
+    account = result.one(ACCOUNT)
+    assert account.inputs["accountId"] == "kumo-test-mta"
+    assert account.inputs["project"] == "test-project"
+    email = f"{account.name}@placeholder.iam.gserviceaccount.com"
+    members = result.of_type(IAM_MEMBER)
+    assert sorted(m.inputs["role"] for m in members) == ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    assert {m.inputs["member"] for m in members} == {f"serviceAccount:{email}"}
+    assert {m.inputs["project"] for m in members} == {"test-project"}
+    vm = result.one(INSTANCE)
+    assert vm.inputs["serviceAccount"] == {"email": email, "scopes": ["cloud-platform"]}
+    # Roles are in place before the machine boots and starts logging.
+    assert set(engine[(INSTANCE, vm.name)].dependencies) >= {m.name for m in members}
+
+
+def test_startup_script_carries_the_bootstrap(engine):
+    result = run(gcp_deployment(), password="relay-pw-must-not-leak")
+    script = startup_script(result.one(INSTANCE))
+    assert script.startswith("#!/bin/bash\n")
+    assert "hostnamectl set-hostname mta.example.com" in script
+    assert script.rstrip("\n").splitlines()[-1] == "exec /usr/local/sbin/kumo-bootstrap all"
+    files = decoded_files(script)
+    assert files["/usr/local/sbin/kumo-bootstrap"] == (FILES / "kumo-bootstrap.sh").read_text()
+    env = files["/etc/kumo-infra/bootstrap.env"]
+    assert "KUMO_HOSTNAME=mta.example.com" in env and "KUMO_CLOUD=gcp" in env
+    assert "KUMO_SPOOL_STORAGE=block" in env
+    # The relay password is never rendered into the metadata (the node fetches it itself).
+    assert "relay-pw-must-not-leak" not in script
+    assert not any("relay-pw-must-not-leak" in body for body in files.values())
+
+
+# -- machine types: NVMe and network tiers -------------------------------------
+
+@pytest.mark.parametrize("instance_type, nvme, tier1", [
+    ("n2-standard-32", 4, True),   # scratch NVMe, 32 vCPUs: Tier_1
+    ("n2-standard-16", 2, False),  # scratch NVMe, below 30 vCPUs
+    ("n2-standard-8", 1, False),
+    ("c3-standard-44-lssd", 0, True),  # -lssd brings its own NVMe: no scratch_disks
+    ("c3-standard-22-lssd", 0, False),
+])
+def test_local_nvme_and_tier1(engine, instance_type, nvme, tier1):
+    dep = gcp_deployment(sizing={"profile": "performance", "instance_type": instance_type})
+    result = run(dep)
+    i = result.one(INSTANCE).inputs
+    assert i["machineType"] == instance_type
+    assert i["networkInterfaces"][0]["nicType"] == "GVNIC"
+    if tier1:
+        assert i["networkPerformanceConfig"] == {"totalEgressBandwidthTier": "TIER_1"}
+    else:
+        assert "networkPerformanceConfig" not in i
+    if nvme:
+        assert i["scratchDisks"] == [{"interface": "NVME", "size": 375}] * nvme
+    else:
+        assert "scratchDisks" not in i
+    # The spool is on local NVMe: no persistent spool disk, and no stop for updates (a stop wipes local SSD).
+    assert result.of_type(DISK) == [] and "attachedDisks" not in i
+    assert "allowStoppingForUpdate" not in i
+    env = decoded_files(startup_script(result.one(INSTANCE)))["/etc/kumo-infra/bootstrap.env"]
+    assert "KUMO_SPOOL_STORAGE=local_nvme" in env
+
+
+def test_no_tier1_on_a_32_vcpu_e2(engine):
+    result = run(gcp_deployment(sizing={"instance_type": "e2-standard-32"}))
+    i = result.one(INSTANCE).inputs
+    assert i["machineType"] == "e2-standard-32"
+    assert "networkPerformanceConfig" not in i and "scratchDisks" not in i
+
+
+def test_n2_with_block_spool_gets_no_scratch_disks(engine):
+    dep = gcp_deployment(sizing={"instance_type": "n2-standard-8"}, spool={"storage": "block", "size_gb": 200})
+    result = run(dep)
+    i = result.one(INSTANCE).inputs
+    assert "scratchDisks" not in i
+    disk = result.one(DISK)
+    assert disk.inputs["size"] == plan_for(parse_deployment(dep)).spool_gb_per_node
+    assert i["attachedDisks"][0]["deviceName"] == "kumo-spool"
+
+
+# -- DNS: PTR and forward records ------------------------------------------------
+
+def test_forward_record_first_then_ptr(engine):
+    dep = gcp_deployment(nodes=2, dns={"zone": "example.com"},
+                         gcp={"project": "test-project", "dns_managed_zone": "example-com"})
+    result = run(dep)
+    records = sorted(result.of_type(RECORD), key=lambda r: r.name)
+    vms = sorted(result.of_type(INSTANCE), key=lambda r: r.name)
+    assert [r.name for r in records] == ["kumo-test-node1-a", "kumo-test-node2-a"]
+    for n, (record, vm, ip) in enumerate(zip(records, vms, result.outputs["public_ips"]), start=1):
+        assert record.inputs == {"managedZone": "example-com", "name": f"mta{n}.example.com.", "type": "A",
+                                 "ttl": 300, "rrdatas": [ip], "project": "test-project"}
+        access = vm.inputs["networkInterfaces"][0]["accessConfigs"][0]
+        assert access == {"natIp": ip, "networkTier": "PREMIUM", "publicPtrDomainName": f"mta{n}.example.com."}
+        assert record.name in engine[(INSTANCE, vm.name)].dependencies
+    assert [n["ptr"] for n in result.outputs["nodes"]] == ["mta1.example.com", "mta2.example.com"]
+    assert all(n["forward_record"]["created"] for n in result.outputs["nodes"])
+    assert result.outputs["dns_records"] == []
+
+
+def test_ptr_without_zone_when_forward_records_exist(engine):
+    result = run(gcp_deployment(dns={"forward_records_exist": True}))
+    assert result.of_type(RECORD) == []
+    access = result.one(INSTANCE).inputs["networkInterfaces"][0]["accessConfigs"][0]
+    assert access["publicPtrDomainName"] == "mta.example.com."
+    assert result.outputs["nodes"][0]["ptr"] == "mta.example.com"
+
+
+def test_no_ptr_and_no_record_without_dns(engine):
+    result = run(gcp_deployment())
+    assert result.of_type(RECORD) == []
+    access = result.one(INSTANCE).inputs["networkInterfaces"][0]["accessConfigs"][0]
+    assert "publicPtrDomainName" not in access
+    assert result.outputs["nodes"][0]["ptr"] is None
+    assert [r["name"] for r in result.outputs["dns_records"]] == ["mta.example.com"]
+
+
+# -- several nodes ---------------------------------------------------------------
+
+def test_three_nodes_have_stable_names_and_their_own_addresses(engine):
+    result = run(gcp_deployment(nodes=3))
+    vms = result.of_type(INSTANCE)
+    addresses = result.of_type(ADDRESS)
+    assert sorted(v.name for v in vms) == ["kumo-test-node1-vm", "kumo-test-node2-vm", "kumo-test-node3-vm"]
+    assert sorted(a.name for a in addresses) == ["kumo-test-node1-ip", "kumo-test-node2-ip", "kumo-test-node3-ip"]
+    assert sorted(d.name for d in result.of_type(DISK)) == [
+        "kumo-test-node1-spool", "kumo-test-node2-spool", "kumo-test-node3-spool"]
+    ips = result.outputs["public_ips"]
+    assert len(set(ips)) == 3
+    hostnames = [n["hostname"] for n in result.outputs["nodes"]]
+    assert hostnames == ["mta1.example.com", "mta2.example.com", "mta3.example.com"]
+    for k, vm in enumerate(sorted(vms, key=lambda v: v.name), start=1):
+        assert vm.inputs["hostname"] == f"mta{k}.example.com"
+        assert vm.inputs["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == ips[k - 1]
+        assert vm.inputs["attachedDisks"][0]["source"] == f"kumo-test-node{k}-spool-id"
+        script = startup_script(vm)
+        assert f"hostnamectl set-hostname mta{k}.example.com" in script
+        assert f"KUMO_HOSTNAME=mta{k}.example.com" in decoded_files(script)["/etc/kumo-infra/bootstrap.env"]
+    # One network, one service account, one set of firewall rules for all nodes.
+    assert len(result.of_type(NETWORK)) == 1 and len(result.of_type(ACCOUNT)) == 1
+
+
+# -- firewall ----------------------------------------------------------------------
+
+def _ports(fw: offline.RecordedResource) -> set[int]:
+    return {int(p) for a in fw.inputs.get("allows", []) for p in a.get("ports", [])}
+
+
+def _ranges(fw: offline.RecordedResource) -> list[str]:
+    return fw.inputs.get("sourceRanges", []) + fw.inputs.get("destinationRanges", [])
+
+
+@pytest.mark.parametrize("admin", [[], ["203.0.113.0/24", "2001:db8::/32"]])
+def test_firewall_translates_every_rule_and_never_opens_management_to_the_world(engine, admin):
+    dep = gcp_deployment(network={"admin_cidrs": admin, "submission_ports": [587]})
+    result = run(dep)
+    firewalls = result.of_type(FIREWALL)
+    tag = result.one(INSTANCE).inputs["tags"]
+    assert tag == ["kumo-test-mta"]
+    for fw in firewalls:
+        i = fw.inputs
+        assert i["targetTags"] == tag and i["project"] == "test-project"
+        assert i["network"] == "kumo-test-net-id"
+        versions = {ipaddress.ip_network(c).version for c in _ranges(fw)}
+        assert len(versions) == 1, f"{fw.name} mixes address families"
+        if i["direction"] == "INGRESS":
+            assert "destinationRanges" not in i
+            if _ports(fw) & {22, 8000}:
+                assert not any(is_world(c) for c in i["sourceRanges"]), fw.name
+        else:
+            assert "sourceRanges" not in i
+    allows = [fw for fw in firewalls if "allows" in fw.inputs]
+    # Exactly the netplan rules, one firewall per rule and address family.
+    expected = {(r.direction.upper(), r.protocol, r.port, c) for r in firewall_rules(parse_deployment(dep))
+                for c in r.cidrs}
+    got = {(fw.inputs["direction"], a["protocol"], int(p), c)
+           for fw in allows for a in fw.inputs["allows"] for p in a["ports"] for c in _ranges(fw)}
+    assert got == expected
+    ingress_ports = {p for fw in allows if fw.inputs["direction"] == "INGRESS" for p in _ports(fw)}
+    if admin:
+        assert ingress_ports == {25, 587, 22, 8000}
+        ssh = sorted((fw for fw in allows if _ports(fw) == {22}), key=lambda f: f.name)
+        assert [fw.inputs["sourceRanges"] for fw in ssh] == [["203.0.113.0/24"], ["2001:db8::/32"]]
+    else:
+        assert ingress_ports == {25, 587}
+
+
+def test_explicit_denies_sit_below_every_allow(engine):
+    result = run(gcp_deployment())
+    firewalls = result.of_type(FIREWALL)
+    denies = {fw.name: fw.inputs for fw in firewalls if "denies" in fw.inputs}
+    assert set(denies) == {f"kumo-test-fw-deny-{d}-{f}" for d in ("in", "out") for f in ("v4", "v6")}
+    for name, i in denies.items():
+        assert i["denies"] == [{"protocol": "all"}] and i["priority"] == 65534
+        assert _ranges(next(fw for fw in firewalls if fw.name == name)) in (["0.0.0.0/0"], ["::/0"])
+        assert i["direction"] == ("INGRESS" if "-in-" in name else "EGRESS")
+    allow_priorities = {fw.inputs["priority"] for fw in firewalls if "allows" in fw.inputs}
+    assert max(allow_priorities) < 65534
+
+
+# -- networks given by the operator ---------------------------------------------------
+
+def test_configured_network_is_used_and_none_created(engine):
+    subnet = "projects/test-project/regions/us-central1/subnetworks/mail"
+    dep = gcp_deployment(gcp={"project": "test-project", "network": "shared", "subnetwork": subnet,
+                              "zone": "us-central1-c"})
+    result = run(dep)
+    assert result.of_type(NETWORK) == [] and result.of_type(SUBNETWORK) == []
+    nic = result.one(INSTANCE).inputs["networkInterfaces"][0]
+    assert nic["subnetwork"] == subnet and "network" not in nic
+    assert {fw.inputs["network"] for fw in result.of_type(FIREWALL)} == {"shared"}
+    assert result.one(INSTANCE).inputs["zone"] == "us-central1-c"
+    assert result.one(DISK).inputs["zone"] == "us-central1-c"
+
+
+def test_network_without_subnetwork_names_the_network_on_the_nic(engine):
+    result = run(gcp_deployment(gcp={"project": "test-project", "network": "default"}))
+    nic = result.one(INSTANCE).inputs["networkInterfaces"][0]
+    assert nic["network"] == "default" and "subnetwork" not in nic
+
+
+# -- lifecycle: the bootstrap never replaces a running machine ----------------------------
+
+def test_machine_options_ignore_the_startup_script():
+    dep = parse_deployment(gcp_deployment())
+    cp = common.ComponentPlan(dep, plan_for(dep), (), ())
+    opts = common.machine_options(None, cp, gcp.BOOTSTRAP_PATHS)
+    assert opts.ignore_changes == ['metadata["startup-script"]']
+    opted_in = parse_deployment(gcp_deployment(lifecycle={"replace_on_bootstrap_change": True}))
+    cp2 = common.ComponentPlan(opted_in, plan_for(opted_in), (), ())
+    assert common.machine_options(None, cp2, gcp.BOOTSTRAP_PATHS).ignore_changes == []
+
+
+@pytest.mark.parametrize("replace, protect", [(False, False), (True, True)])
+def test_engine_receives_ignore_changes_and_protection(engine, replace, protect):
+    result = run(gcp_deployment(lifecycle={"replace_on_bootstrap_change": replace, "protect": protect}))
+    vm = result.one(INSTANCE)
+    reg = engine[(INSTANCE, vm.name)]
+    # A newer image of the family never replaces a running machine.
+    assert "bootDisk.initializeParams.image" in reg.ignore_changes
+    assert "image" in vm.inputs["bootDisk"]["initializeParams"]
+    if replace:
+        assert reg.ignore_changes == ["bootDisk.initializeParams.image"]
+    else:
+        assert reg.ignore_changes[0] == 'metadata["startup-script"]'
+        # The path names the key that really holds the bootstrap.
+        top, key = re.fullmatch(r'(\w+)\["([^"]+)"\]', reg.ignore_changes[0]).groups()
+        assert "kumo-bootstrap all" in vm.inputs[top][key]
+    assert reg.protect is protect
+    assert vm.inputs["deletionProtection"] is protect
+    disk = result.one(DISK)
+    assert engine[(DISK, disk.name)].protect is protect
+    assert engine[(DISK, disk.name)].retain_on_delete is True
+
+
+# -- structure and errors ------------------------------------------------------------------
+
+def test_every_child_is_parented_to_the_component(engine):
+    result = run(gcp_deployment(nodes=2, dns={"zone": "example.com"},
+                                gcp={"project": "test-project", "dns_managed_zone": "example-com"}))
+    component = result.one(COMPONENT)
+    assert component.name == "kumo-test" and component.parent is None and component.custom is False
+    children = [r for r in result.resources if r is not component]
+    assert len(children) > 10
+    assert {r.parent for r in children} == {"kumo-test"}
+    assert all(r.name.startswith("kumo-test-") for r in children)
+
+
+def test_preview_with_unknowns_completes():
+    result = run(gcp_deployment(nodes=2, dns={"zone": "example.com"},
+                                gcp={"project": "test-project", "dns_managed_zone": "example-com"}),
+                 preview=True)
+    assert len(result.of_type(INSTANCE)) == 2
+
+
+def test_bad_config_stops_the_program_before_any_resource():
+    dep = gcp_deployment()
+    del dep["port25"]  # GCP needs the relay
+    with pytest.raises(pulumi.RunError, match=r"kumo:deployment\.port25\.relay"):
+        run(dep)
+
+
+@pytest.mark.parametrize("dep, match", [
+    (gcp_deployment(gcp={"project": "p", "subnetwork": "mail"}), r"kumo:deployment\.gcp\.network"),
+    ({**gcp_deployment(), "cloud": "aws", "gcp": None, "region": "us-east-1"}, r"kumo:deployment\.cloud"),
+    ({**gcp_deployment(), "sizing": {"messages_per_hour": 0}}, r"sizing\.messages_per_hour"),
+])
+def test_component_refuses_bad_input_before_registering_anything(dep, match):
+    registered = []
+
+    def build():
+        try:
+            gcp.GcpKumoMta("kumo-test", {"deployment": dep})
+        except ConfigError as exc:
+            registered.append(str(exc))
+
+    result = offline.run(build, {}, stack="t")
+    assert result.resources == []
+    assert len(registered) == 1 and re.search(match, registered[0])

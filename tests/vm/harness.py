@@ -1,0 +1,1098 @@
+"""Boot a real Debian 12 VM under qemu to prove rendered cloud-init user-data.
+
+The pieces, in the order a test uses them:
+
+* :func:`build_rootfs` debootstraps a cloud-image-like Debian 12 root
+  filesystem once and caches it (with its kernel and initrd) outside the repo;
+* :func:`build_standin_kumomta_deb` builds a small stand-in of the kumomta
+  .deb, because KumoMTA's repository cannot be reached from the test machines;
+* :class:`AptMirror` lays the .debs out like openrepo.kumomta.com and serves
+  them on the host's loopback;
+* :class:`Vm` boots a throwaway copy-on-write VM with a NoCloud seed, NVMe
+  disks and a network that cannot reach anything but the mirror.
+
+Network safety: the guest's only network is qemu's user network with
+``restrict=on``; the only ways in or out are the ``guestfwd`` to the mirror and
+``hostfwd`` ports bound on the host's 127.0.0.1. Keep it that way.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import gzip
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+# --------------------------------------------------------------------------
+# Host requirements
+# --------------------------------------------------------------------------
+
+#: Debian packages the host (CI) must install; the harness never installs them.
+REQUIRED_DEBIAN_PACKAGES: list[str] = [
+    "debootstrap",  # build the guest root filesystem
+    "qemu-system-x86",  # qemu-system-x86_64
+    "qemu-utils",  # qemu-img, for the copy-on-write overlay
+    "genisoimage",  # the NoCloud seed ISO
+    "e2fsprogs",  # mkfs.ext4 -d turns the root filesystem into a disk image
+    "dpkg",  # dpkg-deb builds the stand-in package (essential, listed for clarity)
+    "apt-utils",  # apt-ftparchive writes Packages and Release
+    "gnupg",  # throwaway key that signs the mirror's InRelease
+    "lua5.4",  # luac5.4, so the stand-in kumod --validate checks syntax on the host
+]
+
+# Executables needed to build and boot, with the package that provides each.
+_HOST_TOOLS: dict[str, str] = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "genisoimage": "genisoimage",
+    "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs",
+    "dpkg-deb": "dpkg",
+    "apt-ftparchive": "apt-utils",
+    "gpg": "gnupg",
+    "gpgconf": "gnupg",
+}
+
+#: Where the guest reaches the host's mirror: qemu's guestfwd answers here.
+GUEST_MIRROR_URL = "http://10.0.2.100"
+_GUEST_MIRROR_ADDR = ("10.0.2.100", 80)
+
+# --------------------------------------------------------------------------
+# Guest root filesystem
+# --------------------------------------------------------------------------
+
+DEBIAN_SUITE = "bookworm"
+
+#: What the guest image holds: what a Debian 12 cloud image has that a
+#: bootstrap may rely on. Changing it (or _IMAGE_RECIPE) rebuilds the cache.
+# fmt: off
+GUEST_PACKAGES: tuple[str, ...] = (
+    # boot, init and cloud-init
+    "systemd", "systemd-sysv", "udev", "dbus", "cloud-init", "linux-image-cloud-amd64",
+    "kmod", "qemu-guest-agent",
+    # network (Debian 12 cloud images use ifupdown + dhclient)
+    "ifupdown", "isc-dhcp-client", "netbase", "iproute2", "iptables",
+    # storage
+    "xfsprogs", "e2fsprogs", "mdadm", "nvme-cli", "fdisk",
+    # fetching and verifying packages
+    "curl", "wget", "ca-certificates", "gnupg",
+    # python3-cffi-backend: without it debootstrap cannot configure
+    # python3-cryptography (a virtual dependency it does not resolve)
+    "python3", "python3-cffi-backend",
+    # everyday tools of a cloud image
+    "procps", "sudo", "lsb-release", "openssh-server", "logrotate", "cron", "less",
+    # locales: without it cloud-init's locale module fails (update-locale
+    # en_US.UTF-8) and `cloud-init status` reports an error on every boot
+    "locales",
+    # lua5.4: so a bootstrap can syntax-check a rendered policy with luac5.4
+    "lua5.4",
+)
+# fmt: on
+
+# Bump when the customisation in _customise_rootfs changes: it is hashed into
+# the cache key together with the package list.
+_IMAGE_RECIPE = "kumo-vm-image-v2"
+_DISK_SIZE = "4G"
+_CACHE_ENV = "KUMO_VM_CACHE"
+_DEFAULT_CACHE = Path("/var/cache/kumo-infra-vm")
+_DEBIAN_MIRROR_ENV = "KUMO_VM_DEBIAN_MIRROR"
+_DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+# The virtio NIC is pinned to this PCI slot so the guest always names it
+# ens<slot> (systemd's predictable naming from the ACPI slot number).
+_NIC_PCI_SLOT = 3
+GUEST_NIC_NAME = f"ens{_NIC_PCI_SLOT}"
+
+
+class VmHarnessError(RuntimeError):
+    """The harness could not build or run something (not a guest test failure)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RootImage:
+    """A cached, read-only guest image: boot it through :class:`Vm`."""
+
+    directory: Path
+    disk: Path  # raw ext4 image of the whole root filesystem (/dev/vda)
+    kernel: Path
+    initrd: Path
+    key: str
+    packages: tuple[str, ...]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(_CACHE_ENV) or _DEFAULT_CACHE)
+
+
+def _image_key(packages: Sequence[str], mirror: str) -> str:
+    material = json.dumps(
+        {
+            "recipe": _IMAGE_RECIPE,
+            "suite": DEBIAN_SUITE,
+            "packages": sorted(packages),
+            "mirror": mirror,
+            "disk": _DISK_SIZE,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _image_from_dir(directory: Path, key: str, packages: Sequence[str]) -> RootImage:
+    return RootImage(
+        directory=directory,
+        disk=directory / "disk.img",
+        kernel=directory / "vmlinuz",
+        initrd=directory / "initrd.img",
+        key=key,
+        packages=tuple(packages),
+    )
+
+
+def _cached_image(cache_dir: Path, packages: Sequence[str], mirror: str) -> RootImage | None:
+    key = _image_key(packages, mirror)
+    directory = cache_dir / f"rootfs-{key}"
+    # The directory only appears through the final rename, so existing means complete.
+    if (directory / "manifest.json").is_file():
+        return _image_from_dir(directory, key, packages)
+    return None
+
+
+def why_vm_cannot_run() -> str | None:
+    """Why the VM tests cannot run on this host (their skip reason), or None."""
+    if os.environ.get("KUMO_SKIP_VM_TESTS"):
+        return "KUMO_SKIP_VM_TESTS is set"
+    if sys.platform != "linux":
+        return "VM tests need a Linux host"
+    missing = sorted({pkg for tool, pkg in _HOST_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        return "missing host packages: " + " ".join(missing)
+    mirror = os.environ.get(_DEBIAN_MIRROR_ENV, _DEFAULT_DEBIAN_MIRROR)
+    if _cached_image(cache_root(), GUEST_PACKAGES, mirror) is None and os.geteuid() != 0:
+        return f"no cached guest image under {cache_root()} and building one needs root"
+    return None
+
+
+def _run(argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a host command; failures carry its output, which is what one needs to debug."""
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, **kwargs)
+    if result.returncode != 0:
+        raise VmHarnessError(
+            f"{' '.join(map(str, argv))} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    mounts = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            # Field 5 is the mount point, with spaces etc. octal-escaped.
+            point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if point == prefix or point.startswith(prefix + "/"):
+                mounts.append(point)
+    return mounts
+
+
+def _remove_build_dir(path: Path) -> None:
+    """Remove a (possibly interrupted) build directory.
+
+    An interrupted debootstrap can leave /proc, /sys or /dev/pts mounted inside
+    the target; deleting through those would be a disaster, so unmount first
+    and refuse to delete if anything is still mounted.
+    """
+    if not path.exists():
+        return
+    for point in sorted(_mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    if _mounts_under(path):
+        raise VmHarnessError(f"cannot remove {path}: still has mounts {_mounts_under(path)}")
+    shutil.rmtree(path)
+
+
+def build_rootfs(cache_dir: Path | None = None) -> RootImage:
+    """Return the cached guest image, building it first if needed (needs root).
+
+    The build happens in a temporary directory next to the final one and is
+    renamed into place at the end, so an interrupted build is never reused. A
+    lock file serialises concurrent pytest sessions (or xdist workers).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+    mirror = os.environ.get(_DEBIAN_MIRROR_ENV, _DEFAULT_DEBIAN_MIRROR)
+    packages = GUEST_PACKAGES
+    cached = _cached_image(cache_dir, packages, mirror)
+    if cached is not None:
+        return cached
+
+    if os.geteuid() != 0:
+        raise VmHarnessError("building the guest image (debootstrap) needs root")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _image_key(packages, mirror)
+    with open(cache_dir / f".lock-{key}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = _cached_image(cache_dir, packages, mirror)
+        if cached is not None:  # another process built it while we waited
+            return cached
+        # Holding the lock, any leftover temp dir for this key is from a dead build.
+        for stale in cache_dir.glob(f".build-{key}-*"):
+            _remove_build_dir(stale)
+        build = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=cache_dir))
+        try:
+            _build_image_into(build, packages, mirror, cache_dir / "debootstrap-archives")
+            final = cache_dir / f"rootfs-{key}"
+            os.rename(build, final)
+        finally:
+            _remove_build_dir(build)
+    return _image_from_dir(final, key, packages)
+
+
+def _build_image_into(build: Path, packages: Sequence[str], mirror: str, archives: Path) -> None:
+    rootfs = build / "rootfs"
+    archives.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    _run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(packages)}",
+            f"--cache-dir={archives.resolve()}",
+            DEBIAN_SUITE,
+            rootfs,
+            mirror,
+        ]
+    )
+    _customise_rootfs(rootfs)
+
+    boot = rootfs / "boot"
+    kernels = sorted(boot.glob("vmlinuz-*"))
+    initrds = sorted(boot.glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise VmHarnessError(f"no kernel/initrd in {boot}: {sorted(os.listdir(boot))}")
+    shutil.copyfile(kernels[-1], build / "vmlinuz")
+    shutil.copyfile(initrds[-1], build / "initrd.img")
+
+    _run(["mkfs.ext4", "-q", "-F", "-L", "kumo-root", "-d", rootfs, build / "disk.img", _DISK_SIZE])
+    _remove_build_dir(rootfs)
+    for artefact in ("vmlinuz", "initrd.img", "disk.img"):
+        # Readable by anyone so non-root test runs can boot the cached image.
+        (build / artefact).chmod(0o644)
+    build.chmod(0o755)
+    manifest = {
+        "recipe": _IMAGE_RECIPE,
+        "suite": DEBIAN_SUITE,
+        "mirror": mirror,
+        "packages": list(packages),
+        "kernel": kernels[-1].name,
+        "build_seconds": round(time.monotonic() - started, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (build / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _customise_rootfs(rootfs: Path) -> None:
+    """Turn a debootstrap tree into something that boots like a cloud image."""
+    _write(rootfs / "etc/fstab", "/dev/vda / ext4 defaults,errors=remount-ro 0 1\n")
+    _write(rootfs / "etc/hostname", "debian\n")
+    _write(rootfs / "etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+
+    # Only NoCloud exists here; without this list cloud-init probes every
+    # cloud's metadata service first, which costs minutes under TCG.
+    _write(
+        rootfs / "etc/cloud/cloud.cfg.d/90_kumo_vm_datasource.cfg",
+        "# kumo-infra VM tests: the seed ISO is the only datasource.\ndatasource_list: [ NoCloud, None ]\n",
+    )
+
+    # No network config is baked in: like a cloud image, cloud-init's fallback
+    # config (DHCP on the first NIC) is rendered to ifupdown's interfaces.d,
+    # and a seed network-config (Vm(network_config=...)) can still override it.
+    _write(
+        rootfs / "etc/network/interfaces",
+        "# kumo-infra VM test image; cloud-init writes interfaces.d/50-cloud-init\n"
+        "source /etc/network/interfaces.d/*\n\n"
+        "auto lo\niface lo inet loopback\n",
+    )
+
+    # Generate and set cloud-init's default locale at build time: it then finds
+    # nothing to do, instead of running locale-gen at every first boot (slow
+    # under TCG).
+    _write(rootfs / "etc/locale.gen", "en_US.UTF-8 UTF-8\n")
+    _run(["chroot", rootfs, "locale-gen"])
+    _write(rootfs / "etc/default/locale", "LANG=en_US.UTF-8\n")
+
+    # The guest cannot reach deb.debian.org: an empty sources.list means
+    # apt-get update only sees the repositories a bootstrap adds itself.
+    _write(
+        rootfs / "etc/apt/sources.list",
+        "# kumo-infra VM tests: no Debian mirror is reachable from this guest.\n",
+    )
+    for directory in ("var/lib/apt/lists", "var/cache/apt/archives"):
+        for entry in (rootfs / directory).iterdir():
+            if entry.is_file():
+                entry.unlink()
+
+    # qemu-guest-agent is started by udev when the virtio port appears
+    # (Debian's unit is static); fail the build if that wiring ever changes.
+    rules = list((rootfs / "usr/lib/udev/rules.d").glob("*qemu-guest-agent*")) + list(
+        (rootfs / "lib/udev/rules.d").glob("*qemu-guest-agent*")
+    )
+    if not rules:
+        raise VmHarnessError("qemu-guest-agent's udev rule is missing from the image")
+
+
+# --------------------------------------------------------------------------
+# Stand-in kumomta package
+# --------------------------------------------------------------------------
+
+_STANDIN_DIR = Path(__file__).resolve().parent / "standin"
+
+
+def build_standin_kumomta_deb(out_dir: Path, version: str = "2026.11.01-standin", package: str = "kumomta") -> Path:
+    """Build a stand-in kumomta (or kumomta-dev) .deb and return its path.
+
+    It mirrors upstream's package (assets/build-deb.sh): kumod account and
+    directories created by preinst only when absent, init.lua copied only when
+    absent, units enabled but not started, Conflicts with the other channel.
+    """
+    if package not in ("kumomta", "kumomta-dev"):
+        raise ValueError(f"package must be kumomta or kumomta-dev, not {package!r}")
+    conflicts = "kumomta-dev" if package == "kumomta" else "kumomta"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="kumo-standin-") as tmp:
+        tree = Path(tmp) / "pkg"
+        layout = {
+            "opt/kumomta/sbin/kumod": ("kumod", 0o755),
+            "opt/kumomta/sbin/tsa-daemon": ("tsa-daemon", 0o755),
+            "opt/kumomta/share/minimal-init.lua": ("minimal-init.lua", 0o644),
+            "opt/kumomta/share/minimal-tsa_init.lua": ("minimal-tsa_init.lua", 0o644),
+            "usr/lib/systemd/system/kumomta.service": ("kumomta.service", 0o644),
+            "usr/lib/systemd/system/kumo-tsa-daemon.service": ("kumo-tsa-daemon.service", 0o644),
+            "DEBIAN/preinst": ("preinst", 0o755),
+            "DEBIAN/postinst": ("postinst", 0o755),
+            "DEBIAN/prerm": ("prerm", 0o755),
+            "DEBIAN/postrm": ("postrm", 0o755),
+        }
+        for target, (source, mode) in layout.items():
+            _write(tree / target, (_STANDIN_DIR / source).read_text(), mode)
+        (tree / "opt/kumomta/share/policy-extras").mkdir(parents=True)
+        _write(
+            tree / "DEBIAN/control",
+            f"Package: {package}\n"
+            f"Conflicts: {conflicts}\n"
+            f"Version: {version}\n"
+            "Architecture: all\n"
+            "Maintainer: kumo-infra tests <kumo-infra@invalid>\n"
+            "Section: utils\n"
+            "Priority: optional\n"
+            "Depends: python3\n"
+            "Homepage: https://github.com/KumoCorp/kumomta\n"
+            "Description: Stand-in for KumoMTA (kumo-infra VM tests only)\n"
+            " Mirrors the real package's layout, maintainer scripts and units;\n"
+            " kumod is a small python3 script, not an MTA.\n",
+        )
+        for directory in [tree, *tree.rglob("*")]:
+            if directory.is_dir():
+                directory.chmod(0o755)
+        deb = out_dir / f"{package}_{version}_all.deb"
+        # --root-owner-group: root:root in the package even when built unprivileged.
+        _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", tree, deb])
+    return deb
+
+
+# --------------------------------------------------------------------------
+# Local apt repository laid out like openrepo.kumomta.com
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorRequest:
+    method: str
+    path: str
+    status: int
+
+
+class AptMirror:
+    """A signed apt repository on 127.0.0.1, laid out like KumoMTA's openrepo.
+
+    Layout (the paths upstream's install instructions fetch)::
+
+        files/kumomta-ubuntu22.list
+        kumomta-ubuntu-22/public.gpg
+        kumomta-ubuntu-22/dists/jammy/{InRelease,Release,Release.gpg,main/binary-amd64/Packages[.gz]}
+        kumomta-ubuntu-22/pool/main/*.deb
+
+    The guest reaches it at :data:`GUEST_MIRROR_URL` through qemu's guestfwd:
+    pass ``mirror.port`` to :class:`Vm`. Every request is recorded in
+    ``requests``; :meth:`stop` stops answering (a "mirror unreachable" test).
+    """
+
+    repo_name = "kumomta-ubuntu-22"
+    list_name = "kumomta-ubuntu22.list"
+    codename = "jammy"
+    component = "main"
+
+    def __init__(self, debs: Iterable[Path], guest_base_url: str = GUEST_MIRROR_URL) -> None:
+        self.debs = [Path(d) for d in debs]
+        self.guest_base_url = guest_base_url.rstrip("/")
+        self.requests: list[MirrorRequest] = []
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.root = Path()
+        self.port = 0
+
+    # Where the guest fetches things, for user-data written by hand.
+    @property
+    def key_url(self) -> str:
+        return f"{self.guest_base_url}/{self.repo_name}/public.gpg"
+
+    @property
+    def list_url(self) -> str:
+        return f"{self.guest_base_url}/files/{self.list_name}"
+
+    @property
+    def host_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.root / self.repo_name
+
+    def __enter__(self) -> Self:
+        self._tmp = tempfile.TemporaryDirectory(prefix="kumo-mirror-")
+        try:
+            self.root = Path(self._tmp.name) / "www"
+            self._build(Path(self._tmp.name) / "gnupg")
+            self._serve()
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _build(self, gnupg_home: Path) -> None:
+        repo = self.repo_dir
+        pool = repo / "pool" / self.component
+        pool.mkdir(parents=True)
+        for deb in self.debs:
+            shutil.copy2(deb, pool / deb.name)
+
+        index_dir = repo / "dists" / self.codename / self.component / "binary-amd64"
+        index_dir.mkdir(parents=True)
+        # Run from the repository root so Filename: fields are relative to it.
+        packages = _run(["apt-ftparchive", "packages", "pool"], cwd=repo).stdout
+        (index_dir / "Packages").write_text(packages)
+        with gzip.open(index_dir / "Packages.gz", "wt") as handle:
+            handle.write(packages)
+        dist = repo / "dists" / self.codename
+        release = _run(
+            [
+                "apt-ftparchive",
+                "-o",
+                "APT::FTPArchive::Release::Origin=kumo-infra-test",
+                "-o",
+                "APT::FTPArchive::Release::Label=kumomta-standin",
+                "-o",
+                f"APT::FTPArchive::Release::Suite={self.codename}",
+                "-o",
+                f"APT::FTPArchive::Release::Codename={self.codename}",
+                "-o",
+                "APT::FTPArchive::Release::Architectures=amd64",
+                "-o",
+                f"APT::FTPArchive::Release::Components={self.component}",
+                "release",
+                ".",
+            ],
+            cwd=dist,
+        ).stdout
+        (dist / "Release").write_text(release)
+
+        # A throwaway key in its own GNUPGHOME: nothing touches the user's keyring.
+        gnupg_home.mkdir(mode=0o700)
+        env = {**os.environ, "GNUPGHOME": str(gnupg_home)}
+        gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+        try:
+            _run(
+                [
+                    *gpg,
+                    "--quick-gen-key",
+                    "kumo-infra test mirror <mirror@kumo-infra.invalid>",
+                    "ed25519",
+                    "sign",
+                    "never",
+                ],
+                env=env,
+            )
+            _run([*gpg, "--yes", "--clearsign", "-o", dist / "InRelease", dist / "Release"], env=env)
+            _run([*gpg, "--yes", "-abs", "-o", dist / "Release.gpg", dist / "Release"], env=env)
+            armored = _run([*gpg, "--armor", "--export"], env=env).stdout
+        finally:
+            # gpg left an agent running for this GNUPGHOME; stop exactly that one.
+            subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, capture_output=True)
+        (repo / "public.gpg").write_text(armored)
+
+        files = self.root / "files"
+        files.mkdir()
+        (files / self.list_name).write_text(
+            f"deb [signed-by=/usr/share/keyrings/kumomta.gpg] "
+            f"{self.guest_base_url}/{self.repo_name} {self.codename} {self.component}\n"
+        )
+
+    def _serve(self) -> None:
+        mirror = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(mirror.root), **kwargs)
+
+            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+                try:
+                    status = int(code)  # an HTTPStatus or an int
+                except ValueError:
+                    status = 0
+                mirror.requests.append(MirrorRequest(self.command or "", self.path, status))
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # requests are recorded above; keep pytest output clean
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="kumo-apt-mirror", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop answering: the guest then sees connections to the mirror fail."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def served(self, name: str, status: int = 200) -> list[MirrorRequest]:
+        """Requests whose path ends with ``name`` and that got ``status``."""
+        return [r for r in self.requests if r.path.endswith(name) and r.status == status]
+
+
+# --------------------------------------------------------------------------
+# The VM
+# --------------------------------------------------------------------------
+
+# qemu's guestfwd spawns this for every guest connection to the mirror address,
+# with the connection on stdin/stdout. A chardev target ("-tcp:host:port") is
+# connected once, when qemu starts; "cmd:" connects per guest connection, so apt
+# can open several and AptMirror.stop() makes later ones fail.
+_GUESTFWD_PROXY = r"""
+import os, select, socket, sys
+try:
+    upstream = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+except OSError:
+    sys.exit(1)  # the guest sees the connection close: "mirror unreachable"
+upstream.settimeout(None)
+open_ends = {0: upstream.fileno(), upstream.fileno(): 1}
+while open_ends:
+    ready, _, _ = select.select(list(open_ends), [], [])
+    for fd in ready:
+        data = os.read(fd, 65536)
+        if data:
+            os.write(open_ends[fd], data)
+            continue
+        target = open_ends.pop(fd)
+        if target == 1:
+            os.close(1)
+        else:
+            upstream.shutdown(socket.SHUT_WR)
+"""
+
+
+def _free_port() -> int:
+    # Racy by nature (another process may take it before qemu binds), but qemu
+    # fails loudly in that case and Vm reports its stderr.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _size_bytes(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"(\d+)([KMGT]?)", size.strip().upper())
+    if not match:
+        raise ValueError(f"bad size {size!r}")
+    exponent = " KMGT".index(match.group(2) or " ")
+    return int(match.group(1)) * (1 << (10 * exponent))
+
+
+class GuestAgentError(VmHarnessError):
+    """qemu-guest-agent answered with an error or not at all."""
+
+
+class _GuestAgent:
+    """Minimal qemu-guest-agent client: one connection per command.
+
+    Each call resynchronises with guest-sync-delimited, so replies left over
+    from an earlier, timed-out connection cannot be mistaken for ours.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def call(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.path))
+            buffer = bytearray()
+
+            def read_until(delimiter: bytes) -> bytes:
+                while delimiter not in buffer:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise GuestAgentError("guest agent closed the connection")
+                    buffer.extend(chunk)
+                index = buffer.index(delimiter) + len(delimiter)
+                data = bytes(buffer[:index])
+                del buffer[:index]
+                return data
+
+            sync_id = random.randrange(1, 2**31)
+            # A leading 0xFF resets the agent's JSON parser after any junk.
+            sock.sendall(
+                b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode() + b"\n"
+            )
+            while True:
+                read_until(b"\xff")  # the agent prefixes its sync reply with 0xFF
+                reply = json.loads(read_until(b"\n"))
+                if reply.get("return") == sync_id:
+                    break
+            message: dict[str, Any] = {"execute": command}
+            if arguments is not None:
+                message["arguments"] = arguments
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            reply = json.loads(read_until(b"\n"))
+        if "error" in reply:
+            raise GuestAgentError(f"{command}: {reply['error']}")
+        return reply.get("return")
+
+
+class Vm:
+    """A throwaway qemu VM booted from a cached :class:`RootImage`.
+
+    Usage::
+
+        with Vm(image, user_data, mirror_port=mirror.port) as vm:
+            vm.wait_for_console("KUMO-DONE", timeout=600)
+            assert vm.smtp_banner().startswith("220")
+
+    The root disk is a qcow2 overlay on the cached image, so the cache is never
+    written. ``nvme_sizes`` gives one NVMe namespace per entry (serials
+    ``kumonvme0``, ``kumonvme1``, ...), each backed by a sparse file. The guest
+    can reach only the mirror (``http://10.0.2.100`` via guestfwd); the host
+    reaches the guest's ports 25 and 8000 at ``127.0.0.1:smtp_port`` and
+    ``127.0.0.1:http_port``. Every file lives in a temporary directory removed
+    on exit unless ``keep=True`` (or KUMO_VM_KEEP=1) for debugging.
+    """
+
+    def __init__(
+        self,
+        image: RootImage,
+        user_data: str,
+        *,
+        hostname: str = "kumo-test",
+        instance_id: str | None = None,
+        network_config: str | None = None,
+        mirror_port: int | None = None,
+        nvme_sizes: Sequence[int | str] = ("2G",),
+        memory_mb: int = 2048,
+        cpus: int = 2,
+        extra_forwards: dict[int, int] | None = None,
+        extra_kernel_args: Sequence[str] = (),
+        keep: bool = False,
+        work_dir: Path | None = None,
+    ) -> None:
+        self.image = image
+        self.user_data = user_data
+        self.hostname = hostname
+        self.instance_id = instance_id or f"i-kumo-{uuid.uuid4().hex[:12]}"
+        self.network_config = network_config
+        self.mirror_port = mirror_port
+        self.nvme_sizes = list(nvme_sizes)
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.extra_forwards = dict(extra_forwards or {})
+        self.extra_kernel_args = list(extra_kernel_args)
+        self.keep = keep or os.environ.get("KUMO_VM_KEEP") == "1"
+        self._work_parent = work_dir or (
+            Path(os.environ["KUMO_VM_WORKDIR"]) if os.environ.get("KUMO_VM_WORKDIR") else None
+        )
+        self.work_dir = Path()
+        self.console_log = Path()
+        self.smtp_port = 0
+        self.http_port = 0
+        #: guest port -> host loopback port, for extra_forwards
+        self.forwarded_ports: dict[int, int] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self._agent: _GuestAgent | None = None
+        self._agent_ready = False
+
+    # ---- lifecycle -----------------------------------------------------
+
+    def __enter__(self) -> Self:
+        if self._work_parent is not None:
+            self._work_parent.mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="kumo-vm-", dir=self._work_parent))
+        try:
+            self._start()
+        except BaseException:
+            self._cleanup(failed=True)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._cleanup(failed=exc_type is not None)
+
+    def _cleanup(self, failed: bool) -> None:
+        self.kill()
+        if failed and self.console_log.is_file():
+            # pytest shows captured stderr of a failed test: the console tail
+            # is usually the fastest way to see what the guest did.
+            sys.stderr.write(
+                f"--- VM console tail ({self.console_log}) ---\n{self.console_tail(6000)}\n--- end of console ---\n"
+            )
+        if self.keep:
+            sys.stderr.write(f"kept VM work directory {self.work_dir}\n")
+        elif self.work_dir != Path() and self.work_dir.exists():
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """Stop qemu by its own pid (SIGKILL: the guest is disposable)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _start(self) -> None:
+        work = self.work_dir
+        self.console_log = work / "console.log"
+        overlay = work / "root.qcow2"
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image.disk.resolve(), "-F", "raw", overlay])
+        seed = self._make_seed(work)
+
+        self.smtp_port = _free_port()
+        self.http_port = _free_port()
+        forwards = [f"hostfwd=tcp:127.0.0.1:{self.smtp_port}-:25", f"hostfwd=tcp:127.0.0.1:{self.http_port}-:8000"]
+        for guest_port in self.extra_forwards:
+            host_port = self.extra_forwards[guest_port] or _free_port()
+            self.forwarded_ports[guest_port] = host_port
+            forwards.append(f"hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}")
+        if self.mirror_port is not None:
+            proxy = work / "guestfwd-proxy.py"
+            proxy.write_text(_GUESTFWD_PROXY)
+            ip, port = _GUEST_MIRROR_ADDR
+            forwards.append(f"guestfwd=tcp:{ip}:{port}-cmd:{sys.executable} {proxy} {self.mirror_port}")
+        netdev = ",".join(["user", "id=net0", "restrict=on", *forwards])
+        if "," in str(work):
+            raise VmHarnessError(f"qemu options cannot hold a comma: {work}")
+
+        append = ["root=/dev/vda", "rw", "console=ttyS0", "ds=nocloud", "panic=-1", *self.extra_kernel_args]
+        argv: list[str] = [
+            "qemu-system-x86_64",
+            "-name",
+            f"kumo-vm-{self.instance_id}",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            # Nested KVM is unreliable on these hosts: TCG, on all host cores.
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            str(self.cpus),
+            "-m",
+            str(self.memory_mb),
+            "-kernel",
+            str(self.image.kernel),
+            "-initrd",
+            str(self.image.initrd),
+            "-append",
+            " ".join(append),
+            "-serial",
+            f"file:{self.console_log}",
+            # cache=unsafe: no host fsync; the disks are thrown away anyway.
+            "-drive",
+            f"file={overlay},format=qcow2,if=virtio,cache=unsafe,discard=unmap",
+            "-drive",
+            f"file={seed},format=raw,if=virtio,readonly=on",
+            "-netdev",
+            netdev,
+            "-device",
+            f"virtio-net-pci,netdev=net0,addr={_NIC_PCI_SLOT:#x}",
+            "-device",
+            "virtio-rng-pci",
+            "-device",
+            "virtio-serial-pci,id=vser0",
+            "-chardev",
+            f"socket,id=qga0,path={work / 'qga.sock'},server=on,wait=off",
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]
+        for index, size in enumerate(self.nvme_sizes):
+            backing = work / f"nvme{index}.img"
+            with open(backing, "wb") as handle:
+                handle.truncate(_size_bytes(size))  # sparse
+            argv += [
+                "-drive",
+                f"file={backing},format=raw,if=none,id=nvme{index},cache=unsafe",
+                "-device",
+                f"nvme,drive=nvme{index},serial=kumonvme{index}",
+            ]
+        (work / "qemu-argv.json").write_text(json.dumps(argv, indent=1))
+        self._agent = _GuestAgent(work / "qga.sock")
+        self.started_at = time.monotonic()
+        with open(work / "qemu-stderr.log", "wb") as stderr:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,  # a ^C in pytest must not hit qemu first
+            )
+        time.sleep(0.5)
+        if self.process.poll() is not None:
+            raise VmHarnessError(f"qemu exited at once ({self.process.returncode}):\n{self.qemu_stderr()}")
+
+    def _make_seed(self, work: Path) -> Path:
+        seed_dir = work / "seed"
+        seed_dir.mkdir()
+        (seed_dir / "user-data").write_text(self.user_data)
+        (seed_dir / "meta-data").write_text(f"instance-id: {self.instance_id}\nlocal-hostname: {self.hostname}\n")
+        names = ["user-data", "meta-data"]
+        if self.network_config is not None:
+            (seed_dir / "network-config").write_text(self.network_config)
+            names.append("network-config")
+        seed = work / "seed.iso"
+        _run(["genisoimage", "-quiet", "-output", seed, "-volid", "cidata", "-joliet", "-rock", *names], cwd=seed_dir)
+        return seed
+
+    # ---- console ---------------------------------------------------------
+
+    def qemu_stderr(self) -> str:
+        path = self.work_dir / "qemu-stderr.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def console_text(self) -> str:
+        if not self.console_log.is_file():
+            return ""
+        return self.console_log.read_bytes().decode("utf-8", errors="replace")
+
+    def console_tail(self, chars: int = 4000) -> str:
+        return self.console_text()[-chars:]
+
+    def console_mark(self) -> int:
+        """An offset for wait_for_console(since=...): ignore what is already there."""
+        return len(self.console_text())
+
+    def wait_for_console(self, pattern: str | re.Pattern[str], timeout: float, since: int = 0) -> re.Match[str]:
+        """Wait until the serial console matches ``pattern``.
+
+        Fails fast (with the console tail) if qemu exits or the kernel panics,
+        rather than waiting out the timeout.
+        """
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console_text()[since:]
+            match = regex.search(text)
+            if match:
+                return match
+            if "Kernel panic - not syncing" in text:
+                raise VmHarnessError(f"guest kernel panic:\n{text[-4000:]}")
+            if not self.running:
+                raise VmHarnessError(
+                    f"qemu exited ({self.process.returncode if self.process else None}) before "
+                    f"{regex.pattern!r} appeared\nqemu stderr:\n{self.qemu_stderr()}\n"
+                    f"console tail:\n{text[-4000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{regex.pattern!r} not on the console after {timeout:.0f}s; console tail:\n{text[-4000:]}"
+                )
+            time.sleep(0.5)
+
+    # ---- guest agent -----------------------------------------------------
+
+    def wait_for_agent(self, timeout: float = 300.0) -> None:
+        """Block until qemu-guest-agent answers (it starts late in boot)."""
+        assert self._agent is not None, "VM not started"
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise VmHarnessError(
+                    f"qemu exited while waiting for the guest agent\nconsole tail:\n{self.console_tail()}"
+                )
+            try:
+                self._agent.call("guest-ping", timeout=3)
+                self._agent_ready = True
+                return
+            except (OSError, GuestAgentError, ValueError) as error:
+                last_error = error
+                time.sleep(1)
+        raise TimeoutError(
+            f"guest agent not answering after {timeout:.0f}s ({last_error}); console tail:\n{self.console_tail()}"
+        )
+
+    def agent_call(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Send one raw qemu-guest-agent command and return its "return" value."""
+        if not self._agent_ready:
+            self.wait_for_agent()
+        assert self._agent is not None
+        return self._agent.call(command, arguments, timeout=timeout)
+
+    def exec_bytes(
+        self, argv: Sequence[str], timeout: float = 120.0, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` in the guest as root (through the guest agent)."""
+        arguments: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
+        if input is not None:
+            arguments["input-data"] = base64.b64encode(input).decode()
+        pid = self.agent_call("guest-exec", arguments)["pid"]
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.agent_call("guest-exec-status", {"pid": pid})
+            if status.get("exited"):
+                break
+            if time.monotonic() > deadline:
+                with contextlib.suppress(VmHarnessError, OSError):
+                    self.agent_call("guest-exec", {"path": "kill", "arg": ["-9", str(pid)]})
+                raise TimeoutError(f"{list(argv)} still running in the guest after {timeout}s")
+            time.sleep(0.2)
+        returncode = status.get("exitcode")
+        if returncode is None:  # killed by a signal
+            returncode = -int(status.get("signal", 0))
+        return subprocess.CompletedProcess(
+            list(argv),
+            returncode,
+            base64.b64decode(status.get("out-data", "")),
+            base64.b64decode(status.get("err-data", "")),
+        )
+
+    def exec(
+        self, argv: Sequence[str], timeout: float = 120.0, check: bool = False, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the guest as root; stdout/stderr decoded as UTF-8."""
+        raw = self.exec_bytes(argv, timeout, None if input is None else input.encode())
+        result = subprocess.CompletedProcess(
+            raw.args,
+            raw.returncode,
+            raw.stdout.decode("utf-8", errors="replace"),
+            raw.stderr.decode("utf-8", errors="replace"),
+        )
+        if check and result.returncode != 0:
+            raise VmHarnessError(
+                f"guest command {list(argv)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def read_file(self, path: str) -> bytes:
+        result = self.exec_bytes(["cat", "--", path])
+        if result.returncode != 0:
+            raise FileNotFoundError(f"guest {path}: {result.stderr.decode(errors='replace')}")
+        return result.stdout
+
+    def reboot(self, timeout: float = 600.0) -> None:
+        """Reboot the guest (same disks) and wait for its agent to answer again."""
+        mark = self.console_mark()
+        self.agent_call("guest-exec", {"path": "systemctl", "arg": ["reboot"]})
+        self._agent_ready = False
+        self.wait_for_console(r"Linux version \d", timeout=timeout, since=mark)
+        self.wait_for_agent(timeout=timeout)
+
+    # ---- network probes from the host ------------------------------------
+
+    def smtp_banner(self, timeout: float = 60.0) -> str:
+        """First line the guest's port 25 sends, retried until ``timeout``.
+
+        qemu accepts the host connection before the guest does, so "nothing
+        listening" shows up as an immediate close: that is retried too.
+        """
+        deadline = time.monotonic() + timeout
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=10) as sock:
+                    line = sock.makefile("rb").readline()
+                    if line:
+                        with contextlib.suppress(OSError):
+                            sock.sendall(b"QUIT\r\n")
+                        return line.decode("utf-8", errors="replace").rstrip("\r\n")
+                    last_error = "connection closed without a banner"
+            except OSError as error:
+                last_error = str(error)
+            time.sleep(1)
+        raise TimeoutError(f"no SMTP banner on 127.0.0.1:{self.smtp_port} after {timeout:.0f}s: {last_error}")
+
+    def http_get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        """One GET to the guest's port 8000; connection errors propagate."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode("utf-8", errors="replace")
+        finally:
+            connection.close()
