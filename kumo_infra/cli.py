@@ -154,9 +154,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_port25(args: argparse.Namespace) -> int:
+    from .port25 import format_report, report
+
+    stack = load_stack(args)
+    _warn(stack)
+    rep = report(stack.deployment, stack.plan)
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "plan": cmd_plan,
+    "port25": cmd_port25,
     "size": cmd_size,
     "render": cmd_render,
 }
@@ -172,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what pulumi up would create, offline (no cloud account, no Pulumi CLI)")
     _add_stack_source(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = sub.add_parser("port25", help="outbound port 25 on this cloud: the mode, and what to request or configure")
+    _add_stack_source(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("render", help="print a node's cloud-init user-data, as the machine receives it")
     _add_stack_source(p)

@@ -95,6 +95,14 @@ class Relay(_Strict):
     def _hostname(cls, value: str) -> str:
         return _hostname(value)
 
+    @field_validator("port")
+    @classmethod
+    def _starttls_port(cls, value: int) -> int:
+        if value == 465:
+            raise ValueError("465 is implicit TLS (SMTPS), and KumoMTA's SMTP client negotiates TLS only with "
+                             "STARTTLS (enable_tls); use the smarthost's 587 or 2525 STARTTLS port")
+        return value
+
 
 class Port25(_Strict):
     outbound: Literal["auto", "direct", "relay"] = "auto"
@@ -264,6 +272,13 @@ class Deployment(_Strict):
         spec = self.os_spec
         if spec.image_for(self.cloud) is None:
             bad("os", f"'{self.os}' has no image on {self.cloud}; choose one of {', '.join(oses.names_for(self.cloud))}")
+        elif self.cloud == "azure" and spec.azure and spec.azure.needs_plan and not (
+                self.azure and self.azure.marketplace_terms_accepted):
+            urn = f"{spec.azure.publisher}:{spec.azure.offer}:{spec.azure.sku}:latest"
+            bad("azure.marketplace_terms_accepted",
+                f"{spec.title} on Azure is the marketplace image {urn}, whose terms must be accepted once per "
+                f"subscription (azure-native cannot): run 'az vm image terms accept --urn {urn}', then set "
+                "marketplace_terms_accepted: true; or choose alma9 or ubuntu22, which need no terms")
 
         if self.sizing.profile == "performance" and self.spool.storage == "block":
             bad("spool.storage", "the performance profile keeps the spool on local NVMe; use storage: local_nvme "

@@ -25,6 +25,13 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 PROJECT = "kumo-infra"
+# Pulumi's wire form of a secret value, as recorded inputs carry it: {SECRET_SIG_KEY: SECRET_SIG, "value": ...}.
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG
 PLACEHOLDER = "(placeholder)"
 
 # Outputs a provider computes and answers to data-source look-ups (invokes), given
@@ -33,12 +40,13 @@ PLACEHOLDER = "(placeholder)"
 # ranges (RFC 5737), never a real host.
 _COMPUTED: dict[str, dict[str, Any]] = {}
 _INVOKES: dict[str, dict[str, Any]] = {}
-for _cloud in ("aws", "azure", "gcp"):
+for _cloud in ("common", "aws", "azure", "gcp"):
     try:
         _answers = importlib.import_module(f"kumo_infra.clouds.offline_{_cloud}")
     except ModuleNotFoundError:
         continue
-    _COMPUTED.update(_answers.COMPUTED)
+    for _token, _props in _answers.COMPUTED.items():  # merged per type: clouds share e.g. tls:PrivateKey
+        _COMPUTED.setdefault(_token, {}).update(_props)
     _INVOKES.update(_answers.INVOKES)
 
 

@@ -41,6 +41,8 @@ def stack_config_values(stack: StackConfig, raw_values: dict[str, Any]) -> tuple
 
 
 def _mask(value: Any) -> Any:
+    if offline.is_secret(value):  # whatever the value, a secret shows as [secret]
+        return SECRET_SHOWN
     if isinstance(value, str):
         return value.replace(SECRET_PLACEHOLDER, SECRET_SHOWN)
     if isinstance(value, list):

@@ -11,6 +11,7 @@ import importlib
 
 import pulumi
 
+from . import port25
 from .config import RELAY_PASSWORD_KEY, ROOT, parse_deployment
 from .errors import ConfigError
 from .stackconfig import needs_relay_password, plan_for, warnings_for
@@ -52,5 +53,8 @@ def run() -> None:
     pulumi.export("nodes", mta.nodes)
     pulumi.export("public_ips", mta.public_ips)
     pulumi.export("dns_records", mta.dns_records)
+    pulumi.export("deliverability_records", mta.deliverability_records)
+    pulumi.export("secret_names", mta.secret_names)
+    pulumi.export("port25", mta.public_ips.apply(lambda ips: port25.report(deployment, plan, ips)))
     if getattr(mta, "ssh_private_key", None) is not None:  # Azure, when no ssh_public_key was given
         pulumi.export("ssh_private_key", mta.ssh_private_key)

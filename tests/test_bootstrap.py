@@ -46,6 +46,8 @@ def build(cloud: str, os_key: str, storage: str, **extra):
     raw = deployment(cloud=cloud, region=REGIONS[cloud], os=os_key, spool={"storage": storage}, port25=RELAY, **extra)
     if cloud == "gcp":
         raw["gcp"] = {"project": "p"}
+    if cloud == "azure":
+        raw["azure"] = {"marketplace_terms_accepted": True}
     d = parse_deployment(raw)
     return d, plan_for(d)
 

@@ -36,8 +36,12 @@ RT = "aws:ec2/routeTable:RouteTable"
 RTA = "aws:ec2/routeTableAssociation:RouteTableAssociation"
 ROLE = "aws:iam/role:Role"
 PROFILE = "aws:iam/instanceProfile:InstanceProfile"
+SECRET = "aws:secretsmanager/secret:Secret"
+VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+KEY_PAIR = "tls:index/privateKey:PrivateKey"
 COMPONENT = "kumo:index:AwsKumoMta"
-NOT_TAGGABLE = {RTA, ATTACH, PTR, RECORD}
+NOT_TAGGABLE = {RTA, ATTACH, PTR, RECORD, VERSION, ROLE_POLICY, KEY_PAIR}
 TAGS = {"managed-by": "kumo-infra"}
 
 
@@ -483,11 +487,193 @@ def test_outputs_follow_the_contract():
     assert node["public_ip"] != node["private_ip"]
 
 
-def test_relay_password_never_reaches_the_machine():
-    d = deployment(port25={"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "kumo"}})
-    r = offline.run(program.run, {"kumo:deployment": d, "kumo:relayPassword": "s3cret-relay-pw"}, stack="t",
-                    secret_keys=["kumo:relayPassword"])
-    vm = r.one(INSTANCE)
-    assert "KUMO_OUTBOUND_MODE=relay" in user_data_of(vm)
-    assert "s3cret-relay-pw" not in user_data_of(vm)
-    assert "s3cret-relay-pw" not in json.dumps([x.inputs for x in r.resources])
+# -- secrets (issue 5) ------------------------------------------------------------------
+
+PASSWORD = "s3cr3t-relay-pw"
+RELAY = {"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "kumo"}}
+DKIM_DOMAINS = ["example.com", "mail.example.org"]
+GET_SECRET = "secretsmanager:GetSecretValue"
+
+
+def run_secrets(d: dict, spy, *, password: str | None = PASSWORD, preview: bool = False) -> offline.OfflineResult:
+    """The whole stack program, also exporting what the program does not (yet): the component's
+    secret_names and deliverability_records, and the ARN of every secret created."""
+    components = spy(aws_component, "AwsKumoMta")
+    secrets = spy(pulumi_aws.secretsmanager, "Secret")
+
+    def prog():
+        program.run()
+        (component, _), = components.values()
+        pulumi.export("secret_names", component.secret_names)
+        pulumi.export("deliverability_records", component.deliverability_records)
+        pulumi.export("secret_arns", {name: res.arn for name, (res, _) in secrets.items()})
+
+    config = {"kumo:deployment": d}
+    if password is not None:
+        config["kumo:relayPassword"] = password
+    return offline.run(prog, config, stack="t", secret_keys=["kumo:relayPassword"] if password else [],
+                       preview=preview)
+
+
+def relay_dkim() -> dict:
+    return deployment(port25=RELAY, dkim={"domains": DKIM_DOMAINS})
+
+
+def secret_value(version: offline.RecordedResource) -> str:
+    value = version.inputs["secretString"]
+    # Recorded as the engine's secret envelope: {<signature>: <secret sig>, "value": ...}.
+    assert isinstance(value, dict) and len(value) == 2, "secretString must be sent as a Pulumi secret"
+    return value["value"]
+
+
+def strings(value):
+    """Every string inside recorded inputs or outputs."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from strings(v)
+
+
+def holders(r: offline.OfflineResult, needle: str) -> list[str]:
+    """Names of the recorded resources whose inputs (or decoded user data) contain needle,
+    plus "outputs" when a program output does."""
+    found = [x.name for x in r.resources if any(needle in t for t in strings(x.inputs))
+             or (x.type == INSTANCE and needle in user_data_of(x))]
+    return found + (["outputs"] if any(needle in t for t in strings(r.outputs)) else [])
+
+
+def test_relay_and_dkim_secrets_are_stored(spy):
+    d = relay_dkim()
+    r = run_secrets(d, spy)
+    keys = ["relay-password", "dkim-example-com-kumo", "dkim-mail-example-org-kumo"]
+    names = [f"kumo-infra/kumo-test/{k}" for k in keys]
+    secrets = by_name(r, SECRET)
+    assert sorted(secrets) == sorted(f"kumo-test-secret-{k}" for k in keys)
+    for key, store in zip(keys, names):
+        inputs = secrets[f"kumo-test-secret-{key}"].inputs
+        assert inputs["name"] == store and inputs["recoveryWindowInDays"] == 7
+        assert inputs["region"] == "us-east-1"  # the region secretspec.reference names
+        assert "policy" not in inputs and "kmsKeyId" not in inputs  # no resource policy; AWS-managed key
+        version = by_name(r, VERSION)[f"kumo-test-secret-{key}-version"].inputs
+        assert version["secretId"] == f"kumo-test-secret-{key}-id"
+        assert version["region"] == "us-east-1"
+    assert len(r.of_type(VERSION)) == 3
+    assert secret_value(by_name(r, VERSION)["kumo-test-secret-relay-password-version"]) == PASSWORD
+    # One RSA key pair per DKIM domain, its private half the DKIM secret's value.
+    assert sorted(by_name(r, KEY_PAIR)) == ["kumo-test-dkim-example-com-kumo", "kumo-test-dkim-mail-example-org-kumo"]
+    for key in r.of_type(KEY_PAIR):
+        assert key.inputs == {"algorithm": "RSA", "rsaBits": 2048}
+    for key in keys[1:]:
+        assert "PRIVATE KEY-----" in secret_value(by_name(r, VERSION)[f"kumo-test-secret-{key}-version"])
+    assert r.outputs["secret_names"] == names
+    # What the node fetches at boot (secrets.list in its user data) is exactly what was stored.
+    files = {f["path"]: f["content"] for f in yaml.safe_load(user_data_of(r.one(INSTANCE)))["write_files"]}
+    listed = [line.split("\t")[0] for line in files["/etc/kumo-infra/secrets.list"].splitlines()
+              if not line.startswith("#")]
+    assert listed == [f"aws:us-east-1:{store}" for store in names]
+
+
+def test_role_reads_exactly_its_secrets(spy):
+    r = run_secrets(relay_dkim(), spy)
+    grant = r.one(ROLE_POLICY)
+    assert grant.name == "kumo-test-secrets-read"
+    assert grant.inputs["role"] == r.one(PROFILE).inputs["role"]  # the instance role, by its name
+    assert grant.inputs["role"].startswith("kumo-test-role-")
+    document = json.loads(grant.inputs["policy"])
+    (statement,) = document["Statement"]
+    assert set(statement) == {"Sid", "Effect", "Action", "Resource"}  # no NotAction/NotResource/Condition
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == [GET_SECRET]
+    arns = r.outputs["secret_arns"]
+    assert len(arns) == 3 and all(a.startswith("arn:aws:secretsmanager:") for a in arns.values())
+    assert sorted(statement["Resource"]) == sorted(arns.values())
+    assert not any("*" in a for a in statement["Resource"])
+    # Nothing else grants the role anything.
+    role = r.one(ROLE)
+    assert "managedPolicyArns" not in role.inputs and "inlinePolicies" not in role.inputs
+    assert {x.type for x in r.resources if x.type.startswith("aws:iam/")} == {ROLE, PROFILE, ROLE_POLICY}
+
+
+def test_dkim_only_deployment_stores_only_the_keys(spy):
+    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
+    assert [x.inputs["name"] for x in r.of_type(SECRET)] == ["kumo-infra/kumo-prod/dkim-example-com-kumo"]
+    (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
+    assert statement["Resource"] == list(r.outputs["secret_arns"].values())
+    assert r.outputs["secret_names"] == ["kumo-infra/kumo-prod/dkim-example-com-kumo"]
+
+
+def test_machines_wait_for_the_secrets_and_the_grant(spy):
+    machines = spy(pulumi_aws.ec2, "Instance")
+    versions = spy(pulumi_aws.secretsmanager, "SecretVersion")
+    grants = spy(pulumi_aws.iam, "RolePolicy")
+    run_secrets(deployment(nodes=2, port25=RELAY, dkim={"domains": DKIM_DOMAINS}), spy)
+    assert len(machines) == 2 and len(versions) == 3 and len(grants) == 1
+    needed = [res for res, _ in versions.values()] + [res for res, _ in grants.values()]
+    for _, opts in machines.values():
+        assert all(any(dep is res for dep in opts.depends_on) for res in needed)
+
+
+def test_secret_values_live_only_in_the_secret_versions(spy):
+    r = run_secrets(relay_dkim(), spy)
+    versions = by_name(r, VERSION)
+    assert holders(r, PASSWORD) == ["kumo-test-secret-relay-password-version"]
+    for domain_key in ("dkim-example-com-kumo", "dkim-mail-example-org-kumo"):
+        name = f"kumo-test-secret-{domain_key}-version"
+        pem = secret_value(versions[name])
+        assert holders(r, pem) == [name]
+        # Nor any line of it (the key material itself) anywhere else.
+        for line in pem.strip().splitlines():
+            if "-----" not in line:
+                assert holders(r, line) == [name], line
+    # The bootstrap names the secret (its reference), never its value.
+    assert "kumo-infra/kumo-test/relay-password" in user_data_of(r.one(INSTANCE))  # the reference only
+
+
+def test_deliverability_records_spf_dmarc_and_dkim(spy):
+    r = run_secrets(relay_dkim(), spy)
+    (ip,) = r.outputs["public_ips"]
+    records = {(rec["name"], rec["type"]): rec["value"] for rec in r.outputs["deliverability_records"]}
+    assert len(records) == 6
+    for domain in DKIM_DOMAINS:
+        spf = records[(domain, "TXT")]
+        assert spf.startswith("v=spf1 ") and f"ip4:{ip}" in spf and "smtp.example.net" in spf
+        assert spf.endswith(" -all")
+        assert records[(f"_dmarc.{domain}", "TXT")].startswith("v=DMARC1; p=none")
+        assert records[(f"kumo._domainkey.{domain}", "TXT")].startswith("v=DKIM1; k=rsa; p=")
+
+
+def test_direct_mode_without_dkim_has_no_secret_store_at_all(spy):
+    r = run_secrets(deployment(), spy, password=None)
+    for token in (SECRET, VERSION, ROLE_POLICY, KEY_PAIR):
+        assert r.of_type(token) == [], token
+    assert not [x for x in r.resources if x.type.startswith("aws:secretsmanager/")]
+    assert {x.type for x in r.resources if x.type.startswith("aws:iam/")} == {ROLE, PROFILE}
+    assert r.outputs["secret_names"] == [] and r.outputs["deliverability_records"] == []
+    assert r.outputs["secret_arns"] == {}
+
+
+def test_secret_store_preview_completes_with_unknown_arns(spy):
+    r = run_secrets(relay_dkim(), spy, preview=True)
+    assert len(r.of_type(SECRET)) == 3 and r.one(ROLE_POLICY)
+    assert r.outputs["secret_names"] == [f"kumo-infra/kumo-test/{k}" for k in
+                                         ("relay-password", "dkim-example-com-kumo", "dkim-mail-example-org-kumo")]
+
+
+def test_protect_covers_the_secrets(spy):
+    secrets = spy(pulumi_aws.secretsmanager, "Secret")
+    offline.run(program.run, {"kumo:deployment": deployment(port25=RELAY, lifecycle={"protect": True}),
+                              "kumo:relayPassword": PASSWORD}, stack="t", secret_keys=["kumo:relayPassword"])
+    assert secrets["kumo-test-secret-relay-password"][1].protect is True
+
+
+def test_relay_without_password_fails_before_any_resource(recorders):
+    def prog():
+        aws_component.AwsKumoMta("x", {"deployment": deployment(port25=RELAY)})
+    with pytest.raises(ConfigError, match="kumo:relayPassword"):
+        offline.run(prog, {}, stack="t")
+    assert recorders[-1].resources == []

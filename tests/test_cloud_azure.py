@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import copy
 import gzip
+import json
 import re
+import uuid
 
 import pulumi
 import pytest
@@ -14,9 +16,12 @@ from pulumi.runtime.sync_await import _sync_await
 
 from kumo_infra import catalog, offline, program
 from kumo_infra.clouds import azure
+from kumo_infra.clouds import offline_azure
 from kumo_infra.clouds.common import machine_options, prepare
+from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
 from kumo_infra.netplan import management_ports
+from kumo_infra.secretspec import azure_vault_name, reference, secret_specs
 from tests.conftest import ROOT
 
 T = "azure-native"
@@ -29,6 +34,13 @@ VNET = f"{T}:network:VirtualNetwork"
 SUBNET = f"{T}:network:Subnet"
 RG = f"{T}:resources:ResourceGroup"
 RECORD = f"{T}:dns:RecordSet"
+VAULT = f"{T}:keyvault:Vault"
+SECRET = f"{T}:keyvault:Secret"
+ROLE = f"{T}:authorization:RoleAssignment"
+CLIENT_CONFIG = offline_azure.INVOKES[f"{T}:authorization:getClientConfig"]
+SECRETS_USER = (f"/subscriptions/{CLIENT_CONFIG['subscriptionId']}/providers/Microsoft.Authorization/"
+                "roleDefinitions/4633458b-17de-408a-b874-0445c86b69e6")
+RELAY_PW = "s3cr3t-relay-pw"
 SSH_KEY = "tls:index/privateKey:PrivateKey"
 COMPONENT = "kumo:index:AzureKumoMta"
 TAGS = {"kumo-infra": "kumo-t", "managed-by": "kumo-infra"}
@@ -56,8 +68,8 @@ def dep(**overrides) -> dict:
     return d
 
 
-def run(d: dict, preview: bool = False) -> offline.OfflineResult:
-    return offline.run(program.run, {"kumo:deployment": d, "kumo:relayPassword": "x"}, stack="t",
+def run(d: dict, preview: bool = False, password: str = "x") -> offline.OfflineResult:
+    return offline.run(program.run, {"kumo:deployment": d, "kumo:relayPassword": password}, stack="t",
                        secret_keys=["kumo:relayPassword"], preview=preview)
 
 
@@ -67,7 +79,7 @@ def stack_values(stack: str) -> dict:
 
 def run_stack(stack: str) -> offline.OfflineResult:
     values = stack_values(stack)
-    values["kumo:relayPassword"] = "x"
+    values["kumo:relayPassword"] = RELAY_PW
     return offline.run(program.run, values, stack=stack, secret_keys=["kumo:relayPassword"], preview=False)
 
 
@@ -122,6 +134,9 @@ def test_example_stack_registers_every_resource_parented_and_stably_named(azdev)
         (COMPONENT, name), (RG, f"{name}-rg"), (VNET, f"{name}-vnet"), (SUBNET, f"{name}-subnet"),
         (NSG, f"{name}-nsg"), (SSH_KEY, f"{name}-ssh"), (PIP, f"{name}-node1-ip"),
         (NIC, f"{name}-node1-nic"), (DISK, f"{name}-node1-spool"), (VM, f"{name}-node1-vm"),
+        # Relay mode: the password in the deployment's Key Vault, readable by the VM's identity.
+        (VAULT, f"{name}-vault"), (SECRET, f"{name}-relay-password"),
+        (ROLE, f"{name}-node1-relay-password-read"),
     ])
     for r in azdev.resources:
         assert r.parent == (None if r.type == COMPONENT else name), r.name
@@ -428,7 +443,7 @@ def test_existing_resource_group_and_subnet_are_used():
     assert not result.of_type(RG) and not result.of_type(VNET) and not result.of_type(SUBNET)
     assert result.one(NIC).inputs["ipConfigurations"][0]["subnet"] == {"id": subnet}
     for r in result.resources:
-        if r.type.startswith(T) and r.type != RECORD:
+        if r.type.startswith(T) and r.type not in (RECORD, ROLE):  # a role assignment has a scope instead
             assert r.inputs["resourceGroupName"] == "mail-rg", r.name
 
 
@@ -448,8 +463,9 @@ def test_given_ssh_key_is_used_and_none_generated():
 def test_every_taggable_resource_is_tagged():
     result = run(dep(dns={"zone": "example.com"}, azure={"dns_zone_resource_group": "dns-rg"}))
     for r in result.resources:
-        if r.type in (RG, VNET, NSG, PIP, NIC, DISK, VM):
+        if r.type in (RG, VNET, NSG, PIP, NIC, DISK, VM, VAULT, SECRET):
             assert r.inputs["tags"] == TAGS, r.name
+    assert result.of_type(VAULT) and result.of_type(SECRET)  # relay mode: the tag check covered them
     assert result.one(RECORD).inputs["metadata"] == TAGS
 
 
@@ -526,6 +542,223 @@ def test_wrong_cloud_is_refused_by_the_component():
         offline.run(prog, {}, stack="t")
 
 
+# -- secrets: Key Vault, secrets and their readers (issue 5) ----------------------------------------
+
+DKIM_DOMAINS = ["example.com", "example.org"]
+GUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def direct(**overrides) -> dict:
+    """An EA subscription sending on 25 itself: no relay, so no relay password."""
+    d = dep(azure={"subscription_type": "ea"}, **overrides)
+    d["port25"] = {"outbound": "auto"}
+    return d
+
+
+def run_component(d: dict, password: str | None = RELAY_PW, name: str = "kumo-t") -> tuple[
+        offline.OfflineResult, dict]:
+    """The component itself (not the program), with its attributes resolved."""
+    seen: dict = {}
+
+    def prog():
+        args = {"deployment": d} if password is None else {"deployment": d, "relay_password": password}
+        mta = azure.AzureKumoMta(name, args)
+        seen["mta"] = mta
+        for attr in ("identity_principal_ids", "secret_names", "deliverability_records", "nodes", "public_ips",
+                     "dns_records", "sizing"):
+            seen[attr] = _sync_await(getattr(mta, attr).future())
+
+    return offline.run(prog, {}, stack="t"), seen
+
+
+def secret_inputs(secret) -> dict:
+    """A keyvault.Secret's properties. The value is a secret, so the engine gets the whole object as
+    a secret: {<secret signature>: ..., "value": {the properties}}."""
+    props = secret.inputs["properties"]
+    return props["value"] if isinstance(props.get("value"), dict) else props
+
+
+def recorded_text(value) -> str:
+    """Recorded data as one searchable string (JSON escapes a PEM's newlines: search the same way)."""
+    return json.dumps(value)
+
+
+def needle(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+def test_example_stack_key_vault(azdev):
+    d = stack_values("azure-dev")["kumo:deployment"]
+    vault = azdev.one(VAULT)
+    assert vault.parent == "kumo-azdev"
+    assert vault.inputs["vaultName"] == azure_vault_name(parse_deployment(d))
+    assert vault.inputs["resourceGroupName"] == "kumo-azdev-rg"
+    assert vault.inputs["location"] == "westeurope"
+    props = vault.inputs["properties"]
+    assert props["tenantId"] == CLIENT_CONFIG["tenantId"]
+    assert props["sku"] == {"family": "A", "name": "standard"}
+    assert props["enableRbacAuthorization"] is True
+    assert "accessPolicies" not in props  # RBAC only
+    assert props["enableSoftDelete"] is True and props["enablePurgeProtection"] is True
+    assert 7 <= props["softDeleteRetentionInDays"] <= 90
+    assert props["networkAcls"]["defaultAction"] == "Allow"
+    assert [i["token"] for i in azdev.invokes].count(f"{T}:authorization:getClientConfig") == 1
+
+
+def test_example_stack_secret_is_where_the_node_looks_for_it(azdev):
+    cp = prepare({"deployment": stack_values("azure-dev")["kumo:deployment"]}, "azure")
+    vault = azdev.one(VAULT)
+    secret = azdev.one(SECRET)
+    assert secret.inputs["vaultName"] == vault.inputs["vaultName"]
+    assert secret.inputs["resourceGroupName"] == vault.inputs["resourceGroupName"]
+    assert secret.inputs["secretName"] == "relay-password"
+    assert secret_inputs(secret)["value"] == RELAY_PW
+    # The node fetches https://<vault>.vault.azure.net, secret relay-password: the same names.
+    [spec] = secret_specs(cp.deployment)
+    ref = reference(cp.deployment, spec)
+    assert ref == f"azure:https://{vault.inputs['vaultName']}.vault.azure.net:relay-password"
+    assert ref in decoded_custom_data(azdev.one(VM))
+
+
+def test_example_stack_vm_identity_reads_only_the_secret(azdev):
+    role = azdev.one(ROLE)
+    secret = azdev.one(SECRET)
+    assert role.inputs["scope"] == f"{secret.name}-id"  # the secret, not the vault
+    assert role.inputs["roleDefinitionId"] == SECRETS_USER
+    assert role.inputs["principalType"] == "ServicePrincipal"
+    assert re.fullmatch(GUID, role.inputs["principalId"])
+    assert re.fullmatch(GUID, role.inputs["roleAssignmentName"])
+    assert role.parent == "kumo-azdev"
+    # The VM's identity: the same deployment through the component, whose identity_principal_ids we read.
+    _, seen = run_component(stack_values("azure-dev")["kumo:deployment"], name="kumo-azdev")
+    assert [role.inputs["principalId"]] == seen["identity_principal_ids"]
+
+
+def test_each_vm_identity_reads_exactly_the_deployments_secrets():
+    d = dep(nodes=2, dkim={"domains": DKIM_DOMAINS})
+    result, seen = run_component(d)
+    names = ["relay-password", "dkim-example-com-kumo", "dkim-example-org-kumo"]
+    assert seen["secret_names"] == names
+    secrets = result.of_type(SECRET)
+    assert sorted(s.inputs["secretName"] for s in secrets) == sorted(names)
+    [vault] = result.of_type(VAULT)
+    assert {s.inputs["vaultName"] for s in secrets} == {vault.inputs["vaultName"]}
+    secret_ids = {f"{s.name}-id" for s in secrets}
+    roles = result.of_type(ROLE)
+    assert len(roles) == 2 * 3
+    principals = seen["identity_principal_ids"]
+    assert len(set(principals)) == 2
+    for i, principal in enumerate(principals, 1):
+        mine = [r for r in roles if r.name.startswith(f"kumo-t-node{i}-")]
+        assert {r.inputs["principalId"] for r in mine} == {principal}
+        assert sorted(r.inputs["scope"] for r in mine) == sorted(secret_ids)  # each secret once, nothing else
+    for r in roles:
+        assert r.inputs["roleDefinitionId"] == SECRETS_USER
+        assert r.inputs["principalType"] == "ServicePrincipal"
+    # No other grant anywhere: only these role assignments, only at secret scope.
+    assert {r.inputs["principalId"] for r in roles} == set(principals)
+    # Stable GUID names, one per (vault, secret, node).
+    guids = [r.inputs["roleAssignmentName"] for r in roles]
+    assert len(set(guids)) == len(guids) and all(re.fullmatch(GUID, g) for g in guids)
+    again, _ = run_component(d)
+    assert sorted(r.inputs["roleAssignmentName"] for r in again.of_type(ROLE)) == sorted(guids)
+    node1 = next(r for r in roles if r.name == "kumo-t-node1-relay-password-read")
+    assert node1.inputs["roleAssignmentName"] == azure.role_assignment_name(
+        vault.inputs["vaultName"], "relay-password", "node1")
+
+
+def test_secret_values_are_only_in_the_key_vault_secrets():
+    d = dep(nodes=2, dkim={"domains": DKIM_DOMAINS})
+    result = run(d, password=RELAY_PW)
+    holders = [r for r in result.resources if RELAY_PW in recorded_text(r.inputs)]
+    assert [(r.type, r.inputs["secretName"]) for r in holders] == [(SECRET, "relay-password")]
+    dkim = [s for s in result.of_type(SECRET) if s.inputs["secretName"].startswith("dkim-")]
+    assert len(dkim) == 2
+    for s in dkim:
+        pem = secret_inputs(s)["value"]
+        assert "PRIVATE KEY" in pem
+        assert [r.name for r in result.resources if needle(pem) in recorded_text(r.inputs)] == [s.name]
+    private_keys = [secret_inputs(s)["value"] for s in dkim]
+    for vm in result.of_type(VM):
+        text = decoded_custom_data(vm)
+        assert "/etc/kumo-infra/secrets.list" in text
+        assert RELAY_PW not in text and not any(k in text for k in private_keys)
+        assert "PRIVATE KEY" not in text
+    exported = recorded_text(result.outputs)
+    assert RELAY_PW not in exported and not any(needle(k) in exported for k in private_keys)
+    assert "PRIVATE KEY" not in exported
+    assert RELAY_PW not in recorded_text(result.invokes)
+    # The component's own outputs (secret_names, deliverability_records ...) carry no value either.
+    _, seen = run_component(d)
+    attrs = recorded_text({k: v for k, v in seen.items() if k != "mta"})
+    assert RELAY_PW not in attrs and "PRIVATE KEY" not in attrs
+
+
+def test_vms_depend_on_the_secrets_and_assignments_replace_delete_first(monkeypatch):
+    seen: dict[str, list] = {"vm": [], "secret": [], "role": []}
+    spied = {"vm": (azure.compute, "VirtualMachine"), "secret": (azure.keyvault, "Secret"),
+             "role": (azure.authorization, "RoleAssignment")}
+    for key, (module, cls_name) in spied.items():
+        original = getattr(module, cls_name)
+
+        def make(original=original, key=key):
+            class Spy(original):
+                def __init__(self, resource_name, *args, opts=None, **kwargs):
+                    super().__init__(resource_name, *args, opts=opts, **kwargs)
+                    seen[key].append((self, opts))
+            return Spy
+
+        monkeypatch.setattr(module, cls_name, make())
+    run(dep(nodes=2, dkim={"domains": DKIM_DOMAINS}))
+    secrets = [s for s, _ in seen["secret"]]
+    assert len(secrets) == 3 and len(seen["vm"]) == 2
+    for _, opts in seen["vm"]:
+        assert set(map(id, opts.depends_on)) >= set(map(id, secrets))
+    assert len(seen["role"]) == 6
+    for _, opts in seen["role"]:
+        assert opts.delete_before_replace is True  # a replaced VM's assignment reuses its GUID name
+
+
+def test_direct_mode_without_dkim_has_no_secret_store_at_all():
+    result, seen = run_component(direct(nodes=2), password=None)
+    assert not result.of_type(VAULT) and not result.of_type(SECRET) and not result.of_type(ROLE)
+    assert not [r for r in result.resources if r.type.startswith(f"{T}:authorization")]
+    assert f"{T}:authorization:getClientConfig" not in [i["token"] for i in result.invokes]
+    assert seen["secret_names"] == [] and seen["deliverability_records"] == []
+    assert len(result.of_type(VM)) == 2
+    # And through the program, with no relay password configured.
+    program_run = offline.run(program.run, {"kumo:deployment": direct()}, stack="t")
+    assert not program_run.of_type(VAULT) and not program_run.of_type(ROLE)
+
+
+def test_direct_mode_with_dkim_stores_only_the_dkim_keys():
+    result, seen = run_component(direct(dkim={"domains": ["example.com"]}), password=None)
+    [secret] = result.of_type(SECRET)
+    assert secret.inputs["secretName"] == "dkim-example-com-kumo"
+    assert seen["secret_names"] == ["dkim-example-com-kumo"]
+    [role] = result.of_type(ROLE)
+    assert role.inputs["scope"] == f"{secret.name}-id"
+    assert role.inputs["principalId"] == seen["identity_principal_ids"][0]
+
+
+def test_deliverability_records_publish_spf_dmarc_and_dkim_per_domain():
+    result, seen = run_component(dep(nodes=2, dkim={"domains": DKIM_DOMAINS}))
+    records = seen["deliverability_records"]
+    ips = seen["public_ips"]
+    for domain in DKIM_DOMAINS:
+        [spf] = [r for r in records if r["name"] == domain]
+        assert spf["type"] == "TXT" and spf["value"].startswith("v=spf1 ")
+        assert all(f"ip4:{ip}" in spf["value"] for ip in ips)
+        assert any(r["name"] == f"_dmarc.{domain}" and r["value"].startswith("v=DMARC1") for r in records)
+        [dkim] = [r for r in records if r["name"] == f"kumo._domainkey.{domain}"]
+        assert dkim["value"].startswith("v=DKIM1; k=rsa; p=") and "PRIVATE" not in dkim["value"]
+
+
+def test_relay_mode_without_password_is_refused_before_any_secret():
+    with pytest.raises(ConfigError, match="kumo:relayPassword"):
+        run_component(dep(), password=None)
+
+
 # -- pure helpers --------------------------------------------------------------------------------
 
 
@@ -543,6 +776,18 @@ def test_private_ip_and_principal_extraction():
     assert azure.principal_id(ident) == "p-1"
     assert azure.principal_id({"principalId": "p-2"}) == "p-2"
     assert azure.principal_id(None) is None
+
+
+def test_role_helpers():
+    assert azure.secrets_user_role_id("sub-1") == (
+        "/subscriptions/sub-1/providers/Microsoft.Authorization/roleDefinitions/4633458b-17de-408a-b874-0445c86b69e6")
+    a = azure.role_assignment_name("kumo-t-5f2ccb", "relay-password", "node1")
+    assert a == azure.role_assignment_name("kumo-t-5f2ccb", "relay-password", "node1")
+    assert uuid.UUID(a).version == 5
+    others = {azure.role_assignment_name(v, s, n) for v, s, n in [
+        ("kumo-u-5f2ccb", "relay-password", "node1"), ("kumo-t-5f2ccb", "dkim-x", "node1"),
+        ("kumo-t-5f2ccb", "relay-password", "node2")]}
+    assert a not in others and len(others) == 3
 
 
 def test_subnet_and_label_helpers():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from kumo_infra.clouds import common, gcp
 from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
 from kumo_infra.netplan import firewall_rules, is_world
+from kumo_infra.secretspec import dkim_key
 from kumo_infra.stackconfig import plan_for
 from tests.conftest import ROOT
 
@@ -29,6 +31,13 @@ RECORD = "gcp:dns/recordSet:RecordSet"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
 NETWORK = "gcp:compute/network:Network"
+SECRET = "gcp:secretmanager/secret:Secret"
+SECRET_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"
+SECRET_ACCESS = "gcp:secretmanager/secretIamMember:SecretIamMember"
+TLS_KEY = "tls:index/privateKey:PrivateKey"
+ACCESSOR = "roles/secretmanager.secretAccessor"
+RELAY_PW = "s3cr3t-relay-pw"
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the engine marks a secret value (rpc._special_secret_sig)
 SUBNETWORK = "gcp:compute/subnetwork:Subnetwork"
 COMPONENT = "kumo:index:GcpKumoMta"
 GET_IMAGE = "gcp:compute/getImage:getImage"
@@ -477,6 +486,7 @@ def test_bad_config_stops_the_program_before_any_resource():
     (gcp_deployment(gcp={"project": "p", "subnetwork": "mail"}), r"kumo:deployment\.gcp\.network"),
     ({**gcp_deployment(), "cloud": "aws", "gcp": None, "region": "us-east-1"}, r"kumo:deployment\.cloud"),
     ({**gcp_deployment(), "sizing": {"messages_per_hour": 0}}, r"sizing\.messages_per_hour"),
+    (gcp_deployment(), r"kumo:relayPassword"),  # relay mode (always, on GCP) with no password
 ])
 def test_component_refuses_bad_input_before_registering_anything(dep, match):
     registered = []
@@ -490,3 +500,156 @@ def test_component_refuses_bad_input_before_registering_anything(dep, match):
     result = offline.run(build, {}, stack="t")
     assert result.resources == []
     assert len(registered) == 1 and re.search(match, registered[0])
+
+
+# -- secrets (issue 5) ------------------------------------------------------------------------
+
+def run_stack(dkim_domains: list[str] | None = None, preview: bool = False) -> tuple[
+        offline.OfflineResult, dict]:
+    """The example stack (stacks/Pulumi.gcp-dev.yaml) with RELAY_PW as its secret and optional DKIM domains."""
+    values = stack_config()
+    values["kumo:relayPassword"] = RELAY_PW
+    if dkim_domains is not None:
+        values["kumo:deployment"]["dkim"] = {"domains": dkim_domains}
+    result = offline.run(program.run, values, stack="gcp-dev", secret_keys=["kumo:relayPassword"], preview=preview)
+    return result, values["kumo:deployment"]
+
+
+def _secret_value(data) -> str:
+    """A SecretVersion's secretData, which must reach the engine marked secret."""
+    assert isinstance(data, dict) and data.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270", data
+    return data["value"]
+
+
+def _assert_store_access(result: offline.OfflineResult, store_names: list[str], project: str) -> None:
+    """One secret per store name, its version, and the service account's accessor grant on it alone."""
+    secrets = {r.inputs["secretId"]: r for r in result.of_type(SECRET)}
+    assert sorted(secrets) == sorted(store_names)
+    for secret in secrets.values():
+        assert secret.inputs["project"] == project
+        assert secret.inputs["replication"] == {"auto": {}}
+    versions = result.of_type(SECRET_VERSION)
+    assert sorted(v.inputs["secret"] for v in versions) == sorted(f"{s.name}-id" for s in secrets.values())
+    member = f"serviceAccount:{result.one(ACCOUNT).name}@placeholder.iam.gserviceaccount.com"
+    grants = result.of_type(SECRET_ACCESS)
+    assert sorted(g.inputs["secretId"] for g in grants) == sorted(store_names)  # one grant per secret
+    for g in grants:
+        assert g.inputs == {"project": project, "secretId": g.inputs["secretId"], "role": ACCESSOR,
+                            "member": member}
+    # No other Secret Manager grant anywhere: not on the project, not through another IAM resource.
+    for r in result.resources:
+        if r.type.startswith("gcp:secretmanager/"):
+            assert r.type in (SECRET, SECRET_VERSION, SECRET_ACCESS), r.type
+        if r.type != SECRET_ACCESS:
+            assert "secretmanager" not in json.dumps(r.inputs.get("role", "")), (r.type, r.name)
+    assert sorted(m.inputs["role"] for m in result.of_type(IAM_MEMBER)) == [
+        "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+
+
+def _assert_only_in(result: offline.OfflineResult, needle: str, version_name: str) -> None:
+    """needle is in the inputs of the SecretVersion version_name alone, not in any startup script's
+    files (decoded), nor in the outputs."""
+    holders = [r.name for r in result.resources if needle in json.dumps(r.inputs)]
+    assert holders == [version_name]
+    for vm in result.of_type(INSTANCE):
+        script = startup_script(vm)
+        assert needle not in script
+        assert not any(needle in body for body in decoded_files(script).values())
+    assert needle not in json.dumps(result.outputs)
+
+
+def test_relay_password_is_stored_in_secret_manager_and_readable_only_by_the_nodes(engine):
+    result, dep = run_stack()
+    name, project = dep["name"], dep["gcp"]["project"]
+    store = f"{name}-relay-password"
+    _assert_store_access(result, [store], project)
+    version = result.one(SECRET_VERSION)
+    assert version.name == f"{name}-relay-password-version"
+    assert _secret_value(version.inputs["secretData"]) == RELAY_PW
+    assert result.one(SECRET).inputs["labels"] == {"kumo-infra": name, "managed-by": "kumo-infra"}
+    # The node finds the secret by the reference in its secrets.list: the same project and id.
+    vm = result.one(INSTANCE)
+    listing = decoded_files(startup_script(vm))["/etc/kumo-infra/secrets.list"]
+    assert f"gcp:{project}:{store}\t/opt/kumomta/etc/secrets/relay-password" in listing.splitlines()
+    # The version and the grant are in place before the machine boots and fetches it.
+    assert set(engine[(INSTANCE, vm.name)].dependencies) >= {version.name, result.one(SECRET_ACCESS).name}
+    _assert_only_in(result, RELAY_PW, version.name)
+    assert result.outputs["secret_names"] == [store]
+    assert result.outputs["deliverability_records"] == []  # no DKIM domain, nothing to sign for
+    assert result.of_type(TLS_KEY) == []
+
+
+def test_dkim_keys_are_generated_stored_and_published(engine):
+    domains = ["example.com", "mail.example.org"]
+    result, dep = run_stack(dkim_domains=domains)
+    name, project = dep["name"], dep["gcp"]["project"]
+    keys = [dkim_key(d, "kumo") for d in domains]
+    stores = [f"{name}-relay-password"] + [f"{name}-{k}" for k in keys]
+    _assert_store_access(result, stores, project)
+    assert sorted(result.outputs["secret_names"]) == sorted(stores)
+    vm = result.one(INSTANCE)
+    needed = {r.name for r in result.of_type(SECRET_VERSION) + result.of_type(SECRET_ACCESS)}
+    assert len(needed) == 6 and set(engine[(INSTANCE, vm.name)].dependencies) >= needed
+    listing = decoded_files(startup_script(vm))["/etc/kumo-infra/secrets.list"]
+    for domain, key in zip(domains, keys):
+        assert f"gcp:{project}:{name}-{key}\t/opt/kumomta/etc/dkim/{domain}/kumo.key" in listing.splitlines()
+        # The private key (offline: a PEM-shaped placeholder naming the key) is only in its own version.
+        tls_key = next(r for r in result.of_type(TLS_KEY) if r.name == f"{name}-{key}")
+        assert tls_key.inputs == {"algorithm": "RSA", "rsaBits": 2048}
+        pem = f"-----BEGIN RSA PRIVATE KEY-----\nplaceholder private key of {tls_key.name}\n"
+        version = f"{name}-{key}-version"
+        assert _secret_value(next(r for r in result.of_type(SECRET_VERSION) if r.name == version)
+                             .inputs["secretData"]).startswith(pem)
+        _assert_only_in(result, json.dumps(pem)[1:-1], version)
+    _assert_only_in(result, RELAY_PW, f"{name}-relay-password-version")
+    assert "PRIVATE KEY" not in json.dumps(result.outputs)
+    # SPF, DMARC and DKIM per domain, with the nodes' addresses and the public half of each key.
+    records = result.outputs["deliverability_records"]
+    ips = result.outputs["public_ips"]
+    assert [(r["name"], r["type"]) for r in records] == [
+        (n, "TXT") for d in domains for n in (d, f"_dmarc.{d}", f"kumo._domainkey.{d}")]
+    spf = records[0]["value"]
+    assert spf.startswith("v=spf1 ") and all(f"ip4:{ip}" in spf for ip in ips) and spf.endswith(" -all")
+    assert "include:<the SPF of smtp.relay.example.net>" in spf
+    assert {r["value"] for r in records if "_domainkey" in r["name"]} == {"v=DKIM1; k=rsa; p=UExBQ0VIT0xERVI="}
+
+
+def test_secrets_with_three_nodes_share_one_store_and_one_grant_per_secret(engine):
+    dep = gcp_deployment(nodes=3, dkim={"domains": ["example.com"]})
+    result = run(dep, password=RELAY_PW)
+    stores = ["kumo-test-relay-password", "kumo-test-dkim-example-com-kumo"]
+    _assert_store_access(result, stores, "test-project")
+    needed = {r.name for r in result.of_type(SECRET_VERSION) + result.of_type(SECRET_ACCESS)}
+    for vm in result.of_type(INSTANCE):
+        assert set(engine[(INSTANCE, vm.name)].dependencies) >= needed
+    _assert_only_in(result, RELAY_PW, "kumo-test-relay-password-version")
+    spf = result.outputs["deliverability_records"][0]["value"]
+    assert spf.split()[1:4] == [f"ip4:{ip}" for ip in result.outputs["public_ips"]]
+
+
+def test_no_secrets_means_no_secret_manager_access_at_all(engine, monkeypatch):
+    # Every GCP deployment relays (port 25 is blocked), so it always has the relay password:
+    # the secret-free case is reached by planning no secrets.
+    monkeypatch.setattr(common, "secret_specs", lambda deployment: [])
+    result = run(gcp_deployment(), password=RELAY_PW)
+    assert [r for r in result.resources if r.type.startswith("gcp:secretmanager/") or r.type == TLS_KEY] == []
+    assert RELAY_PW not in json.dumps([r.inputs for r in result.resources])
+    assert sorted(m.inputs["role"] for m in result.of_type(IAM_MEMBER)) == [
+        "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    vm = result.one(INSTANCE)
+    deps = engine[(INSTANCE, vm.name)].dependencies
+    assert set(deps) >= {m.name for m in result.of_type(IAM_MEMBER)}
+    assert not [d for d in deps if d.endswith(("-secret", "-version", "-access"))]
+    assert result.outputs["secret_names"] == []
+    assert result.outputs["deliverability_records"] == []
+
+
+def test_preview_with_secrets_completes():
+    result, _ = run_stack(dkim_domains=["example.com"], preview=True)
+    assert len(result.of_type(SECRET)) == 2 and len(result.of_type(SECRET_ACCESS)) == 2
+
+
+def test_secrets_are_parented_to_the_component(engine):
+    result, dep = run_stack(dkim_domains=["example.com"])
+    for token in (SECRET, SECRET_VERSION, SECRET_ACCESS, TLS_KEY):
+        assert {r.parent for r in result.of_type(token)} == {dep["name"]}

@@ -79,6 +79,8 @@ def test_not_a_mapping():
      "kumo:deployment.os", "no image on azure"),
     (deployment(sizing={"profile": "performance"}, spool={"storage": "block"}), "kumo:deployment.spool.storage", "local NVMe"),
     (deployment(aws={"subnet_id": "subnet-0abc"}), "kumo:deployment.aws.vpc_id", "give both"),
+    (deployment(cloud="azure", region="westeurope", azure={"subscription_type": "ea"}),
+     "kumo:deployment.azure.marketplace_terms_accepted", "az vm image terms accept --urn resf:rockylinux-x86_64:9-base"),
     (deployment(dns={"zone": "other.org"}), "kumo:deployment.dns.zone", "not inside zone"),
     (deployment(dns={"zone": "example.com"}), "kumo:deployment.aws.route53_zone_id", "needs the zone"),
 ])
@@ -93,7 +95,7 @@ def test_cross_field_rules(raw, path, fragment):
     ("pay-as-you-go", "relay"), ("csp", "relay"), ("msdn", "relay"), ("free", "relay"),
 ])
 def test_azure_auto_mode_follows_subscription_type(kind, mode):
-    d = parse_deployment(deployment(cloud="azure", region="westeurope", azure={"subscription_type": kind},
+    d = parse_deployment(deployment(cloud="azure", region="westeurope", os="alma9", azure={"subscription_type": kind},
                                     port25={"relay": {"host": "smtp.example.net", "username": "u"}}))
     assert d.outbound_mode == mode
 

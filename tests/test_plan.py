@@ -61,3 +61,12 @@ def test_plan_imports_only_the_deployments_cloud_sdk():
     loaded = json.loads(result.stderr.strip().splitlines()[-1])
     assert any(m.startswith("pulumi_gcp") for m in loaded)
     assert not any(m.startswith(("pulumi_aws", "pulumi_azure_native")) for m in loaded), loaded
+
+
+def test_plan_masks_every_secret():
+    result = kumo("plan", "--stack", "gcp-dev", "--json")
+    assert "[secret]" in result.stdout
+    assert "kumo-plan-secret-placeholder" not in result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    versions = [r for r in doc["resources"] if r["type"] == "gcp:secretmanager/secretVersion:SecretVersion"]
+    assert versions and all(v["inputs"]["secretData"] == "[secret]" for v in versions)

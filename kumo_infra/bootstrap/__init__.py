@@ -23,6 +23,7 @@ import yaml
 from .. import __version__
 from ..config import Deployment
 from ..sizing import Plan
+from ..secretspec import secrets_list
 from .policy import HTTP_PORT, render_policy
 from .tuning import sysctl_wanted
 
@@ -39,6 +40,7 @@ class Timeouts:
     repository_s: int = 180
     health_s: int = 180
     device_s: int = 180  # a cloud may attach the spool volume after the machine starts
+    secret_s: int = 600  # a new read grant can take minutes to apply (Azure RBAC)
 
 
 def _file(name: str) -> str:
@@ -72,6 +74,7 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_REPO_WAIT_S": str(timeouts.repository_s),
         "KUMO_HEALTH_WAIT_S": str(timeouts.health_s),
         "KUMO_DEVICE_WAIT_S": str(timeouts.device_s),
+        "KUMO_SECRET_WAIT_S": str(timeouts.secret_s),
     }
     lines = [f"# kumo-bootstrap settings for {hostname}, rendered by kumo-infra {__version__}. No secrets."]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
@@ -107,7 +110,9 @@ def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Time
         NodeFile("/etc/kumo-infra/init.lua", render_policy(deployment, hostname), "0600"),
         NodeFile("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
         NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted()),
+        NodeFile("/etc/kumo-infra/secrets.list", secrets_list(deployment)),
         NodeFile("/usr/local/sbin/kumo-bootstrap", _file("kumo-bootstrap.sh"), "0755"),
+        NodeFile("/usr/local/sbin/kumo-fetch-secret", _file("kumo-fetch-secret.py"), "0755"),
         NodeFile("/etc/systemd/system/kumo-spool.service", _file("kumo-spool.service")),
         NodeFile("/etc/systemd/system/kumomta.service.d/10-kumo-infra.conf", _file("kumomta-dropin.conf")),
         NodeFile("/etc/systemd/system/kumo-log-retention.service", _file("kumo-log-retention.service")),

@@ -2,9 +2,11 @@
 
 Per deployment: a minimal VPC (unless ``aws.vpc_id``/``aws.subnet_id`` are given),
 one security group built from the shared firewall plan (``kumo_infra.netplan``),
-and an IAM role + instance profile. Per node: an EC2 instance booting the
-gzip-compressed kumo-bootstrap cloud-config, an Elastic IP, optionally the
-forward A record and the PTR, and for ``block`` spools an encrypted gp3 volume.
+an IAM role + instance profile, and the deployment's secrets (relay password,
+DKIM keys) in Secrets Manager with one inline policy letting that role read only
+them. Per node: an EC2 instance booting the gzip-compressed kumo-bootstrap
+cloud-config, an Elastic IP, optionally the forward A record and the PTR, and for
+``block`` spools an encrypted gp3 volume.
 
 Everything here is checked against pulumi-aws 7.51 and runs under the mock
 engine (``kumo_infra.offline``); values only AWS knows are answered by
@@ -25,8 +27,9 @@ from ..bootstrap import AWS_USER_DATA_LIMIT, compressed
 from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
-from .common import (ComponentPlan, KumoMtaArgs, NodePlan, child, dns_records_to_publish, machine_options,
-                     node_output, prepare)
+from ..secretspec import RELAY_PASSWORD, secret_specs
+from .common import (ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, deliverability_records,
+                     dns_records_to_publish, machine_options, node_output, prepare, secrets_for)
 
 TYPE = "kumo:index:AwsKumoMta"
 # The Instance properties (engine camelCase) that carry the bootstrap: a change to them
@@ -45,6 +48,10 @@ EC2_ASSUME_ROLE_POLICY = {
         "Action": "sts:AssumeRole",
     }],
 }
+# The one thing a node may do with the secret store: read its own deployment's secrets.
+SECRET_READ_ACTION = "secretsmanager:GetSecretValue"
+# Days AWS keeps a deleted secret restorable (7..30); its name stays taken meanwhile.
+SECRET_RECOVERY_DAYS = 7
 
 
 def base_tags(name: str) -> dict[str, str]:
@@ -98,7 +105,9 @@ class AwsKumoMta(pulumi.ComponentResource):
     public_ips: pulumi.Output[list[str]]
     dns_records: pulumi.Output[list[dict]]
     sizing: pulumi.Output[dict]
-    role: aws.iam.Role  # issue 5 grants it read access to the relay secret
+    secret_names: pulumi.Output[list[str]]  # names in Secrets Manager, never values
+    deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
+    role: aws.iam.Role  # the nodes' identity: reads the deployment's secrets and nothing else
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         # Everything that can be wrong with the input is found before anything is registered.
@@ -113,6 +122,11 @@ class AwsKumoMta(pulumi.ComponentResource):
         owners, filters = ami_filters(cp)
         created_subnet_cidr = None if cfg.subnet_id else subnet_cidr(cfg.vpc_cidr)
         user_data = {node.key: user_data_base64(node) for node in cp.nodes}
+        if (any(spec.key == RELAY_PASSWORD for spec in secret_specs(cp.deployment))
+                and args.get("relay_password") is None):
+            # secrets_for refuses this too, but only after the component is registered.
+            raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
+                              "secret kumo:relayPassword)", "kumo:relayPassword")
 
         super().__init__(TYPE, name, {"deployment": args["deployment"]}, opts)
         tags = base_tags(name)
@@ -157,11 +171,18 @@ class AwsKumoMta(pulumi.ComponentResource):
             self._rule(name, sg, rule, tags)
 
         # -- identity ---------------------------------------------------------------------
-        # No permissions yet: issue 5 attaches read access to the relay secret to self.role.
+        # Its only permission is reading the deployment's own secrets (below), when it has any.
         self.role = aws.iam.Role(f"{name}-role", assume_role_policy=json.dumps(EC2_ASSUME_ROLE_POLICY),
                                  description=f"KumoMTA nodes of {name}", tags=tags, opts=child(self))
         self.instance_profile = aws.iam.InstanceProfile(f"{name}-profile", role=self.role.name, tags=tags,
                                                         opts=child(self))
+
+        # -- secrets ------------------------------------------------------------------------
+        # The relay password and the DKIM keys live in Secrets Manager, never in the user data;
+        # kumo-bootstrap fetches each one at boot with the instance role, by secretspec.reference.
+        secrets, dkim_public = secrets_for(self, name, cp, args)
+        self.secret_names = pulumi.Output.from_input([s.name for s in secrets])
+        secrets_ready = self._secrets(name, cp, secrets, tags)
 
         ami = aws.ec2.get_ami_output(owners=owners, most_recent=True, filters=filters,
                                      opts=pulumi.InvokeOutputOptions(parent=self))
@@ -188,7 +209,9 @@ class AwsKumoMta(pulumi.ComponentResource):
                 root_block_device={"volume_type": "gp3", "volume_size": cp.plan.os_disk_gb, "encrypted": True,
                                    "delete_on_termination": True, "tags": {**tags, "Name": f"{prefix}-root"}},
                 tags={**tags, "Name": node.hostname},
-                opts=machine_options(self, cp, BOOTSTRAP_PROPS, IMAGE_PROPS, depends_on=network_ready),
+                # The secrets and the grant exist before the machine boots and fetches them.
+                opts=machine_options(self, cp, BOOTSTRAP_PROPS, IMAGE_PROPS,
+                                     depends_on=network_ready + secrets_ready),
             )
             eip = aws.ec2.Eip(f"{prefix}-eip", domain="vpc", instance=instance.id,
                               tags={**tags, "Name": node.hostname},
@@ -221,8 +244,43 @@ class AwsKumoMta(pulumi.ComponentResource):
         self.public_ips = pulumi.Output.all(*public_ips)
         self.dns_records = dns_records_to_publish(node_outputs)
         self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
+        self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
         self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips,
-                               "dns_records": self.dns_records, "sizing": self.sizing})
+                               "dns_records": self.dns_records, "sizing": self.sizing,
+                               "secret_names": self.secret_names,
+                               "deliverability_records": self.deliverability_records})
+
+    def _secrets(self, name: str, cp: ComponentPlan, secrets: list[NodeSecret],
+                 tags: dict[str, str]) -> list[pulumi.Resource]:
+        """A Secrets Manager secret and its value per NodeSecret, and ONE inline policy letting the
+        instance role read exactly those secrets. Returns what the machines must wait for;
+        no secrets: no store resources and no policy at all."""
+        ready: list[pulumi.Resource] = []
+        arns: list[pulumi.Output[str]] = []
+        for s in secrets:
+            secret = aws.secretsmanager.Secret(
+                f"{name}-secret-{s.spec.key}", name=s.name, description=s.spec.description,
+                recovery_window_in_days=SECRET_RECOVERY_DAYS,
+                # In the region the node's reference names (secretspec.reference: aws:<region>:<name>).
+                region=cp.deployment.region,
+                tags={**tags, "Name": s.name},
+                opts=child(self, protect=cp.deployment.lifecycle.protect))
+            # secret_string is a Pulumi secret (NodeSecret.value, and the SDK marks it again).
+            ready.append(aws.secretsmanager.SecretVersion(
+                f"{name}-secret-{s.spec.key}-version", secret_id=secret.id, secret_string=s.value,
+                region=cp.deployment.region, opts=child(self)))
+            arns.append(secret.arn)
+        if secrets:
+            # Exact ARNs (Secrets Manager adds a random suffix to each), no wildcard. The secrets use
+            # the AWS-managed key aws/secretsmanager, which needs no kms:Decrypt grant of ours.
+            document = pulumi.Output.all(*arns).apply(lambda resolved: json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Sid": "ReadKumoSecrets", "Effect": "Allow", "Action": [SECRET_READ_ACTION],
+                               "Resource": list(resolved)}],
+            }))
+            ready.append(aws.iam.RolePolicy(f"{name}-secrets-read", role=self.role.name, policy=document,
+                                            opts=child(self)))
+        return ready
 
     def _rule(self, name: str, sg: aws.ec2.SecurityGroup, rule: Rule, tags: dict[str, str]) -> None:
         """One rule resource per CIDR, named by the CIDR so adding one never renames the others."""

@@ -8,6 +8,14 @@ with a system-assigned managed identity and, for a ``block`` spool, a managed
 data disk at LUN 0 that outlives the VM. With ``dns.zone`` the forward A
 records are created in the Azure DNS zone.
 
+Secrets (relay password, DKIM private keys) go to one Key Vault per deployment,
+named ``secretspec.azure_vault_name`` (RBAC authorization, soft delete, purge
+protection), one ``keyvault.Secret`` each; each VM's system-assigned identity
+gets "Key Vault Secrets User" on exactly those secrets (scope: the secret, not
+the vault). No secrets, no vault. The VMs depend on the secrets; the role
+assignments need the VMs' principal ids, so they come after the VMs, and the
+node's boot-time fetch retries until RBAC has propagated.
+
 PTR sequencing (Azure sets the PTR as ``dnsSettings.reverseFqdn`` of the public
 IP, and refuses a reverse FQDN that does not already resolve to an address of
 the subscription): the A record needs the address, and the address only exists
@@ -32,26 +40,31 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import uuid
 from typing import Any, Optional
 
 import pulumi
 import pulumi_tls as tls
-from pulumi_azure_native import compute, dns, network, resources
+from pulumi_azure_native import authorization, compute, dns, keyvault, network, resources
 
 from .. import catalog
 from ..bootstrap import compressed
 from ..config import ROOT, AzureSection
 from ..errors import ConfigError
 from ..netplan import Rule
+from ..secretspec import azure_vault_name
 from .common import (
     ComponentPlan,
     KumoMtaArgs,
     NodePlan,
+    NodeSecret,
     child,
+    deliverability_records,
     dns_records_to_publish,
     machine_options,
     node_output,
     prepare,
+    secrets_for,
 )
 
 TYPE_TOKEN = "kumo:index:AzureKumoMta"
@@ -71,6 +84,13 @@ ALLOW_PRIORITY_START = 100
 PRIORITY_STEP = 10
 # NSG priorities run 100..4096; the explicit denies take the last one, below every allow.
 DENY_PRIORITY = 4096
+# Built-in role "Key Vault Secrets User": read secret contents (data plane), nothing else.
+SECRETS_USER_ROLE = "4633458b-17de-408a-b874-0445c86b69e6"
+# The minimum Azure allows: with purge protection a deleted vault's (deterministic) name stays taken
+# for this long, so re-creating a removed deployment waits a week, not three months.
+SOFT_DELETE_DAYS = 7
+# Namespace of the role assignments' GUID names (uuid5 of vault, secret and node: stable across runs).
+ROLE_ASSIGNMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/kumo-infra/role-assignments")
 
 
 class AzureKumoMta(pulumi.ComponentResource):
@@ -81,6 +101,8 @@ class AzureKumoMta(pulumi.ComponentResource):
     dns_records: pulumi.Output[list[dict]]
     sizing: pulumi.Output[dict]
     identity_principal_ids: pulumi.Output[list[str]]
+    secret_names: pulumi.Output[list[str]]
+    deliverability_records: pulumi.Output[list[dict]]
     ssh_private_key: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -140,6 +162,34 @@ class AzureKumoMta(pulumi.ComponentResource):
                 f"{d.dns.zone} without PTRs; then set {ROOT}.dns.forward_records_exist: true and run again "
                 f"to set them")  # no resource=: that form logs asynchronously and can be lost at exit
 
+        # -- secrets ------------------------------------------------------------------
+        secrets, dkim_public = secrets_for(self, name, cp, args)
+        self.vault: Optional[keyvault.Vault] = None
+        self.secrets: list[tuple[NodeSecret, keyvault.Secret]] = []
+        vault_name = azure_vault_name(d)
+        role_id: Optional[pulumi.Output[str]] = None
+        if secrets:
+            client = authorization.get_client_config_output()
+            role_id = client.subscription_id.apply(secrets_user_role_id)
+            self.vault = keyvault.Vault(
+                f"{name}-vault", vault_name=vault_name, resource_group_name=rg_name, location=region,
+                properties=keyvault.VaultPropertiesArgs(
+                    tenant_id=client.tenant_id,
+                    sku=keyvault.SkuArgs(family="A", name="standard"),
+                    # Access by Azure RBAC only (role assignments below): no access policies.
+                    enable_rbac_authorization=True,
+                    enable_soft_delete=True, soft_delete_retention_in_days=SOFT_DELETE_DAYS,
+                    enable_purge_protection=True,
+                    # The nodes reach the public endpoint (the NSG allows 443 out); RBAC guards it.
+                    network_acls=keyvault.NetworkRuleSetArgs(default_action="Allow", bypass="AzureServices")),
+                tags=tags, opts=child(self, protect=d.lifecycle.protect))
+            for secret in secrets:
+                self.secrets.append((secret, keyvault.Secret(
+                    f"{name}-{secret.spec.key}", vault_name=vault_name, secret_name=secret.name,
+                    resource_group_name=rg_name,
+                    properties=keyvault.SecretPropertiesArgs(value=secret.value),
+                    tags=tags, opts=child(self, depends_on=[self.vault], protect=d.lifecycle.protect))))
+
         # -- nodes ----------------------------------------------------------------
         self.vms: list[compute.VirtualMachine] = []
         node_outputs: list[pulumi.Output[dict]] = []
@@ -198,8 +248,10 @@ class AzureKumoMta(pulumi.ComponentResource):
 
             # The NIC and the spool disk attach to one VM at a time: a replacement VM is created only
             # after the old one is gone.
+            # The VM fetches its secrets at boot: they must exist first.
             vm_opts = pulumi.ResourceOptions.merge(
-                machine_options(self, cp, BOOTSTRAP_PATHS), pulumi.ResourceOptions(delete_before_replace=True))
+                machine_options(self, cp, BOOTSTRAP_PATHS, depends_on=[kv for _, kv in self.secrets]),
+                pulumi.ResourceOptions(delete_before_replace=True))
             vm = compute.VirtualMachine(
                 f"{name}-{node.key}-vm",
                 resource_group_name=rg_name,
@@ -228,8 +280,7 @@ class AzureKumoMta(pulumi.ComponentResource):
                             path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=ssh_public_key)]))),
                 network_profile=compute.NetworkProfileArgs(network_interfaces=[
                     compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True, delete_option="Detach")]),
-                # Least privilege: an identity with no role yet; issue 5 grants it Key Vault read
-                # through identity_principal_ids.
+                # Least privilege: the identity can read only this deployment's secrets (below).
                 identity=compute.VirtualMachineIdentityArgs(type="SystemAssigned"),
                 # No security_profile: Trusted Launch / secure boot is not supported by every image
                 # offered here (marketplace Rocky), so it is left to the platform default.
@@ -238,7 +289,22 @@ class AzureKumoMta(pulumi.ComponentResource):
             )
             self.vms.append(vm)
             addresses.append(pip.ip_address)
-            principals.append(vm.identity.apply(principal_id))
+            principal = vm.identity.apply(principal_id)
+            principals.append(principal)
+
+            # Read access to each secret, for this VM's identity only. The GUID name is fixed per
+            # (vault, secret, node): a replaced VM has a new principal, so the assignment is replaced
+            # too, deleted first since the name is reused.
+            for secret, kv_secret in self.secrets:
+                authorization.RoleAssignment(
+                    f"{name}-{node.key}-{secret.spec.key}-read",
+                    role_assignment_name=role_assignment_name(vault_name, secret.name, node.key),
+                    scope=kv_secret.id,
+                    role_definition_id=role_id,
+                    principal_id=principal,
+                    principal_type="ServicePrincipal",
+                    description=f"{node.hostname} reads the secret {secret.name}",
+                    opts=child(self, delete_before_replace=True))
             node_outputs.append(node_output(
                 node, public_ip=pip.ip_address, private_ip=nic.ip_configurations.apply(first_private_ip),
                 instance_type=cp.plan.instance_type, spool=cp.plan.spool_storage, ptr_set=ptr_set(cp),
@@ -249,9 +315,13 @@ class AzureKumoMta(pulumi.ComponentResource):
         self.dns_records = dns_records_to_publish(node_outputs)
         self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
         self.identity_principal_ids = pulumi.Output.all(*principals).apply(list)
+        self.secret_names = pulumi.Output.from_input([s.name for s in secrets])
+        self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
         outputs: dict[str, Any] = {"nodes": self.nodes, "public_ips": self.public_ips,
                                    "dns_records": self.dns_records, "sizing": self.sizing,
-                                   "identity_principal_ids": self.identity_principal_ids}
+                                   "identity_principal_ids": self.identity_principal_ids,
+                                   "secret_names": self.secret_names,
+                                   "deliverability_records": self.deliverability_records}
         if self.ssh_private_key is not None:
             outputs["ssh_private_key"] = self.ssh_private_key
         self.register_outputs(outputs)
@@ -325,6 +395,16 @@ def first_private_ip(ip_configurations: Any) -> Optional[str]:
 
 def principal_id(identity: Any) -> Optional[str]:
     return _get(identity, "principal_id", "principalId")
+
+
+def secrets_user_role_id(subscription_id: str) -> str:
+    """The built-in "Key Vault Secrets User" role definition, as the subscription sees it."""
+    return f"/subscriptions/{subscription_id}/providers/Microsoft.Authorization/roleDefinitions/{SECRETS_USER_ROLE}"
+
+
+def role_assignment_name(vault: str, secret: str, node_key: str) -> str:
+    """Azure names a role assignment by a GUID: derived, so every run gives the same one."""
+    return str(uuid.uuid5(ROLE_ASSIGNMENT_NAMESPACE, f"{vault}/{secret}/{node_key}"))
 
 
 def _prefixes(field: str, cidrs: list[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ..bootstrap import render_user_data
 from ..config import Deployment, parse_deployment
 from ..errors import ConfigError
 from ..netplan import Rule, firewall_rules
+from ..secretspec import RELAY_PASSWORD, SecretSpec, secret_specs, store_name
 from ..sizing import Plan
 from ..stackconfig import plan_for
 
@@ -115,3 +116,75 @@ def machine_options(parent: pulumi.Resource, cp: ComponentPlan, user_data_props:
     ignore += list(image_props or [])
     return pulumi.ResourceOptions(parent=parent, ignore_changes=ignore, protect=cp.deployment.lifecycle.protect,
                                   depends_on=depends_on or [])
+
+
+# -- secrets and deliverability records (issue 5) -----------------------------------------
+
+@dataclass(frozen=True)
+class NodeSecret:
+    """One secret the component stores in the cloud's secret store for the nodes to fetch."""
+
+    spec: SecretSpec
+    name: str  # the name in the store (secretspec.store_name)
+    value: pulumi.Output[str]  # always a Pulumi secret
+
+
+def secrets_for(parent: pulumi.Resource, name: str, cp: ComponentPlan, args: KumoMtaArgs) -> tuple[
+        list[NodeSecret], dict[str, pulumi.Output[str]]]:
+    """The deployment's secrets as Pulumi secrets, and each DKIM domain's public key (PEM).
+
+    The relay password comes from the caller (a Pulumi secret); each DKIM key pair is
+    generated here and kept only in Pulumi's encrypted state and the cloud's secret store.
+    """
+    import pulumi_tls as tls  # imported here: only deployments that store secrets need it
+
+    secrets: list[NodeSecret] = []
+    dkim_public: dict[str, pulumi.Output[str]] = {}
+    for spec in secret_specs(cp.deployment):
+        if spec.key == RELAY_PASSWORD:
+            password = args.get("relay_password")
+            if password is None:
+                raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
+                                  "secret kumo:relayPassword)", "kumo:relayPassword")
+            value = pulumi.Output.secret(password)
+        else:
+            key = tls.PrivateKey(f"{name}-{spec.key}", algorithm="RSA", rsa_bits=2048,
+                                 opts=child(parent, protect=cp.deployment.lifecycle.protect))
+            value = pulumi.Output.secret(key.private_key_pem)
+            dkim_public[spec.dkim_domain or ""] = key.public_key_pem
+        secrets.append(NodeSecret(spec, store_name(cp.deployment, spec), value))
+    return secrets, dkim_public
+
+
+def dkim_txt_value(public_key_pem: str) -> str:
+    """The DKIM TXT value for a PEM public key (SubjectPublicKeyInfo, base64 on one line)."""
+    body = "".join(line.strip() for line in public_key_pem.strip().splitlines() if "-----" not in line)
+    return f"v=DKIM1; k=rsa; p={body}"
+
+
+def deliverability_records(cp: ComponentPlan, public_ips: pulumi.Output[list[str]],
+                           dkim_public: dict[str, pulumi.Output[str]]) -> pulumi.Output[list[dict]]:
+    """SPF, DMARC and DKIM records to publish for each sending domain."""
+    selector = cp.deployment.dkim.selector
+    relay = cp.deployment.port25.relay if cp.deployment.outbound_mode == "relay" else None
+    domains = list(cp.deployment.dkim.domains)
+    keys = [dkim_public[d] for d in domains]
+
+    def build(resolved: list[Any]) -> list[dict]:
+        ips, pems = resolved[0], resolved[1:]
+        records = []
+        for domain, pem in zip(domains, pems):
+            spf = " ".join(["v=spf1", *(f"ip4:{ip}" for ip in ips)]
+                           + ([f"include:<the SPF of {relay.host}>"] if relay else []) + ["-all"])
+            records += [
+                {"name": domain, "type": "TXT", "value": spf,
+                 "why": "SPF: the nodes' addresses" + (" and the smarthost's sending hosts" if relay else "")},
+                {"name": f"_dmarc.{domain}", "type": "TXT",
+                 "value": f"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}",
+                 "why": "DMARC: start with p=none and tighten once reports are clean"},
+                {"name": f"{selector}._domainkey.{domain}", "type": "TXT", "value": dkim_txt_value(pem),
+                 "why": "DKIM: the public half of the key kumo-infra generated"},
+            ]
+        return records
+
+    return pulumi.Output.all(public_ips, *keys).apply(build)

@@ -6,6 +6,11 @@ deployment's network tag, one dedicated service account, and per node a static
 external address with its PTR, an optional forward A record, the instance and,
 for a ``block`` spool, a persistent disk that outlives the instance.
 
+Secrets (the relay password, the DKIM private keys) go to Secret Manager, one
+secret per value, each readable by the nodes' service account alone through a
+per-secret ``roles/secretmanager.secretAccessor`` grant (no project-wide grant);
+the nodes fetch them at boot, so no value is ever in the metadata.
+
 The bootstrap travels as ``metadata["startup-script"]``: GCP runs it at every
 boot on every image (its Rocky and Alma images have no cloud-init), and a
 metadata key changes in place, whereas ``metadata_startup_script`` forces a new
@@ -17,7 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pulumi
-from pulumi_gcp import compute, dns, projects, serviceaccount
+from pulumi_gcp import compute, dns, projects, secretmanager, serviceaccount
 
 from .. import catalog
 from ..bootstrap import render_startup_script
@@ -26,11 +31,14 @@ from ..netplan import Rule
 from .common import (
     ComponentPlan,
     KumoMtaArgs,
+    NodeSecret,
     child,
+    deliverability_records,
     dns_records_to_publish,
     machine_options,
     node_output,
     prepare,
+    secrets_for,
 )
 
 TYPE_TOKEN = "kumo:index:GcpKumoMta"
@@ -43,6 +51,8 @@ SPOOL_DEVICE_NAME = "kumo-spool"  # the bootstrap looks for /dev/disk/by-id/goog
 DISK_TYPE = "pd-balanced"
 SCRATCH_DISK_GB = 375  # GCP's fixed local SSD size
 SA_ROLES = {"logwriter": "roles/logging.logWriter", "metricwriter": "roles/monitoring.metricWriter"}
+# Granted on each secret, never on the project: read the secret's versions and nothing else.
+SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 ALLOW_PRIORITY = 1000
 # GCP's implied rules sit at 65535; the explicit denies go just above them, below every allow.
 DENY_PRIORITY = 65534
@@ -56,6 +66,8 @@ class GcpKumoMta(pulumi.ComponentResource):
     public_ips: pulumi.Output[list[str]]
     dns_records: pulumi.Output[list[dict]]
     sizing: pulumi.Output[dict]
+    secret_names: pulumi.Output[list[str]]  # Secret Manager secret ids, never values
+    deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
         cp = prepare(args, "gcp")
@@ -68,6 +80,10 @@ class GcpKumoMta(pulumi.ComponentResource):
         if itype is None:  # the planner only picks catalog types; a guard, not a path
             raise ConfigError(f"'{cp.plan.instance_type}' is not in the gcp catalog",
                               "kumo:deployment.sizing.instance_type")
+        if cp.deployment.outbound_mode == "relay" and args.get("relay_password") is None:
+            # secrets_for refuses this too, but only once resources exist: refuse it before any.
+            raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
+                              "secret kumo:relayPassword)", "kumo:relayPassword")
         super().__init__(TYPE_TOKEN, name, {"deployment": args["deployment"]}, opts)
 
         d = cp.deployment
@@ -96,13 +112,19 @@ class GcpKumoMta(pulumi.ComponentResource):
 
         # -- identity ------------------------------------------------------
         # One dedicated service account, allowed to write logs and metrics and nothing else.
-        # Issue 5 grants it Secret Manager access through self.service_account.
+        # Secret Manager access is granted per secret below.
         self.service_account = serviceaccount.Account(
             f"{name}-sa", project=project, account_id=f"{name}-mta",
             display_name=f"kumo-infra {name} KumoMTA nodes", opts=child(self))
         grants = [projects.IAMMember(f"{name}-sa-{suffix}", project=project, role=role,
                                      member=self.service_account.member, opts=child(self))
                   for suffix, role in SA_ROLES.items()]
+
+        # -- secrets -------------------------------------------------------
+        secrets, dkim_public = secrets_for(self, name, cp, args)
+        self.secrets = [self._secret(name, project, labels, s) for s in secrets]
+        # The nodes fetch their secrets at first boot: the versions and the grants come first.
+        secret_deps: list[pulumi.Resource] = [r for _, version, access in self.secrets for r in (version, access)]
 
         image = compute.get_image_output(family=d.os_spec.gcp.family, project=d.os_spec.gcp.project,
                                          opts=pulumi.InvokeOutputOptions(parent=self))
@@ -116,7 +138,7 @@ class GcpKumoMta(pulumi.ComponentResource):
                 f"{name}-{node.key}-ip", project=project, region=region, address_type="EXTERNAL",
                 network_tier="PREMIUM", labels=labels, description=f"{node.hostname} (kumo-infra)",
                 opts=child(self))
-            depends_on: list[pulumi.Resource] = list(grants)
+            depends_on: list[pulumi.Resource] = list(grants) + secret_deps
             if cp.create_forward_records:
                 # The PTR (on the access config below) needs the forward record in place first.
                 record = dns.RecordSet(
@@ -201,8 +223,28 @@ class GcpKumoMta(pulumi.ComponentResource):
         self.public_ips = pulumi.Output.all(*addresses).apply(list)
         self.dns_records = dns_records_to_publish(node_outputs)
         self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
+        self.secret_names = pulumi.Output.all(*(secret.secret_id for secret, _, _ in self.secrets)).apply(list)
+        self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
         self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips,
-                               "dns_records": self.dns_records, "sizing": self.sizing})
+                               "dns_records": self.dns_records, "sizing": self.sizing,
+                               "secret_names": self.secret_names,
+                               "deliverability_records": self.deliverability_records})
+
+    def _secret(self, name: str, project: str, labels: dict[str, str], s: NodeSecret) -> tuple[
+            secretmanager.Secret, secretmanager.SecretVersion, secretmanager.SecretIamMember]:
+        """One secret (id = its store name, the one the node's reference names), its value as the
+        version the node reads (versions/latest), and the service account's read grant on it alone."""
+        secret = secretmanager.Secret(
+            f"{name}-{s.spec.key}-secret", project=project, secret_id=s.name,
+            replication={"auto": {}},  # automatic replication (Google-managed locations and keys)
+            labels=labels, opts=child(self))
+        # secret_data is a Pulumi secret (and the SDK marks secretData secret): encrypted in state.
+        version = secretmanager.SecretVersion(f"{name}-{s.spec.key}-version", secret=secret.id,
+                                              secret_data=s.value, opts=child(self))
+        access = secretmanager.SecretIamMember(
+            f"{name}-{s.spec.key}-access", project=project, secret_id=secret.secret_id, role=SECRET_ACCESSOR,
+            member=self.service_account.member, opts=child(self))
+        return secret, version, access
 
     def _firewalls(self, name: str, cp: ComponentPlan, project: str, network: pulumi.Input[str],
                    tag: str) -> list[compute.Firewall]:

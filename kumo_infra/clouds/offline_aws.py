@@ -14,6 +14,13 @@ COMPUTED = {
     "aws:iam/role:Role": {"name": "{name}-{n:07x}", "arn": "arn:aws:iam::000000000000:role/{name}-{n:07x}"},
     "aws:iam/instanceProfile:InstanceProfile": {
         "name": "{name}-{n:07x}", "arn": "arn:aws:iam::000000000000:instance-profile/{name}-{n:07x}"},
+    # Secrets Manager appends "-" and six random characters to the secret's name in its ARN; the
+    # instance role's policy names these exact ARNs. Offline: the resource name, region "placeholder".
+    "aws:secretsmanager/secret:Secret": {
+        "arn": "arn:aws:secretsmanager:placeholder:000000000000:secret:{name}-{n:06x}"},
+    # The DKIM key pairs common.secrets_for generates (the private half goes only into a
+    # SecretVersion, the public half into the DKIM TXT record). Placeholders, not keys.
+    # kumo_infra.offline must merge this with the other clouds' answers for the same token.
 }
 
 INVOKES = {

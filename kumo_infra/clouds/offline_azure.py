@@ -13,14 +13,13 @@ COMPUTED = {
     "azure-native:network:NetworkInterface": {"ipConfigurations": [{"privateIPAddress": "192.0.2.{n}"}]},
     "azure-native:compute:VirtualMachine": {"identity": {"principalId": "00000000-0000-0000-0000-{n:012d}",
                                                          "tenantId": "00000000-0000-0000-0000-000000000000"}},
-    # The generated SSH key when azure.ssh_public_key is not given.
-    "tls:index/privateKey:PrivateKey": {
-        "publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlaceholderPlaceholderPlaceholder00000 {name}",
-        "privateKeyOpenssh": PLACEHOLDER,
-    },
+    # The generated SSH key when azure.ssh_public_key is not given, and the DKIM key pairs
+    # (common.secrets_for): the public half becomes the DKIM TXT record, the private half a Key Vault
+    # secret. PEM-shaped placeholders named after the key. (offline_gcp loads later and repeats these.)
 }
 
 INVOKES = {
+    # The Key Vault's tenant and the subscription of the "Key Vault Secrets User" role definition.
     "azure-native:authorization:getClientConfig": {"tenantId": "00000000-0000-0000-0000-000000000000",
                                                    "subscriptionId": "00000000-0000-0000-0000-000000000000",
                                                    "objectId": "00000000-0000-0000-0000-000000000000",

@@ -58,7 +58,8 @@ if scenario == 'message' then
   local routing = received.meta.routing_domain
   if routing then
     result.egress = kumo.fire('get_egress_path_config', routing, 'unspecified', 'mta')
-    result.queue = kumo.fire('get_queue_config', routing, nil, 'gmail.com', nil)
+    result.queue = kumo.fire('get_queue_config', 'gmail.com', nil, nil, routing)
+    result.other_queue = kumo.fire('get_queue_config', 'gmail.com', nil, nil, nil)
   end
 end
 print(to_json(result))

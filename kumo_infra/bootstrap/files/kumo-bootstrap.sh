@@ -11,6 +11,8 @@
 # Settings come from /etc/kumo-infra/bootstrap.env; the result is written to
 # /var/lib/kumo-infra/status.json and summed up in one console line.
 set -uo pipefail
+# Arrays that may be empty are expanded as ${a[@]+"${a[@]}"}: bash before 4.4 (Amazon
+# Linux 2) treats an empty "${a[@]}" as unbound under set -u.
 
 MODE=${1:-all}
 CONF_DIR=${KUMO_CONF_DIR:-/etc/kumo-infra}
@@ -22,21 +24,13 @@ KUMOD=/opt/kumomta/sbin/kumod
 SPOOL_LABEL=kumospool
 SYSCTL_FILE=/etc/sysctl.d/90-kumomta.conf
 
-# shellcheck source=/dev/null
-. "$CONF_DIR/bootstrap.env"
-
-mkdir -p "$STATE_DIR"
-WORK=$(mktemp -d /run/kumo-bootstrap.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
-STATUS=$STATE_DIR/status.json
-[ "$MODE" = spool ] && STATUS=$STATE_DIR/spool-status.json
-
 say() { printf 'kumo-bootstrap: %s\n' "$*"; }
 
 # -- helpers used inside steps (each step runs in a subshell with errexit) ----------
 die() { printf '%s\n' "$*" >"$WORK/detail"; exit 1; }
 detail() { printf '%s\n' "$*" >"$WORK/detail"; }
-changed() { : >"$WORK/changed"; }
+# changed WHAT: the step changed the machine; WHAT is recorded in status.json.
+changed() { printf '%s\n' "$1" >>"$WORK/changed"; }
 # fact KEY JSON: a fact for status.json; the value is already JSON.
 fact() { printf '%s\t%s\n' "$1" "$2" >>"$WORK/facts"; }
 
@@ -80,7 +74,12 @@ run_step() {
   ) >>"$LOG" 2>&1
   rc=$?
   end=$(date +%s%N)
-  [ -f "$WORK/changed" ] && step_changed=true && ANY_CHANGED=true
+  local changes=()
+  if [ -f "$WORK/changed" ]; then
+    step_changed=true
+    ANY_CHANGED=true
+    mapfile -t changes <"$WORK/changed"
+  fi
   [ -f "$WORK/detail" ] && text=$(head -c 2000 "$WORK/detail")
   if [ $rc -eq 0 ]; then
     status=ok
@@ -93,6 +92,7 @@ run_step() {
   fi
   say "step $name: $status${text:+ ($text)}"
   STEP_JSON+="${STEP_JSON:+,}{\"name\":$(json_str "$name"),\"status\":\"$status\",\"changed\":$step_changed,"
+  STEP_JSON+="\"changes\":$(json_array ${changes[@]+"${changes[@]}"}),"
   STEP_JSON+="\"seconds\":$(( (end - start) / 1000000 ))e-3,\"detail\":$(json_str "$text")}"
   return $rc
 }
@@ -116,7 +116,7 @@ write_status() {
 # -- package helpers -----------------------------------------------------------------
 installed_version() {
   case "$KUMO_PKG_FAMILY" in
-    apt) dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null | awk '$1 == "ii" { print $2 }' ;;
+    apt) { dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null || true; } | awk '$1 == "ii" { print $2 }' ;;
     *) rpm -q --qf '%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | grep -v 'not installed' || true ;;
   esac
 }
@@ -153,16 +153,16 @@ step_other_mtas() {
     systemctl list-unit-files "$svc.service" --no-legend 2>/dev/null | grep -q . || continue
     if systemctl is-active --quiet "$svc" || systemctl is-enabled --quiet "$svc"; then
       systemctl disable --now "$svc"
-      changed
+      changed "stopped and disabled $svc"
     fi
     if [ "$(systemctl is-enabled "$svc" 2>/dev/null)" != masked ]; then
-      # Masked so that a package upgrade cannot start it again and take port 25.
-      systemctl mask "$svc"
-      changed
+      # Masked so that a package upgrade cannot start it again and take port 25. A unit an
+      # admin wrote into /etc/systemd/system cannot be masked; stopped and disabled it stays.
+      if systemctl mask "$svc"; then changed "masked $svc"; else detail "$svc stopped and disabled; its unit cannot be masked"; fi
     fi
     disabled+=("$svc")
   done
-  fact other_mtas_disabled "$(json_array "${disabled[@]}")"
+  fact other_mtas_disabled "$(json_array ${disabled[@]+"${disabled[@]}"})"
 }
 
 wait_for_repository() {
@@ -180,7 +180,8 @@ spool_tools() {
     ext4) command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs) ;;
   esac
   if [ "$KUMO_SPOOL_DEVICES" -gt 1 ]; then command -v mdadm >/dev/null || need+=(mdadm); fi
-  printf '%s\n' "${need[@]}"
+  # Nothing at all when nothing is needed: an empty line would read as one empty package name.
+  [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}"
 }
 
 step_install() {
@@ -216,12 +217,12 @@ step_install() {
   esac
   # The stable and dev packages conflict: switching channel removes the other one first.
   if [ -n "$(installed_version "$KUMO_OTHER_PACKAGE")" ]; then pkg_remove "$KUMO_OTHER_PACKAGE"; fi
-  pkg_install "$want" "${tools[@]}" || die "installing $want failed (see $LOG)"
+  pkg_install "$want" ${tools[@]+"${tools[@]}"} || die "installing $want failed (see $LOG)"
   current=$(installed_version "$KUMO_PACKAGE")
   [ -n "$current" ] || die "$KUMO_PACKAGE is not installed after the install step"
   id kumod >/dev/null 2>&1 || die "the package did not create the kumod user"
   fact kumomta_version "$(json_str "$current")"
-  changed
+  changed "installed $KUMO_PACKAGE $current"
 }
 
 # A whole disk that holds no mounted filesystem and no partitions.
@@ -255,7 +256,7 @@ find_spool_devices() {
     block:azure) patterns=(/dev/disk/azure/data/by-lun/0 /dev/disk/azure/scsi1/lun0) ;;
     block:gcp) patterns=(/dev/disk/by-id/google-kumo-spool) ;;
   esac
-  for dev in "${patterns[@]}"; do
+  for dev in ${patterns[@]+"${patterns[@]}"}; do
     [[ "$dev" == *-part* ]] && continue
     [ -e "$dev" ] || continue
     dev=$(readlink -f "$dev")
@@ -297,7 +298,7 @@ ensure_spool_ownership() {
   if [ "$(stat -c %U:%G:%a "$SPOOL")" != "kumod:kumod:2770" ]; then
     chown kumod:kumod "$SPOOL"
     chmod 2770 "$SPOOL"
-    changed
+    changed "ownership of $SPOOL set to kumod:kumod 2770"
   fi
 }
 
@@ -330,7 +331,7 @@ step_spool() {
         # RAID0 across every local NVMe device: the spool is as fast as all of them.
         mdadm --create "$target" --name="$SPOOL_LABEL" --level=0 --raid-devices=${#devs[@]} --run "${devs[@]}"
       fi
-      changed
+      changed "assembled RAID0 $target"
     else
       target=${devs[0]}
     fi
@@ -342,7 +343,7 @@ step_spool() {
       xfs) mkfs.xfs -q -K -L "$SPOOL_LABEL" "$target" ;;
       ext4) mkfs.ext4 -q -E nodiscard -m 0 -L "$SPOOL_LABEL" "$target" ;;
     esac
-    changed
+    changed "created $KUMO_SPOOL_FS on $target"
     udevadm settle || true
   elif [ "$label" != "$SPOOL_LABEL" ]; then
     die "$target already holds a $fstype filesystem that kumo-infra did not make; refusing to format it"
@@ -356,28 +357,26 @@ step_spool() {
     # Replace whatever mounted the spool before (a wiped disk comes back with the same label).
     sed -i "\\# $SPOOL #d" /etc/fstab
     printf '%s\n' "$line" >>/etc/fstab
-    changed
+    changed "fstab entry for $SPOOL"
   fi
   systemctl daemon-reload
   mkdir -p "$SPOOL"
   mount "$SPOOL"
-  changed
+  changed "mounted $SPOOL"
   ensure_spool_ownership
   spool_facts
 }
 
 step_tuning() {
-  local key wanted current value new="$WORK/sysctl.conf" applied=""
+  local key op wanted current value new="$WORK/sysctl.conf" applied=""
   {
-    echo "# Written by kumo-bootstrap from $CONF_DIR/sysctl.wanted: values are raised, never lowered."
-    while IFS='=' read -r key wanted; do
-      key=$(echo "$key" | xargs)
-      wanted=$(echo "$wanted" | xargs)
+    echo "# Written by kumo-bootstrap from $CONF_DIR/sysctl.wanted (capacities raised, never lowered)."
+    while read -r key op wanted; do
       [ -z "$key" ] || [[ "$key" == \#* ]] && continue
       current=$(sysctl -n "$key" 2>/dev/null | xargs) || continue
       [ -n "$current" ] || continue
       value=$wanted
-      if [[ "$wanted" =~ ^[0-9]+$ && "$current" =~ ^[0-9]+$ ]] && num_gt "$current" "$wanted"; then
+      if [ "$op" = ">=" ] && [[ "$wanted" =~ ^[0-9]+$ && "$current" =~ ^[0-9]+$ ]] && num_gt "$current" "$wanted"; then
         value=$current
       fi
       echo "$key = $value"
@@ -385,7 +384,7 @@ step_tuning() {
   } >"$new"
   if ! cmp -s "$new" "$SYSCTL_FILE"; then
     install -m 0644 "$new" "$SYSCTL_FILE"
-    changed
+    changed "wrote $SYSCTL_FILE"
   fi
   sysctl -q -p "$SYSCTL_FILE" >/dev/null
   while IFS='=' read -r key _; do
@@ -397,12 +396,40 @@ step_tuning() {
   fact nofile_limit "$(json_str "$(systemctl show kumomta -p LimitNOFILE --value 2>/dev/null || true)")"
 }
 
+python_bin() {
+  # Rocky/Alma 8 ship only the platform python unless python3 was installed.
+  command -v python3 && return 0
+  [ -x /usr/libexec/platform-python ] && echo /usr/libexec/platform-python
+}
+
+step_secrets() {
+  local ref path py count=0 deadline=$((SECONDS + KUMO_SECRET_WAIT_S))
+  py=$(python_bin) || die "no python3 on this machine to fetch secrets with"
+  while IFS=$'\t' read -r ref path; do
+    [ -z "$ref" ] || [[ "$ref" == \#* ]] && continue
+    install -d -o root -g kumod -m 0750 "$(dirname "$path")"
+    # The machine's read grant may still be propagating (Azure RBAC takes minutes): retry.
+    until "$py" /usr/local/sbin/kumo-fetch-secret "$ref" >"$WORK/secret" 2>"$WORK/fetch.err"; do
+      [ "$SECONDS" -lt "$deadline" ] || die "cannot fetch secret $ref: $(tail -n 1 "$WORK/fetch.err")"
+      sleep 10
+    done
+    if ! cmp -s "$WORK/secret" "$path"; then
+      install -o root -g kumod -m 0640 "$WORK/secret" "$path"
+      : >"$STATE_DIR/restart-needed"
+      changed "secret $path"
+    fi
+    rm -f "$WORK/secret"
+    count=$((count + 1))
+  done <"$CONF_DIR/secrets.list"
+  fact secrets_fetched "$count"
+}
+
 install_if_changed() {
   local src=$1 dst=$2 mode=$3
   if ! cmp -s "$src" "$dst"; then
     install -o root -g kumod -m "$mode" "$src" "$dst"
     : >"$STATE_DIR/restart-needed"
-    changed
+    changed "$dst"
   fi
 }
 
@@ -418,7 +445,7 @@ step_policy() {
   if cmp -s "$staged" "$POLICY"; then rm -f "$staged"; else
     mv -f "$staged" "$POLICY"
     : >"$STATE_DIR/restart-needed"
-    changed
+    changed "policy $POLICY"
   fi
   install_if_changed "$CONF_DIR/kumod.env" /opt/kumomta/etc/kumod.env 0640
   fact policy_sha256 "$(json_str "$(sha256sum "$POLICY" | cut -d' ' -f1)")"
@@ -427,7 +454,7 @@ step_policy() {
 enable_unit() {
   if ! systemctl is-enabled --quiet "$1"; then
     systemctl enable "$1"
-    changed
+    changed "enabled $1"
   fi
 }
 
@@ -435,13 +462,13 @@ step_start() {
   systemctl daemon-reload
   enable_unit kumo-spool.service
   enable_unit kumo-log-retention.timer
-  systemctl is-active --quiet kumo-log-retention.timer || { systemctl start kumo-log-retention.timer; changed; }
+  systemctl is-active --quiet kumo-log-retention.timer || { systemctl start kumo-log-retention.timer; changed "started kumo-log-retention.timer"; }
   enable_unit kumomta.service
   if systemctl is-active --quiet kumomta; then
-    if [ -f "$STATE_DIR/restart-needed" ]; then systemctl restart kumomta; changed; fi
+    if [ -f "$STATE_DIR/restart-needed" ]; then systemctl restart kumomta; changed "restarted kumomta (policy or secret changed)"; fi
   else
     systemctl start kumomta
-    changed
+    changed "started kumomta"
   fi
   rm -f "$STATE_DIR/restart-needed"
 }
@@ -498,6 +525,15 @@ step_probe25() {
 }
 
 # -- main ------------------------------------------------------------------------------
+main() {
+# shellcheck source=/dev/null
+. "$CONF_DIR/bootstrap.env"
+mkdir -p "$STATE_DIR"
+WORK=$(mktemp -d /run/kumo-bootstrap.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+STATUS=$STATE_DIR/status.json
+[ "$MODE" = spool ] && STATUS=$STATE_DIR/spool-status.json
+
 exec 9>/run/kumo-bootstrap.lock
 if [ "$MODE" = spool ]; then
   # At first boot the full bootstrap holds the lock and prepares the spool itself.
@@ -509,13 +545,16 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo "=== kumo-bootstrap $MODE $STARTED" >>"$LOG"
 
 case "$MODE" in
-  all) STEPS="network:step_network other_mtas:step_other_mtas install:step_install spool:step_spool tuning:step_tuning policy:step_policy start:step_start health:step_health" ;;
+  all) STEPS="network:step_network other_mtas:step_other_mtas install:step_install spool:step_spool tuning:step_tuning secrets:step_secrets policy:step_policy start:step_start health:step_health" ;;
   spool) STEPS="spool:step_spool" ;;
   *) say "usage: kumo-bootstrap [all|spool]"; exit 2 ;;
 esac
 
+# Never call run_step in a condition (if, ||, &&): bash would then ignore errexit inside
+# the step's subshell, and a failing command would not stop the step.
 for entry in $STEPS; do
-  run_step "${entry%%:*}" "${entry#*:}" || break
+  run_step "${entry%%:*}" "${entry#*:}"
+  [ -z "$FAILED_STEP" ] || break
 done
 
 if [ -n "$FAILED_STEP" ]; then
@@ -529,9 +568,16 @@ fi
 DELIVERY=""
 if [ "$MODE" = all ]; then
   # Deliverability is reported, never fatal: inbound mail and the spool work regardless.
-  if run_step probe25 step_probe25; then DELIVERY="deliverability=ok"; else DELIVERY="deliverability=FAILED ($FAILED_DETAIL)"; FAILED_STEP=""; fi
+  run_step probe25 step_probe25
+  if [ -z "$FAILED_STEP" ]; then DELIVERY="deliverability=ok"; else DELIVERY="deliverability=FAILED ($FAILED_DETAIL)"; FAILED_STEP=""; fi
 fi
 write_status ok
 say "OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED $DELIVERY"
 echo "KUMO-BOOTSTRAP OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED $DELIVERY" >/dev/console 2>/dev/null || true
 exit 0
+}
+
+# Sourced (by the tests) it only defines the functions; executed, it runs.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi
