@@ -19,7 +19,12 @@ BASE = {
 
 def deployment(**overrides) -> dict:
     """A minimal valid kumo:deployment dict with nested overrides (sizing={...} merges)."""
-    d = copy.deepcopy(BASE)
+    return merged(BASE, **overrides)
+
+
+def merged(base: dict, **overrides) -> dict:
+    """A copy of ``base`` with ``overrides``; a dict override merges into a dict value."""
+    d = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(d.get(key), dict):
             d[key].update(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import gzip
 import json
 import re
@@ -22,7 +21,7 @@ from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
 from kumo_infra.netplan import management_ports
 from kumo_infra.secretspec import azure_vault_name, reference, secret_specs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, merged
 
 T = "azure-native"
 VM = f"{T}:compute:VirtualMachine"
@@ -59,13 +58,7 @@ BASE = {
 
 
 def dep(**overrides) -> dict:
-    d = copy.deepcopy(BASE)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(d.get(key), dict):
-            d[key].update(value)
-        else:
-            d[key] = value
-    return d
+    return merged(BASE, **overrides)
 
 
 def run(d: dict, preview: bool = False, password: str = "x") -> offline.OfflineResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import ipaddress
 import json
 import re
@@ -21,7 +20,7 @@ from kumo_infra.errors import ConfigError
 from kumo_infra.netplan import firewall_rules, is_world
 from kumo_infra.secretspec import dkim_key
 from kumo_infra.stackconfig import plan_for
-from tests.conftest import ROOT
+from tests.conftest import ROOT, merged
 
 INSTANCE = "gcp:compute/instance:Instance"
 ADDRESS = "gcp:compute/address:Address"
@@ -56,13 +55,7 @@ GCP_BASE = {
 
 
 def gcp_deployment(**overrides) -> dict:
-    d = copy.deepcopy(GCP_BASE)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(d.get(key), dict):
-            d[key].update(value)
-        else:
-            d[key] = value
-    return d
+    return merged(GCP_BASE, **overrides)
 
 
 @dataclass

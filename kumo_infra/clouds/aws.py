@@ -28,7 +28,8 @@ from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
 from ..secretspec import RELAY_PASSWORD, secret_specs
-from .common import (ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, deliverability_records,
+from .common import (
+    KumoMtaComponent,ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, deliverability_records,
                      dns_records_to_publish, machine_options, node_output, prepare, secrets_for)
 
 TYPE = "kumo:index:AwsKumoMta"
@@ -100,13 +101,7 @@ def _cidr_slug(cidr: str) -> str:
     return cidr.replace(":", "_").replace("/", "-")
 
 
-class AwsKumoMta(pulumi.ComponentResource):
-    nodes: pulumi.Output[list[dict]]
-    public_ips: pulumi.Output[list[str]]
-    dns_records: pulumi.Output[list[dict]]
-    sizing: pulumi.Output[dict]
-    secret_names: pulumi.Output[list[str]]  # names in Secrets Manager, never values
-    deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
+class AwsKumoMta(KumoMtaComponent):
     role: aws.iam.Role  # the nodes' identity: reads the deployment's secrets and nothing else
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:

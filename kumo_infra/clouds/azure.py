@@ -54,6 +54,7 @@ from ..errors import ConfigError
 from ..netplan import Rule
 from ..secretspec import azure_vault_name
 from .common import (
+    KumoMtaComponent,
     ComponentPlan,
     KumoMtaArgs,
     NodePlan,
@@ -93,16 +94,10 @@ SOFT_DELETE_DAYS = 7
 ROLE_ASSIGNMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/kumo-infra/role-assignments")
 
 
-class AzureKumoMta(pulumi.ComponentResource):
+class AzureKumoMta(KumoMtaComponent):
     """KumoMTA nodes on Azure VMs (see docs/component-spec.md)."""
 
-    nodes: pulumi.Output[list[dict]]
-    public_ips: pulumi.Output[list[str]]
-    dns_records: pulumi.Output[list[dict]]
-    sizing: pulumi.Output[dict]
     identity_principal_ids: pulumi.Output[list[str]]
-    secret_names: pulumi.Output[list[str]]
-    deliverability_records: pulumi.Output[list[dict]]
     ssh_private_key: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):

@@ -33,6 +33,17 @@ class KumoMtaArgs(TypedDict, total=False):
     relay_password: pulumi.Input[str]
 
 
+class KumoMtaComponent(pulumi.ComponentResource):
+    """The outputs every cloud's component publishes, with the same keys (docs/component-spec.md)."""
+
+    nodes: pulumi.Output[list[dict]]
+    public_ips: pulumi.Output[list[str]]
+    dns_records: pulumi.Output[list[dict]]  # forward A records the operator must publish
+    sizing: pulumi.Output[dict]
+    secret_names: pulumi.Output[list[str]]  # names in the cloud's secret store, never values
+    deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
+
+
 @dataclass(frozen=True)
 class NodePlan:
     index: int  # 0-based

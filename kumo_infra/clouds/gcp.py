@@ -29,6 +29,7 @@ from ..bootstrap import render_startup_script
 from ..errors import ConfigError
 from ..netplan import Rule
 from .common import (
+    KumoMtaComponent,
     ComponentPlan,
     KumoMtaArgs,
     NodeSecret,
@@ -59,15 +60,9 @@ DENY_PRIORITY = 65534
 WORLD = {"v4": "0.0.0.0/0", "v6": "::/0"}
 
 
-class GcpKumoMta(pulumi.ComponentResource):
+class GcpKumoMta(KumoMtaComponent):
     """KumoMTA nodes on Compute Engine (see docs/component-spec.md)."""
 
-    nodes: pulumi.Output[list[dict]]
-    public_ips: pulumi.Output[list[str]]
-    dns_records: pulumi.Output[list[dict]]
-    sizing: pulumi.Output[dict]
-    secret_names: pulumi.Output[list[str]]  # Secret Manager secret ids, never values
-    deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
         cp = prepare(args, "gcp")
