@@ -64,7 +64,19 @@ def run_plan(stack: StackConfig, raw_values: dict[str, Any]) -> dict[str, Any]:
     })
 
 
+def _ints(value: Any) -> Any:
+    """The engine carries every number as a float; show 25 rather than 25.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    return value
+
+
 def _brief(value: Any, limit: int = 60) -> str:
+    value = _ints(value)
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -50,10 +50,11 @@ config:
 """
 
 
-def node_user_data(repository_s: int = 120) -> tuple[str, dict]:
+def node_user_data(repository_s: int = 120, instance_type: str | None = None) -> tuple[str, dict]:
     deployment = parse_deployment({
         "cloud": "aws", "region": "us-east-1", "name": "kumo-vm", "hostname": HOSTNAME, "os": "debian12",
         "spool": {"storage": "local_nvme"},
+        "sizing": {"instance_type": instance_type} if instance_type else {},
         # The host reaches the API through qemu's forward, seen in the guest as 10.0.2.2.
         "network": {"admin_cidrs": ["10.0.2.2/32"]},
         "kumomta": {"repo_url": GUEST_MIRROR_URL},
@@ -155,3 +156,23 @@ def test_unreachable_repository_fails_loudly_naming_the_step(vm_rootfs, apt_mirr
         assert steps(st)["install"]["status"] == "failed"
         assert "spool" not in steps(st)  # nothing after the failed step ran
         assert vm.exec(["systemctl", "is-active", "kumomta"]).stdout.strip() != "active"
+
+
+def test_several_nvme_devices_are_striped(vm_rootfs, apt_mirror):
+    # i4i.8xlarge has two instance-store NVMe devices: the plan asks for both.
+    user_data, doc = node_user_data(instance_type="i4i.8xlarge")
+    assert "KUMO_SPOOL_DEVICES=2" in next(f["content"] for f in doc["write_files"] if f["path"].endswith("bootstrap.env"))
+    mirror = apt_mirror()
+    with Vm(vm_rootfs, user_data, hostname="mta-vm", network_config=NETWORK_CONFIG, mirror_port=mirror.port,
+            nvme_sizes=["1G", "1G"]) as vm:
+        result = vm.wait_for_console(RESULT, timeout=1200)
+        assert result.group(1) == "OK", vm.console_tail()
+        facts = status(vm)["facts"]
+        assert sorted(facts["spool_devices"]) == ["/dev/nvme0n1", "/dev/nvme1n1"]
+        assert facts["spool_source"].startswith("/dev/md")
+        detail = vm.exec(["mdadm", "--detail", facts["spool_source"]]).stdout
+        assert "raid0" in detail and "Raid Devices : 2" in detail
+        assert (facts["spool_owner"], facts["spool_mode"]) == ("kumod:kumod", "2770")
+        # Both devices serve the spool: about 2 GB, not 1.
+        assert int(facts["spool_size_bytes"]) > 1.9e9
+        assert vm.smtp_banner().startswith("220 ")
