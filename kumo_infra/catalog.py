@@ -79,6 +79,13 @@ class CatalogError(ValueError):
     pass
 
 
+def _is(value: object, kind: type | tuple[type, ...]) -> bool:
+    """isinstance, except that a TOML boolean is never taken for a number (bool is an int)."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind)
+
+
 def parse(cloud: str, data: dict) -> Catalog:
     """Build a catalog from decoded TOML, refusing any entry that breaks the schema."""
     source = data.get("source", {})
@@ -89,8 +96,11 @@ def parse(cloud: str, data: dict) -> Catalog:
     for i, entry in enumerate(data.get("types", [])):
         where = f"{cloud}.toml types[{i}] ({entry.get('name', '?')})"
         for key, kind in _REQUIRED.items():
-            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool) != (kind is bool):
+            if not _is(entry.get(key), kind):
                 raise CatalogError(f"{where}: '{key}' missing or of the wrong type")
+        for key, kind in _OPTIONAL.items():
+            if key in entry and not _is(entry[key], kind):
+                raise CatalogError(f"{where}: '{key}' of the wrong type")
         for key in entry:
             if key not in _REQUIRED and key not in _OPTIONAL:
                 raise CatalogError(f"{where}: unknown key '{key}'")

@@ -204,7 +204,7 @@ def test_catalog_schema_is_enforced():
     for change, fragment in [
         ({"vcpu": "2"}, "'vcpu'"), ({"burstable_cpu": 1}, "'burstable_cpu'"), ({"vcpu": True}, "'vcpu'"),
         ({"nvme_attach": "builtin"}, "disagree"), ({"baseline_gbps": 2.0}, "above burst"),
-        ({"colour": "red"}, "unknown key"), ({"arch": "sparc"}, "arch"),
+        ({"colour": "red"}, "unknown key"), ({"arch": "sparc"}, "arch"), ({"tier1_gbps": "fast"}, "tier1_gbps"),
     ]:
         bad = {"source": good["source"], "types": [{**good["types"][0], **change}]}
         with pytest.raises(catalog.CatalogError, match=fragment):
