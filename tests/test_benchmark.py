@@ -1,0 +1,19 @@
+"""The plan benchmark runs and prints its figures (small counts; timings are never asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_plan_benchmark_prints_its_figures():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plan_bench.py"), "--clouds", "gcp",
+                             "--nodes", "1", "3", "--runs", "1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("gcp    import floor") for line in lines)
+    per_node = [line for line in lines if "plan 3 node(s)" in line]
+    assert per_node and per_node[0].rstrip().endswith("ms")
