@@ -84,6 +84,16 @@ class Network(_Strict):
     # Message submission from clients (587/465) is off unless asked for.
     submission_ports: list[Literal[465, 587, 2525]] = Field(default_factory=list)
 
+    @field_validator("submission_ports")
+    @classmethod
+    def _starttls_listeners(cls, value: list[int]) -> list[int]:
+        if 465 in value:
+            raise ValueError("465 expects implicit TLS (SMTPS) from the first byte, and the listener kumo-infra "
+                             "configures speaks SMTP with STARTTLS; offer submission on 587 or 2525")
+        if len(set(value)) != len(value):
+            raise ValueError("a port is listed twice")
+        return value
+
 
 class Relay(_Strict):
     host: str

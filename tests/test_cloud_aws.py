@@ -327,7 +327,7 @@ def _opens_management_port_to(inputs, cidrs):
 
 @pytest.mark.parametrize("d", [
     stack_deployment("aws-dev"), stack_deployment("aws-prod"),
-    deployment(network={"admin_cidrs": ["198.51.100.0/24", "2001:db8::/48"], "submission_ports": [465, 587]}),
+    deployment(network={"admin_cidrs": ["198.51.100.0/24", "2001:db8::/48"], "submission_ports": [587, 2525]}),
 ], ids=["aws-dev", "aws-prod", "dual-stack-admin"])
 def test_management_ports_never_open_to_the_world(d):
     r = run(d)

@@ -47,6 +47,8 @@ def test_performance_profile_defaults_to_local_nvme():
     (deployment(kumomta={"relay_cidrs": ["0.0.0.0/0"]}), "kumo:deployment.kumomta.relay_cidrs[0]", "open relay"),
     (deployment(kumomta={"repo_url": "ftp://mirror"}), "kumo:deployment.kumomta.repo_url", "pattern"),
     (deployment(nodes=0), "kumo:deployment.nodes", "greater than or equal to 1"),
+    (deployment(network={"submission_ports": [465]}), "kumo:deployment.network.submission_ports", "STARTTLS"),
+    (deployment(network={"submission_ports": [587, 587]}), "kumo:deployment.network.submission_ports", "twice"),
 ])
 def test_field_errors_name_the_key_path(raw, path, fragment):
     found = problems(raw)

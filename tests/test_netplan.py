@@ -21,7 +21,7 @@ cidrs6 = st.builds(
 
 @settings(max_examples=200, deadline=None)
 @given(admin=st.lists(st.one_of(cidrs, cidrs6), max_size=4),
-       submission=st.lists(st.sampled_from([465, 587, 2525]), unique=True))
+       submission=st.lists(st.sampled_from([587, 2525]), unique=True))
 def test_management_ports_only_ever_open_to_admin_networks(admin, submission):
     d = parse_deployment(deployment(network={"admin_cidrs": admin, "submission_ports": submission}))
     rules = firewall_rules(d)
