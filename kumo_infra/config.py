@@ -173,6 +173,17 @@ class AwsSection(_Strict):
     route53_zone_id: Optional[str] = None
     vpc_cidr: str = "10.42.0.0/16"
 
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _vpc_block(cls, value: str) -> str:
+        try:
+            net = ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a CIDR block (like 10.42.0.0/16)") from None
+        if net.version != 4 or not 16 <= net.prefixlen <= 28:
+            raise ValueError(f"'{value}': an AWS VPC needs an IPv4 block between /16 and /28")
+        return str(net)
+
 
 class AzureSection(_Strict):
     resource_group: Optional[str] = None

@@ -364,9 +364,9 @@ def test_configured_availability_zone_and_vpc_cidr():
 def test_subnet_cidr():
     assert aws_component.subnet_cidr("10.42.0.0/16") == "10.42.0.0/24"
     assert aws_component.subnet_cidr("10.1.2.0/26") == "10.1.2.0/26"
-    for bad in ("nonsense", "10.0.0.0/8", "2001:db8::/56"):
+    for bad in ("nonsense", "10.0.0.0/8", "2001:db8::/56"):  # refused with the config, before any plan
         with pytest.raises(ConfigError, match=r"aws\.vpc_cidr"):
-            aws_component.subnet_cidr(bad)
+            parse_deployment(deployment(aws={"vpc_cidr": bad}))
 
 
 # -- bad input: an error before anything is registered ----------------------------------

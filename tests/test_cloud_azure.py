@@ -168,7 +168,7 @@ def test_example_stack_os_profile_carries_the_bootstrap_and_no_password(azdev):
     assert text.startswith("#cloud-config\n")
     assert "/usr/local/sbin/kumo-bootstrap" in text
     assert "mta-azdev.example.com" in text
-    cp = prepare({"deployment": stack_values("azure-dev")["kumo:deployment"]}, "azure")
+    cp = prepare({"deployment": stack_values("azure-dev")["kumo:deployment"], "relay_password": "x"}, "azure")
     assert text == cp.nodes[0].user_data
     linux = profile["linuxConfiguration"]
     assert linux["disablePasswordAuthentication"] is True
@@ -242,7 +242,7 @@ def test_nsg_translates_every_rule_and_denies_the_rest():
     d = dep(network={"admin_cidrs": ["203.0.113.0/24", "2001:db8::/32"], "submission_ports": [587]})
     result = run(d)
     rules = rules_of(result)
-    cp = prepare({"deployment": d}, "azure")
+    cp = prepare({"deployment": d, "relay_password": "x"}, "azure")
     expected = sum(bool(r.ipv4) + bool(r.ipv6) for r in cp.rules)
     allows = [r for r in rules if r["access"] == "Allow"]
     assert len(allows) == expected
@@ -514,9 +514,9 @@ def test_vm_options_guard_the_bootstrap_and_replace_delete_first(monkeypatch, re
 
 
 def test_machine_options_ignore_the_custom_data_path():
-    cp = prepare({"deployment": dep()}, "azure")
+    cp = prepare({"deployment": dep(), "relay_password": "x"}, "azure")
     assert machine_options(None, cp, azure.BOOTSTRAP_PATHS).ignore_changes == ["osProfile.customData"]
-    cp = prepare({"deployment": dep(lifecycle={"replace_on_bootstrap_change": True})}, "azure")
+    cp = prepare({"deployment": dep(lifecycle={"replace_on_bootstrap_change": True}), "relay_password": "x"}, "azure")
     assert machine_options(None, cp, azure.BOOTSTRAP_PATHS).ignore_changes == []
 
 
@@ -599,7 +599,7 @@ def test_example_stack_key_vault(azdev):
 
 
 def test_example_stack_secret_is_where_the_node_looks_for_it(azdev):
-    cp = prepare({"deployment": stack_values("azure-dev")["kumo:deployment"]}, "azure")
+    cp = prepare({"deployment": stack_values("azure-dev")["kumo:deployment"], "relay_password": "x"}, "azure")
     vault = azdev.one(VAULT)
     secret = azdev.one(SECRET)
     assert secret.inputs["vaultName"] == vault.inputs["vaultName"]
@@ -786,7 +786,7 @@ def test_role_helpers():
 def test_subnet_and_label_helpers():
     assert azure.subnet_cidr("10.42.0.0/16") == "10.42.0.0/24"
     assert azure.subnet_cidr("10.9.8.0/26") == "10.9.8.0/26"
-    cp = prepare({"deployment": dep(name="a" * 20, nodes=100, sizing={"messages_per_hour": 100})}, "azure")
+    cp = prepare({"deployment": dep(name="a" * 20, nodes=100, sizing={"messages_per_hour": 100}), "relay_password": "x"}, "azure")
     labels = {azure.domain_label("a" * 20, n) for n in cp.nodes}
     assert len(labels) == 100
     assert all(re.fullmatch(r"[a-z][a-z0-9-]{1,61}[a-z0-9]", label) for label in labels)

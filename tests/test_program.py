@@ -48,3 +48,20 @@ def test_duplicate_names_are_caught_like_the_real_engine():
 
     with pytest.raises(Exception, match="duplicate resource name"):
         offline.run(twice, {}, stack="dup")
+
+
+def test_components_check_a_deployment_model_built_by_the_caller():
+    from kumo_infra.clouds.common import prepare
+    from kumo_infra.config import Deployment
+    from kumo_infra.errors import ConfigError
+
+    # model_construct skips validation, as a caller's own code might: prepare still applies the rules.
+    unchecked = Deployment.model_construct(**Deployment.model_validate(
+        {"cloud": "gcp", "region": "us-central1", "name": "ab", "hostname": "mta.example.com",
+         "gcp": {"project": "p"}, "port25": {"outbound": "relay", "relay": {"host": "smtp.example.net",
+                                                                              "username": "u"}}}).__dict__)
+    with pytest.raises(ConfigError, match="kumo:relayPassword"):
+        prepare({"deployment": unchecked}, "gcp")
+    broken = unchecked.model_copy(update={"port25": unchecked.port25.model_copy(update={"outbound": "direct"})})
+    with pytest.raises(ConfigError, match="GCP blocks outbound port 25"):
+        prepare({"deployment": broken, "relay_password": "x"}, "gcp")

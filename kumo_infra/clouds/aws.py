@@ -27,7 +27,6 @@ from ..bootstrap import AWS_USER_DATA_LIMIT, compressed
 from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
-from ..secretspec import RELAY_PASSWORD, secret_specs
 from .common import (
     KumoMtaComponent,ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, deliverability_records,
                      dns_records_to_publish, machine_options, node_output, prepare, secrets_for)
@@ -71,8 +70,7 @@ def user_data_base64(node: NodePlan) -> str:
 def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
     """Owners and filters of the image look-up for the planned OS and architecture."""
     image = cp.deployment.os_spec.aws
-    if image is None:  # Deployment.check refuses this already
-        raise ConfigError(f"'{cp.deployment.os}' has no image on aws", "kumo:deployment.os")
+    assert image is not None  # Deployment.check refuses an OS without an AWS image
     arch_name = image.arch_names.get(cp.plan.arch)
     if arch_name is None:
         raise ConfigError(f"'{cp.deployment.os}' has no {cp.plan.arch} image on aws; choose an "
@@ -84,15 +82,10 @@ def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
 
 
 def subnet_cidr(vpc_cidr: str) -> str:
-    """The public subnet of a created VPC: its first /24 (or the whole VPC when it is smaller)."""
-    try:
-        net = ipaddress.ip_network(vpc_cidr)
-    except ValueError:
-        raise ConfigError(f"'{vpc_cidr}' is not a CIDR block (like 10.42.0.0/16)",
-                          "kumo:deployment.aws.vpc_cidr") from None
-    if net.version != 4 or not 16 <= net.prefixlen <= 28:
-        raise ConfigError(f"'{vpc_cidr}': an AWS VPC needs an IPv4 block between /16 and /28",
-                          "kumo:deployment.aws.vpc_cidr")
+    """The public subnet of a created VPC: its first /24 (or the whole VPC when it is smaller).
+
+    ``vpc_cidr`` was validated with the config (AwsSection): an IPv4 block of /16 to /28."""
+    net = ipaddress.ip_network(vpc_cidr)
     return str(next(net.subnets(new_prefix=max(net.prefixlen, 24))))
 
 
@@ -108,20 +101,9 @@ class AwsKumoMta(KumoMtaComponent):
         # Everything that can be wrong with the input is found before anything is registered.
         cp = prepare(args, "aws")
         cfg = cp.deployment.aws or AwsSection()
-        if cfg.vpc_id and not cfg.subnet_id:
-            # Picking "some" subnet of the VPC could pick one without a route to an internet
-            # gateway, and a different pick later would replace every machine.
-            raise ConfigError("aws.vpc_id is given without aws.subnet_id; name the public subnet "
-                              "(with a route to an internet gateway) the nodes go in",
-                              "kumo:deployment.aws.subnet_id")
         owners, filters = ami_filters(cp)
         created_subnet_cidr = None if cfg.subnet_id else subnet_cidr(cfg.vpc_cidr)
         user_data = {node.key: user_data_base64(node) for node in cp.nodes}
-        if (any(spec.key == RELAY_PASSWORD for spec in secret_specs(cp.deployment))
-                and args.get("relay_password") is None):
-            # secrets_for refuses this too, but only after the component is registered.
-            raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
-                              "secret kumo:relayPassword)", "kumo:relayPassword")
 
         super().__init__(TYPE, name, {"deployment": args["deployment"]}, opts)
         tags = base_tags(name)

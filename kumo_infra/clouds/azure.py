@@ -105,7 +105,6 @@ class AzureKumoMta(KumoMtaComponent):
         d = cp.deployment
         az = d.azure or AzureSection()
         image = d.os_spec.azure
-        _check(cp, az)  # raises ConfigError before any resource exists
         itype = catalog.load("azure").get(cp.plan.instance_type)
         if itype is None:  # the planner only picks catalog types; a guard, not a path
             raise ConfigError(f"'{cp.plan.instance_type}' is not in the azure catalog",
@@ -323,20 +322,6 @@ class AzureKumoMta(KumoMtaComponent):
 
 
 # -- pure helpers (unit-tested) ---------------------------------------------------------
-
-
-def _check(cp: ComponentPlan, az: AzureSection) -> None:
-    image = cp.deployment.os_spec.azure
-    if image.needs_plan and not az.marketplace_terms_accepted:
-        urn = f"{image.publisher}:{image.offer}:{image.sku}:latest"
-        raise ConfigError(
-            f"{cp.deployment.os_spec.title} on Azure is the marketplace image {urn}, whose terms must be "
-            f"accepted once in the subscription before a VM can use it (azure-native cannot do that): run "
-            f"'az vm image terms accept --urn {urn}', then set marketplace_terms_accepted: true",
-            f"{ROOT}.azure.marketplace_terms_accepted")
-    if az.vnet_id and not az.subnet_id:
-        raise ConfigError("vnet_id is given without subnet_id: name the subnet the nodes go in (kumo-infra "
-                          "does not carve a subnet out of an existing network)", f"{ROOT}.azure.subnet_id")
 
 
 def ptr_set(cp: ComponentPlan) -> bool:

@@ -7,6 +7,7 @@ outputs, so a program can switch clouds by switching the class.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional, TypedDict
 
@@ -18,7 +19,7 @@ from ..errors import ConfigError
 from ..netplan import Rule, firewall_rules
 from ..secretspec import RELAY_PASSWORD, SecretSpec, secret_specs, store_name
 from ..sizing import Plan
-from ..stackconfig import plan_for
+from ..stackconfig import needs_relay_password, plan_for
 
 
 class KumoMtaArgs(TypedDict, total=False):
@@ -49,7 +50,13 @@ class NodePlan:
     index: int  # 0-based
     key: str  # stable resource-name part: "node1", "node2", ...
     hostname: str
-    user_data: str
+    deployment: Deployment
+    plan: Plan
+
+    @functools.cached_property
+    def user_data(self) -> str:
+        """The node's cloud-config, rendered on first use (GCP carries a startup-script instead)."""
+        return render_user_data(self.deployment, self.plan, self.index)
 
 
 @dataclass(frozen=True)
@@ -76,15 +83,22 @@ def prepare(args: KumoMtaArgs, cloud: str) -> ComponentPlan:
     raw = args.get("deployment")
     if raw is None:
         raise ConfigError("the component needs args['deployment'] (the kumo:deployment object)", "deployment")
-    deployment = raw if isinstance(raw, Deployment) else parse_deployment(raw)
+    if isinstance(raw, Deployment):
+        problems = raw.check()  # a model built by the caller has not been through parse_deployment
+        if problems:
+            raise ConfigError(problems)
+        deployment = raw
+    else:
+        deployment = parse_deployment(raw)
     if deployment.cloud != cloud:
         raise ConfigError(f"this is the {cloud} component but the deployment's cloud is '{deployment.cloud}'",
                           "kumo:deployment.cloud")
+    if needs_relay_password(deployment) and args.get("relay_password") is None:
+        raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
+                          "secret kumo:relayPassword)", "kumo:relayPassword")
     plan = plan_for(deployment)
-    nodes = tuple(
-        NodePlan(i, f"node{i + 1}", deployment.node_hostname(i, plan.nodes), render_user_data(deployment, plan, i))
-        for i in range(plan.nodes)
-    )
+    nodes = tuple(NodePlan(i, f"node{i + 1}", deployment.node_hostname(i, plan.nodes), deployment, plan)
+                  for i in range(plan.nodes))
     return ComponentPlan(deployment, plan, nodes, tuple(firewall_rules(deployment)))
 
 
@@ -153,11 +167,7 @@ def secrets_for(parent: pulumi.Resource, name: str, cp: ComponentPlan, args: Kum
     dkim_public: dict[str, pulumi.Output[str]] = {}
     for spec in secret_specs(cp.deployment):
         if spec.key == RELAY_PASSWORD:
-            password = args.get("relay_password")
-            if password is None:
-                raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
-                                  "secret kumo:relayPassword)", "kumo:relayPassword")
-            value = pulumi.Output.secret(password)
+            value = pulumi.Output.secret(args["relay_password"])  # prepare() refused its absence
         else:
             key = tls.PrivateKey(f"{name}-{spec.key}", algorithm="RSA", rsa_bits=2048,
                                  opts=child(parent, protect=cp.deployment.lifecycle.protect))

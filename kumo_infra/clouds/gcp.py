@@ -67,18 +67,10 @@ class GcpKumoMta(KumoMtaComponent):
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
         cp = prepare(args, "gcp")
         gcp = cp.deployment.gcp
-        if gcp.subnetwork and not gcp.network:
-            # The firewall rules attach to a network, which a subnetwork alone does not name.
-            raise ConfigError("gcp.subnetwork is given without gcp.network; give both (the firewall rules are "
-                              "created in the network) or neither", "kumo:deployment.gcp.network")
         itype = catalog.load("gcp").get(cp.plan.instance_type)
         if itype is None:  # the planner only picks catalog types; a guard, not a path
             raise ConfigError(f"'{cp.plan.instance_type}' is not in the gcp catalog",
                               "kumo:deployment.sizing.instance_type")
-        if cp.deployment.outbound_mode == "relay" and args.get("relay_password") is None:
-            # secrets_for refuses this too, but only once resources exist: refuse it before any.
-            raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
-                              "secret kumo:relayPassword)", "kumo:relayPassword")
         super().__init__(TYPE_TOKEN, name, {"deployment": args["deployment"]}, opts)
 
         d = cp.deployment
