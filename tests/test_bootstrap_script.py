@@ -90,3 +90,30 @@ cat "$STATUS"
     assert steps["refused"]["status"] == "failed" and steps["refused"]["detail"] == "the repository is unreachable"
     assert status["facts"]["answer"] == 42 and status["result"] == "failed" and status["failed_step"] == "refused"
     assert status["changed"] is True and status["hostname"] == "mta.example.com"
+
+
+# mount, mountpoint and findmnt stand-ins: $T/mounted holds the source once "mounted".
+MOUNT_STUBS = """
+T={tmp}; SPOOL=$T/spool
+mountpoint() {{ [ -s "$T/mounted" ]; }}
+findmnt() {{ cat "$T/mounted"; }}
+sleep() {{ :; }}
+mount() {{ {mount_body}; }}
+step_mount() {{ mount_spool /dev/nvme0n1; }}
+run_step spool step_mount; echo "rc=$?"
+"""
+
+
+@pytest.mark.parametrize("mount_body, ok, detail", [
+    # systemd mounted the re-created filesystem first: our mount says "already mounted".
+    ('echo /dev/nvme0n1 >"$T/mounted"; return 32', True, ""),
+    ('echo /dev/nvme0n1 >"$T/mounted"', True, ""),
+    # The mount keeps failing: a clear failure, never a silent success.
+    ("return 32", False, "cannot mount"),
+    # Something else sits on the spool path: refuse to hand kumod the wrong disk.
+    ('echo /dev/nvme1n1 >"$T/mounted"; return 32', False, "not the spool device /dev/nvme0n1"),
+])
+def test_mount_spool_survives_systemd_winning_the_race(mount_body, ok, detail, tmp_path):
+    result = bash(MOUNT_STUBS.format(tmp=tmp_path, mount_body=mount_body), tmp_path)
+    assert ("rc=0" in result.stdout) is ok, result.stdout + result.stderr
+    assert detail in result.stdout

@@ -302,6 +302,22 @@ ensure_spool_ownership() {
   fi
 }
 
+# Mount the spool from fstab, and make sure it is $1 that ends up there. systemd mounts
+# the fstab entry by itself the moment a re-created filesystem's label appears, so our
+# own mount can lose that race ("already mounted", exit 32): that is success, not failure.
+mount_spool() {
+  local want source tries=0 max_tries=30
+  want=$(readlink -f "$1")
+  until mountpoint -q "$SPOOL"; do
+    mount "$SPOOL" 2>>"$LOG" && break
+    tries=$((tries + 1))
+    [ "$tries" -lt "$max_tries" ] || die "cannot mount $SPOOL from $1 (see $LOG)"
+    sleep 1
+  done
+  source=$(readlink -f "$(findmnt -no SOURCE "$SPOOL")")
+  [ "$source" = "$want" ] || die "$SPOOL is mounted from $source, not the spool device $want"
+}
+
 step_spool() {
   local devs=() target fstype label line
   id kumod >/dev/null 2>&1 || die "user kumod does not exist: KumoMTA is not installed"
@@ -361,7 +377,7 @@ step_spool() {
   fi
   systemctl daemon-reload
   mkdir -p "$SPOOL"
-  mount "$SPOOL"
+  mount_spool "$target"
   changed "mounted $SPOOL"
   ensure_spool_ownership
   spool_facts
