@@ -163,6 +163,20 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _without_aliases(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+    """Drop aliases: they only match a resource to older state, and an offline plan has none.
+
+    azure-native declares ~36 aliases (older API versions) on every resource, and the SDK
+    turns each into several Outputs at construction: most of the Azure plan's time per
+    node. Inputs, names and parents, which is all a plan records, are unchanged.
+    """
+    if not args.opts.aliases:
+        return None
+    opts = pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions())
+    opts.aliases = None
+    return pulumi.ResourceTransformationResult(args.props, opts)
+
+
 def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secret_keys: list[str] | None = None,
         preview: bool = False) -> OfflineResult:
     """Run ``program`` with ``config`` (``kumo:deployment`` etc.; structured values are JSON-encoded)."""
@@ -178,6 +192,7 @@ def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secr
     outputs: dict[str, Any] = {}
 
     def body() -> None:
+        pulumi.runtime.register_stack_transformation(_without_aliases)
         program()
         root = _settings.get_root_resource()
         exported = dict(getattr(root, "outputs", {}))
@@ -188,7 +203,11 @@ def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secr
     try:
         _sync_await(run_pulumi_func(body))
     finally:
+        # A failed run leaves RPCs and output tasks bound to this loop; the next run in
+        # the same process (tests) would wait on them after the loop is closed.
         _settings.SETTINGS.rpc_manager.clear()
+        with _settings.SETTINGS.lock:
+            _settings.SETTINGS.outputs.clear()
         loop.close()
     return OfflineResult(stack, recorder.resources, outputs, recorder.invokes, engine_log.messages)
 

@@ -15,5 +15,7 @@ def test_plan_benchmark_prints_its_figures():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("gcp    import floor") for line in lines)
-    per_node = [line for line in lines if "plan 3 node(s)" in line]
-    assert per_node and per_node[0].rstrip().endswith("ms")
+    assert any(line.startswith("gcp    SDK modules used") and line.rstrip().endswith("x") for line in lines)
+    per_node = [line.split() for line in lines if "plan 3 node(s)" in line]
+    # ... seconds, peak MiB, vs floor, per extra node ("12.3 ms"), vs SDK used
+    assert per_node and per_node[0][-2] == "ms" and per_node[0][-1].endswith("x")

@@ -88,7 +88,8 @@ def engine(monkeypatch):
     def new_resource(self, args):
         rid, state = original_new(self, args)
         if args.typ == INSTANCE:
-            n = len([r for r in self.resources if r.type == INSTANCE])
+            # From the node's number in its name: registration order varies from run to run.
+            n = int(re.search(r"-node(\d+)-", args.name).group(1))
             state["networkInterfaces"] = [{**nic, "networkIp": f"10.42.0.{100 + n}"}
                                           for nic in state.get("networkInterfaces") or []]
         return rid, state
