@@ -19,3 +19,10 @@ def test_plan_benchmark_prints_its_figures():
     per_node = [line.split() for line in lines if "plan 3 node(s)" in line]
     # ... seconds, peak MiB, vs floor, per extra node ("12.3 ms"), vs SDK used
     assert per_node and per_node[0][-2] == "ms" and per_node[0][-1].endswith("x")
+
+
+def test_sdk_reference_benchmark_prints_its_figure():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sdk_per_node.py"), "--nodes", "3", "--runs", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "per extra node:" in result.stdout and result.stdout.rstrip().endswith("ms")
