@@ -165,24 +165,29 @@ class Dkim(_Strict):
         return [_hostname(v) for v in value]
 
 
+def _network_block(value: str, what: str, largest: int, smallest: int) -> str:
+    """A created network's IPv4 address block, within the sizes its cloud accepts."""
+    try:
+        net = ipaddress.ip_network(value)
+    except ValueError:
+        raise ValueError(f"'{value}' is not a CIDR block (like 10.42.0.0/16)") from None
+    if net.version != 4 or not largest <= net.prefixlen <= smallest:
+        raise ValueError(f"'{value}': {what} needs an IPv4 block between /{largest} and /{smallest}")
+    return str(net)
+
+
+VpcCidr = Annotated[str, AfterValidator(lambda v: _network_block(v, "an AWS VPC", 16, 28))]
+VnetCidr = Annotated[str, AfterValidator(lambda v: _network_block(v, "an Azure VNet", 8, 29))]
+GcpSubnetCidr = Annotated[str, AfterValidator(lambda v: _network_block(v, "a GCP subnet", 8, 29))]
+
+
 class AwsSection(_Strict):
     vpc_id: Optional[str] = Field(None, pattern=r"^vpc-[0-9a-f]+$")
     subnet_id: Optional[str] = Field(None, pattern=r"^subnet-[0-9a-f]+$")
     key_name: Optional[str] = None
     availability_zone: Optional[str] = None
     route53_zone_id: Optional[str] = None
-    vpc_cidr: str = "10.42.0.0/16"
-
-    @field_validator("vpc_cidr")
-    @classmethod
-    def _vpc_block(cls, value: str) -> str:
-        try:
-            net = ipaddress.ip_network(value)
-        except ValueError:
-            raise ValueError(f"'{value}' is not a CIDR block (like 10.42.0.0/16)") from None
-        if net.version != 4 or not 16 <= net.prefixlen <= 28:
-            raise ValueError(f"'{value}': an AWS VPC needs an IPv4 block between /16 and /28")
-        return str(net)
+    vpc_cidr: VpcCidr = "10.42.0.0/16"
 
 
 class AzureSection(_Strict):
@@ -197,7 +202,7 @@ class AzureSection(_Strict):
     # in this subscription, once (az vm image terms accept ...).
     marketplace_terms_accepted: bool = False
     dns_zone_resource_group: Optional[str] = None
-    vnet_cidr: str = "10.42.0.0/16"
+    vnet_cidr: VnetCidr = "10.42.0.0/16"
 
 
 class GcpSection(_Strict):
@@ -206,7 +211,7 @@ class GcpSection(_Strict):
     network: Optional[str] = None
     subnetwork: Optional[str] = None
     dns_managed_zone: Optional[str] = None
-    subnet_cidr: str = "10.42.0.0/24"
+    subnet_cidr: GcpSubnetCidr = "10.42.0.0/24"
 
 
 class Deployment(_Strict):

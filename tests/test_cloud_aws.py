@@ -87,18 +87,6 @@ def spy(monkeypatch):
     return install
 
 
-@pytest.fixture
-def recorders(monkeypatch):
-    """Every offline recorder created, to see what was registered before an error."""
-    made = []
-
-    class Capturing(offline._Recorder):
-        def __init__(self):
-            super().__init__()
-            made.append(self)
-
-    monkeypatch.setattr(offline, "_Recorder", Capturing)
-    return made
 
 
 # -- the example stacks --------------------------------------------------------------

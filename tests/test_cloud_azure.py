@@ -95,17 +95,9 @@ def ports(rule: dict) -> set[str]:
         {rule["destinationPortRange"]} if "destinationPortRange" in rule else set())
 
 
-def refused_before_any_resource(monkeypatch, d: dict, match: str) -> Exception:
+def refused_before_any_resource(recorders: list, d: dict, match: str) -> Exception:
     """Run the program expecting the component's ConfigError (the program may re-raise it as a RunError,
     which Pulumi prints without a traceback), and prove nothing was registered before it."""
-    recorders = []
-
-    class Recorder(offline._Recorder):
-        def __init__(self):
-            super().__init__()
-            recorders.append(self)
-
-    monkeypatch.setattr(offline, "_Recorder", Recorder)
     with pytest.raises((ConfigError, pulumi.RunError), match=match) as info:
         run(d)
     assert recorders and recorders[0].resources == []
@@ -344,8 +336,8 @@ def test_record_at_the_zone_apex():
 # -- images and marketplace terms ---------------------------------------------------------------
 
 
-def test_rocky_is_refused_without_marketplace_terms(monkeypatch):
-    err = refused_before_any_resource(monkeypatch, dep(os="rocky9"),
+def test_rocky_is_refused_without_marketplace_terms(recorders):
+    err = refused_before_any_resource(recorders, dep(os="rocky9"),
                                       r"kumo:deployment\.azure\.marketplace_terms_accepted")
     assert f"az vm image terms accept --urn {ROCKY_URN}" in str(err)
     assert "invalid configuration: kumo:deployment.azure.marketplace_terms_accepted: " in str(err)
@@ -440,9 +432,9 @@ def test_existing_resource_group_and_subnet_are_used():
             assert r.inputs["resourceGroupName"] == "mail-rg", r.name
 
 
-def test_vnet_without_subnet_is_refused(monkeypatch):
+def test_vnet_without_subnet_is_refused(recorders):
     vnet = "/subscriptions/0/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v"
-    refused_before_any_resource(monkeypatch, dep(azure={"vnet_id": vnet}), r"kumo:deployment\.azure\.subnet_id")
+    refused_before_any_resource(recorders, dep(azure={"vnet_id": vnet}), r"kumo:deployment\.azure\.subnet_id")
 
 
 def test_given_ssh_key_is_used_and_none_generated():
@@ -810,3 +802,9 @@ def test_offline_answers_use_documentation_addresses_only():
 def test_component_is_what_the_program_dispatches_to():
     assert program.COMPONENTS["azure"] == ("kumo_infra.clouds.azure", "AzureKumoMta")
     assert isinstance(azure.AzureKumoMta, type) and issubclass(azure.AzureKumoMta, pulumi.ComponentResource)
+
+
+def test_custom_data_too_big_is_refused_before_any_resource(recorders, monkeypatch):
+    monkeypatch.setattr(azure, "CUSTOM_DATA_LIMIT", 1000)  # below any real bootstrap, even compressed
+    err = refused_before_any_resource(recorders, dep(), r"bytes of custom data even compressed")
+    assert "Azure accepts 1000" in str(err)

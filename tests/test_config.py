@@ -49,6 +49,14 @@ def test_performance_profile_defaults_to_local_nvme():
     (deployment(nodes=0), "kumo:deployment.nodes", "greater than or equal to 1"),
     (deployment(network={"submission_ports": [465]}), "kumo:deployment.network.submission_ports", "STARTTLS"),
     (deployment(network={"submission_ports": [587, 587]}), "kumo:deployment.network.submission_ports", "twice"),
+    # The address blocks of networks kumo-infra creates, checked alike on every cloud.
+    (deployment(aws={"vpc_cidr": "10.0.0.0/8"}), "kumo:deployment.aws.vpc_cidr", "between /16 and /28"),
+    (deployment(cloud="azure", region="westeurope", os="ubuntu22", azure={"vnet_cidr": "banana"}),
+     "kumo:deployment.azure.vnet_cidr", "not a CIDR block"),
+    (deployment(cloud="azure", region="westeurope", os="ubuntu22", azure={"vnet_cidr": "2001:db8::/48"}),
+     "kumo:deployment.azure.vnet_cidr", "IPv4 block between /8 and /29"),
+    (deployment(cloud="gcp", region="us-east1", gcp={"project": "p", "subnet_cidr": "0.0.0.0/0"}),
+     "kumo:deployment.gcp.subnet_cidr", "IPv4 block between /8 and /29"),
 ])
 def test_field_errors_name_the_key_path(raw, path, fragment):
     found = problems(raw)

@@ -15,7 +15,6 @@ import base64
 import functools
 import gzip
 import shlex
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +128,9 @@ def _hostname_for(deployment: Deployment, plan: Plan, node: int) -> str:
     return deployment.node_hostname(node, plan.nodes)
 
 
-def _header(comment: str, hostname: str, node: int, plan: Plan) -> str:
-    return (f"{comment} KumoMTA node {hostname} ({node + 1} of {plan.nodes}), rendered by kumo-infra {__version__}.\n"
-            f"{comment} Contains no secrets. Progress: /var/log/kumo-infra-bootstrap.log; "
+def _header(hostname: str, node: int, plan: Plan) -> str:
+    return (f"# KumoMTA node {hostname} ({node + 1} of {plan.nodes}), rendered by kumo-infra {__version__}.\n"
+            f"# Contains no secrets. Progress: /var/log/kumo-infra-bootstrap.log; "
             "result: /var/lib/kumo-infra/status.json\n")
 
 
@@ -148,7 +147,7 @@ def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts
         ],
         "runcmd": [["/usr/local/sbin/kumo-bootstrap", "all"]],
     }
-    return ("#cloud-config\n" + _header("#", hostname, node, plan)
+    return ("#cloud-config\n" + _header(hostname, node, plan)
             + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True))
 
 
@@ -159,13 +158,12 @@ def render_startup_script(deployment: Deployment, plan: Plan, node: int = 0, tim
     and Alma images have none); kumo-bootstrap is idempotent, so every boot ends healthy.
     """
     hostname = _hostname_for(deployment, plan, node)
-    lines = ["#!/bin/bash", _header("#", hostname, node, plan).rstrip("\n"), "set -euo pipefail",
+    lines = ["#!/bin/bash", _header(hostname, node, plan).rstrip("\n"), "set -euo pipefail",
              "umask 022", f"hostnamectl set-hostname {shlex.quote(hostname)}"]
     for f in node_files(deployment, plan, hostname, timeouts):
-        encoded = base64.b64encode(f.content.encode()).decode()
         lines += [f"install -d -m 0755 {shlex.quote(str(Path(f.path).parent))}",
                   f"base64 -d > {shlex.quote(f.path)}.kumo-new <<'KUMO_EOF'",
-                  *textwrap.wrap(encoded, 76), "KUMO_EOF",
+                  *base64.encodebytes(f.content.encode()).decode().splitlines(), "KUMO_EOF",
                   f"chmod {f.permissions} {shlex.quote(f.path)}.kumo-new",
                   f"mv -f {shlex.quote(f.path)}.kumo-new {shlex.quote(f.path)}"]
     lines.append("exec /usr/local/sbin/kumo-bootstrap all")

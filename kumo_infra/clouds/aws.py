@@ -16,7 +16,6 @@ engine (``kumo_infra.offline``); values only AWS knows are answered by
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 from typing import Optional
 
@@ -27,9 +26,9 @@ from ..bootstrap import AWS_USER_DATA_LIMIT, compressed
 from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
-from .common import (
-    KumoMtaComponent,ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, deliverability_records,
-                     dns_records_to_publish, machine_options, node_output, prepare, secrets_for)
+from .common import (KumoMtaComponent, ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child,
+                     deliverability_records, dns_records_to_publish, machine_options, node_output, prepare,
+                     secrets_for, subnet_cidr)
 
 TYPE = "kumo:index:AwsKumoMta"
 # The Instance properties (engine camelCase) that carry the bootstrap: a change to them
@@ -79,14 +78,6 @@ def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
         {"name": "name", "values": [image.name_pattern.format(arch=arch_name)]},
         {"name": "architecture", "values": [cp.plan.arch]},
     ]
-
-
-def subnet_cidr(vpc_cidr: str) -> str:
-    """The public subnet of a created VPC: its first /24 (or the whole VPC when it is smaller).
-
-    ``vpc_cidr`` was validated with the config (AwsSection): an IPv4 block of /16 to /28."""
-    net = ipaddress.ip_network(vpc_cidr)
-    return str(next(net.subnets(new_prefix=max(net.prefixlen, 24))))
 
 
 def _cidr_slug(cidr: str) -> str:

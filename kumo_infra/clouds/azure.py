@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import uuid
 from typing import Any, Optional
 
@@ -66,6 +65,7 @@ from .common import (
     node_output,
     prepare,
     secrets_for,
+    subnet_cidr,
 )
 
 TYPE_TOKEN = "kumo:index:AzureKumoMta"
@@ -109,6 +109,8 @@ class AzureKumoMta(KumoMtaComponent):
         if itype is None:  # the planner only picks catalog types; a guard, not a path
             raise ConfigError(f"'{cp.plan.instance_type}' is not in the azure catalog",
                               f"{ROOT}.sizing.instance_type")
+        # Checked for every node before anything is registered (a size error names the fix).
+        custom = {node.key: custom_data(node.user_data) for node in cp.nodes}
         super().__init__(TYPE_TOKEN, name, {"deployment": args["deployment"]}, opts)
 
         region = d.region
@@ -266,7 +268,7 @@ class AzureKumoMta(KumoMtaComponent):
                 os_profile=compute.OSProfileArgs(
                     computer_name=node.hostname.split(".", 1)[0],
                     admin_username=ADMIN_USER,
-                    custom_data=custom_data(node.user_data),
+                    custom_data=custom[node.key],
                     linux_configuration=compute.LinuxConfigurationArgs(
                         disable_password_authentication=True,
                         provision_vm_agent=True,
@@ -327,12 +329,6 @@ class AzureKumoMta(KumoMtaComponent):
 def ptr_set(cp: ComponentPlan) -> bool:
     """Whether the public IPs carry the PTR: only once the forward records resolve (module docstring)."""
     return cp.deployment.dns.forward_records_exist
-
-
-def subnet_cidr(vnet_cidr: str) -> str:
-    """The nodes' subnet: the first /24 of the new VNet (the VNet itself when smaller)."""
-    net = ipaddress.ip_network(vnet_cidr, strict=False)
-    return str(next(net.subnets(new_prefix=24)) if net.prefixlen < 24 else net)
 
 
 def domain_label(name: str, node: NodePlan) -> str:

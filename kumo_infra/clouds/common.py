@@ -8,6 +8,7 @@ outputs, so a program can switch clouds by switching the class.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Optional, TypedDict
 
@@ -209,3 +210,11 @@ def deliverability_records(cp: ComponentPlan, public_ips: pulumi.Output[list[str
         return records
 
     return pulumi.Output.all(public_ips, *keys).apply(build)
+
+
+def subnet_cidr(network_block: str) -> str:
+    """The nodes' subnet in a network kumo-infra creates: its first /24, or the whole block when smaller.
+
+    ``network_block`` was validated with the config (an IPv4 block of the sizes the cloud accepts)."""
+    net = ipaddress.ip_network(network_block)
+    return str(next(net.subnets(new_prefix=max(net.prefixlen, 24))))
