@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from . import catalog, sizing
+from pydantic import BaseModel, ValidationError
+
+from . import catalog, config, sizing
 from .errors import ConfigError, Problem
-from .stackconfig import StackConfig, load_file, read_values, stack_path
+from .stackconfig import StackConfig, load_file, stack_path
 
 EXIT_BAD_INPUT = 2
 
@@ -27,23 +29,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _add_stack_source(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
+def _add_stack_source(p: argparse.ArgumentParser, required: bool = True) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--stack", help="stack name: reads stacks/Pulumi.NAME.yaml")
     src.add_argument("--config", metavar="FILE", help="any file in the Pulumi stack file format")
 
 
-def _stack_file(args: argparse.Namespace):
-    return stack_path(args.stack) if args.stack is not None else args.config
-
-
 def load_stack(args: argparse.Namespace) -> StackConfig:
-    return load_file(_stack_file(args), stack=args.stack)
-
-
-def stack_values(args: argparse.Namespace) -> dict:
-    """The raw config mapping of a stack file (already validated by load_stack)."""
-    return read_values(_stack_file(args))
+    return load_file(stack_path(args.stack) if args.stack is not None else args.config, stack=args.stack)
 
 
 def _warn(stack: StackConfig) -> None:
@@ -76,17 +69,18 @@ def cmd_size(args: argparse.Namespace) -> int:
                                         ("--avg-message-kb", args.avg_message_kb)) if v is None]
         if missing:
             raise ConfigError(Problem(missing[0], f"required without --stack/--config: {', '.join(missing)}"))
-        if args.messages_per_hour < 1:
-            raise ConfigError(Problem("--messages-per-hour", "must be a whole number of at least 1"))
-        if not 0 < args.avg_message_kb <= 50_000:
-            raise ConfigError(Problem("--avg-message-kb", "must be above 0 and at most 50000"))
-        storage = args.storage or ("local_nvme" if args.profile == "performance" else "block")
-        if args.profile == "performance" and storage == "block":
-            raise ConfigError(Problem("--storage", "the performance profile keeps the spool on local NVMe"))
+        # The flags go through the same models, and so the same limits, as a stack file's keys.
+        workload = _from_flags(config.Sizing, profile=args.profile, messages_per_hour=args.messages_per_hour,
+                               avg_message_kb=args.avg_message_kb, instance_type=args.instance_type,
+                               headroom=args.headroom)
+        spool = _from_flags(config.Spool, storage=args.storage)
+        nodes = _from_flags(_NodesFlag, nodes=args.nodes).nodes
+        if config.storage_conflict(workload, spool):
+            raise ConfigError(Problem("--storage", config.PERFORMANCE_NEEDS_NVME))
         plan = sizing.plan(sizing.Workload(
-            cloud=args.cloud, messages_per_hour=args.messages_per_hour, avg_message_kb=args.avg_message_kb,
-            profile=args.profile, storage=storage, instance_type=args.instance_type, nodes=args.nodes,
-            headroom=args.headroom,
+            cloud=args.cloud, messages_per_hour=workload.messages_per_hour, avg_message_kb=workload.avg_message_kb,
+            profile=workload.profile, storage=config.spool_storage_for(workload, spool),
+            instance_type=workload.instance_type, nodes=nodes, headroom=workload.headroom,
         ), catalog.load(args.cloud))
         for w in plan.warnings:
             print(f"warning: {w}", file=sys.stderr)
@@ -95,6 +89,19 @@ def cmd_size(args: argparse.Namespace) -> int:
     else:
         print(format_plan(plan))
     return 0
+
+
+class _NodesFlag(BaseModel):
+    nodes: Optional[int] = config.Deployment.model_fields["nodes"]
+
+
+def _from_flags(model: type[BaseModel], **flags: Any) -> Any:
+    """``model`` built from command-line flags; a refused value names its flag."""
+    try:
+        return model(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(Problem(f"--{str(first['loc'][0]).replace('_', '-')}", first["msg"])) from None
 
 
 def format_plan(plan: sizing.Plan) -> str:
@@ -145,12 +152,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .planview import format_plan, run_plan
+    from . import planview
 
     stack = load_stack(args)  # bad input exits 2 here, before any resource is registered
     _warn(stack)
-    doc = run_plan(stack, stack_values(args))
-    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else format_plan(doc))
+    doc = planview.run_plan(stack)
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else planview.format_plan(doc))
     return 0
 
 
@@ -193,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", type=int, default=0, help="node number, from 0 (default 0)")
 
     p = sub.add_parser("size", help="size machines for a workload")
-    p.add_argument("--stack", help="size the workload of stacks/Pulumi.NAME.yaml")
-    p.add_argument("--config", metavar="FILE", help="size the workload of a stack file")
+    _add_stack_source(p, required=False)  # or the workload as flags
     p.add_argument("--cloud", choices=catalog.CLOUDS)
     p.add_argument("--messages-per-hour", type=int, metavar="N")
     p.add_argument("--avg-message-kb", type=float, metavar="K")
@@ -211,8 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "stack", None) and getattr(args, "config", None):
-        parser.error("give --stack or --config, not both")
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

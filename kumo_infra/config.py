@@ -56,6 +56,20 @@ class Spool(_Strict):
     filesystem: Literal["xfs", "ext4"] = "xfs"
 
 
+def spool_storage_for(sizing: Sizing, spool: Spool) -> str:
+    """The spool's storage: as configured, else what the profile implies."""
+    if spool.storage:
+        return spool.storage
+    return "local_nvme" if sizing.profile == "performance" else "block"
+
+
+PERFORMANCE_NEEDS_NVME = "the performance profile keeps the spool on local NVMe"
+
+
+def storage_conflict(sizing: Sizing, spool: Spool) -> bool:
+    return sizing.profile == "performance" and spool.storage == "block"
+
+
 class Logs(_Strict):
     # KumoMTA never deletes its logs; the bootstrap removes segments older than this.
     retention_days: int = Field(7, ge=1, le=3650)
@@ -259,9 +273,7 @@ class Deployment(_Strict):
     # -- derived values ----------------------------------------------------
     @property
     def spool_storage(self) -> str:
-        if self.spool.storage:
-            return self.spool.storage
-        return "local_nvme" if self.sizing.profile == "performance" else "block"
+        return spool_storage_for(self.sizing, self.spool)
 
     @property
     def os_spec(self) -> oses.OsSpec:
@@ -306,9 +318,8 @@ class Deployment(_Strict):
                 f"subscription (azure-native cannot): run 'az vm image terms accept --urn {urn}', then set "
                 "marketplace_terms_accepted: true; or choose alma9 or ubuntu22, which need no terms")
 
-        if self.sizing.profile == "performance" and self.spool.storage == "block":
-            bad("spool.storage", "the performance profile keeps the spool on local NVMe; use storage: local_nvme "
-                                 "or profile: minimal")
+        if storage_conflict(self.sizing, self.spool):
+            bad("spool.storage", f"{PERFORMANCE_NEEDS_NVME}; use storage: local_nvme or profile: minimal")
 
         p25 = self.port25
         if p25.outbound == "relay" and p25.relay is None:

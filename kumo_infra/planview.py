@@ -28,9 +28,9 @@ KEY_INPUTS = (
 )
 
 
-def stack_config_values(stack: StackConfig, raw_values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def stack_config_values(stack: StackConfig) -> tuple[dict[str, Any], list[str]]:
     """The stack's config with every secret replaced by a placeholder the plan can carry."""
-    values = {k: v for k, v in raw_values.items() if k not in SECRET_KEYS}
+    values = {k: v for k, v in stack.values.items() if k not in SECRET_KEYS}
     secret_keys = []
     for key in SECRET_KEYS:
         wanted = key in stack.secrets_set or (key == RELAY_PASSWORD_KEY and needs_relay_password(stack.deployment))
@@ -52,8 +52,8 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def run_plan(stack: StackConfig, raw_values: dict[str, Any]) -> dict[str, Any]:
-    values, secret_keys = stack_config_values(stack, raw_values)
+def run_plan(stack: StackConfig) -> dict[str, Any]:
+    values, secret_keys = stack_config_values(stack)
     result = offline.run(program.run, values, stack=stack.stack, secret_keys=secret_keys)
     return _mask({
         "stack": stack.stack,

@@ -14,7 +14,7 @@ import pulumi
 from . import port25
 from .config import RELAY_PASSWORD_KEY, ROOT, parse_deployment
 from .errors import ConfigError
-from .stackconfig import needs_relay_password, plan_for, warnings_for
+from .stackconfig import plan_for, warnings_for
 
 COMPONENTS = {
     "aws": ("kumo_infra.clouds.aws", "AwsKumoMta"),
@@ -29,10 +29,6 @@ def run() -> None:
         raw = config.get_object(ROOT.split(":", 1)[1])
         deployment = parse_deployment(raw)
         plan = plan_for(deployment)
-        relay_password = config.get_secret(RELAY_PASSWORD_KEY.split(":", 1)[1])
-        if needs_relay_password(deployment) and relay_password is None:
-            raise ConfigError(f"the relay needs its password: pulumi config set --secret {RELAY_PASSWORD_KEY} ...",
-                              RELAY_PASSWORD_KEY)
     except ConfigError as exc:
         # RunError makes Pulumi print the message alone, without a Python traceback.
         raise pulumi.RunError(str(exc)) from None
@@ -42,11 +38,12 @@ def run() -> None:
     module, cls = COMPONENTS[deployment.cloud]
     component_cls = getattr(importlib.import_module(module), cls)
     args = {"deployment": raw}
+    relay_password = config.get_secret(RELAY_PASSWORD_KEY.split(":", 1)[1])
     if relay_password is not None:
         args["relay_password"] = relay_password
     try:
         mta = component_cls(deployment.name, args)
-    except ConfigError as exc:  # found by the component (e.g. marketplace terms), still before any resource
+    except ConfigError as exc:  # found by the component (e.g. no relay password), still before any resource
         raise pulumi.RunError(str(exc)) from None
 
     pulumi.export("sizing", plan.to_dict())

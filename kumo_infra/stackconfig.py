@@ -29,6 +29,8 @@ class StackConfig:
     plan: sizing.Plan
     secrets_set: frozenset[str] = field(default_factory=frozenset)
     warnings: tuple[str, ...] = ()
+    # The config mapping as read (secrets still {secure: ...}): what the Pulumi program gets.
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 def project_root() -> Path:
@@ -103,7 +105,7 @@ def from_values(stack: str, values: dict[str, Any]) -> StackConfig:
         # The Pulumi program refuses to deploy without it.
         warnings.append(f"{RELAY_PASSWORD_KEY} is not set; before pulumi up run: "
                         f"pulumi config set --secret {RELAY_PASSWORD_KEY}")
-    return StackConfig(stack, deployment, plan, frozenset(secrets), tuple(warnings))
+    return StackConfig(stack, deployment, plan, frozenset(secrets), tuple(warnings), values)
 
 
 def needs_relay_password(deployment: Deployment) -> bool:

@@ -59,7 +59,7 @@ def test_every_mode_cloud_and_subscription_type(cloud, kind, mode, with_relay):
         return
     stack = from_values("t", values)
     assert stack.deployment.outbound_mode == resolved
-    doc = planview.run_plan(stack, values)  # allowed ones plan, offline
+    doc = planview.run_plan(stack)  # allowed ones plan, offline
     assert doc["outputs"]["port25"]["mode"] == resolved
     assert len(doc["outputs"]["nodes"]) == stack.plan.nodes
 

@@ -95,8 +95,8 @@ def prepare(args: KumoMtaArgs, cloud: str) -> ComponentPlan:
         raise ConfigError(f"this is the {cloud} component but the deployment's cloud is '{deployment.cloud}'",
                           "kumo:deployment.cloud")
     if needs_relay_password(deployment) and args.get("relay_password") is None:
-        raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the "
-                          "secret kumo:relayPassword)", "kumo:relayPassword")
+        raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the secret "
+                          "kumo:relayPassword: pulumi config set --secret kumo:relayPassword ...)", "kumo:relayPassword")
     plan = plan_for(deployment)
     nodes = tuple(NodePlan(i, f"node{i + 1}", deployment.node_hostname(i, plan.nodes), deployment, plan)
                   for i in range(plan.nodes))
