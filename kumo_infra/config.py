@@ -95,7 +95,7 @@ RelayCidr = Annotated[str, AfterValidator(lambda v: _cidr(
 
 class Network(_Strict):
     admin_cidrs: list[AdminCidr] = Field(default_factory=list)
-    # Message submission from clients (587/465) is off unless asked for.
+    # Message submission from clients (587, 2525) is off unless asked for.
     submission_ports: list[Literal[465, 587, 2525]] = Field(default_factory=list)
 
     @field_validator("submission_ports")
@@ -322,36 +322,32 @@ class Deployment(_Strict):
             bad("spool.storage", f"{PERFORMANCE_NEEDS_NVME}; use storage: local_nvme or profile: minimal")
 
         p25 = self.port25
+        direct_ok, direct_why = direct_allowed(self)
         if p25.outbound == "relay" and p25.relay is None:
             bad("port25.relay", "outbound: relay needs the smarthost: relay: {host: smtp.example.net, port: 587, "
                                 "username: ...} and the password as the secret kumo:relayPassword")
-        if p25.outbound == "direct":
-            allowed, why = direct_allowed(self)
-            if not allowed:
-                bad("port25.outbound", f"direct delivery on port 25 is impossible here: {why}; use outbound: relay "
-                                       "with an authenticated smarthost")
-        if p25.outbound == "auto" and p25.relay is None and not direct_allowed(self)[0]:
-            bad("port25.relay", f"outbound: auto resolves to relay because {direct_allowed(self)[1]}, and no relay "
+        if p25.outbound == "direct" and not direct_ok:
+            bad("port25.outbound", f"direct delivery on port 25 is impossible here: {direct_why}; use outbound: "
+                                   "relay with an authenticated smarthost")
+        if p25.outbound == "auto" and p25.relay is None and not direct_ok:
+            bad("port25.relay", f"outbound: auto resolves to relay because {direct_why}, and no relay "
                                 "is configured: add relay: {host, port, username} and the secret kumo:relayPassword")
 
-        if self.azure and self.azure.subnet_id and not self.azure.vnet_id:
-            bad("azure.vnet_id", "subnet_id is given without vnet_id; give both or neither")
-        if self.azure and self.azure.vnet_id and not self.azure.subnet_id:
-            bad("azure.subnet_id", "vnet_id is given without subnet_id; give both or neither")
-        if self.gcp and self.gcp.subnetwork and not self.gcp.network:
-            bad("gcp.network", "subnetwork is given without network; give both or neither")
-        if self.aws and self.aws.subnet_id and not self.aws.vpc_id:
-            bad("aws.vpc_id", "subnet_id is given without vpc_id; give both or neither")
-        if self.aws and self.aws.vpc_id and not self.aws.subnet_id:
-            bad("aws.subnet_id", "vpc_id is given without subnet_id; give both or neither")
+        # Sections of other clouds were refused above: only the deployment's own can be set.
+        section = getattr(self, self.cloud)
+        # An existing network is named by both ids (GCP: a subnetwork needs its network, not the reverse).
+        pairs = {"aws": [("subnet_id", "vpc_id"), ("vpc_id", "subnet_id")],
+                 "azure": [("subnet_id", "vnet_id"), ("vnet_id", "subnet_id")],
+                 "gcp": [("subnetwork", "network")]}[self.cloud]
+        for given, needed in pairs:
+            if section is not None and getattr(section, given) and not getattr(section, needed):
+                bad(f"{self.cloud}.{needed}", f"{given} is given without {needed}; give both or neither")
         if self.dns.zone and not (self.hostname == self.dns.zone or self.hostname.endswith("." + self.dns.zone)):
             bad("dns.zone", f"hostname '{self.hostname}' is not inside zone '{self.dns.zone}'")
-        zone_id = {"aws": ("aws", "route53_zone_id"), "azure": ("azure", "dns_zone_resource_group"),
-                   "gcp": ("gcp", "dns_managed_zone")}[self.cloud]
-        section = getattr(self, zone_id[0])
-        if self.dns.zone and (section is None or not getattr(section, zone_id[1])):
-            bad(f"{zone_id[0]}.{zone_id[1]}", f"dns.zone is set, so kumo-infra creates the forward records and "
-                                              f"needs the zone's {zone_id[1]}")
+        zone_field = {"aws": "route53_zone_id", "azure": "dns_zone_resource_group", "gcp": "dns_managed_zone"}[self.cloud]
+        if self.dns.zone and (section is None or not getattr(section, zone_field)):
+            bad(f"{self.cloud}.{zone_field}", f"dns.zone is set, so kumo-infra creates the forward records and "
+                                              f"needs the zone's {zone_field}")
         return problems
 
 

@@ -17,6 +17,7 @@ from .config import Deployment
 SECRETS_DIR = "/opt/kumomta/etc/secrets"
 DKIM_DIR = "/opt/kumomta/etc/dkim"
 RELAY_PASSWORD = "relay-password"
+RELAY_PASSWORD_PATH = f"{SECRETS_DIR}/{RELAY_PASSWORD}"
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,6 @@ class SecretSpec:
     machine_path: str  # where kumo-bootstrap writes the value (root:kumod 0640)
     description: str
     dkim_domain: str | None = None
-    dkim_selector: str | None = None
 
 
 def dkim_key(domain: str, selector: str) -> str:
@@ -35,17 +35,13 @@ def dkim_key(domain: str, selector: str) -> str:
 def secret_specs(deployment: Deployment) -> list[SecretSpec]:
     specs = []
     if deployment.outbound_mode == "relay":
-        specs.append(SecretSpec(RELAY_PASSWORD, f"{SECRETS_DIR}/{RELAY_PASSWORD}",
+        specs.append(SecretSpec(RELAY_PASSWORD, RELAY_PASSWORD_PATH,
                                 f"password of the smarthost {deployment.port25.relay.host if deployment.port25.relay else ''}"))
     selector = deployment.dkim.selector
     for domain in deployment.dkim.domains:
         specs.append(SecretSpec(dkim_key(domain, selector), f"{DKIM_DIR}/{domain}/{selector}.key",
-                                f"DKIM private key of {domain} (selector {selector})", domain, selector))
+                                f"DKIM private key of {domain} (selector {selector})", domain))
     return specs
-
-
-def relay_password_path() -> str:
-    return f"{SECRETS_DIR}/{RELAY_PASSWORD}"
 
 
 def store_name(deployment: Deployment, spec: SecretSpec) -> str:

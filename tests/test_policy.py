@@ -12,7 +12,7 @@ import pytest
 
 from kumo_infra.bootstrap.policy import render_policy
 from kumo_infra.config import parse_deployment
-from kumo_infra.secretspec import relay_password_path
+from kumo_infra.secretspec import RELAY_PASSWORD_PATH
 from tests.conftest import deployment
 from tests.test_bootstrap import run_policy
 
@@ -32,7 +32,7 @@ def test_relay_mode_routes_every_message_through_the_smarthost(tmp_path):
     assert egress["smtp_port"] == 2525 and egress["enable_tls"] == "Required"
     assert egress["smtp_auth_plain_username"] == "kumo-user"
     # A keysource file path: the password itself is never in the policy.
-    assert egress["smtp_auth_plain_password"] == relay_password_path()
+    assert egress["smtp_auth_plain_password"] == RELAY_PASSWORD_PATH
     assert result["queue"]["protocol"]["smtp"]["mx_list"] == ["smtp.relay.example.net"]
     assert "protocol" not in result["other_queue"]  # other routing domains keep MX resolution
 

@@ -8,7 +8,7 @@ loopback unless admin networks are configured and then trusting only them.
 from __future__ import annotations
 
 from ..config import Deployment
-from ..secretspec import relay_password_path, secret_specs
+from ..secretspec import RELAY_PASSWORD_PATH, secret_specs
 
 SPOOL_DIR = "/var/spool/kumomta"
 LOG_DIR = "/var/log/kumomta"
@@ -36,27 +36,22 @@ def http_listen(deployment: Deployment) -> str:
 def render_policy(deployment: Deployment, hostname: str) -> str:
     relay_hosts = [*LOOPBACK, *deployment.kumomta.relay_cidrs]
     trusted = [*LOOPBACK, *deployment.network.admin_cidrs]
-    submission = "".join(
-        f"""
-  -- Client submission on {port}: the same relay rules as port 25.
+    purposes = {25: "Inbound SMTP from anywhere; relaying only for loopback and the configured networks."}
+    purposes |= {port: f"Client submission on {port}: the same relay rules as port 25."
+                 for port in deployment.network.submission_ports}
+    listeners = "\n".join(f"""  -- {purpose}
   kumo.start_esmtp_listener {{
     listen = '0.0.0.0:{port}',
     hostname = {lua_str(hostname)},
     relay_hosts = {lua_list(relay_hosts)},
   }}
-""" for port in deployment.network.submission_ports)
+""" for port, purpose in purposes.items())
     return f"""-- KumoMTA policy for {hostname}, rendered by kumo-infra.
 -- Edits here are replaced by the next kumo-bootstrap run: change the stack config instead.
 local kumo = require 'kumo'
 
 kumo.on('init', function()
-  -- Inbound SMTP from anywhere; relaying only for loopback and the configured networks.
-  kumo.start_esmtp_listener {{
-    listen = '0.0.0.0:25',
-    hostname = {lua_str(hostname)},
-    relay_hosts = {lua_list(relay_hosts)},
-  }}
-{submission}
+{listeners}
   -- HTTP API (injection, metrics, liveness): trusted hosts only.
   kumo.start_http_listener {{
     listen = {lua_str(http_listen(deployment))},
@@ -104,7 +99,7 @@ local RELAY = {{
   host = {lua_str(relay.host)},
   port = {relay.port},
   username = {lua_str(relay.username)},
-  password = {lua_str(relay_password_path())},
+  password = {lua_str(RELAY_PASSWORD_PATH)},
 }}
 
 local function route(msg)
