@@ -10,8 +10,6 @@ import pulumi_aws as aws
 
 from kumo_infra.clouds.aws import AwsKumoMta
 
-config = pulumi.Config()
-
 # Something your program already owns: here, the bucket where your application keeps
 # the templates it injects into KumoMTA.
 templates = aws.s3.Bucket("templates", force_destroy=False)

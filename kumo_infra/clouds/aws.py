@@ -26,9 +26,8 @@ from ..bootstrap import AWS_USER_DATA_LIMIT, compressed
 from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
-from .common import (KumoMtaComponent, ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child,
-                     deliverability_records, dns_records_to_publish, machine_options, node_output, prepare,
-                     secrets_for, subnet_cidr)
+from .common import (KumoMtaComponent, ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, machine_options,
+                     node_output, prepare, secrets_for, subnet_cidr)
 
 TYPE = "kumo:index:AwsKumoMta"
 # The Instance properties (engine camelCase) that carry the bootstrap: a change to them
@@ -149,7 +148,6 @@ class AwsKumoMta(KumoMtaComponent):
         # The relay password and the DKIM keys live in Secrets Manager, never in the user data;
         # kumo-bootstrap fetches each one at boot with the instance role, by secretspec.reference.
         secrets, dkim_public = secrets_for(self, name, cp, args)
-        self.secret_names = pulumi.Output.from_input([s.name for s in secrets])
         secrets_ready = self._secrets(name, cp, secrets, tags)
 
         ami = aws.ec2.get_ami_output(owners=owners, most_recent=True, filters=filters,
@@ -202,21 +200,10 @@ class AwsKumoMta(KumoMtaComponent):
             # local_nvme: the d-types' instance store is attached automatically (block device
             # mappings do not matter); kumo-bootstrap finds it by its by-id name and RAIDs it.
 
-            out = node_output(node, public_ip=eip.public_ip, private_ip=instance.private_ip,
-                              instance_type=cp.plan.instance_type, spool=cp.plan.spool_storage,
-                              ptr_set=cp.set_ptr, forward_record_created=cp.create_forward_records)
-            node_outputs.append(out)
+            node_outputs.append(node_output(cp, node, public_ip=eip.public_ip, private_ip=instance.private_ip))
             public_ips.append(eip.public_ip)
 
-        self.nodes = pulumi.Output.all(*node_outputs)
-        self.public_ips = pulumi.Output.all(*public_ips)
-        self.dns_records = dns_records_to_publish(node_outputs)
-        self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
-        self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
-        self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips,
-                               "dns_records": self.dns_records, "sizing": self.sizing,
-                               "secret_names": self.secret_names,
-                               "deliverability_records": self.deliverability_records})
+        self._publish(cp, node_outputs, public_ips, secrets, dkim_public)
 
     def _secrets(self, name: str, cp: ComponentPlan, secrets: list[NodeSecret],
                  tags: dict[str, str]) -> list[pulumi.Resource]:

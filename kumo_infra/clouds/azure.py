@@ -54,13 +54,10 @@ from ..netplan import Rule
 from ..secretspec import azure_vault_name
 from .common import (
     KumoMtaComponent,
-    ComponentPlan,
     KumoMtaArgs,
     NodePlan,
     NodeSecret,
     child,
-    deliverability_records,
-    dns_records_to_publish,
     machine_options,
     node_output,
     prepare,
@@ -199,7 +196,7 @@ class AzureKumoMta(KumoMtaComponent):
                 dns_settings=network.PublicIPAddressDnsSettingsArgs(
                     domain_name_label=domain_label(name, node),
                     # See the module docstring: only once the A record resolves.
-                    reverse_fqdn=f"{node.hostname}." if ptr_set(cp) else None),
+                    reverse_fqdn=f"{node.hostname}." if cp.set_ptr else None),
                 tags=tags, opts=child(self))
 
             if cp.create_forward_records:
@@ -301,34 +298,15 @@ class AzureKumoMta(KumoMtaComponent):
                     principal_type="ServicePrincipal",
                     description=f"{node.hostname} reads the secret {secret.name}",
                     opts=child(self, delete_before_replace=True))
-            node_outputs.append(node_output(
-                node, public_ip=pip.ip_address, private_ip=nic.ip_configurations.apply(first_private_ip),
-                instance_type=cp.plan.instance_type, spool=cp.plan.spool_storage, ptr_set=ptr_set(cp),
-                forward_record_created=cp.create_forward_records))
+            node_outputs.append(node_output(cp, node, public_ip=pip.ip_address,
+                                            private_ip=nic.ip_configurations.apply(first_private_ip)))
 
-        self.nodes = pulumi.Output.all(*node_outputs).apply(list)
-        self.public_ips = pulumi.Output.all(*addresses).apply(list)
-        self.dns_records = dns_records_to_publish(node_outputs)
-        self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
-        self.identity_principal_ids = pulumi.Output.all(*principals).apply(list)
-        self.secret_names = pulumi.Output.from_input([s.name for s in secrets])
-        self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
-        outputs: dict[str, Any] = {"nodes": self.nodes, "public_ips": self.public_ips,
-                                   "dns_records": self.dns_records, "sizing": self.sizing,
-                                   "identity_principal_ids": self.identity_principal_ids,
-                                   "secret_names": self.secret_names,
-                                   "deliverability_records": self.deliverability_records}
-        if self.ssh_private_key is not None:
-            outputs["ssh_private_key"] = self.ssh_private_key
-        self.register_outputs(outputs)
+        self._publish(cp, node_outputs, addresses, secrets, dkim_public,
+                      identity_principal_ids=pulumi.Output.all(*principals).apply(list),
+                      ssh_private_key=self.ssh_private_key)
 
 
 # -- pure helpers (unit-tested) ---------------------------------------------------------
-
-
-def ptr_set(cp: ComponentPlan) -> bool:
-    """Whether the public IPs carry the PTR: only once the forward records resolve (module docstring)."""
-    return cp.deployment.dns.forward_records_exist
 
 
 def domain_label(name: str, node: NodePlan) -> str:

@@ -45,6 +45,23 @@ class KumoMtaComponent(pulumi.ComponentResource):
     secret_names: pulumi.Output[list[str]]  # names in the cloud's secret store, never values
     deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
 
+    def _publish(self, cp: "ComponentPlan", node_outputs: list[pulumi.Output[dict]],
+                 public_ips: list[pulumi.Input[str]], secrets: list["NodeSecret"],
+                 dkim_public: dict[str, pulumi.Output[str]], **extra: pulumi.Input[Any]) -> None:
+        """Set the shared outputs (and a cloud's ``extra`` ones), then register them: the component's last step."""
+        self.nodes = pulumi.Output.all(*node_outputs).apply(list)
+        self.public_ips = pulumi.Output.all(*public_ips).apply(list)
+        self.dns_records = dns_records_to_publish(node_outputs)
+        self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
+        self.secret_names = pulumi.Output.from_input([s.name for s in secrets])
+        self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
+        for key, value in extra.items():
+            setattr(self, key, value)
+        self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips, "dns_records": self.dns_records,
+                               "sizing": self.sizing, "secret_names": self.secret_names,
+                               "deliverability_records": self.deliverability_records,
+                               **{k: v for k, v in extra.items() if v is not None}})
+
 
 @dataclass(frozen=True)
 class NodePlan:
@@ -71,7 +88,12 @@ class ComponentPlan:
 
     @property
     def set_ptr(self) -> bool:
-        """PTRs need the forward record first: set them when kumo-infra creates it or it exists."""
+        """PTRs need the forward record first: set them when kumo-infra creates it or it exists.
+
+        Azure checks that the reverse FQDN already resolves when the PTR is set, so there a
+        record created in the same run is not enough (clouds/azure.py explains the two runs)."""
+        if self.deployment.cloud == "azure":
+            return self.deployment.dns.forward_records_exist
         return bool(self.deployment.dns.zone) or self.deployment.dns.forward_records_exist
 
     @property
@@ -103,19 +125,19 @@ def prepare(args: KumoMtaArgs, cloud: str) -> ComponentPlan:
     return ComponentPlan(deployment, plan, nodes, tuple(firewall_rules(deployment)))
 
 
-def node_output(node: NodePlan, *, public_ip: pulumi.Input[str], private_ip: pulumi.Input[str],
-                instance_type: str, spool: str, ptr_set: bool, forward_record_created: bool) -> pulumi.Output[dict]:
+def node_output(cp: ComponentPlan, node: NodePlan, *, public_ip: pulumi.Input[str],
+                private_ip: pulumi.Input[str]) -> pulumi.Output[dict]:
     """One node's outputs, the same keys on every cloud."""
     return pulumi.Output.all(public_ip, private_ip).apply(lambda ips: {
         "name": node.key,
         "hostname": node.hostname,
         "public_ip": ips[0],
         "private_ip": ips[1],
-        "ptr": node.hostname if ptr_set else None,
-        "instance_type": instance_type,
-        "spool": spool,
+        "ptr": node.hostname if cp.set_ptr else None,
+        "instance_type": cp.plan.instance_type,
+        "spool": cp.plan.spool_storage,
         "forward_record": {"name": node.hostname, "type": "A", "value": ips[0],
-                           "created": forward_record_created},
+                           "created": cp.create_forward_records},
     })
 
 

@@ -34,8 +34,6 @@ from .common import (
     KumoMtaArgs,
     NodeSecret,
     child,
-    deliverability_records,
-    dns_records_to_publish,
     machine_options,
     node_output,
     prepare,
@@ -201,21 +199,10 @@ class GcpKumoMta(KumoMtaComponent):
             self.instances.append(instance)
             addresses.append(address.address)
             node_outputs.append(node_output(
-                node, public_ip=address.address,
-                private_ip=instance.network_interfaces.apply(lambda nics: nics[0].network_ip if nics else None),
-                instance_type=cp.plan.instance_type, spool=cp.plan.spool_storage, ptr_set=cp.set_ptr,
-                forward_record_created=cp.create_forward_records))
+                cp, node, public_ip=address.address,
+                private_ip=instance.network_interfaces.apply(lambda nics: nics[0].network_ip if nics else None)))
 
-        self.nodes = pulumi.Output.all(*node_outputs).apply(list)
-        self.public_ips = pulumi.Output.all(*addresses).apply(list)
-        self.dns_records = dns_records_to_publish(node_outputs)
-        self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
-        self.secret_names = pulumi.Output.all(*(secret.secret_id for secret, _, _ in self.secrets)).apply(list)
-        self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
-        self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips,
-                               "dns_records": self.dns_records, "sizing": self.sizing,
-                               "secret_names": self.secret_names,
-                               "deliverability_records": self.deliverability_records})
+        self._publish(cp, node_outputs, addresses, secrets, dkim_public)
 
     def _secret(self, name: str, project: str, labels: dict[str, str], s: NodeSecret) -> tuple[
             secretmanager.Secret, secretmanager.SecretVersion, secretmanager.SecretIamMember]:
