@@ -15,6 +15,7 @@ from .config import Deployment
 
 WORLD_V4 = "0.0.0.0/0"
 WORLD_V6 = "::/0"
+WORLD = {"v4": WORLD_V4, "v6": WORLD_V6}
 SSH_PORT = 22
 # Ports the mail path needs on the way out: SMTP to MX hosts and smarthosts, DNS,
 # NTP, and HTTP(S) for packages and the cloud's own APIs (secrets, metadata).
@@ -47,6 +48,10 @@ class Rule:
     @property
     def ipv6(self) -> tuple[str, ...]:
         return tuple(c for c in self.cidrs if ipaddress.ip_network(c).version == 6)
+
+    def families(self) -> list[tuple[str, tuple[str, ...]]]:
+        """("v4", cidrs) and ("v6", cidrs), each only when it has any: clouds refuse mixed-family rules."""
+        return [(family, cidrs) for family, cidrs in (("v4", self.ipv4), ("v6", self.ipv6)) if cidrs]
 
 
 def firewall_rules(deployment: Deployment) -> list[Rule]:

@@ -11,7 +11,6 @@ The same engine drives ``kumo-infra plan`` and the tests.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import zlib
@@ -20,19 +19,22 @@ from typing import Any, Callable
 
 import pulumi
 from pulumi.runtime import mocks as _mocks
+from pulumi.runtime import rpc as _rpc
 from pulumi.runtime import settings as _settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from .clouds import offline_aws, offline_azure, offline_common, offline_gcp
+
 PROJECT = "kumo-infra"
 # Pulumi's wire form of a secret value, as recorded inputs carry it: {SECRET_SIG_KEY: SECRET_SIG, "value": ...}.
-SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SECRET_SIG_KEY = _rpc._special_sig_key
+SECRET_SIG = _rpc._special_secret_sig
 
 
 def is_secret(value: Any) -> bool:
     return isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG
-PLACEHOLDER = "(placeholder)"
+
 
 # Outputs a provider computes and answers to data-source look-ups (invokes), given
 # offline so downstream code has a value. Each cloud keeps its own table in
@@ -40,13 +42,8 @@ PLACEHOLDER = "(placeholder)"
 # ranges (RFC 5737), never a real host.
 _COMPUTED: dict[str, dict[str, Any]] = {}
 _INVOKES: dict[str, dict[str, Any]] = {}
-for _cloud in ("common", "aws", "azure", "gcp"):
-    try:
-        _answers = importlib.import_module(f"kumo_infra.clouds.offline_{_cloud}")
-    except ModuleNotFoundError:
-        continue
-    for _token, _props in _answers.COMPUTED.items():  # merged per type: clouds share e.g. tls:PrivateKey
-        _COMPUTED.setdefault(_token, {}).update(_props)
+for _answers in (offline_common, offline_aws, offline_azure, offline_gcp):
+    _COMPUTED.update(_answers.COMPUTED)
     _INVOKES.update(_answers.INVOKES)
 
 
@@ -218,7 +215,8 @@ class _EngineLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.messages: list[str] = []
-        self.logger = logging.getLogger(f"kumo_infra.offline.{id(self)}")
+        # Not registered with logging (getLogger would keep every run's logger and messages).
+        self.logger = logging.Logger("kumo_infra.offline")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
         self.logger.addHandler(self)

@@ -27,7 +27,7 @@ from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
 from .common import (KumoMtaComponent, ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, machine_options,
-                     node_output, prepare, secrets_for, subnet_cidr)
+                     node_output, prepare, secrets_for, subnet_cidr, base_tags)
 
 TYPE = "kumo:index:AwsKumoMta"
 # The Instance properties (engine camelCase) that carry the bootstrap: a change to them
@@ -50,10 +50,6 @@ EC2_ASSUME_ROLE_POLICY = {
 SECRET_READ_ACTION = "secretsmanager:GetSecretValue"
 # Days AWS keeps a deleted secret restorable (7..30); its name stays taken meanwhile.
 SECRET_RECOVERY_DAYS = 7
-
-
-def base_tags(name: str) -> dict[str, str]:
-    return {"kumo-infra": name, "managed-by": "kumo-infra"}
 
 
 def user_data_base64(node: NodePlan) -> str:
@@ -240,11 +236,12 @@ class AwsKumoMta(KumoMtaComponent):
     def _rule(self, name: str, sg: aws.ec2.SecurityGroup, rule: Rule, tags: dict[str, str]) -> None:
         """One rule resource per CIDR, named by the CIDR so adding one never renames the others."""
         cls = aws.vpc.SecurityGroupIngressRule if rule.direction == "ingress" else aws.vpc.SecurityGroupEgressRule
-        for cidr in rule.ipv4 + rule.ipv6:
-            family = {"cidr_ipv4": cidr} if cidr in rule.ipv4 else {"cidr_ipv6": cidr}
-            cls(f"{name}-sg-{rule.name}-{_cidr_slug(cidr)}", security_group_id=sg.id, ip_protocol=rule.protocol,
-                from_port=rule.port, to_port=rule.port, description=rule.description,
-                tags={**tags, "Name": f"{name}-{rule.name}"}, **family, opts=child(self))
+        for family, cidrs in rule.families():
+            for cidr in cidrs:
+                address = {"cidr_ipv4": cidr} if family == "v4" else {"cidr_ipv6": cidr}
+                cls(f"{name}-sg-{rule.name}-{_cidr_slug(cidr)}", security_group_id=sg.id, ip_protocol=rule.protocol,
+                    from_port=rule.port, to_port=rule.port, description=rule.description,
+                    tags={**tags, "Name": f"{name}-{rule.name}"}, **address, opts=child(self))
 
     def _block_spool(self, prefix: str, cp: ComponentPlan, zone: pulumi.Input[str], instance: aws.ec2.Instance,
                      tags: dict[str, str]) -> None:

@@ -46,7 +46,6 @@ import pulumi
 import pulumi_tls as tls
 from pulumi_azure_native import authorization, compute, dns, keyvault, network, resources
 
-from .. import catalog
 from ..bootstrap import compressed
 from ..config import ROOT, AzureSection
 from ..errors import ConfigError
@@ -63,6 +62,7 @@ from .common import (
     prepare,
     secrets_for,
     subnet_cidr,
+    base_tags,
 )
 
 TYPE_TOKEN = "kumo:index:AzureKumoMta"
@@ -102,16 +102,13 @@ class AzureKumoMta(KumoMtaComponent):
         d = cp.deployment
         az = d.azure or AzureSection()
         image = d.os_spec.azure
-        itype = catalog.load("azure").get(cp.plan.instance_type)
-        if itype is None:  # the planner only picks catalog types; a guard, not a path
-            raise ConfigError(f"'{cp.plan.instance_type}' is not in the azure catalog",
-                              f"{ROOT}.sizing.instance_type")
+        itype = cp.instance_type
         # Checked for every node before anything is registered (a size error names the fix).
         custom = {node.key: custom_data(node.user_data) for node in cp.nodes}
         super().__init__(TYPE_TOKEN, name, {"deployment": args["deployment"]}, opts)
 
         region = d.region
-        tags = {"kumo-infra": name, "managed-by": "kumo-infra"}
+        tags = base_tags(name)
 
         # -- resource group and network ---------------------------------------
         if az.resource_group:
@@ -188,6 +185,10 @@ class AzureKumoMta(KumoMtaComponent):
         node_outputs: list[pulumi.Output[dict]] = []
         addresses: list[pulumi.Output[str]] = []
         principals: list[pulumi.Output[Any]] = []
+        # v6 sizes have no SCSI controller: their disks (and raw NVMe temp disks) need NVMe.
+        controller = "NVMe" if itype.nvme_controller_required else None
+        plan = (compute.PlanArgs(name=image.sku, product=image.offer, publisher=image.publisher)
+                if image.needs_plan else None)
         for node in cp.nodes:
             pip = network.PublicIPAddress(
                 f"{name}-{node.key}-ip", resource_group_name=rg_name, location=region,
@@ -231,13 +232,6 @@ class AzureKumoMta(KumoMtaComponent):
                 data_disks = [compute.DataDiskArgs(
                     lun=SPOOL_LUN, create_option="Attach", caching="None", delete_option="Detach",
                     managed_disk=compute.ManagedDiskParametersArgs(id=spool.id, storage_account_type=DISK_SKU))]
-
-            # v6 sizes have no SCSI controller: their disks (and raw NVMe temp disks) need NVMe.
-            controller = "NVMe" if itype.nvme_controller_required else None
-
-            plan = None
-            if image.needs_plan:
-                plan = compute.PlanArgs(name=image.sku, product=image.offer, publisher=image.publisher)
 
             # The NIC and the spool disk attach to one VM at a time: a replacement VM is created only
             # after the old one is gone.
@@ -372,9 +366,7 @@ def security_rules(rules: tuple[Rule, ...] | list[Rule]) -> list[network.Securit
     made: list[network.SecurityRuleArgs] = []
     priority = {"ingress": ALLOW_PRIORITY_START, "egress": ALLOW_PRIORITY_START}
     for rule in rules:
-        for family, cidrs in (("v4", rule.ipv4), ("v6", rule.ipv6)):
-            if not cidrs:
-                continue
+        for family, cidrs in rule.families():
             inbound = rule.direction == "ingress"
             remote = _prefixes("source" if inbound else "destination", list(cidrs))
             local = {"destination_address_prefix": "*"} if inbound else {"source_address_prefix": "*"}

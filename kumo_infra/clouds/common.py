@@ -14,6 +14,7 @@ from typing import Any, Optional, TypedDict
 
 import pulumi
 
+from .. import catalog
 from ..bootstrap import render_user_data
 from ..config import Deployment, parse_deployment
 from ..errors import ConfigError
@@ -99,6 +100,15 @@ class ComponentPlan:
     @property
     def create_forward_records(self) -> bool:
         return bool(self.deployment.dns.zone)
+
+    @functools.cached_property
+    def instance_type(self) -> catalog.InstanceType:
+        """The planned machine type's catalog entry (NIC acceleration, NVMe attachment)."""
+        spec = catalog.load(self.deployment.cloud).get(self.plan.instance_type)
+        if spec is None:  # the planner only picks catalog types; a guard, not a path
+            raise ConfigError(f"'{self.plan.instance_type}' is not in the {self.deployment.cloud} catalog",
+                              "kumo:deployment.sizing.instance_type")
+        return spec
 
 
 def prepare(args: KumoMtaArgs, cloud: str) -> ComponentPlan:
@@ -240,3 +250,8 @@ def subnet_cidr(network_block: str) -> str:
     ``network_block`` was validated with the config (an IPv4 block of the sizes the cloud accepts)."""
     net = ipaddress.ip_network(network_block)
     return str(next(net.subnets(new_prefix=max(net.prefixlen, 24))))
+
+
+def base_tags(component_name: str) -> dict[str, str]:
+    """Tags (GCP: labels) on every resource of a component that takes them."""
+    return {"kumo-infra": component_name, "managed-by": "kumo-infra"}

@@ -24,10 +24,8 @@ from typing import Optional
 import pulumi
 from pulumi_gcp import compute, dns, projects, secretmanager, serviceaccount
 
-from .. import catalog
 from ..bootstrap import render_startup_script
-from ..errors import ConfigError
-from ..netplan import Rule
+from ..netplan import WORLD, Rule
 from .common import (
     KumoMtaComponent,
     ComponentPlan,
@@ -38,6 +36,7 @@ from .common import (
     node_output,
     prepare,
     secrets_for,
+    base_tags,
 )
 
 TYPE_TOKEN = "kumo:index:GcpKumoMta"
@@ -55,7 +54,6 @@ SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 ALLOW_PRIORITY = 1000
 # GCP's implied rules sit at 65535; the explicit denies go just above them, below every allow.
 DENY_PRIORITY = 65534
-WORLD = {"v4": "0.0.0.0/0", "v6": "::/0"}
 
 
 class GcpKumoMta(KumoMtaComponent):
@@ -65,17 +63,14 @@ class GcpKumoMta(KumoMtaComponent):
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
         cp = prepare(args, "gcp")
         gcp = cp.deployment.gcp
-        itype = catalog.load("gcp").get(cp.plan.instance_type)
-        if itype is None:  # the planner only picks catalog types; a guard, not a path
-            raise ConfigError(f"'{cp.plan.instance_type}' is not in the gcp catalog",
-                              "kumo:deployment.sizing.instance_type")
+        itype = cp.instance_type
         super().__init__(TYPE_TOKEN, name, {"deployment": args["deployment"]}, opts)
 
         d = cp.deployment
         project = gcp.project
         region = d.region
         zone = gcp.zone or f"{region}-a"
-        labels = {"kumo-infra": name, "managed-by": "kumo-infra"}
+        labels = base_tags(name)
         tag = f"{name}-mta"  # network tag: the firewall rules apply to this deployment's instances only
 
         # -- network -------------------------------------------------------
@@ -225,10 +220,9 @@ class GcpKumoMta(KumoMtaComponent):
         """Every rule of cp.rules, one firewall per address family (GCP refuses mixed v4/v6 ranges)."""
         made = []
         for rule in cp.rules:
-            for family, cidrs in (("v4", rule.ipv4), ("v6", rule.ipv6)):
-                if cidrs:
-                    made.append(self._firewall(f"{name}-fw-{rule.name}-{family}", project, network, tag, rule,
-                                               list(cidrs)))
+            for family, cidrs in rule.families():
+                made.append(self._firewall(f"{name}-fw-{rule.name}-{family}", project, network, tag, rule,
+                                           list(cidrs)))
         # Explicit denies below every allow: inbound anything else, outbound anything else.
         for direction, suffix in (("INGRESS", "deny-in"), ("EGRESS", "deny-out")):
             for family, world in WORLD.items():

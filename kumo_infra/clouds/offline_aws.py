@@ -5,7 +5,7 @@ allocation id, the names of auto-named IAM resources) and every data source it
 calls. Addresses are from 192.0.2.0/24 (RFC 5737), never a real host.
 """
 
-PLACEHOLDER = "(placeholder)"
+from .offline_common import PLACEHOLDER
 
 COMPUTED = {
     "aws:ec2/eip:Eip": {"publicIp": "192.0.2.{n}", "allocationId": "eipalloc-{n:08x}"},
@@ -18,9 +18,6 @@ COMPUTED = {
     # instance role's policy names these exact ARNs. Offline: the resource name, region "placeholder".
     "aws:secretsmanager/secret:Secret": {
         "arn": "arn:aws:secretsmanager:placeholder:000000000000:secret:{name}-{n:06x}"},
-    # The DKIM key pairs common.secrets_for generates (the private half goes only into a
-    # SecretVersion, the public half into the DKIM TXT record). Placeholders, not keys.
-    # kumo_infra.offline must merge this with the other clouds' answers for the same token.
 }
 
 INVOKES = {

@@ -1,6 +1,5 @@
 """Offline answers for Azure (see kumo_infra.offline): computed outputs and look-ups."""
 
-PLACEHOLDER = "(placeholder)"
 
 COMPUTED = {
     "azure-native:network:PublicIPAddress": {"ipAddress": "192.0.2.{n}"},
@@ -13,9 +12,6 @@ COMPUTED = {
     "azure-native:network:NetworkInterface": {"ipConfigurations": [{"privateIPAddress": "192.0.2.{n}"}]},
     "azure-native:compute:VirtualMachine": {"identity": {"principalId": "00000000-0000-0000-0000-{n:012d}",
                                                          "tenantId": "00000000-0000-0000-0000-000000000000"}},
-    # The generated SSH key when azure.ssh_public_key is not given, and the DKIM key pairs
-    # (common.secrets_for): the public half becomes the DKIM TXT record, the private half a Key Vault
-    # secret. PEM-shaped placeholders named after the key. (offline_gcp loads later and repeats these.)
 }
 
 INVOKES = {

@@ -1,6 +1,6 @@
 """Offline answers for GCP (see kumo_infra.offline): computed outputs and look-ups."""
 
-PLACEHOLDER = "(placeholder)"
+from .offline_common import PLACEHOLDER
 COMPUTED = {
     "gcp:compute/address:Address": {"address": "192.0.2.{n}"},
     # GCP derives both from account_id and the project; offline they name the resource instead.
@@ -11,9 +11,6 @@ COMPUTED = {
     # The internal address GCP allocates on the first NIC. networkInterfaces is also an input,
     # so this nested answer needs kumo_infra.offline to fill nested keys the inputs leave unset.
     "gcp:compute/instance:Instance": {"networkInterfaces": [{"networkIp": "192.0.2.{n}"}]},
-    # The DKIM key pairs (common.secrets_for): the public half becomes the DKIM TXT record, the private
-    # half a secret version. Placeholders in PEM shape, named after the key so each is traceable.
-    # Other clouds answer the same token; kumo_infra.offline merges the answers per type.
 }
 
 INVOKES = {
