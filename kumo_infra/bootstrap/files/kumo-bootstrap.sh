@@ -27,8 +27,8 @@ SYSCTL_FILE=/etc/sysctl.d/90-kumomta.conf
 say() { printf 'kumo-bootstrap: %s\n' "$*"; }
 
 # -- helpers used inside steps (each step runs in a subshell with errexit) ----------
-die() { printf '%s\n' "$*" >"$WORK/detail"; exit 1; }
 detail() { printf '%s\n' "$*" >"$WORK/detail"; }
+die() { detail "$*"; exit 1; }
 # changed WHAT: the step changed the machine; WHAT is recorded in status.json.
 changed() { printf '%s\n' "$1" >>"$WORK/changed"; }
 # fact KEY JSON: a fact for status.json; the value is already JSON.
@@ -165,9 +165,10 @@ step_other_mtas() {
   fact other_mtas_disabled "$(json_array ${disabled[@]+"${disabled[@]}"})"
 }
 
+# Wait until the repository answers; its repository file (apt list or yum .repo) is kept in $WORK/repo-file.
 wait_for_repository() {
   local url="$KUMO_REPO_URL/$KUMO_REPO_FILE" deadline=$((SECONDS + KUMO_REPO_WAIT_S))
-  until curl -fsS -o /dev/null --max-time 10 "$url"; do
+  until curl -fsSL -o "$WORK/repo-file" --max-time 10 "$url"; do
     [ "$SECONDS" -lt "$deadline" ] || die "KumoMTA repository unreachable: $url did not answer within ${KUMO_REPO_WAIT_S} s"
     sleep 5
   done
@@ -203,14 +204,12 @@ step_install() {
         || die "cannot fetch the repository key $KUMO_REPO_URL/$KUMO_APT_KEY_DIR/public.gpg"
       gpg --batch --yes --dearmor -o /usr/share/keyrings/kumomta.gpg "$WORK/kumomta.asc"
       chmod 0644 /usr/share/keyrings/kumomta.gpg
-      curl -fsSL "$KUMO_REPO_URL/$KUMO_REPO_FILE" -o /etc/apt/sources.list.d/kumomta.list \
-        || die "cannot fetch $KUMO_REPO_URL/$KUMO_REPO_FILE"
+      install -m 0644 "$WORK/repo-file" /etc/apt/sources.list.d/kumomta.list
       apt-get update -q || die "apt-get update failed with the KumoMTA repository"
       [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE=$KUMO_VERSION"
       ;;
     dnf | yum)
-      curl -fsSL "$KUMO_REPO_URL/$KUMO_REPO_FILE" -o /etc/yum.repos.d/kumomta.repo \
-        || die "cannot fetch $KUMO_REPO_URL/$KUMO_REPO_FILE"
+      install -m 0644 "$WORK/repo-file" /etc/yum.repos.d/kumomta.repo
       pkg_install ca-certificates
       [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE-$KUMO_VERSION"
       ;;
@@ -429,23 +428,22 @@ step_secrets() {
       [ "$SECONDS" -lt "$deadline" ] || die "cannot fetch secret $ref: $(tail -n 1 "$WORK/fetch.err")"
       sleep 10
     done
-    if ! cmp -s "$WORK/secret" "$path"; then
-      install -o root -g kumod -m 0640 "$WORK/secret" "$path"
-      : >"$STATE_DIR/restart-needed"
-      changed "secret $path"
-    fi
+    install_if_changed "$WORK/secret" "$path" 0640 "secret $path"
     rm -f "$WORK/secret"
     count=$((count + 1))
   done <"$CONF_DIR/secrets.list"
   fact secrets_fetched "$count"
 }
 
+# install_if_changed SRC DST MODE [WHAT]: replace DST (root:kumod, in one step) only when it
+# differs; kumod then needs a restart, and the change is recorded as WHAT.
 install_if_changed() {
-  local src=$1 dst=$2 mode=$3
+  local src=$1 dst=$2 mode=$3 what=${4:-$2}
   if ! cmp -s "$src" "$dst"; then
-    install -o root -g kumod -m "$mode" "$src" "$dst"
+    install -o root -g kumod -m "$mode" "$src" "$dst.kumo-new"
+    mv -f "$dst.kumo-new" "$dst"
     : >"$STATE_DIR/restart-needed"
-    changed "$dst"
+    changed "$what"
   fi
 }
 
@@ -458,11 +456,8 @@ step_policy() {
     rm -f "$staged"
     die "policy validation failed: $(tail -n 5 "$WORK/validate.out" | tr '\n' ' ')"
   fi
-  if cmp -s "$staged" "$POLICY"; then rm -f "$staged"; else
-    mv -f "$staged" "$POLICY"
-    : >"$STATE_DIR/restart-needed"
-    changed "policy $POLICY"
-  fi
+  install_if_changed "$staged" "$POLICY" 0640 "policy $POLICY"
+  rm -f "$staged"
   install_if_changed "$CONF_DIR/kumod.env" /opt/kumomta/etc/kumod.env 0640
   fact policy_sha256 "$(json_str "$(sha256sum "$POLICY" | cut -d' ' -f1)")"
 }
