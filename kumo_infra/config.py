@@ -13,7 +13,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import oses
 from .errors import ConfigError, Problem
@@ -94,6 +94,12 @@ RelayCidr = Annotated[str, AfterValidator(lambda v: _cidr(
 
 
 class Network(_Strict):
+    # Who may reach SSH (22). Empty: no SSH rule at all.
+    ssh_cidrs: list[AdminCidr] = Field(default_factory=list)
+    # Who may reach the KumoMTA HTTP API from outside the node (TLS + basic auth). Empty: the
+    # API listens on loopback only.
+    api_cidrs: list[AdminCidr] = Field(default_factory=list)
+    # Deprecated: sets both ssh_cidrs and api_cidrs (a warning names the new keys).
     admin_cidrs: list[AdminCidr] = Field(default_factory=list)
     # Message submission from clients (587, 2525) is off unless asked for.
     submission_ports: list[Literal[465, 587, 2525]] = Field(default_factory=list)
@@ -107,6 +113,15 @@ class Network(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("a port is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _admin_cidrs_fill_both(self) -> "Network":
+        # The old single list keeps working for both, unless the new keys are used beside it
+        # (Deployment.check refuses that combination, naming the keys).
+        if self.admin_cidrs and not (self.ssh_cidrs or self.api_cidrs):
+            self.__dict__["ssh_cidrs"] = list(self.admin_cidrs)
+            self.__dict__["api_cidrs"] = list(self.admin_cidrs)
+        return self
 
 
 class Relay(_Strict):
@@ -145,6 +160,20 @@ class KumoMta(_Strict):
     # kumomta-ubuntu-22/public.gpg ...), e.g. a private mirror.
     repo_url: str = Field(DEFAULT_REPO_URL, pattern=r"^https?://[^\s'\"]+$")
     relay_cidrs: list[RelayCidr] = Field(default_factory=list)
+    # The OpenPGP fingerprint of the repository's signing key, for a private mirror signed
+    # with its own key; unset: KumoMTA's published key. Checked before the key is trusted.
+    repo_key_fingerprint: Optional[str] = None
+
+    @field_validator("repo_key_fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        compact = value.replace(" ", "").upper()
+        if not re.fullmatch(r"[0-9A-F]{40}", compact):
+            raise ValueError("must be the 40-hex-digit OpenPGP fingerprint of the repository's signing key "
+                             "(gpg --show-keys --with-colons KEYFILE, the 'fpr' line)")
+        return compact
 
     @field_validator("repo_url")
     @classmethod
@@ -167,6 +196,17 @@ class Lifecycle(_Strict):
     replace_on_bootstrap_change: bool = False
     # Pulumi's protect option on machines and spool volumes.
     protect: bool = False
+
+
+class OsUpdates(_Strict):
+    # Security updates only by default: a KumoMTA node's OS keeps itself patched without
+    # taking feature updates nobody reviewed. 'all' applies every update; 'off' none.
+    automatic: Literal["security", "all", "off"] = "security"
+    # Never reboot automatically by default (a reboot of a local-NVMe node loses its spool
+    # only on stop/start, but interrupts delivery). 'window' reboots when an update needs it,
+    # at reboot_time (UTC, HH:MM).
+    reboot: Literal["never", "window"] = "never"
+    reboot_time: str = Field("03:30", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
 class Dkim(_Strict):
@@ -244,6 +284,7 @@ class Deployment(_Strict):
     dns: Dns = Field(default_factory=Dns)
     dkim: Dkim = Field(default_factory=Dkim)
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    os_updates: OsUpdates = Field(default_factory=OsUpdates)
     aws: Optional[AwsSection] = None
     azure: Optional[AzureSection] = None
     gcp: Optional[GcpSection] = None
@@ -317,6 +358,20 @@ class Deployment(_Strict):
                 f"{spec.title} on Azure is the marketplace image {urn}, whose terms must be accepted once per "
                 f"subscription (azure-native cannot): run 'az vm image terms accept --urn {urn}', then set "
                 "marketplace_terms_accepted: true; or choose alma9 or ubuntu22, which need no terms")
+
+        net = self.network
+        if net.admin_cidrs and ("ssh_cidrs" in net.model_fields_set or "api_cidrs" in net.model_fields_set):
+            bad("network.admin_cidrs", "admin_cidrs is the old key for both ssh_cidrs and api_cidrs; with the new "
+                                       "keys present, move its entries into them and remove admin_cidrs")
+        if self.cloud == "azure" and net.ssh_cidrs and not (self.azure and self.azure.ssh_public_key):
+            bad("azure.ssh_public_key", "network.ssh_cidrs opens SSH, which needs your OpenSSH public key "
+                                        "(ssh-ed25519 AAAA... or ssh-rsa AAAA...): kumo-infra never generates "
+                                        "a private key into Pulumi state; or remove ssh_cidrs for no SSH at all")
+        km = self.kumomta
+        if not km.repo_url.startswith("https://") and km.repo_key_fingerprint is None:
+            bad("kumomta.repo_url", f"'{km.repo_url}' is not https: packages would come over a channel anyone on "
+                                    "the path can change; use https://, or pin the mirror's signing key with "
+                                    "kumomta.repo_key_fingerprint")
 
         if storage_conflict(self.sizing, self.spool):
             bad("spool.storage", f"{PERFORMANCE_NEEDS_NVME}; use storage: local_nvme or profile: minimal")

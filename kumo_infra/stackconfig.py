@@ -116,6 +116,9 @@ def warnings_for(deployment: Deployment) -> list[str]:
     warnings = []
     if deployment.os_spec.warning:
         warnings.append(f"{ROOT}.os: {deployment.os_spec.warning}")
+    if deployment.network.admin_cidrs:
+        warnings.append(f"{ROOT}.network.admin_cidrs is deprecated: it sets both network.ssh_cidrs (SSH) and "
+                        "network.api_cidrs (the KumoMTA HTTP API); write those keys instead")
     return warnings
 
 
