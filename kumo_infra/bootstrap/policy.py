@@ -13,6 +13,9 @@ from ..secretspec import RELAY_PASSWORD_PATH, secret_specs
 SPOOL_DIR = "/var/spool/kumomta"
 LOG_DIR = "/var/log/kumomta"
 HTTP_PORT = 8000
+# The API beyond the node (network.api_cidrs): TLS and basic auth, on its own listener so the
+# loopback listener on HTTP_PORT stays plain for the node's own health checks and kcli.
+API_TLS_PORT = 8443
 LOOPBACK = ("127.0.0.1", "::1")
 
 
