@@ -6,6 +6,7 @@ cloud-init's own schema validator, shellcheck and a Lua 5.4 parser/interpreter
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -17,7 +18,8 @@ import pytest
 import yaml
 
 from kumo_infra import oses
-from kumo_infra.bootstrap import AWS_USER_DATA_LIMIT, FILES, compressed, render_user_data
+from kumo_infra.bootstrap import (AWS_USER_DATA_LIMIT, FILES, compressed, render_startup_script, render_user_data,
+                                  spool_device_paths)
 from kumo_infra.bootstrap.policy import render_policy
 from kumo_infra.config import parse_deployment
 from kumo_infra.stackconfig import plan_for
@@ -122,7 +124,8 @@ def test_script_and_settings_agree_on_every_variable(tmp_path):
 
 def test_version_and_channel_reach_the_machine(tmp_path):
     d, plan = build("aws", "ubuntu22", "block", kumomta={"channel": "dev", "version": "2026.03.04-abc",
-                                                        "repo_url": "http://mirror.internal/kumo/"})
+                                                        "repo_url": "http://mirror.internal/kumo/",
+                                                        "repo_key_fingerprint": "A" * 40})
     env = source_env(write_files(render_user_data(d, plan))["/etc/kumo-infra/bootstrap.env"], tmp_path)
     assert env["KUMO_PACKAGE"] == "kumomta-dev" and env["KUMO_OTHER_PACKAGE"] == "kumomta"
     assert env["KUMO_VERSION"] == "2026.03.04-abc"
@@ -191,3 +194,46 @@ def test_policy_relay_and_admin_networks(tmp_path):
     (http,) = calls(result, "start_http_listener")
     assert http["listen"] == "0.0.0.0:8000"
     assert http["trusted_hosts"] == ["127.0.0.1", "::1", "198.51.100.0/24"]
+
+
+@pytest.mark.parametrize("cloud, volume_id, paths", [
+    ("aws", "vol-0123456789abcdef0", ["/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0",
+                                      "/dev/xvdf", "/dev/sdf"]),
+    ("aws", None, ["/dev/xvdf", "/dev/sdf"]),
+    ("azure", None, ["/dev/disk/azure/data/by-lun/0", "/dev/disk/azure/scsi1/lun0"]),
+    ("gcp", None, ["/dev/disk/by-id/google-kumo-spool"]),
+])
+def test_block_spool_is_found_by_its_exact_identity(cloud, volume_id, paths, tmp_path):
+    os_key = "rocky9"
+    d, plan = build(cloud, os_key, "block")
+    assert spool_device_paths(cloud, "block", volume_id) == paths
+    renderer = render_startup_script if cloud == "gcp" else render_user_data
+    rendered = renderer(d, plan, spool_volume_id=volume_id)
+    env_text = (write_files(rendered)["/etc/kumo-infra/bootstrap.env"] if cloud != "gcp"
+                else _startup_file(rendered, "/etc/kumo-infra/bootstrap.env"))
+    env = source_env(env_text, tmp_path)
+    assert env["KUMO_SPOOL_DEVICE_PATHS"].split() == paths
+    # Never a pattern: each path names exactly one device.
+    assert not any(ch in p for p in paths for ch in "*?[")
+
+
+def test_local_nvme_carries_no_exact_paths():
+    assert spool_device_paths("aws", "local_nvme", "vol-0123456789abcdef0") == []
+
+
+@pytest.mark.parametrize("bad", ["vol-1 x", "vol-1/../x", "vol-$(id)", ""])
+def test_spool_volume_id_must_be_an_id(bad):
+    if bad == "":
+        # An empty id is "unknown yet" (Xen names only), not an error.
+        assert spool_device_paths("aws", "block", bad) == ["/dev/xvdf", "/dev/sdf"]
+        return
+    with pytest.raises(ValueError, match="spool_volume_id"):
+        spool_device_paths("aws", "block", bad)
+
+
+def _startup_file(script: str, path: str) -> str:
+    """The content the GCP startup script writes to ``path`` (it carries files base64-encoded)."""
+    lines = script.splitlines()
+    start = lines.index(f"base64 -d > {path}.kumo-new <<'KUMO_EOF'") + 1
+    end = lines.index("KUMO_EOF", start)
+    return base64.b64decode("".join(lines[start:end])).decode()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,37 @@ def _file(name: str) -> str:
     return (FILES / name).read_text()
 
 
-def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts) -> str:
+def spool_device_paths(cloud: str, spool_storage: str, spool_volume_id: str | None = None) -> list[str]:
+    """The exact device paths a block spool may appear as on ``cloud``; empty for local NVMe.
+
+    Each path names the one volume the component attached, never a pattern that matches every
+    volume: another volume (an old spool attached to drain it) must never be taken.
+    """
+    if spool_storage != "block":
+        return []
+    if spool_volume_id and not re.fullmatch(r"[A-Za-z0-9-]+", spool_volume_id):
+        raise ValueError(f"spool_volume_id {spool_volume_id!r} is not a volume id (letters, digits, hyphens)")
+    if cloud == "aws":
+        paths = []
+        if spool_volume_id:
+            # Nitro: the NVMe controller's serial number is the volume id without its hyphen, and
+            # udev links it as nvme-Amazon_Elastic_Block_Store_<serial> (AWS docs, "Amazon EBS and
+            # NVMe": "The EBS volume ID is the serial number of the device", e.g. vol01234567890abcdef).
+            paths.append(f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{spool_volume_id.replace('-', '')}")
+        # Xen instance types (t2): the component attaches the volume as /dev/sdf, which the
+        # Xen block front-end names xvdf.
+        return paths + ["/dev/xvdf", "/dev/sdf"]
+    if cloud == "azure":
+        # LUN 0 of the data disks; older images without the azure-vm-utils rules name it scsi1/lun0.
+        return ["/dev/disk/azure/data/by-lun/0", "/dev/disk/azure/scsi1/lun0"]
+    if cloud == "gcp":
+        # The component attaches the disk with device_name kumo-spool: Google's udev rules link it so.
+        return ["/dev/disk/by-id/google-kumo-spool"]
+    raise ValueError(f"unknown cloud {cloud!r}")
+
+
+def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts,
+                 *, spool_volume_id: str | None = None) -> str:
     spec = deployment.os_spec
     package = "kumomta" if deployment.kumomta.channel == "stable" else "kumomta-dev"
     other = "kumomta-dev" if package == "kumomta" else "kumomta"
@@ -66,6 +97,7 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_SPOOL_STORAGE": plan.spool_storage,
         "KUMO_SPOOL_FS": deployment.spool.filesystem,
         "KUMO_SPOOL_DEVICES": str(max(1, plan.nvme_count) if plan.spool_storage == "local_nvme" else 1),
+        "KUMO_SPOOL_DEVICE_PATHS": " ".join(spool_device_paths(deployment.cloud, plan.spool_storage, spool_volume_id)),
         "KUMO_LOG_RETENTION_DAYS": str(deployment.logs.retention_days),
         "KUMO_HTTP_PORT": str(HTTP_PORT),
         "KUMO_OUTBOUND_MODE": deployment.outbound_mode,
@@ -105,10 +137,12 @@ class NodeFile:
     permissions: str = "0644"
 
 
-def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts = Timeouts()) -> list[NodeFile]:
+def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts = Timeouts(),
+               *, spool_volume_id: str | None = None) -> list[NodeFile]:
     """Every file the bootstrap puts on a node, whichever way the cloud delivers them."""
     return [
-        NodeFile("/etc/kumo-infra/bootstrap.env", settings_env(deployment, plan, hostname, timeouts)),
+        NodeFile("/etc/kumo-infra/bootstrap.env",
+                 settings_env(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)),
         NodeFile("/etc/kumo-infra/init.lua", render_policy(deployment, hostname), "0600"),
         NodeFile("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
         NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted()),
@@ -134,8 +168,13 @@ def _header(hostname: str, node: int, plan: Plan) -> str:
             "result: /var/lib/kumo-infra/status.json\n")
 
 
-def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts()) -> str:
-    """The cloud-config for node ``node`` (0-based), exactly as the machine receives it (AWS, Azure)."""
+def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts(),
+                     *, spool_volume_id: str | None = None) -> str:
+    """The cloud-config for node ``node`` (0-based), exactly as the machine receives it (AWS, Azure).
+
+    ``spool_volume_id``: the id of the node's block spool volume on AWS (``vol-...``), known
+    once the volume exists; without it an AWS block spool is found only by its Xen names.
+    """
     hostname = _hostname_for(deployment, plan, node)
     doc = {
         "fqdn": hostname,
@@ -143,7 +182,7 @@ def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts
         "prefer_fqdn_over_hostname": True,
         "write_files": [
             {"path": f.path, "owner": "root:root", "permissions": f.permissions, "content": _Literal(f.content)}
-            for f in node_files(deployment, plan, hostname, timeouts)
+            for f in node_files(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)
         ],
         "runcmd": [["/usr/local/sbin/kumo-bootstrap", "all"]],
     }
@@ -151,7 +190,8 @@ def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts
             + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True))
 
 
-def render_startup_script(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts()) -> str:
+def render_startup_script(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts(),
+                          *, spool_volume_id: str | None = None) -> str:
     """The same bootstrap as a shell script, for GCP's startup-script.
 
     GCP runs it at every boot on every image, with or without cloud-init (its Rocky
@@ -160,7 +200,7 @@ def render_startup_script(deployment: Deployment, plan: Plan, node: int = 0, tim
     hostname = _hostname_for(deployment, plan, node)
     lines = ["#!/bin/bash", _header(hostname, node, plan).rstrip("\n"), "set -euo pipefail",
              "umask 022", f"hostnamectl set-hostname {shlex.quote(hostname)}"]
-    for f in node_files(deployment, plan, hostname, timeouts):
+    for f in node_files(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id):
         lines += [f"install -d -m 0755 {shlex.quote(str(Path(f.path).parent))}",
                   f"base64 -d > {shlex.quote(f.path)}.kumo-new <<'KUMO_EOF'",
                   *base64.encodebytes(f.content.encode()).decode().splitlines(), "KUMO_EOF",

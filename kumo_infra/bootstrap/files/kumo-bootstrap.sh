@@ -251,9 +251,8 @@ find_spool_devices() {
     local_nvme:aws) patterns=(/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*) ;;
     local_nvme:azure) patterns=(/dev/disk/azure/local/by-serial/* /dev/disk/azure/local/by-index/*) ;;
     local_nvme:gcp) patterns=(/dev/disk/by-id/google-local-nvme-ssd-*) ;;
-    block:aws) patterns=(/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_* /dev/xvdf /dev/sdf) ;;
-    block:azure) patterns=(/dev/disk/azure/data/by-lun/0 /dev/disk/azure/scsi1/lun0) ;;
-    block:gcp) patterns=(/dev/disk/by-id/google-kumo-spool) ;;
+    # The exact names of the one volume the component attached (kumo_infra.bootstrap.spool_device_paths).
+    block:*) read -r -a patterns <<<"$KUMO_SPOOL_DEVICE_PATHS" ;;
   esac
   for dev in ${patterns[@]+"${patterns[@]}"}; do
     [[ "$dev" == *-part* ]] && continue
