@@ -38,3 +38,14 @@ class ConfigError(ValueError):
         lines = [f"invalid configuration ({len(self.problems)} problems):"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A config value as an error message quotes it: control characters escaped, long values cut.
+
+    Messages reach terminals and CI logs; a hostile value must not reach them raw.
+    """
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit - 20]!r}... ({len(text):,} characters)"

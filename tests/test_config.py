@@ -45,7 +45,7 @@ def test_performance_profile_defaults_to_local_nvme():
     (deployment(network={"admin_cidrs": ["::/0"]}), "kumo:deployment.network.admin_cidrs[0]", "never opened"),
     (deployment(network={"admin_cidrs": ["10.0.0.0/8", "nonsense"]}), "kumo:deployment.network.admin_cidrs[1]", "not a CIDR"),
     (deployment(kumomta={"relay_cidrs": ["0.0.0.0/0"]}), "kumo:deployment.kumomta.relay_cidrs[0]", "open relay"),
-    (deployment(kumomta={"repo_url": "ftp://mirror"}), "kumo:deployment.kumomta.repo_url", "pattern"),
+    (deployment(kumomta={"repo_url": "ftp://mirror"}), "kumo:deployment.kumomta.repo_url", "an https:// URL"),
     (deployment(nodes=0), "kumo:deployment.nodes", "greater than or equal to 1"),
     (deployment(network={"submission_ports": [465]}), "kumo:deployment.network.submission_ports", "STARTTLS"),
     (deployment(network={"submission_ports": [587, 587]}), "kumo:deployment.network.submission_ports", "twice"),
@@ -55,7 +55,7 @@ def test_performance_profile_defaults_to_local_nvme():
      "kumo:deployment.azure.vnet_cidr", "not a CIDR block"),
     (deployment(cloud="azure", region="westeurope", os="ubuntu22", azure={"vnet_cidr": "2001:db8::/48"}),
      "kumo:deployment.azure.vnet_cidr", "IPv4 block between /8 and /29"),
-    (deployment(cloud="gcp", region="us-east1", gcp={"project": "p", "subnet_cidr": "0.0.0.0/0"}),
+    (deployment(cloud="gcp", region="us-east1", gcp={"project": "my-kumo-project", "subnet_cidr": "0.0.0.0/0"}),
      "kumo:deployment.gcp.subnet_cidr", "IPv4 block between /8 and /29"),
 ])
 def test_field_errors_name_the_key_path(raw, path, fragment):
@@ -76,15 +76,15 @@ def test_not_a_mapping():
 
 @pytest.mark.parametrize("raw, path, fragment", [
     (deployment(port25={"outbound": "relay"}), "kumo:deployment.port25.relay", "needs the smarthost"),
-    (deployment(cloud="gcp", region="us-central1", gcp={"project": "p"}, port25={"outbound": "direct"}),
+    (deployment(cloud="gcp", region="us-central1", gcp={"project": "my-kumo-project"}, port25={"outbound": "direct"}),
      "kumo:deployment.port25.outbound", "GCP blocks outbound port 25"),
-    (deployment(cloud="gcp", region="us-central1", gcp={"project": "p"}),
+    (deployment(cloud="gcp", region="us-central1", gcp={"project": "my-kumo-project"}),
      "kumo:deployment.port25.relay", "outbound: auto resolves to relay"),
     (deployment(cloud="azure", region="westeurope", port25={"outbound": "direct"}),
      "kumo:deployment.port25.outbound", "pay-as-you-go"),
     (deployment(cloud="gcp", region="us-central1", port25={"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "u"}}),
      "kumo:deployment.gcp.project", "project id"),
-    (deployment(gcp={"project": "p"}), "kumo:deployment.gcp", "cloud is 'aws'"),
+    (deployment(gcp={"project": "my-kumo-project"}), "kumo:deployment.gcp", "cloud is 'aws'"),
     (deployment(cloud="azure", region="westeurope", os="al2023", port25={"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "u"}}),
      "kumo:deployment.os", "no image on azure"),
     (deployment(sizing={"profile": "performance"}, spool={"storage": "block"}), "kumo:deployment.spool.storage", "local NVMe"),
