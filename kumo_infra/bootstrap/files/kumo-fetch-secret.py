@@ -8,8 +8,17 @@ Written by kumo-infra. Standard library only (it runs before anything is install
   gcp:<project>:<name>           Secret Manager, with the service account token from the metadata server
 
 No credential is stored on disk; the cloud decides by the machine's identity. Exit 2 on a
-malformed reference, 1 when the secret cannot be fetched (the message says why).
-The endpoint variables (KUMO_*_URL) exist so the tests can stand in for the clouds.
+malformed reference or environment, 1 when the secret cannot be fetched (the message says why).
+
+Every request goes through one opener: no proxy (the *_proxy variables are ignored: metadata
+requests must never leave the machine, and a token must never pass through a proxy), no
+redirect (a redirect would carry the bearer token or signed headers to another host), TLS
+verified against the system's trust store.
+
+Test mode: the KUMO_*_URL endpoint overrides and the KUMO_FETCH_SECRET_TEST_CA bundle exist so
+kumo-infra's tests can stand in for the clouds. They are read only with
+KUMO_FETCH_SECRET_TEST_MODE=1, only for loopback hosts, and the script refuses to run when one
+is set without test mode. Nothing kumo-infra renders sets them.
 Kept compatible with Python 3.6: Rocky and Alma 8 have only their platform python.
 """
 
@@ -17,8 +26,11 @@ import base64
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
+import re
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -27,11 +39,85 @@ from typing import Dict, List, Optional
 
 TIMEOUT = 10
 
+TEST_MODE_VARIABLE = "KUMO_FETCH_SECRET_TEST_MODE"
+TEST_CA_VARIABLE = "KUMO_FETCH_SECRET_TEST_CA"
+ENDPOINT_VARIABLES = ("KUMO_AWS_METADATA_URL", "KUMO_AWS_SECRETS_URL", "KUMO_AZURE_METADATA_URL",
+                      "KUMO_AZURE_VAULT_URL", "KUMO_GCP_METADATA_URL", "KUMO_GCP_SECRETS_URL")
+
+# What kumo-infra's references look like; anything else could steer a token or signed request
+# to another host (a region or vault URL is part of the host name), so it is refused.
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+\Z")
+# Secrets Manager names: letters, digits and /_+=.@- (AWS Secrets Manager API reference, CreateSecret Name).
+AWS_SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}\Z")
+# Key Vault: 3-24 letters, digits and hyphens, in Azure's public cloud (the DNS suffix kumo-infra renders).
+AZURE_VAULT_URL = re.compile(r"https://[A-Za-z0-9-]{3,24}\.vault\.azure\.net/?\Z")
+AZURE_SECRET_NAME = re.compile(r"[A-Za-z0-9-]{1,127}\Z")
+# GCP project ids: 6-30 lower-case letters, digits and hyphens, starting with a letter, not ending with a hyphen.
+GCP_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
+GCP_SECRET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}\Z")
+
+
+class EnvironmentRefused(ValueError):
+    """An endpoint override outside test mode, or one that is not on this machine."""
+
+
+class RedirectRefused(urllib.error.URLError):
+    def __init__(self, url: str, code: int, target: str) -> None:
+        super().__init__(f"{url} answered HTTP {code} redirecting to {target}: refused (never followed, "
+                         "so no token or signed request reaches another address)")
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    # A subclass of the default handler, so build_opener uses it instead of the default.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        raise RedirectRefused(req.full_url, code, newurl)
+
+
+def test_mode() -> bool:
+    return os.environ.get(TEST_MODE_VARIABLE) == "1"
+
+
+def check_environment() -> None:
+    overrides = [name for name in ENDPOINT_VARIABLES + (TEST_CA_VARIABLE,) if name in os.environ]
+    if overrides and not test_mode():
+        raise EnvironmentRefused(
+            f"{overrides[0]} is set, but endpoint overrides exist only for kumo-infra's tests "
+            f"({TEST_MODE_VARIABLE}=1); unset {', '.join(overrides)}")
+    for name in overrides:
+        if name == TEST_CA_VARIABLE:
+            continue
+        host = urllib.parse.urlsplit(os.environ[name]).hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise EnvironmentRefused(f"{name}={os.environ[name]}: test endpoints must be on this machine "
+                                     "(127.0.0.1, ::1 or localhost)")
+
+
+def endpoint(variable: str, default: str) -> str:
+    """The cloud's endpoint; a test's stand-in only in test mode."""
+    return os.environ.get(variable, default) if test_mode() else default
+
+
+def build_opener() -> urllib.request.OpenerDirector:
+    cafile = os.environ.get(TEST_CA_VARIABLE) if test_mode() else None
+    context = ssl.create_default_context(cafile=cafile)  # verifies the chain and the host name
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _RefuseRedirects(),
+                                       urllib.request.HTTPSHandler(context=context))
+
+
+_OPENER = None  # type: Optional[urllib.request.OpenerDirector]
+
 
 def _request(url: str, *, method: str = "GET", headers: Optional[Dict[str, str]] = None,
              body: Optional[bytes] = None) -> bytes:
+    global _OPENER
+    if _OPENER is None:
+        _OPENER = build_opener()
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=TIMEOUT) as response:  # noqa: S310 (fixed schemes)
+    with _OPENER.open(req, timeout=TIMEOUT) as response:
         return response.read()
 
 
@@ -66,13 +152,13 @@ def sigv4_headers(method: str, url: str, region: str, service: str, body: bytes,
 
 
 def fetch_aws(region: str, name: str) -> str:
-    imds = os.environ.get("KUMO_AWS_METADATA_URL", "http://169.254.169.254")
+    imds = endpoint("KUMO_AWS_METADATA_URL", "http://169.254.169.254")
     token = _request(f"{imds}/latest/api/token", method="PUT",
                      headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}).decode()
     auth = {"X-aws-ec2-metadata-token": token}
     role = _request(f"{imds}/latest/meta-data/iam/security-credentials/", headers=auth).decode().split()[0]
     creds = json.loads(_request(f"{imds}/latest/meta-data/iam/security-credentials/{role}", headers=auth))
-    url = os.environ.get("KUMO_AWS_SECRETS_URL", f"https://secretsmanager.{region}.amazonaws.com/")
+    url = endpoint("KUMO_AWS_SECRETS_URL", f"https://secretsmanager.{region}.amazonaws.com/")
     body = json.dumps({"SecretId": name}).encode()
     headers = {"content-type": "application/x-amz-json-1.1", "x-amz-target": "secretsmanager.GetSecretValue"}
     amz_date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -84,11 +170,11 @@ def fetch_aws(region: str, name: str) -> str:
 # -- Azure -------------------------------------------------------------------------------
 
 def fetch_azure(vault_url: str, name: str) -> str:
-    imds = os.environ.get("KUMO_AZURE_METADATA_URL", "http://169.254.169.254")
+    imds = endpoint("KUMO_AZURE_METADATA_URL", "http://169.254.169.254")
     query = urllib.parse.urlencode({"api-version": "2018-02-01", "resource": "https://vault.azure.net"})
     token = json.loads(_request(f"{imds}/metadata/identity/oauth2/token?{query}",
                                 headers={"Metadata": "true"}))["access_token"]
-    vault_url = os.environ.get("KUMO_AZURE_VAULT_URL", vault_url)
+    vault_url = endpoint("KUMO_AZURE_VAULT_URL", vault_url)
     url = f"{vault_url.rstrip('/')}/secrets/{urllib.parse.quote(name)}?api-version=7.4"
     return json.loads(_request(url, headers={"Authorization": f"Bearer {token}"}))["value"]
 
@@ -96,10 +182,10 @@ def fetch_azure(vault_url: str, name: str) -> str:
 # -- GCP ---------------------------------------------------------------------------------
 
 def fetch_gcp(project: str, name: str) -> str:
-    metadata = os.environ.get("KUMO_GCP_METADATA_URL", "http://metadata.google.internal")
+    metadata = endpoint("KUMO_GCP_METADATA_URL", "http://metadata.google.internal")
     token = json.loads(_request(f"{metadata}/computeMetadata/v1/instance/service-accounts/default/token",
                                 headers={"Metadata-Flavor": "Google"}))["access_token"]
-    api = os.environ.get("KUMO_GCP_SECRETS_URL", "https://secretmanager.googleapis.com")
+    api = endpoint("KUMO_GCP_SECRETS_URL", "https://secretmanager.googleapis.com")
     url = f"{api}/v1/projects/{project}/secrets/{name}/versions/latest:access"
     payload = json.loads(_request(url, headers={"Authorization": f"Bearer {token}"}))["payload"]["data"]
     return base64.b64decode(payload).decode()
@@ -109,18 +195,18 @@ def fetch(reference: str) -> str:
     cloud, _, rest = reference.partition(":")
     if cloud == "aws":
         region, _, name = rest.partition(":")
-        if region and name:
+        if AWS_REGION.match(region) and AWS_SECRET_NAME.match(name):
             return fetch_aws(region, name)
     elif cloud == "azure":
         vault, _, name = rest.rpartition(":")
-        if vault.startswith("https://") and name:
+        if AZURE_VAULT_URL.match(vault) and AZURE_SECRET_NAME.match(name):
             return fetch_azure(vault, name)
     elif cloud == "gcp":
         project, _, name = rest.partition(":")
-        if project and name:
+        if GCP_PROJECT.match(project) and GCP_SECRET_NAME.match(name):
             return fetch_gcp(project, name)
-    raise ValueError(f"malformed secret reference '{reference}' (aws:REGION:NAME, azure:VAULT_URL:NAME, "
-                     "gcp:PROJECT:NAME)")
+    raise ValueError(f"malformed secret reference '{reference}' (aws:REGION:NAME, "
+                     "azure:https://VAULT.vault.azure.net:NAME, gcp:PROJECT:NAME)")
 
 
 def main(argv: List[str]) -> int:
@@ -128,6 +214,7 @@ def main(argv: List[str]) -> int:
         print("usage: kumo-fetch-secret REFERENCE", file=sys.stderr)
         return 2
     try:
+        check_environment()
         value = fetch(argv[1])
     except ValueError as exc:
         print(f"kumo-fetch-secret: {exc}", file=sys.stderr)
@@ -135,6 +222,9 @@ def main(argv: List[str]) -> int:
     except urllib.error.HTTPError as exc:
         print(f"kumo-fetch-secret: {argv[1]}: HTTP {exc.code} {exc.reason} (does this machine's identity have "
               "read access to the secret yet? new grants can take minutes to apply)", file=sys.stderr)
+        return 1
+    except RedirectRefused as exc:
+        print(f"kumo-fetch-secret: {argv[1]}: {exc.reason}", file=sys.stderr)
         return 1
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         print(f"kumo-fetch-secret: {argv[1]}: {type(exc).__name__}: {exc}", file=sys.stderr)
