@@ -1,14 +1,16 @@
 """Render KumoMTA's policy, ``/opt/kumomta/etc/policy/init.lua``, from the deployment.
 
-Safe by construction: relaying only from loopback and ``kumomta.relay_cidrs``
-(an all-addresses entry is refused at validation), the HTTP API bound to
-loopback unless admin networks are configured and then trusting only them.
+Safe by construction: relaying only from loopback and ``kumomta.relay_cidrs`` (an
+all-addresses entry is refused at validation); the HTTP API trusts loopback only and is
+reachable from ``network.api_cidrs`` only through TLS and HTTP basic auth; no message is
+ever refused because of its headers (signing problems are logged, and the message is
+sent unsigned).
 """
 
 from __future__ import annotations
 
 from ..config import Deployment
-from ..secretspec import RELAY_PASSWORD_PATH, secret_specs
+from ..secretspec import API_PASSWORD_PATH, API_USER, RELAY_PASSWORD_PATH, secret_specs
 
 SPOOL_DIR = "/var/spool/kumomta"
 LOG_DIR = "/var/log/kumomta"
@@ -30,15 +32,69 @@ def lua_list(values: list[str] | tuple[str, ...]) -> str:
     return "{ " + ", ".join(lua_str(v) for v in values) + " }"
 
 
-def http_listen(deployment: Deployment) -> str:
-    # Bound to loopback unless operators need the API from their networks; then every
-    # address, with trust (and the cloud firewall) limited to those networks.
-    return f"0.0.0.0:{HTTP_PORT}" if deployment.network.admin_cidrs else f"127.0.0.1:{HTTP_PORT}"
+def render_api_listener(deployment: Deployment, hostname: str) -> str:
+    """The authenticated API listener and its basic-auth check, only with network.api_cidrs."""
+    if not deployment.network.api_cidrs:
+        return ""
+    return f"""
+  -- The API for network.api_cidrs (the cloud firewall opens {API_TLS_PORT} to them, never {HTTP_PORT}):
+  -- TLS, and HTTP basic auth checked by http_server_validate_auth_basic below. Without
+  -- tls_certificate/tls_private_key KumoMTA makes a self-signed certificate for `hostname` at
+  -- every start (crates/kumo-server-common/src/tls_helpers.rs make_server_config, called by
+  -- HttpListenerParams::tls_config in crates/kumo-server-common/src/http_server/mod.rs).
+  -- trusted_hosts stays loopback: a trusted peer needs no credentials at all
+  -- (crates/kumo-server-common/src/http_server/auth.rs auth_middleware).
+  kumo.start_http_listener {{
+    listen = '0.0.0.0:{API_TLS_PORT}',
+    hostname = {lua_str(hostname)},
+    use_tls = true,
+    trusted_hosts = {lua_list(LOOPBACK)},
+  }}
+"""
+
+
+def render_api_auth(deployment: Deployment) -> str:
+    if not deployment.network.api_cidrs:
+        return ""
+    return f"""
+-- HTTP basic auth for the API listener on {API_TLS_PORT}: one user, whose password kumo-infra
+-- generated and the node fetched at boot into a root:kumod 0640 file. Read at every check
+-- (kumod caches each credential's answer for 60 s, crates/kumo-server-common/src/http_server/
+-- auth.rs AUTH_CACHE), so a rotated password needs no restart. `true` makes the user an
+-- authenticated identity: KumoMTA's default ACL (assets/acls/default.toml) then lets it inject
+-- (POST /api/inject); the admin endpoints stay with trusted (loopback) peers. Any failure
+-- answers false (401): a raised error would answer 500 and is cached like a refusal.
+local API_USER = {lua_str(API_USER)}
+local API_PASSWORD_FILE = {lua_str(API_PASSWORD_PATH)}
+
+-- Every byte compared whatever the first difference, so the time taken says nothing about it.
+local function same_secret(a, b)
+  if #a ~= #b then return false end
+  local diff = 0
+  for i = 1, #a do
+    diff = diff | (a:byte(i) ~ b:byte(i))
+  end
+  return diff == 0
+end
+
+kumo.on('http_server_validate_auth_basic', function(user, password)
+  -- password is nil when the client sent a user name only (AuthKind::from_header).
+  if user ~= API_USER or type(password) ~= 'string' or password == '' then
+    return false
+  end
+  local loaded, expected = pcall(kumo.secrets.load, API_PASSWORD_FILE)
+  if not loaded then
+    kumo.log_error('HTTP API: refusing basic auth, the API password cannot be read:', expected)
+    return false
+  end
+  expected = expected:gsub('[\\r\\n]+$', '')
+  return same_secret(password, expected)
+end)
+"""
 
 
 def render_policy(deployment: Deployment, hostname: str) -> str:
     relay_hosts = [*LOOPBACK, *deployment.kumomta.relay_cidrs]
-    trusted = [*LOOPBACK, *deployment.network.admin_cidrs]
     purposes = {25: "Inbound SMTP from anywhere; relaying only for loopback and the configured networks."}
     purposes |= {port: f"Client submission on {port}: the same relay rules as port 25."
                  for port in deployment.network.submission_ports}
@@ -55,12 +111,12 @@ local kumo = require 'kumo'
 
 kumo.on('init', function()
 {listeners}
-  -- HTTP API (injection, metrics, liveness): trusted hosts only.
+  -- HTTP API on loopback (health checks, kcli on the node): loopback peers are trusted.
   kumo.start_http_listener {{
-    listen = {lua_str(http_listen(deployment))},
-    trusted_hosts = {lua_list(trusted)},
+    listen = '127.0.0.1:{HTTP_PORT}',
+    trusted_hosts = {lua_list(LOOPBACK)},
   }}
-
+{render_api_listener(deployment, hostname)}
   -- Spools on the dedicated spool disk.
   kumo.define_spool {{
     name = 'data',
@@ -79,7 +135,7 @@ kumo.on('init', function()
     max_segment_duration = '1 minute',
   }}
 end)
-{render_delivery(deployment)}"""
+{render_api_auth(deployment)}{render_delivery(deployment)}"""
 
 
 # Headers signed by DKIM: the ones receivers check, and that relays do not rewrite.
@@ -136,28 +192,17 @@ end)
 -- Direct delivery to each recipient's MX hosts on port 25.
 local function route(msg) end
 """)
-    entries = "".join(f"\n  [{lua_str(d)}] = {lua_str(path)}," for d, path in keys.items())
-    out.append(f"""
--- DKIM: one key per sending domain, generated by kumo-infra and fetched at boot from the
--- cloud's secret store. Messages from other domains are sent unsigned.
-local DKIM_SELECTOR = {lua_str(deployment.dkim.selector)}
-local DKIM_KEYS = {{{entries}
-}}
-
-local function sign(msg)
-  local from = msg:from_header()
-  local key = from and DKIM_KEYS[from.domain]
-  if key then
-    msg:dkim_sign(kumo.dkim.rsa_sha256_signer {{
-      domain = from.domain,
-      selector = DKIM_SELECTOR,
-      headers = {lua_list(DKIM_HEADERS)},
-      key = key,
-    }})
-  end
-end
-
--- Routing first, signing last: nothing may change the message after it is signed.
+    if not keys:
+        out.append("""
+-- No DKIM domains configured: messages leave unsigned, and their headers are not read.
+local function sign(msg) end
+""")
+    else:
+        out.append(render_signing(deployment.dkim.selector, keys))
+    out.append("""
+-- Routing first, signing last: nothing may change the message after it is signed. Neither
+-- raises: an error here would answer 421 to the SMTP client (crates/kumod/src/smtp_server.rs,
+-- the smtp_server_message_received call) or fail the injection, for every retry.
 kumo.on('smtp_server_message_received', function(msg)
   route(msg)
   sign(msg)
@@ -169,3 +214,56 @@ kumo.on('http_message_generated', function(msg)
 end)
 """)
     return "".join(out)
+
+
+def render_signing(selector: str, keys: dict[str, str]) -> str:
+    """DKIM signing by the From domain, which never raises into the injection path."""
+    # The keys' domains come lower-cased from the config (config._hostname), like the From
+    # domain is before the lookup: DNS names compare case-insensitively.
+    entries = "".join(f"\n  [{lua_str(d)}] = {lua_str(path)}," for d, path in keys.items())
+    return f"""
+-- DKIM: one key per sending domain, generated by kumo-infra and fetched at boot from the
+-- cloud's secret store. Messages from other domains are sent unsigned.
+local DKIM_SELECTOR = {lua_str(selector)}
+local DKIM_KEYS = {{{entries}
+}}
+
+-- The From header's domain, lower-cased; nil without a From header. KumoMTA raises when the
+-- header does not parse (crates/message/src/message.rs get_address_header) and when .domain
+-- is read from a group or several addresses (crates/message/src/address.rs single_address).
+local function from_domain(msg)
+  local from = msg:from_header()
+  return from and from.domain:lower()
+end
+
+-- Never raises: a From header KumoMTA cannot reduce to one domain, or a signer that cannot
+-- be built or applied (a missing key file), leaves the message unsigned with a log line.
+-- (pcall may span KumoMTA's async methods: Lua 5.4 yields across pcall.)
+local function sign(msg)
+  local read, domain = pcall(from_domain, msg)
+  if not read then
+    kumo.log_warn('DKIM: message', msg:id(), 'sent unsigned: its From header is not one address',
+      'KumoMTA can parse:', domain)
+    return
+  end
+  if domain == nil then
+    kumo.log_warn('DKIM: message', msg:id(), 'sent unsigned: it has no From header')
+    return
+  end
+  local key = DKIM_KEYS[domain]
+  if key == nil then
+    return
+  end
+  local signed, err = pcall(function()
+    msg:dkim_sign(kumo.dkim.rsa_sha256_signer {{
+      domain = domain,
+      selector = DKIM_SELECTOR,
+      headers = {lua_list(DKIM_HEADERS)},
+      key = key,
+    }})
+  end)
+  if not signed then
+    kumo.log_error('DKIM: message', msg:id(), 'sent unsigned: signing for', domain, 'failed:', err)
+  end
+end
+"""

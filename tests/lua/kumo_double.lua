@@ -1,61 +1,713 @@
--- A test double of KumoMTA's `kumo` Lua module, following its documented API
--- (docs/reference/kumo/*.md). It records what a policy asks for so tests can
--- assert on it, and lets a test fire events with fake messages.
-local M = { handlers = {}, calls = {} }
+-- A test double of KumoMTA's `kumo` Lua module, at least as strict as kumod for everything
+-- the rendered policy uses. Its tables come from kumo_api_facts.lua, generated from KumoMTA's
+-- Rust source (see the header of that file for the commit); the behaviours below cite the
+-- source files (repository KumoCorp/kumomta) they follow.
+--
+-- It records what a policy asks for (M.calls, M.logs) so tests can assert on it, and lets a
+-- test fire events with fake messages (M.new_message) whose headers really are parsed.
+local facts = require 'kumo_api_facts'
+
+local M = {
+  handlers = {}, -- event name -> handler (Single) or list of handlers (Multiple)
+  calls = {},    -- { fn = 'start_http_listener', args = {...} } in call order
+  logs = {},     -- { level = 'warn', message = '...' } from kumo.log_*
+  ignored_keys = {}, -- keys kumod would silently ignore (structs without deny_unknown_fields)
+  facts = facts,
+  -- Absolute keysource paths are read below this directory (a scratch root the test fills);
+  -- unset, every file keysource fails to load, as a missing file does in kumod.
+  root = os.getenv('KUMO_DOUBLE_ROOT'),
+}
+
+-- kumod raises mlua errors: userdata values with __tostring, not strings. Raising tables with
+-- __tostring here means a policy that concatenates an error (`'x' .. err`) fails in the double
+-- as it would in kumod, where the failure would escape the handler it was meant to protect.
+local KumoError = { __name = 'mlua::Error' }
+KumoError.__index = KumoError
+KumoError.__tostring = function(e) return 'runtime error: ' .. e.message end
+
+local function raise(message)
+  error(setmetatable({ message = message }, KumoError))
+end
+M.raise = raise
+
+local function is_kumo_error(value) return getmetatable(value) == KumoError end
+M.is_kumo_error = is_kumo_error
 
 local function record(name, args)
   table.insert(M.calls, { fn = name, args = args })
-  return args
 end
 
-function M.on(event, handler)
-  assert(type(event) == 'string', 'kumo.on: event name must be a string')
-  assert(type(handler) == 'function', 'kumo.on: handler must be a function')
-  -- KumoMTA allows one handler per event for most events; a second registration is a bug.
-  assert(M.handlers[event] == nil, 'kumo.on: handler for ' .. event .. ' registered twice')
-  M.handlers[event] = handler
+-- Values kumod hands back from kumo.make_* / kumo.dkim.*_signer: config events must return
+-- one of these, not a plain table (the event's return type is deserialized from it).
+local made = setmetatable({}, { __mode = 'k' })
+
+---------------------------------------------------------------------------- value checks
+-- Each follows serde's deserialization of the Rust type named in the facts.
+
+local function is_integer(v) return math.type(v) == 'integer' end
+
+-- crates/duration-serde/src/lib.rs: a humantime string ('1 minute', '5m') or seconds.
+local HUMANTIME_UNITS = {
+  nsec = true, ns = true, usec = true, us = true, msec = true, ms = true, seconds = true,
+  second = true, sec = true, s = true, minutes = true, minute = true, min = true, m = true,
+  hours = true, hour = true, hr = true, h = true, days = true, day = true, d = true,
+  weeks = true, week = true, w = true, months = true, month = true, M = true, years = true,
+  year = true, y = true,
+}
+local function is_humantime(s)
+  local any = false
+  for number, unit in s:gmatch('%s*(%d+)%s*(%a+)') do
+    if not HUMANTIME_UNITS[unit] then return false end
+    any = true
+  end
+  return any and s:gsub('%s*%d+%s*%a+', ''):match('^%s*$') ~= nil
 end
 
-local function table_arg(name)
-  return function(args)
-    assert(type(args) == 'table', 'kumo.' .. name .. ' takes a table')
-    return record(name, args)
+-- crates/cidr-map/src/map.rs parse_cidr: an address or CIDR; host bits set is an error.
+local function ipv4_bytes(s)
+  local a, b, c, d = s:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
+  if not a then return nil end
+  local bytes = { tonumber(a), tonumber(b), tonumber(c), tonumber(d) }
+  for _, x in ipairs(bytes) do if x > 255 then return nil end end
+  return bytes
+end
+
+local function cidr_problem(entry)
+  if type(entry) ~= 'string' then return 'not a string' end
+  local addr, prefix = entry:match('^([^/]+)/(%d+)$')
+  addr = addr or entry
+  local v4 = ipv4_bytes(addr)
+  if v4 then
+    local bits = tonumber(prefix or '32')
+    if bits > 32 then return 'prefix longer than 32' end
+    local value = ((v4[1] * 256 + v4[2]) * 256 + v4[3]) * 256 + v4[4]
+    local host = (1 << (32 - bits)) - 1
+    if value & host ~= 0 then return 'host bits set' end
+    return nil
+  end
+  if addr:find(':', 1, true) and addr:match('^[%x:.]+$') then
+    if tonumber(prefix or '128') > 128 then return 'prefix longer than 128' end
+    return nil -- IPv6 host bits are not checked by the double
+  end
+  return 'not an IP address or CIDR'
+end
+
+local check_struct -- forward
+
+local function check_value(where, spec, v)
+  local kind = spec.kind
+  if kind == 'string' then
+    if type(v) ~= 'string' then raise(where .. ': invalid type: ' .. type(v) .. ', expected a string') end
+  elseif kind == 'bool' then
+    if type(v) ~= 'boolean' then raise(where .. ': invalid type: ' .. type(v) .. ', expected a boolean') end
+  elseif kind == 'integer' then
+    if not is_integer(v) or v < spec.min or v > spec.max then
+      raise(where .. ': invalid value: ' .. tostring(v) .. ', expected ' .. spec.rust)
+    end
+  elseif kind == 'duration' then
+    if type(v) == 'number' then
+      if v < 0 then raise(where .. ': a negative duration') end
+    elseif type(v) ~= 'string' or not is_humantime(v) then
+      raise(where .. ': ' .. tostring(v) .. ' is not a duration (humantime string or seconds)')
+    end
+  elseif kind == 'enum' then
+    local ok = false
+    for _, variant in ipairs(spec.variants) do if v == variant then ok = true end end
+    if not ok then
+      raise(where .. ': unknown variant ' .. tostring(v) .. ', expected one of ' .. table.concat(spec.variants, ', '))
+    end
+  elseif kind == 'cidrs' then
+    if type(v) ~= 'table' then raise(where .. ': expected a list of IPs/CIDRs') end
+    for i, entry in ipairs(v) do
+      local problem = cidr_problem(entry)
+      if problem then raise(where .. '[' .. i .. ']: ' .. tostring(entry) .. ': ' .. problem) end
+    end
+  elseif kind == 'keysource' then
+    -- crates/data-loader/src/lib.rs: untagged KeySource; a plain string is a FILE PATH.
+    if type(v) == 'table' then
+      local data = type(v.key_data) == 'string'
+      local vault = type(v.vault_mount) == 'string' and type(v.vault_path) == 'string'
+      local event = type(v.event_name) == 'string' and type(v.event_args) == 'table'
+      if not (data or vault or event) then
+        raise(where .. ': data did not match any variant of untagged enum KeySource')
+      end
+    elseif type(v) ~= 'string' then
+      raise(where .. ': invalid type: ' .. type(v) .. ', expected a keysource (file path or table)')
+    end
+  elseif kind == 'strings' then
+    if type(v) ~= 'table' then raise(where .. ': expected a list of strings') end
+    for i, s in ipairs(v) do
+      if type(s) ~= 'string' then raise(where .. '[' .. i .. ']: expected a string') end
+    end
+  elseif kind == 'table' then
+    if type(v) ~= 'table' then raise(where .. ': invalid type: ' .. type(v) .. ', expected a table (' .. spec.rust .. ')') end
   end
 end
 
-M.start_esmtp_listener = table_arg('start_esmtp_listener')
-M.start_http_listener = table_arg('start_http_listener')
-M.define_spool = table_arg('define_spool')
-M.configure_local_logs = table_arg('configure_local_logs')
-M.make_egress_path = table_arg('make_egress_path')
-M.make_queue_config = table_arg('make_queue_config')
-M.make_listener_domain = table_arg('make_listener_domain')
+-- A table deserialized into a Rust struct: unknown keys raise where the struct has
+-- #[serde(deny_unknown_fields)] and are ignored (but noted) where it has not; fields without
+-- #[serde(default)] are required.
+check_struct = function(fn, struct, args)
+  if type(args) ~= 'table' then
+    raise(fn .. ': invalid type: ' .. type(args) .. ', expected struct ' .. struct.name .. ' [' .. struct.source .. ']')
+  end
+  for key, v in pairs(args) do
+    if type(key) ~= 'string' then
+      raise(fn .. ': positional entry in a table that ' .. struct.name .. ' reads by key [' .. struct.source .. ']')
+    end
+    local spec = struct.fields[key]
+    if spec == nil then
+      if struct.deny_unknown_fields then
+        raise(fn .. ": unknown field '" .. key .. "': " .. struct.name .. ' has deny_unknown_fields [' .. struct.source .. ']')
+      end
+      table.insert(M.ignored_keys, fn .. '.' .. key)
+    else
+      check_value(fn .. '.' .. key, spec, v)
+    end
+  end
+  for name, spec in pairs(struct.fields) do
+    if spec.required and args[name] == nil then
+      raise(fn .. ": missing field '" .. name .. "' [" .. struct.source .. ']')
+    end
+  end
+end
 
-M.dkim = {
-  rsa_sha256_signer = function(args)
-    assert(type(args.domain) == 'string' and type(args.selector) == 'string', 'dkim signer needs domain and selector')
-    assert(type(args.key) == 'string' or type(args.key) == 'table', 'dkim signer needs a key')
-    record('dkim.rsa_sha256_signer', args)
-    return { signer = args }
-  end,
-}
+local function copy(t)
+  if type(t) ~= 'table' then return t end
+  local out = {}
+  for k, v in pairs(t) do out[k] = copy(v) end
+  return out
+end
 
--- A fake message: meta values, sender/recipient, and the DKIM signatures applied.
-function M.new_message(sender, recipient)
-  local msg = { meta = {}, signed = {}, _sender = sender, _recipient = recipient, order = {} }
-  function msg:set_meta(k, v) self.meta[k] = v; table.insert(self.order, 'set_meta:' .. k) end
-  function msg:get_meta(k) return self.meta[k] end
-  function msg:sender() return { domain = self._sender:match('@(.+)$'), email = self._sender } end
-  function msg:recipient() return { domain = self._recipient:match('@(.+)$'), email = self._recipient } end
-  function msg:from_header() return { domain = self._sender:match('@(.+)$'), email = self._sender } end
-  function msg:dkim_sign(signer) table.insert(self.signed, signer); table.insert(self.order, 'dkim_sign') end
+------------------------------------------------------------------------------ keysources
+
+local function read_file(path)
+  if M.root == nil or path:sub(1, 1) ~= '/' then return nil end
+  local fh = io.open(M.root .. path, 'rb')
+  if not fh then return nil end
+  local data = fh:read('a')
+  fh:close()
+  return data
+end
+
+-- KeySource::get (crates/data-loader/src/lib.rs): a file that cannot be read is an error.
+function M.load_keysource(source)
+  check_value('keysource', { kind = 'keysource' }, source)
+  if type(source) == 'table' then
+    if source.key_data then return source.key_data end
+    raise('the double loads only file and key_data keysources')
+  end
+  local data = read_file(source)
+  if data == nil then raise('KeySource failed to load data from file `' .. source .. '`') end
+  return data
+end
+
+------------------------------------------------------------------------------- functions
+
+local implemented = {}
+
+local function struct_function(name)
+  local struct = assert(facts.structs[name], name .. ': no struct in the facts')
+  return function(args)
+    check_struct(name, struct, args)
+    local value = copy(args)
+    record(name:gsub('^kumo%.', ''), value)
+    made[value] = name
+    return value
+  end
+end
+
+implemented['kumo.start_esmtp_listener'] = struct_function('kumo.start_esmtp_listener')
+implemented['kumo.start_http_listener'] = struct_function('kumo.start_http_listener')
+implemented['kumo.define_spool'] = struct_function('kumo.define_spool')
+implemented['kumo.configure_local_logs'] = struct_function('kumo.configure_local_logs')
+implemented['kumo.make_egress_path'] = struct_function('kumo.make_egress_path')
+implemented['kumo.make_listener_domain'] = struct_function('kumo.make_listener_domain')
+
+local make_queue_config = struct_function('kumo.make_queue_config')
+implemented['kumo.make_queue_config'] = function(args)
+  -- protocol is DeliveryProto, an untagged enum (crates/kumod/src/queue/delivery_proto.rs):
+  -- a table that matches none of its variants is an error.
+  if type(args) == 'table' and args.protocol ~= nil then
+    local proto = facts.nested['kumo.make_queue_config.protocol']
+    local p = args.protocol
+    if type(p) ~= 'table' then raise('kumo.make_queue_config.protocol: expected a table [' .. proto.source .. ']') end
+    local matched = false
+    for _, key in ipairs(proto.variant_keys) do if p[key] ~= nil then matched = true end end
+    if not matched then
+      raise('kumo.make_queue_config.protocol: data did not match any variant of untagged enum DeliveryProto [' .. proto.source .. ']')
+    end
+    if p.smtp ~= nil then
+      check_struct('kumo.make_queue_config.protocol.smtp', facts.nested['kumo.make_queue_config.protocol.smtp'], p.smtp)
+    end
+  end
+  return make_queue_config(args)
+end
+
+-- crates/message/src/dkim.rs: SignerConfig (unknown keys silently ignored), then the key is
+-- loaded while the signer is built: a key that cannot be loaded raises here.
+local check_signer = struct_function('kumo.dkim.rsa_sha256_signer')
+implemented['kumo.dkim.rsa_sha256_signer'] = function(args)
+  local config = check_signer(args)
+  local signer = { signer = config, key_data = M.load_keysource(args.key) }
+  made[signer] = 'kumo.dkim.rsa_sha256_signer'
+  return signer
+end
+
+-- crates/data-loader/src/lib.rs register: kumo.secrets.load(keysource) -> the bytes.
+implemented['kumo.secrets.load'] = function(source)
+  local data = M.load_keysource(source)
+  record('secrets.load', source)
+  return data
+end
+
+-- crates/kumo-server-common/src/lib.rs: log_* take any values, joined with spaces.
+for _, level in ipairs({ 'error', 'warn', 'info', 'debug' }) do
+  implemented['kumo.log_' .. level] = function(...)
+    local parts = {}
+    for i = 1, select('#', ...) do parts[i] = tostring((select(i, ...))) end
+    table.insert(M.logs, { level = level, message = table.concat(parts, ' ') })
+  end
+end
+
+-- crates/kumo-server-common/src/lib.rs kumo.on: any event name is accepted by kumod (a
+-- misspelt one silently never fires; the double refuses it), a second handler for a Single
+-- event is an error, and so is kumo.on inside a running handler other than main.
+implemented['kumo.on'] = function(name, handler)
+  if type(name) ~= 'string' then raise('kumo.on: event name must be a string') end
+  if type(handler) ~= 'function' then raise('kumo.on: handler must be a function') end
+  if M.current_event ~= nil and M.current_event ~= 'main' then
+    raise("kumo.on('" .. name .. "', ...) from within the event handler '" .. M.current_event .. "'")
+  end
+  local event = facts.events[name]
+  if event == nil then
+    raise("kumo.on: '" .. name .. "' is not an event KumoMTA raises: kumod would accept it silently and it would never fire")
+  end
+  if not event.kumod then
+    raise("kumo.on: '" .. name .. "' is raised only by another KumoMTA daemon, never by kumod [" .. event.source .. ']')
+  end
+  if event.args and debug.getinfo(handler, 'u').nparams > #event.args then
+    raise("kumo.on: the handler for '" .. name .. "' declares more parameters than the event passes ("
+      .. table.concat(event.args, ', ') .. ') [' .. event.source .. ']')
+  end
+  if event.multiple then
+    M.handlers[name] = M.handlers[name] or {}
+    table.insert(M.handlers[name], handler)
+    return
+  end
+  if M.handlers[name] ~= nil then
+    raise(name .. ' event already has a handler defined [' .. event.source .. ']')
+  end
+  M.handlers[name] = handler
+end
+
+-- The `kumo` module: every name kumod registers, implemented above or raising when called;
+-- a name kumod does not register raises when read (in kumod it is nil, and calling it fails).
+local function build_module()
+  local modules = {}
+  local function module_for(path)
+    if modules[path] then return modules[path] end
+    local prefix = path
+    local mod = setmetatable({}, {
+      __index = function(_, key)
+        raise("kumo: '" .. prefix .. '.' .. tostring(key) .. "' is not a function kumod registers")
+      end,
+    })
+    modules[path] = mod
+    return mod
+  end
+  local root = module_for('kumo')
+  for name, info in pairs(facts.functions) do
+    if info.kumod then
+      local parts = {}
+      for part in name:gmatch('[^.]+') do table.insert(parts, part) end
+      local path = parts[1]
+      local parent = root
+      for i = 2, #parts - 1 do
+        path = path .. '.' .. parts[i]
+        local child = rawget(parent, parts[i])
+        if child == nil then
+          child = module_for(path)
+          rawset(parent, parts[i], child)
+        end
+        parent = child
+      end
+      rawset(parent, parts[#parts], implemented[name] or function()
+        raise(name .. ' is a real kumod function the double does not implement [' .. info.source .. ']')
+      end)
+    end
+  end
+  for name in pairs(implemented) do
+    assert(facts.functions[name] and facts.functions[name].kumod, name .. ' is implemented but kumod has no such function')
+  end
+  return root
+end
+
+local module = build_module()
+
+-------------------------------------------------------------------------- header parsing
+-- A recursive-descent parser for the RFC 5322 address-list grammar mailparsing implements
+-- (crates/mailparsing/src/rfc5322_parser.rs: address_list, address, mailbox, group,
+-- name_addr, angle_addr, addr_spec, with CFWS and quoted strings), all-consuming like its
+-- parse_with. Obsolete syntax and RFC 2047 decoding are not modelled: the double refuses
+-- some headers KumoMTA accepts, never the reverse for the forms tests use.
+
+local ATEXT = "[%w!#%$%%&'%*%+%-/=%?%^_`{|}~\128-\255]"
+
+local function cfws(s, i)
+  while true do
+    i = s:match('^[ \t\r\n]*()', i)
+    if s:sub(i, i) ~= '(' then return i end
+    local depth = 0
+    repeat
+      local c = s:sub(i, i)
+      if c == '' then return nil end
+      if c == '\\' then
+        i = i + 2
+      else
+        if c == '(' then depth = depth + 1 elseif c == ')' then depth = depth - 1 end
+        i = i + 1
+      end
+    until depth == 0
+  end
+end
+
+local function quoted_string(s, i)
+  i = cfws(s, i)
+  if i == nil or s:sub(i, i) ~= '"' then return nil end
+  local out, j = {}, i + 1
+  while true do
+    local c = s:sub(j, j)
+    if c == '' then return nil end
+    if c == '"' then break end
+    if c == '\\' then
+      c = s:sub(j + 1, j + 1)
+      if c == '' then return nil end
+      j = j + 1
+    end
+    table.insert(out, c)
+    j = j + 1
+  end
+  local after = cfws(s, j + 1)
+  if after == nil then return nil end
+  return table.concat(out), after
+end
+
+local function atom(s, i)
+  i = cfws(s, i)
+  if i == nil then return nil end
+  local text, j = s:match('^(' .. ATEXT .. '+)()', i)
+  if not text then return nil end
+  local after = cfws(s, j)
+  if after == nil then return nil end
+  return text, after
+end
+
+local function dot_atom(s, i)
+  i = cfws(s, i)
+  if i == nil then return nil end
+  local text, j = s:match('^(' .. ATEXT .. '+)()', i)
+  if not text then return nil end
+  while true do
+    local more, k = s:match('^%.(' .. ATEXT .. '+)()', j)
+    if not more then break end
+    text, j = text .. '.' .. more, k
+  end
+  local after = cfws(s, j)
+  if after == nil then return nil end
+  return text, after
+end
+
+local function word(s, i)
+  local w, j = atom(s, i)
+  if w then return w, j end
+  return quoted_string(s, i)
+end
+
+local function phrase(s, i)
+  local words = {}
+  local w, j = word(s, i)
+  if not w then return nil end
+  while w do
+    table.insert(words, w)
+    i = j
+    w, j = word(s, i)
+    if not w and s:sub(i, i) == '.' then w, j = '.', i + 1 end -- obs-phrase: "Dr. Who"
+  end
+  return table.concat(words, ' '), i
+end
+
+local function domain_literal(s, i)
+  i = cfws(s, i)
+  if i == nil then return nil end
+  local body, j = s:match('^(%[[^%[%]\\]*%])()', i)
+  if not body then return nil end
+  local after = cfws(s, j)
+  if after == nil then return nil end
+  return body, after
+end
+
+local function addr_spec(s, i)
+  local user, j = dot_atom(s, i)
+  if not user then user, j = quoted_string(s, i) end
+  if not user or s:sub(j, j) ~= '@' then return nil end
+  local domain, k = dot_atom(s, j + 1)
+  if not domain then domain, k = domain_literal(s, j + 1) end
+  if not domain then return nil end
+  return { user = user, domain = domain }, k
+end
+
+local function angle_addr(s, i)
+  i = cfws(s, i)
+  if i == nil or s:sub(i, i) ~= '<' then return nil end
+  local addr, j = addr_spec(s, i + 1)
+  if not addr or s:sub(j, j) ~= '>' then return nil end
+  local after = cfws(s, j + 1)
+  if after == nil then return nil end
+  return addr, after
+end
+
+local function mailbox(s, i)
+  local name, j = phrase(s, i)
+  local addr, k = angle_addr(s, j or i)
+  if addr then
+    addr.name = name
+    return addr, k
+  end
+  return addr_spec(s, i)
+end
+
+local function group(s, i)
+  local name, j = phrase(s, i)
+  if not name or s:sub(j, j) ~= ':' then return nil end
+  local members = {}
+  local k = cfws(s, j + 1)
+  if k == nil then return nil end
+  local first, next_k = mailbox(s, k)
+  if first then
+    table.insert(members, first)
+    k = next_k
+    while s:sub(k, k) == ',' do
+      local m, mk = mailbox(s, k + 1)
+      if not m then return nil end
+      table.insert(members, m)
+      k = mk
+    end
+  end
+  if s:sub(k, k) ~= ';' then return nil end
+  local after = cfws(s, k + 1)
+  if after == nil then return nil end
+  return { group = true, name = name, addresses = members }, after
+end
+
+local function address(s, i)
+  local m, j = mailbox(s, i)
+  if m then return m, j end
+  return group(s, i)
+end
+
+-- Header::as_address_list -> Parser::parse_address_list_header: one or more addresses,
+-- comma separated, consuming the whole value; anything else is a parse error.
+function M.parse_address_list(value)
+  local entries = {}
+  local entry, i = address(value, 1)
+  if not entry then return nil end
+  table.insert(entries, entry)
+  while value:sub(i, i) == ',' do
+    entry, i = address(value, i + 1)
+    if not entry then return nil end
+    table.insert(entries, entry)
+  end
+  if i <= #value then return nil end
+  return entries
+end
+
+------------------------------------------------------------------- address list userdata
+
+local function strict_object(kind, fields)
+  -- mlua userdata: reading a field that has no getter raises "attempt to get an unknown field".
+  return setmetatable({}, {
+    __name = kind,
+    __index = function(_, key)
+      local getter = fields[key]
+      if getter == nil then raise("attempt to get an unknown field '" .. tostring(key) .. "'") end
+      return getter()
+    end,
+    __newindex = function(_, key) raise("attempt to set an unknown field '" .. tostring(key) .. "'") end,
+  })
+end
+
+-- AddrSpec::encode_value: the local part as written when it is a dot-atom, quoted otherwise.
+local function email_of(addr)
+  local user = addr.user
+  local dot_atom = user ~= ''
+  for part in (user .. '.'):gmatch('(.-)%.') do
+    if not part:match('^' .. ATEXT .. '+$') then dot_atom = false end
+  end
+  if not dot_atom then user = '"' .. user:gsub('[\\"]', '\\%0') .. '"' end
+  return user .. '@' .. addr.domain
+end
+
+-- crates/message/src/address.rs impl UserData for HeaderAddress.
+local function header_address(addr)
+  return strict_object('HeaderAddress', {
+    user = function() return addr.user end,
+    domain = function() return addr.domain end,
+    email = function() return email_of(addr) end,
+    name = function() return addr.name end,
+  })
+end
+
+-- crates/message/src/address.rs impl UserData for HeaderAddressList: user, domain, email and
+-- name go through single_address(), which raises for a group or for several addresses.
+local function header_address_list(entries)
+  local function single()
+    if #entries == 0 then raise('no addresses') end
+    if #entries > 1 then raise('is not a simple single address') end
+    if entries[1].group then raise('is not a simple address') end
+    return entries[1]
+  end
+  local fields = {
+    user = function() return single().user end,
+    domain = function() return single().domain end,
+    email = function() return email_of(single()) end,
+    name = function() return single().name end,
+    list = function()
+      local flat = {}
+      for _, e in ipairs(entries) do
+        if e.group then
+          for _, a in ipairs(e.addresses) do table.insert(flat, header_address(a)) end
+        else
+          table.insert(flat, header_address(e))
+        end
+      end
+      return flat
+    end,
+  }
+  for name in pairs(fields) do
+    assert(facts.header_address_list_fields[name], 'HeaderAddressList has no field ' .. name)
+  end
+  return strict_object('HeaderAddressList', fields)
+end
+
+----------------------------------------------------------------------------- messages
+
+-- A fake message. headers: list of { name, value } in order (default: From = sender).
+-- Methods are those of crates/message/src/message.rs impl UserData for Message; one the
+-- double does not implement raises when called, a name Message does not have raises when read.
+function M.new_message(sender, recipient, headers)
+  local state = {
+    meta = {}, signed = {}, order = {},
+    sender = sender, recipient = recipient,
+    headers = headers or { { 'From', sender } },
+    id = nil,
+  }
+  M.message_count = (M.message_count or 0) + 1
+  state.id = string.format('%032x', M.message_count)
+  local msg = {}
+  local function own(self, method)
+    if self ~= msg then raise('Message:' .. method .. ': call it as msg:' .. method .. '(...)') end
+  end
+  local function envelope(addr)
+    return { email = addr, user = addr:match('^(.*)@'), domain = addr:match('@([^@]+)$') }
+  end
+  local function address_header(name)
+    for _, h in ipairs(state.headers) do
+      if h[1]:lower() == name:lower() then
+        local entries = M.parse_address_list(h[2])
+        if entries == nil then raise('failed to parse header ' .. h[1] .. ': ' .. h[2]) end
+        return header_address_list(entries)
+      end
+    end
+    return nil
+  end
+  local methods = {
+    id = function(self) own(self, 'id'); return state.id end,
+    set_meta = function(self, key, value)
+      own(self, 'set_meta')
+      if type(key) ~= 'string' then raise('set_meta: key must be a string') end
+      if type(value) == 'function' or type(value) == 'userdata' then raise('set_meta: value is not serializable') end
+      state.meta[key] = value
+      table.insert(state.order, 'set_meta:' .. key)
+    end,
+    get_meta = function(self, key) own(self, 'get_meta'); return state.meta[key] end,
+    sender = function(self) own(self, 'sender'); return envelope(state.sender) end,
+    recipient = function(self) own(self, 'recipient'); return envelope(state.recipient) end,
+    -- Message::get_address_header: nil without the header; a parse error raises.
+    get_address_header = function(self, name) own(self, 'get_address_header'); return address_header(name) end,
+    from_header = function(self) own(self, 'from_header'); return address_header('From') end,
+    to_header = function(self) own(self, 'to_header'); return address_header('To') end,
+    dkim_sign = function(self, signer)
+      own(self, 'dkim_sign')
+      if made[signer] ~= 'kumo.dkim.rsa_sha256_signer' then
+        raise('dkim_sign: expected a Signer from kumo.dkim.*_signer')
+      end
+      table.insert(state.signed, signer)
+      table.insert(state.order, 'dkim_sign')
+    end,
+  }
+  for name in pairs(methods) do assert(facts.message_methods[name], 'Message has no method ' .. name) end
+  setmetatable(msg, {
+    __name = 'Message',
+    __index = function(_, key)
+      if methods[key] then return methods[key] end
+      if facts.message_methods[key] then
+        return function() raise('Message:' .. key .. ' is real but the double does not implement it [' .. facts.message_methods[key] .. ']') end
+      end
+      raise("attempt to get an unknown field '" .. tostring(key) .. "'")
+    end,
+    __newindex = function(_, key) raise("attempt to set an unknown field '" .. tostring(key) .. "' on a Message") end,
+  })
+  M.message_state = M.message_state or setmetatable({}, { __mode = 'k' })
+  M.message_state[msg] = state
   return msg
 end
 
+function M.state_of(msg) return M.message_state[msg] end
+
+------------------------------------------------------------------------------- events
+
+-- What kumod deserializes an event's return value into (the 'returns' fact): config events
+-- need the value a kumo.make_* call made; auth events a bool or an AuthInfo table.
+local RETURN_CHECKS = {
+  EgressPathConfig = function(v) return made[v] == 'kumo.make_egress_path' end,
+  QueueConfig = function(v) return made[v] == 'kumo.make_queue_config' end,
+  ['SerdeWrappedValue<AuthKindResult>'] = function(v)
+    if type(v) == 'boolean' then return true end
+    if type(v) ~= 'table' then return false end
+    for key in pairs(v) do
+      if key ~= 'identities' and key ~= 'groups' and key ~= 'peer_address' then return false end
+    end
+    return true
+  end,
+}
+
+-- Calls the handler(s) of an event as kumod would; errors propagate to the caller.
 function M.fire(event, ...)
-  local handler = M.handlers[event]
-  if handler == nil then return nil end
-  return handler(...)
+  local info = assert(facts.events[event], 'the test fires an event KumoMTA does not have: ' .. event)
+  local registered = M.handlers[event]
+  if registered == nil then return nil end
+  local handlers = info.multiple and registered or { registered }
+  local previous = M.current_event
+  M.current_event = event
+  local result
+  for _, handler in ipairs(handlers) do
+    local ok, value = pcall(handler, ...)
+    if not ok then
+      M.current_event = previous
+      error(value, 0)
+    end
+    if value ~= nil then result = value break end
+  end
+  M.current_event = previous
+  local check = RETURN_CHECKS[info.returns]
+  -- A Multiple event whose handlers all return nil leaves kumod to its defaults.
+  if check and not (info.multiple and result == nil) and not check(result) then
+    raise(event .. ': the handler returned ' .. tostring(result) .. ', which kumod cannot use as ' .. info.returns
+      .. ' [' .. info.source .. ']')
+  end
+  return result
 end
 
+M.module = module
 return M

@@ -1,10 +1,19 @@
--- Usage: lua5.4 run_policy.lua POLICY [SCENARIO]
--- Loads POLICY with the `kumo` test double, fires the init event (and the
--- scenario's events), then prints what happened as JSON on stdout.
+-- Usage: lua5.4 run_policy.lua POLICY [SCENARIO [ARG...]]
+-- Loads POLICY with the strict `kumo` test double (kumo_double.lua), fires init, runs the
+-- scenario, then prints what happened as JSON on stdout. Any error the policy raises (or
+-- the double raises for it) ends the run with a non-zero exit and the message on stderr.
+--
+-- Scenarios:
+--   message [FROM...]   one received (SMTP) and one generated (HTTP) message per From header
+--                       value ('-' for a message without From; none given: From = sender),
+--                       then the egress path and queue config of the routing domain they got
+--   auth USER [PASSWORD]  http_server_validate_auth_basic(USER, PASSWORD or nil), its result
+--                       or the error it raised
+-- KUMO_DOUBLE_ROOT: a directory standing for / when a keysource file is read.
 local here = arg[0]:match('^(.*)/[^/]*$') or '.'
 package.path = here .. '/?.lua;' .. package.path
-local kumo = require 'kumo_double'
-package.loaded['kumo'] = kumo
+local double = require 'kumo_double'
+package.loaded['kumo'] = double.module
 
 local function to_json(v, seen)
   local t = type(v)
@@ -14,6 +23,7 @@ local function to_json(v, seen)
     return '"' .. v:gsub('[%c"\\]', function(c) return string.format('\\u%04x', c:byte()) end) .. '"'
   elseif t == 'function' then return '"<function>"'
   elseif t == 'table' then
+    if double.is_kumo_error(v) then return to_json(tostring(v)) end
     seen = seen or {}
     if seen[v] then return '"<cycle>"' end
     seen[v] = true
@@ -41,25 +51,36 @@ end
 
 local policy = assert(arg[1], 'policy path required')
 dofile(policy)
-kumo.fire('init')
-local result = { calls = kumo.calls, events = {} }
-for name in pairs(kumo.handlers) do table.insert(result.events, name) end
+double.fire('init')
+local result = { calls = double.calls, events = {}, logs = double.logs, ignored_keys = double.ignored_keys }
+for name in pairs(double.handlers) do table.insert(result.events, name) end
 table.sort(result.events)
 
 local scenario = arg[2]
 if scenario == 'message' then
-  -- An inbound message and a generated one, as KumoMTA hands them to the policy.
-  local received = kumo.new_message('news@example.com', 'user@gmail.com')
-  kumo.fire('smtp_server_message_received', received)
-  local generated = kumo.new_message('news@example.com', 'user@yahoo.com')
-  kumo.fire('http_message_generated', generated)
-  result.received = received
-  result.generated = generated
-  local routing = received.meta.routing_domain
-  if routing then
-    result.egress = kumo.fire('get_egress_path_config', routing, 'unspecified', 'mta')
-    result.queue = kumo.fire('get_queue_config', 'gmail.com', nil, nil, routing)
-    result.other_queue = kumo.fire('get_queue_config', 'gmail.com', nil, nil, nil)
+  local froms = { table.unpack(arg, 3) }
+  if #froms == 0 then froms = { 'news@example.com' } end
+  result.messages = {}
+  for _, from in ipairs(froms) do
+    local headers = from == '-' and { { 'Subject', 'no From header' } } or { { 'From', from } }
+    local received = double.new_message('news@example.com', 'user@gmail.com', headers)
+    double.fire('smtp_server_message_received', received, {})
+    local generated = double.new_message('news@example.com', 'user@yahoo.com', headers)
+    double.fire('http_message_generated', generated, {})
+    table.insert(result.messages, {
+      from = from, received = double.state_of(received), generated = double.state_of(generated),
+    })
   end
+  local routing = result.messages[1].received.meta.routing_domain
+  if routing then
+    result.egress = double.fire('get_egress_path_config', routing, 'unspecified', 'mta')
+    result.queue = double.fire('get_queue_config', 'gmail.com', nil, nil, routing)
+    result.other_queue = double.fire('get_queue_config', 'gmail.com', nil, nil, nil)
+  end
+elseif scenario == 'auth' then
+  local ok, value = pcall(double.fire, 'http_server_validate_auth_basic', arg[3], arg[4])
+  result.auth = ok and { raised = false, value = value } or { raised = true, error = tostring(value) }
+elseif scenario ~= nil then
+  error('unknown scenario ' .. scenario)
 end
 print(to_json(result))
