@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from kumo_infra import catalog, sizing
 from kumo_infra.catalog import Catalog, InstanceType
-from kumo_infra.errors import ConfigError
+from kumo_infra.errors import ConfigError, Problem
 
 
 def workload(**kw) -> sizing.Workload:
@@ -127,56 +128,143 @@ clouds = st.sampled_from(catalog.CLOUDS)
 rates = st.integers(min_value=1, max_value=30_000_000)
 sizes = st.floats(min_value=1, max_value=2_000, allow_nan=False)
 profiles = st.sampled_from(["minimal", "performance"])
+holds = st.floats(min_value=0.5, max_value=168, allow_nan=False)  # the config's bounds for hold_hours
 
 
-def _plan_or_none(w):
+def eligible(w: sizing.Workload, t: InstanceType) -> bool:
+    """The planner's hard per-type rules, restated: memory floor, architecture, NVMe, performance profile."""
+    if t.memory_gib < sizing.MIN_MEMORY_GIB or t.arch not in w.arches:
+        return False
+    if w.storage == "local_nvme" and not t.has_nvme:
+        return False
+    if w.profile == "performance":
+        return (t.vcpu >= sizing.PERFORMANCE_MIN_VCPU and t.baseline_gbps >= sizing.PERFORMANCE_MIN_NIC_GBPS
+                and not t.burstable_cpu)
+    return True
+
+
+def carried_within_max_nodes(w: sizing.Workload, t: InstanceType) -> bool:
+    """Whether MAX_NODES nodes of ``t`` carry the workload's rate, bandwidth and (on NVMe) spool."""
+    n = sizing.MAX_NODES
+    if n * sizing.node_capacity_per_hour(t) < w.messages_per_hour * w.headroom:
+        return False
+    if n * sizing.sustained_gbps(t) * 1000 < sizing.bandwidth_mbps(w.messages_per_hour, w.avg_message_kb) * w.headroom:
+        return False
+    return w.storage != "local_nvme" or sizing._spool_need_gb(w, n) <= t.nvme_gb
+
+
+def plan_or_refusal(w: sizing.Workload) -> sizing.Plan | None:
+    """The plan, or None when the planner refuses a workload that is really infeasible.
+
+    Any other error, or a refusal of a workload some type could carry, fails the test: a
+    property test must not pass by the planner raising.
+    """
+    cat = catalog.load(w.cloud)
     try:
-        return sizing.plan(w, catalog.load(w.cloud))
-    except ConfigError:
+        return sizing.plan(w, cat)
+    except ConfigError as exc:
+        (problem,) = exc.problems
+        if w.instance_type:
+            assert problem.path == "kumo:deployment.sizing.instance_type", problem
+            assert problem.message.startswith(f"'{w.instance_type}' cannot be used: "), problem
+            candidates = [cat.get(w.instance_type)]
+        else:
+            assert problem.path == "kumo:deployment.sizing", problem
+            assert problem.message.startswith("no instance type in the catalog fits this workload"), problem
+            candidates = list(cat.types)
+        feasible = [t.name for t in candidates if eligible(w, t) and carried_within_max_nodes(w, t)]
+        assert not feasible, f"refused, yet {feasible[:3]} carry it within {sizing.MAX_NODES} nodes: {problem}"
         return None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cloud=clouds, mph=rates, kb=sizes, profile=profiles)
-def test_every_plan_meets_every_constraint(cloud, mph, kb, profile):
-    storage = "local_nvme" if profile == "performance" else "block"
-    w = workload(cloud=cloud, messages_per_hour=mph, avg_message_kb=kb, profile=profile, storage=storage)
-    plan = _plan_or_none(w)
-    if plan is None:
-        return  # nothing fits (e.g. beyond 100 nodes); covered by the error tests
-    t = catalog.load(cloud).get(plan.instance_type)
-    assert plan.memory_gib >= sizing.MIN_MEMORY_GIB
-    assert plan.os_disk_gb >= sizing.MIN_DISK_GB
-    assert plan.nodes * sizing.node_capacity_per_hour(t) >= mph * w.headroom
-    assert plan.nodes * sizing.sustained_gbps(t) * 1000 >= sizing.bandwidth_mbps(mph, kb) * w.headroom - 1e-6
-    if profile == "performance":
-        assert t.has_nvme and t.vcpu >= 4 and t.baseline_gbps >= 10 and not t.burstable_cpu
-        assert plan.nodes * t.nvme_gb >= sizing._spool_need_gb(w, plan.nodes) * plan.nodes - 1e-6
-    if cloud == "aws" and t.vcpu < 32:
-        assert plan.sustained_gbps <= 5.0
+def test_every_plan_meets_every_constraint():
+    outcomes: collections.Counter = collections.Counter()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(cloud=clouds, mph=rates, kb=sizes, profile=profiles, hold=holds)
+    def check(cloud, mph, kb, profile, hold):
+        storage = "local_nvme" if profile == "performance" else "block"
+        w = workload(cloud=cloud, messages_per_hour=mph, avg_message_kb=kb, profile=profile, storage=storage,
+                     hold_hours=hold)
+        plan = plan_or_refusal(w)
+        outcomes["refused" if plan is None else "planned"] += 1
+        if plan is None:
+            return
+        t = catalog.load(cloud).get(plan.instance_type)
+        assert plan.memory_gib >= sizing.MIN_MEMORY_GIB
+        assert plan.os_disk_gb >= sizing.MIN_DISK_GB
+        assert plan.nodes * sizing.node_capacity_per_hour(t) >= mph * w.headroom
+        assert plan.nodes * sizing.sustained_gbps(t) * 1000 >= sizing.bandwidth_mbps(mph, kb) * w.headroom - 1e-6
+        if profile == "performance":
+            assert t.has_nvme and t.vcpu >= 4 and t.baseline_gbps >= 10 and not t.burstable_cpu
+            assert plan.nodes * t.nvme_gb >= sizing._spool_need_gb(w, plan.nodes) * plan.nodes - 1e-6
+        if cloud == "aws" and t.vcpu < 32:
+            assert plan.sustained_gbps <= 5.0
+
+    check()
+    # Most examples must really be planned: a planner that refused everything would pass the body.
+    assert outcomes["planned"] >= 100, outcomes
 
 
-@settings(max_examples=60, deadline=None)
-@given(cloud=clouds, mph=st.integers(min_value=1, max_value=8_000_000), kb=sizes)
-def test_plan_is_the_cheapest_fleet(cloud, mph, kb):
-    w = workload(cloud=cloud, messages_per_hour=mph, avg_message_kb=kb)
-    plan = _plan_or_none(w)
-    if plan is None:
-        return
-    for t in catalog.load(cloud).types:
-        other = _plan_or_none(workload(cloud=cloud, messages_per_hour=mph, avg_message_kb=kb, instance_type=t.name))
-        if other is not None:
-            assert plan.total_price_usd_hour <= other.total_price_usd_hour + 1e-9, (plan.instance_type, t.name)
+def test_plan_is_the_cheapest_fleet():
+    outcomes: collections.Counter = collections.Counter()
+
+    @settings(max_examples=60, deadline=None)
+    @given(cloud=clouds, mph=st.integers(min_value=1, max_value=8_000_000), kb=sizes)
+    def check(cloud, mph, kb):
+        plan = plan_or_refusal(workload(cloud=cloud, messages_per_hour=mph, avg_message_kb=kb))
+        assert plan is not None  # up to 8 M/h on block storage, every cloud has a fleet
+        outcomes["planned"] += 1
+        for t in catalog.load(cloud).types:
+            other = plan_or_refusal(workload(cloud=cloud, messages_per_hour=mph, avg_message_kb=kb,
+                                             instance_type=t.name))
+            outcomes["alternative refused" if other is None else "alternative compared"] += 1
+            if other is not None:
+                assert plan.total_price_usd_hour <= other.total_price_usd_hour + 1e-9, (plan.instance_type, t.name)
+
+    check()
+    assert outcomes["planned"] >= 50 and outcomes["alternative compared"] >= 50 * 10, outcomes
 
 
-@settings(max_examples=80, deadline=None)
-@given(cloud=clouds, a=rates, b=rates, kb=sizes)
-def test_more_mail_never_costs_less(cloud, a, b, kb):
-    lo, hi = sorted((a, b))
-    p_lo = _plan_or_none(workload(cloud=cloud, messages_per_hour=lo, avg_message_kb=kb))
-    p_hi = _plan_or_none(workload(cloud=cloud, messages_per_hour=hi, avg_message_kb=kb))
-    if p_lo and p_hi:
-        assert p_hi.total_price_usd_hour >= p_lo.total_price_usd_hour - 1e-9
+def test_more_mail_never_costs_less():
+    outcomes: collections.Counter = collections.Counter()
+
+    @settings(max_examples=80, deadline=None)
+    @given(cloud=clouds, a=rates, b=rates, kb=sizes)
+    def check(cloud, a, b, kb):
+        lo, hi = sorted((a, b))
+        p_lo = plan_or_refusal(workload(cloud=cloud, messages_per_hour=lo, avg_message_kb=kb))
+        p_hi = plan_or_refusal(workload(cloud=cloud, messages_per_hour=hi, avg_message_kb=kb))
+        if p_lo and p_hi:
+            outcomes["compared"] += 1
+            assert p_hi.total_price_usd_hour >= p_lo.total_price_usd_hour - 1e-9
+        else:
+            assert p_hi is None or p_lo is not None, "refused less mail but planned more"
+
+    check()
+    assert outcomes["compared"] >= 60, outcomes
+
+
+def test_refusals_of_infeasible_workloads_are_told_apart_from_other_errors(monkeypatch):
+    # The helper the properties rely on: a really infeasible workload counts as refused...
+    beyond = workload(cloud="gcp", messages_per_hour=30_000_000, avg_message_kb=2_000, profile="performance",
+                      storage="local_nvme", hold_hours=168)
+    assert plan_or_refusal(beyond) is None
+    # ...a feasible one refused with the same words does not...
+    def refuse_everything(w, cat):
+        raise ConfigError(Problem("kumo:deployment.sizing", "no instance type in the catalog fits this workload"))
+
+    monkeypatch.setattr(sizing, "plan", refuse_everything)
+    with pytest.raises(AssertionError, match="carry it within 100 nodes"):
+        plan_or_refusal(workload())
+
+    # ...and neither does any other error.
+    def wrong_key(w, cat):
+        raise ConfigError(Problem("kumo:deployment.nodes", "nodes is 0"))
+
+    monkeypatch.setattr(sizing, "plan", wrong_key)
+    with pytest.raises(AssertionError, match="kumo:deployment.nodes"):
+        plan_or_refusal(workload())
 
 
 def test_catalogs_cover_floors_nvme_families_and_64_vcpu():
