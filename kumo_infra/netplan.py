@@ -2,7 +2,9 @@
 
 Each cloud module turns these rules into its own resources (security group,
 NSG, VPC firewall), so the three clouds open exactly the same ports to exactly
-the same sources, and the safety rules are tested once, here.
+the same sources, and the safety rules are tested once, here. The sources are
+the validated lists of the config (``network.ssh_cidrs``, ``network.api_cidrs``),
+the same lists the policy is built from.
 """
 
 from __future__ import annotations
@@ -10,20 +12,21 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .bootstrap.policy import HTTP_PORT
+from .bootstrap.policy import API_TLS_PORT, HTTP_PORT
 from .config import Deployment
 
 WORLD_V4 = "0.0.0.0/0"
 WORLD_V6 = "::/0"
 WORLD = {"v4": WORLD_V4, "v6": WORLD_V6}
 SSH_PORT = 22
-# Ports the mail path needs on the way out: SMTP to MX hosts and smarthosts, DNS,
-# NTP, and HTTP(S) for packages and the cloud's own APIs (secrets, metadata).
-EGRESS: tuple[tuple[str, str, int], ...] = (
-    ("smtp", "tcp", 25),
-    ("submissions", "tcp", 465),
-    ("submission", "tcp", 587),
-    ("smtp-alt", "tcp", 2525),
+SMTP_PORT = 25
+# Rule names (the part of each firewall resource's name) of the outbound SMTP ports: unchanged
+# from earlier releases, so an existing stack keeps its rules and only loses the ones it no longer
+# needs. 465 has none: it is implicit TLS, which the config refuses for the relay.
+SMTP_EGRESS_NAMES = {25: "smtp", 587: "submission", 2525: "smtp-alt"}
+# What every node needs on the way out besides mail: DNS, NTP, and HTTP(S) for packages and the
+# cloud's own APIs (secrets, metadata where it is not link-local).
+SUPPORT_EGRESS: tuple[tuple[str, str, int], ...] = (
     ("dns-udp", "udp", 53),
     ("dns-tcp", "tcp", 53),
     ("ntp", "udp", 123),
@@ -54,23 +57,47 @@ class Rule:
         return [(family, cidrs) for family, cidrs in (("v4", self.ipv4), ("v6", self.ipv6)) if cidrs]
 
 
+def smtp_egress_ports(deployment: Deployment) -> list[int]:
+    """The one outbound SMTP port the delivery mode uses: 25 to MX hosts (direct), or the
+    smarthost's port (relay). Never 465: nothing delivers over implicit TLS (the config refuses it)."""
+    if deployment.outbound_mode == "relay":
+        relay = deployment.port25.relay
+        assert relay is not None  # Deployment.check refuses relay mode without a relay
+        return [relay.port]
+    return [SMTP_PORT]
+
+
 def firewall_rules(deployment: Deployment) -> list[Rule]:
-    """Every rule a node's firewall needs. Management ports only ever from admin_cidrs."""
-    admin = tuple(deployment.network.admin_cidrs)
+    """Every rule a node's firewall needs. SSH only from ssh_cidrs, the API's TLS listener only from
+    api_cidrs, the loopback listener (HTTP_PORT) never; each absent when its list is empty."""
     world = (WORLD_V4, WORLD_V6)
-    rules = [Rule("smtp", "ingress", "tcp", 25, world, "SMTP from the internet")]
-    for port in deployment.network.submission_ports:
+    net = deployment.network
+    rules = [Rule("smtp", "ingress", "tcp", SMTP_PORT, world, "SMTP from the internet")]
+    for port in net.submission_ports:
         rules.append(Rule(f"submission-{port}", "ingress", "tcp", port, world, f"client submission on {port}"))
-    if admin:
-        rules.append(Rule("ssh", "ingress", "tcp", SSH_PORT, admin, "SSH from admin networks"))
-        rules.append(Rule("kumo-api", "ingress", "tcp", HTTP_PORT, admin, "KumoMTA HTTP API from admin networks"))
-    for name, protocol, port in EGRESS:
+    if net.ssh_cidrs:
+        rules.append(Rule("ssh", "ingress", "tcp", SSH_PORT, tuple(net.ssh_cidrs), "SSH from the operators' networks"))
+    if net.api_cidrs:
+        # Named as before (when it was the plain port): an existing stack's rules are updated, not renamed.
+        rules.append(Rule("kumo-api", "ingress", "tcp", API_TLS_PORT, tuple(net.api_cidrs),
+                          "KumoMTA HTTP API (TLS, basic auth) from the API clients' networks"))
+    for port in smtp_egress_ports(deployment):
+        name = SMTP_EGRESS_NAMES[port]
+        rules.append(Rule(f"out-{name}", "egress", "tcp", port, world, f"outbound {name} ({port})"))
+    for name, protocol, port in SUPPORT_EGRESS:
         rules.append(Rule(f"out-{name}", "egress", protocol, port, world, f"outbound {name}"))
     return rules
 
 
 def management_ports() -> set[int]:
-    return {SSH_PORT, HTTP_PORT}
+    """Ports that must never be open to the world: SSH, the API's TLS listener, and the API's
+    plain loopback listener (which no rule ever opens)."""
+    return {SSH_PORT, API_TLS_PORT, HTTP_PORT}
+
+
+def never_opened_ports() -> set[int]:
+    """Ports no ingress rule may name at all: the plain-HTTP API listener is loopback only."""
+    return {HTTP_PORT}
 
 
 def is_world(cidr: str) -> bool:

@@ -53,8 +53,13 @@ def _mask(value: Any) -> Any:
 
 
 def run_plan(stack: StackConfig) -> dict[str, Any]:
+    """The plan of ``stack``. Raises ConfigError (the CLI exits 2) for input the program or a
+    component refuses, such as a bootstrap above AWS's user-data limit."""
     values, secret_keys = stack_config_values(stack)
-    result = offline.run(program.run, values, stack=stack.stack, secret_keys=secret_keys)
+    try:
+        result = offline.run(program.run, values, stack=stack.stack, secret_keys=secret_keys)
+    except program.StackConfigError as exc:
+        raise exc.config_error from None
     return _mask({
         "stack": stack.stack,
         "cloud": stack.deployment.cloud,

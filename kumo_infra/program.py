@@ -23,6 +23,16 @@ COMPONENTS = {
 }
 
 
+class StackConfigError(pulumi.RunError):
+    """Bad input found while the program runs, before any resource: Pulumi prints a RunError's
+    message alone, without a Python traceback; ``config_error`` keeps the problems (key paths) for
+    callers that report them themselves (``kumo-infra plan`` exits 2 with them)."""
+
+    def __init__(self, config_error: ConfigError) -> None:
+        super().__init__(str(config_error))
+        self.config_error = config_error
+
+
 def run() -> None:
     config = pulumi.Config("kumo")
     try:
@@ -30,8 +40,7 @@ def run() -> None:
         deployment = parse_deployment(raw)
         plan = plan_for(deployment)
     except ConfigError as exc:
-        # RunError makes Pulumi print the message alone, without a Python traceback.
-        raise pulumi.RunError(str(exc)) from None
+        raise StackConfigError(exc) from None
     for warning in warnings_for(deployment) + plan.warnings:
         pulumi.log.warn(warning)
 
@@ -44,7 +53,7 @@ def run() -> None:
     try:
         mta = component_cls(deployment.name, args)
     except ConfigError as exc:  # found by the component (e.g. no relay password), still before any resource
-        raise pulumi.RunError(str(exc)) from None
+        raise StackConfigError(exc) from None
 
     pulumi.export("sizing", plan.to_dict())
     pulumi.export("nodes", mta.nodes)
@@ -53,5 +62,5 @@ def run() -> None:
     pulumi.export("deliverability_records", mta.deliverability_records)
     pulumi.export("secret_names", mta.secret_names)
     pulumi.export("port25", mta.public_ips.apply(lambda ips: port25.report(deployment, plan, ips)))
-    if getattr(mta, "ssh_private_key", None) is not None:  # Azure, when no ssh_public_key was given
-        pulumi.export("ssh_private_key", mta.ssh_private_key)
+    # How to reach the HTTP API (URLs, user, where the password is kept), or null: loopback only.
+    pulumi.export("api", mta.api)

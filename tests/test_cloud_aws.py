@@ -9,6 +9,7 @@ import json
 
 import pulumi
 import pulumi_aws
+import pulumi_random
 import pytest
 import yaml
 
@@ -18,7 +19,7 @@ from kumo_infra.clouds import aws as aws_component
 from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
 from kumo_infra.stackconfig import plan_for
-from tests.conftest import ROOT, deployment
+from tests.conftest import ROOT, deployment, merged
 
 INSTANCE = "aws:ec2/instance:Instance"
 EIP = "aws:ec2/eip:Eip"
@@ -40,8 +41,9 @@ SECRET = "aws:secretsmanager/secret:Secret"
 VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 KEY_PAIR = "tls:index/privateKey:PrivateKey"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 COMPONENT = "kumo:index:AwsKumoMta"
-NOT_TAGGABLE = {RTA, ATTACH, PTR, RECORD, VERSION, ROLE_POLICY, KEY_PAIR}
+NOT_TAGGABLE = {RTA, ATTACH, PTR, RECORD, VERSION, ROLE_POLICY, KEY_PAIR, RANDOM_PASSWORD}
 TAGS = {"managed-by": "kumo-infra"}
 
 
@@ -169,7 +171,8 @@ def test_user_data_is_the_gzipped_bootstrap():
     assert "/usr/local/sbin/kumo-bootstrap" in text
     assert "fqdn: mta-dev.example.com" in text
     dep = parse_deployment(d)
-    assert text == render_user_data(dep, plan_of(d), 0)
+    # A block spool: the bootstrap names the node's own volume by its id (the mock engine's id).
+    assert text == render_user_data(dep, plan_of(d), 0, spool_volume_id="kumo-dev-node1-spool-id")
 
 
 def test_block_spool_is_a_retained_encrypted_gp3_volume(spy):
@@ -272,22 +275,35 @@ def _rules(r, token):
              x.inputs.get("cidrIpv4") or x.inputs.get("cidrIpv6")) for x in r.of_type(token)}
 
 
+SUPPORT_EGRESS = [("udp", 53), ("tcp", 53), ("udp", 123), ("tcp", 80), ("tcp", 443)]
+
+
 def test_firewall_is_exactly_the_planned_rules():
-    r = run(deployment(network={"admin_cidrs": ["203.0.113.0/24", "2001:db8::/32"], "submission_ports": [587]}))
+    ssh = ("203.0.113.0/24", "2001:db8::/32")
+    api = ("198.51.100.0/24",)
+    r = run(deployment(network={"ssh_cidrs": list(ssh), "api_cidrs": list(api), "submission_ports": [587]}))
     sg = r.one(SG)
     assert "ingress" not in sg.inputs and "egress" not in sg.inputs  # no inline rules to fight with
     assert sg.inputs["vpcId"] == "kumo-test-vpc-id"
     world = ("0.0.0.0/0", "::/0")
-    admin = ("203.0.113.0/24", "2001:db8::/32")
-    assert _rules(r, INGRESS) == {("tcp", p, p, c) for p, cidrs in ((25, world), (587, world), (22, admin),
-                                                                   (8000, admin)) for c in cidrs}
-    egress = [("tcp", 25), ("tcp", 465), ("tcp", 587), ("tcp", 2525), ("udp", 53), ("tcp", 53), ("udp", 123),
-              ("tcp", 80), ("tcp", 443)]
-    assert _rules(r, EGRESS) == {(proto, p, p, c) for proto, p in egress for c in world}
+    # SSH from ssh_cidrs, the API's TLS listener (8443) from api_cidrs; 8000 (loopback HTTP) never.
+    assert _rules(r, INGRESS) == {("tcp", p, p, c) for p, cidrs in ((25, world), (587, world), (22, ssh),
+                                                                   (8443, api)) for c in cidrs}
+    # Direct delivery: 25 out, nothing else for mail (no 465, no 587).
+    assert _rules(r, EGRESS) == {(proto, p, p, c) for proto, p in [("tcp", 25), *SUPPORT_EGRESS] for c in world}
     for rule in r.of_type(INGRESS) + r.of_type(EGRESS):
         assert rule.inputs["securityGroupId"] == "kumo-test-sg-id"
         assert ("cidrIpv4" in rule.inputs) != ("cidrIpv6" in rule.inputs)
     assert "kumo-test-sg-ssh-2001_db8__-32" in by_name(r, INGRESS)
+    # The API rule keeps the name it had on port 8000: an existing stack's rule is updated, not renamed.
+    assert "kumo-test-sg-kumo-api-198.51.100.0-24" in by_name(r, INGRESS)
+
+
+@pytest.mark.parametrize("port", [587, 2525])
+def test_relay_mode_egress_is_the_relays_port_and_never_25(spy, port):
+    r = run_secrets(deployment(port25={**RELAY, "relay": {**RELAY["relay"], "port": port}}), spy)
+    world = ("0.0.0.0/0", "::/0")
+    assert _rules(r, EGRESS) == {(proto, p, p, c) for proto, p in [("tcp", port), *SUPPORT_EGRESS] for c in world}
 
 
 def test_no_admin_cidrs_no_management_ports():
@@ -295,34 +311,41 @@ def test_no_admin_cidrs_no_management_ports():
     assert {x.inputs["fromPort"] for x in r.of_type(INGRESS)} == {25}
 
 
-def _firewall_inputs(r):
-    return [x.inputs for x in r.of_type(SG) + r.of_type(INGRESS) + r.of_type(EGRESS)]
+def _ingress_rules(r):
+    """Every ingress rule: the rule resources, and any inline rule of a security group."""
+    return [x.inputs for x in r.of_type(INGRESS)] + [rule for sg in r.of_type(SG) for rule in sg.inputs.get("ingress", [])]
 
 
-def _opens_management_port_to(inputs, cidrs):
-    found = []
-    for blocks in ([inputs], inputs.get("ingress", [])):
-        for rule in blocks:
-            if "fromPort" not in rule:
-                continue
-            ports = range(int(rule["fromPort"]), int(rule["toPort"]) + 1)
-            sources = [rule.get("cidrIpv4"), rule.get("cidrIpv6"), *rule.get("cidrBlocks", []),
-                       *rule.get("ipv6CidrBlocks", [])]
-            if (22 in ports or 8000 in ports or rule.get("ipProtocol") == "-1") and set(sources) & set(cidrs):
-                found.append(rule)
-    return found
+def _opens(rule, port):
+    return rule.get("ipProtocol") == "-1" or int(rule["fromPort"]) <= port <= int(rule["toPort"])
+
+
+def _sources(rule):
+    return {rule.get("cidrIpv4"), rule.get("cidrIpv6"), *rule.get("cidrBlocks", []),
+            *rule.get("ipv6CidrBlocks", [])} - {None}
 
 
 @pytest.mark.parametrize("d", [
     stack_deployment("aws-dev"), stack_deployment("aws-prod"),
-    deployment(network={"admin_cidrs": ["198.51.100.0/24", "2001:db8::/48"], "submission_ports": [587, 2525]}),
-], ids=["aws-dev", "aws-prod", "dual-stack-admin"])
+    deployment(network={"ssh_cidrs": ["198.51.100.0/24", "2001:db8::/48"], "api_cidrs": ["192.168.0.0/16"],
+                        "submission_ports": [587, 2525]}),
+    deployment(network={"admin_cidrs": ["198.51.100.0/24"]}),
+], ids=["aws-dev", "aws-prod", "dual-stack", "deprecated-admin-cidrs"])
 def test_management_ports_never_open_to_the_world(d):
     r = run(d)
-    ingress = [x for x in r.of_type(INGRESS) if x.inputs["fromPort"] in (22, 8000)]
-    assert ingress, "admin_cidrs are set: SSH and the API must be reachable from them"
-    for inputs in _firewall_inputs(r):
-        assert _opens_management_port_to(inputs, ["0.0.0.0/0", "::/0"]) == []
+    net = parse_deployment(d).network
+    assert net.ssh_cidrs or net.api_cidrs, "the case must open a management port for the check to mean anything"
+    rules = _ingress_rules(r)
+    for rule in rules:
+        if _opens(rule, 22):
+            assert _sources(rule) <= set(net.ssh_cidrs), rule
+        if _opens(rule, 8443):
+            assert _sources(rule) <= set(net.api_cidrs), rule
+        assert not _opens(rule, 8000), rule  # the plain-HTTP API listener is loopback only
+        if _opens(rule, 22) or _opens(rule, 8443):
+            assert not _sources(rule) & {"0.0.0.0/0", "::/0"}, rule
+    assert {rule["fromPort"] for rule in rules} >= ({22} if net.ssh_cidrs else set()) | (
+        {8443} if net.api_cidrs else set())
 
 
 # -- network choices ------------------------------------------------------------------
@@ -373,7 +396,7 @@ def test_bad_input_fails_before_any_resource(recorders, d, error, match):
 
 def test_component_refuses_another_clouds_deployment(recorders):
     def prog():
-        aws_component.AwsKumoMta("x", {"deployment": deployment(cloud="gcp", gcp={"project": "p"},
+        aws_component.AwsKumoMta("x", {"deployment": deployment(cloud="gcp", gcp={"project": "my-project"},
                                                                   port25={"outbound": "relay", "relay": {
                                                                       "host": "smtp.example.net",
                                                                       "username": "u"}})})
@@ -588,11 +611,207 @@ def test_role_reads_exactly_its_secrets(spy):
 
 
 def test_dkim_only_deployment_stores_only_the_keys(spy):
-    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
-    assert [x.inputs["name"] for x in r.of_type(SECRET)] == ["kumo-infra/kumo-prod/dkim-example-com-kumo"]
+    r = run_secrets(deployment(dkim={"domains": ["example.com"]}), spy, password=None)
+    assert [x.inputs["name"] for x in r.of_type(SECRET)] == ["kumo-infra/kumo-test/dkim-example-com-kumo"]
     (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
     assert statement["Resource"] == list(r.outputs["secret_arns"].values())
-    assert r.outputs["secret_names"] == ["kumo-infra/kumo-prod/dkim-example-com-kumo"]
+    assert r.outputs["secret_names"] == ["kumo-infra/kumo-test/dkim-example-com-kumo"]
+    assert r.of_type(RANDOM_PASSWORD) == [] and r.outputs["api"] is None  # no api_cidrs: no API password
+
+
+# -- the HTTP API's credentials (issue 8, point 6) ---------------------------------------------
+
+API_STORE = "kumo-infra/kumo-prod/api-password"
+API_VERSION = "kumo-prod-secret-api-password-version"
+# What the offline engine answers for the generated password (clouds/offline_common.py).
+API_PW = "offline-generated-password-of-kumo-prod-api-password"
+
+
+def test_api_password_is_generated_and_stored_like_the_other_secrets(spy):
+    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
+    generated = r.one(RANDOM_PASSWORD)
+    assert generated.name == "kumo-prod-api-password" and generated.parent == "kumo-prod"
+    assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
+    secrets = {x.inputs["name"]: x for x in r.of_type(SECRET)}
+    assert sorted(secrets) == sorted(["kumo-infra/kumo-prod/dkim-example-com-kumo", API_STORE])
+    assert secret_value(by_name(r, VERSION)[API_VERSION]) == API_PW
+    # The role reads it by its exact ARN, like the DKIM key; nothing else grants it.
+    (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
+    assert sorted(statement["Resource"]) == sorted(r.outputs["secret_arns"].values())
+    assert r.outputs["secret_arns"]["kumo-prod-secret-api-password"] in statement["Resource"]
+    # The node fetches it at boot into the path the policy reads, by the reference in secrets.list.
+    for vm in r.of_type(INSTANCE):
+        files = {f["path"]: f["content"] for f in yaml.safe_load(user_data_of(vm))["write_files"]}
+        listing = files["/etc/kumo-infra/secrets.list"].splitlines()
+        assert f"aws:us-east-1:{API_STORE}\t/opt/kumomta/etc/secrets/api-password" in listing
+
+
+def test_api_password_value_is_only_in_its_secret_version(spy):
+    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
+    assert holders(r, API_PW) == [API_VERSION]  # not in the user data, any other input, or an output
+
+
+def test_api_password_follows_lifecycle_protect(spy):
+    passwords = spy(pulumi_random, "RandomPassword")
+    run_secrets(merged(stack_deployment("aws-prod"), lifecycle={"protect": True}), spy, password=None)
+    assert passwords["kumo-prod-api-password"][1].protect is True
+
+
+def test_api_output_says_how_to_reach_the_api(spy):
+    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
+    api = r.outputs["api"]
+    nodes = r.outputs["nodes"]
+    assert api["endpoints"] == [{"hostname": n["hostname"], "url": f"https://{n['public_ip']}:8443"} for n in nodes]
+    assert api["user"] == "kumo-api"
+    assert api["secret_name"] == API_STORE
+    assert api["secret_reference"] == f"aws:us-east-1:{API_STORE}"
+    assert api["read_password"] == (f"aws secretsmanager get-secret-value --region us-east-1 --secret-id {API_STORE} "
+                                    "--query SecretString --output text")
+    assert api["allowed_from"] == ["198.51.100.0/24"]
+    assert "self-signed" in api["tls"]
+
+
+def test_no_api_cidrs_no_api_output_and_no_password(spy):
+    r = run_secrets(stack_deployment("aws-dev"), spy, password=None)
+    assert r.outputs["api"] is None
+    assert r.of_type(RANDOM_PASSWORD) == [] and r.of_type(SECRET) == []
+    assert 8443 not in {x.inputs["fromPort"] for x in r.of_type(INGRESS)}
+
+
+# -- the block spool is named by its volume id (issue 8, point 4) ------------------------------
+
+@pytest.fixture
+def registrations(monkeypatch):
+    """What the engine receives besides inputs, per resource name: ignoreChanges and dependencies."""
+    seen: dict[str, dict] = {}
+    original = offline._ParentRecordingMonitor.RegisterResource
+
+    def register(self, request):
+        seen[request.name] = {"ignore_changes": list(request.ignoreChanges),
+                              "dependencies": [urn.split("::")[-1] for urn in request.dependencies]}
+        return original(self, request)
+
+    monkeypatch.setattr(offline._ParentRecordingMonitor, "RegisterResource", register)
+    return seen
+
+
+def test_user_data_names_the_spool_volume_by_its_id(registrations):
+    r = run(deployment(nodes=2))
+    for vm in r.of_type(INSTANCE):
+        key = vm.name.split("-")[-2]  # node1, node2
+        volume = by_name(r, VOLUME)[f"kumo-test-{key}-spool"]
+        volume_id = f"{volume.name}-id"  # the mock engine's id of that volume
+        env = {f["path"]: f["content"] for f in yaml.safe_load(user_data_of(vm))["write_files"]}[
+            "/etc/kumo-infra/bootstrap.env"]
+        by_id = f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}"
+        assert by_id in env
+        # Its own volume only: the other node's is not named.
+        other = next(v for v in r.of_type(VOLUME) if v is not volume)
+        assert f"{other.name}-id".replace("-", "") not in env
+        # The machine waits for its volume (the id is an input), never the reverse: no cycle.
+        assert volume.name in registrations[vm.name]["dependencies"]
+        assert vm.name not in registrations[volume.name]["dependencies"]
+
+
+def test_naming_the_volume_does_not_replace_existing_machines(monkeypatch, registrations):
+    """A stack deployed by the previous release (user data without the volume id) plans the same
+    resources, and its machines differ only in the user data, which the engine is told to ignore."""
+    d = deployment(nodes=2)
+    new = run(d)
+    new_registrations = dict(registrations)
+    from kumo_infra.clouds import common
+
+    monkeypatch.setattr(aws_component, "render_user_data",
+                        lambda dep, plan, index, spool_volume_id=None: common.render_user_data(dep, plan, index))
+    old = run(d)
+    assert sorted((x.type, x.name) for x in old.resources) == sorted((x.type, x.name) for x in new.resources)
+    for before in old.resources:
+        after = next(x for x in new.resources if (x.type, x.name) == (before.type, before.name))
+        changed = {k for k in set(before.inputs) | set(after.inputs) if before.inputs.get(k) != after.inputs.get(k)}
+        if before.type == INSTANCE:
+            assert changed == {"userDataBase64"}
+            assert "userDataBase64" in new_registrations[before.name]["ignore_changes"]
+            assert after.inputs["userDataReplaceOnChange"] is False
+        else:
+            assert changed == set(), (before.name, changed)
+
+
+def test_opting_in_lets_the_bootstrap_replace_machines(registrations):
+    r = run(deployment(lifecycle={"replace_on_bootstrap_change": True}))
+    vm = r.one(INSTANCE)
+    assert "userDataBase64" not in registrations[vm.name]["ignore_changes"]
+    assert vm.inputs["userDataReplaceOnChange"] is True
+
+
+def test_local_nvme_user_data_names_no_volume():
+    r = run(stack_deployment("aws-prod"))
+    for vm in r.of_type(INSTANCE):
+        env = {f["path"]: f["content"] for f in yaml.safe_load(user_data_of(vm))["write_files"]}[
+            "/etc/kumo-infra/bootstrap.env"]
+        assert "Amazon_Elastic_Block_Store" not in env
+
+
+# -- AWS's 16 KiB user-data limit (issue 8, point 11) ------------------------------------------
+
+def too_many_dkim_domains(count: int = 150) -> list[str]:
+    """Domain names that compress badly: enough of them push the bootstrap past 16 KiB gzip-compressed."""
+    import random
+    import string
+
+    rnd = random.Random(8)
+    return ["".join(rnd.choice(string.ascii_lowercase) for _ in range(30)) + ".example" for _ in range(count)]
+
+
+def test_user_data_above_16_kib_is_refused_by_plan_with_exit_2(tmp_path):
+    from tests.test_cli import assert_bad_input, kumo
+
+    d = deployment(dkim={"domains": too_many_dkim_domains()})
+    config = tmp_path / "Pulumi.big.yaml"
+    config.write_text(yaml.safe_dump({"config": {"kumo:deployment": d}}))
+    result = kumo("plan", "--config", str(config))
+    assert_bad_input(result, "kumo:deployment", "bytes compressed", "16384 bytes of user data", "dkim.domains")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("spool", ["block", "local_nvme"])
+def test_user_data_above_16_kib_is_refused_before_any_resource(recorders, spool):
+    extra = {} if spool == "block" else {"sizing": {"profile": "performance"}}
+    d = deployment(dkim={"domains": too_many_dkim_domains()}, **extra)
+    with pytest.raises(pulumi.RunError, match=r"AWS accepts at most 16384 bytes of user data"):
+        run(d)
+    assert recorders and recorders[-1].resources == []
+
+
+def test_user_data_limit_is_aws_16_kib():
+    assert aws_component.AWS_USER_DATA_LIMIT == 16384
+
+
+def test_user_data_check_refuses_one_byte_over_and_keeps_room_for_the_volume_id():
+    cp = aws_component.prepare({"deployment": deployment()}, "aws")
+    node = cp.nodes[0]
+    size = len(base64.b64decode(aws_component.user_data_base64(node, aws_component.VOLUME_ID_EXAMPLE)))
+    room = aws_component.AWS_USER_DATA_LIMIT - size
+    assert room > 0, "the plain test deployment must fit AWS's limit for this test to mean anything"
+    aws_component.user_data_base64(node, aws_component.VOLUME_ID_EXAMPLE, reserve=room)  # exactly fits
+    with pytest.raises(ConfigError, match=rf"{room + 1} of them kept for the spool volume's id"):
+        aws_component.user_data_base64(node, aws_component.VOLUME_ID_EXAMPLE, reserve=room + 1)
+
+
+def test_volume_id_slack_covers_how_real_ids_compress():
+    """The check before any resource renders VOLUME_ID_EXAMPLE; a real id compresses within the slack."""
+    import random
+
+    cp = aws_component.prepare({"deployment": deployment(dkim={"domains": too_many_dkim_domains(40)})}, "aws")
+    node = cp.nodes[0]
+
+    def size(volume_id):
+        return len(base64.b64decode(aws_component.user_data_base64(node, volume_id, reserve=-10**6)))
+
+    example = size(aws_component.VOLUME_ID_EXAMPLE)
+    rnd = random.Random(4)
+    for _ in range(40):
+        volume_id = "vol-" + "".join(rnd.choice("0123456789abcdef") for _ in range(17))
+        assert size(volume_id) - example < aws_component.VOLUME_ID_SLACK
 
 
 def test_machines_wait_for_the_secrets_and_the_grant(spy):

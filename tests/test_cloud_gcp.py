@@ -28,12 +28,12 @@ FIREWALL = "gcp:compute/firewall:Firewall"
 DISK = "gcp:compute/disk:Disk"
 RECORD = "gcp:dns/recordSet:RecordSet"
 ACCOUNT = "gcp:serviceaccount/account:Account"
-IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
 NETWORK = "gcp:compute/network:Network"
 SECRET = "gcp:secretmanager/secret:Secret"
 SECRET_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"
 SECRET_ACCESS = "gcp:secretmanager/secretIamMember:SecretIamMember"
 TLS_KEY = "tls:index/privateKey:PrivateKey"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 ACCESSOR = "roles/secretmanager.secretAccessor"
 RELAY_PW = "s3cr3t-relay-pw"
 SUBNETWORK = "gcp:compute/subnetwork:Subnetwork"
@@ -194,20 +194,23 @@ def test_private_ip_is_the_first_nics_address(engine):
     assert [n["private_ip"] for n in result.outputs["nodes"]] == ["10.42.0.101", "10.42.0.102"]
 
 
-def test_dedicated_service_account_with_only_log_and_metric_roles(engine):
+def test_dedicated_service_account_without_any_project_role(engine):
     result = run(gcp_deployment())
     account = result.one(ACCOUNT)
     assert account.inputs["accountId"] == "kumo-test-mta"
     assert account.inputs["project"] == "test-project"
     email = f"{account.name}@placeholder.iam.gserviceaccount.com"
-    members = result.of_type(IAM_MEMBER)
-    assert sorted(m.inputs["role"] for m in members) == ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
-    assert {m.inputs["member"] for m in members} == {f"serviceAccount:{email}"}
-    assert {m.inputs["project"] for m in members} == {"test-project"}
+    # No project-level binding of any kind (nothing on the node writes logs or metrics to GCP).
+    assert not_project_wide(result) == []
     vm = result.one(INSTANCE)
     assert vm.inputs["serviceAccount"] == {"email": email, "scopes": ["cloud-platform"]}
-    # Roles are in place before the machine boots and starts logging.
-    assert set(engine[(INSTANCE, vm.name)].dependencies) >= {m.name for m in members}
+
+
+def not_project_wide(result: offline.OfflineResult) -> list[str]:
+    """Resources granting anything above a single secret: project, folder or organization IAM."""
+    return [f"{r.type} {r.name}" for r in result.resources
+            if r.type.split(":")[1].split("/")[0] in ("projects", "folder", "organizations")
+            or "IAM" in r.type and r.type != SECRET_ACCESS]
 
 
 def test_startup_script_carries_the_bootstrap(engine):
@@ -345,9 +348,9 @@ def _ranges(fw: offline.RecordedResource) -> list[str]:
     return fw.inputs.get("sourceRanges", []) + fw.inputs.get("destinationRanges", [])
 
 
-@pytest.mark.parametrize("admin", [[], ["203.0.113.0/24", "2001:db8::/32"]])
-def test_firewall_translates_every_rule_and_never_opens_management_to_the_world(engine, admin):
-    dep = gcp_deployment(network={"admin_cidrs": admin, "submission_ports": [587]})
+@pytest.mark.parametrize("ssh, api", [([], []), (["203.0.113.0/24", "2001:db8::/32"], ["198.51.100.0/24"])])
+def test_firewall_translates_every_rule_and_never_opens_management_to_the_world(engine, ssh, api):
+    dep = gcp_deployment(network={"ssh_cidrs": ssh, "api_cidrs": api, "submission_ports": [587]})
     result = run(dep)
     firewalls = result.of_type(FIREWALL)
     tag = result.one(INSTANCE).inputs["tags"]
@@ -360,8 +363,13 @@ def test_firewall_translates_every_rule_and_never_opens_management_to_the_world(
         assert len(versions) == 1, f"{fw.name} mixes address families"
         if i["direction"] == "INGRESS":
             assert "destinationRanges" not in i
-            if _ports(fw) & {22, 8000}:
+            if _ports(fw) & {22, 8443}:
                 assert not any(is_world(c) for c in i["sourceRanges"]), fw.name
+            if 22 in _ports(fw):
+                assert set(i["sourceRanges"]) <= set(ssh), fw.name
+            if 8443 in _ports(fw):
+                assert set(i["sourceRanges"]) <= set(api), fw.name
+            assert 8000 not in _ports(fw), fw.name  # the plain-HTTP listener is loopback only
         else:
             assert "sourceRanges" not in i
     allows = [fw for fw in firewalls if "allows" in fw.inputs]
@@ -372,12 +380,24 @@ def test_firewall_translates_every_rule_and_never_opens_management_to_the_world(
            for fw in allows for a in fw.inputs["allows"] for p in a["ports"] for c in _ranges(fw)}
     assert got == expected
     ingress_ports = {p for fw in allows if fw.inputs["direction"] == "INGRESS" for p in _ports(fw)}
-    if admin:
-        assert ingress_ports == {25, 587, 22, 8000}
-        ssh = sorted((fw for fw in allows if _ports(fw) == {22}), key=lambda f: f.name)
-        assert [fw.inputs["sourceRanges"] for fw in ssh] == [["203.0.113.0/24"], ["2001:db8::/32"]]
+    if ssh:
+        assert ingress_ports == {25, 587, 22, 8443}
+        by_port = sorted((fw for fw in allows if _ports(fw) == {22}), key=lambda f: f.name)
+        assert [fw.inputs["sourceRanges"] for fw in by_port] == [["203.0.113.0/24"], ["2001:db8::/32"]]
+        # The API rule keeps its earlier name (an update in place, not a new rule).
+        assert {fw.name for fw in allows if _ports(fw) == {8443}} == {"kumo-test-fw-kumo-api-v4"}
     else:
         assert ingress_ports == {25, 587}
+
+
+@pytest.mark.parametrize("port", [587, 2525])
+def test_egress_is_the_relays_port_and_never_25_or_465(engine, port):
+    dep = gcp_deployment(port25={"outbound": "relay", "relay": {"host": "smtp.relay.example.net", "port": port,
+                                                                 "username": "kumo"}})
+    result = run(dep)
+    egress = {(a["protocol"], int(p)) for fw in result.of_type(FIREWALL) if fw.inputs["direction"] == "EGRESS"
+              for a in fw.inputs.get("allows", []) for p in a["ports"]}
+    assert egress == {("tcp", port), ("udp", 53), ("tcp", 53), ("udp", 123), ("tcp", 80), ("tcp", 443)}
 
 
 def test_explicit_denies_sit_below_every_allow(engine):
@@ -476,7 +496,7 @@ def test_bad_config_stops_the_program_before_any_resource():
 
 
 @pytest.mark.parametrize("dep, match", [
-    (gcp_deployment(gcp={"project": "p", "subnetwork": "mail"}), r"kumo:deployment\.gcp\.network"),
+    (gcp_deployment(gcp={"project": "my-project", "subnetwork": "mail"}), r"kumo:deployment\.gcp\.network"),
     ({**gcp_deployment(), "cloud": "aws", "gcp": None, "region": "us-east-1"}, r"kumo:deployment\.cloud"),
     ({**gcp_deployment(), "sizing": {"messages_per_hour": 0}}, r"sizing\.messages_per_hour"),
     (gcp_deployment(), r"kumo:relayPassword"),  # relay mode (always, on GCP) with no password
@@ -535,8 +555,7 @@ def _assert_store_access(result: offline.OfflineResult, store_names: list[str], 
             assert r.type in (SECRET, SECRET_VERSION, SECRET_ACCESS), r.type
         if r.type != SECRET_ACCESS:
             assert "secretmanager" not in json.dumps(r.inputs.get("role", "")), (r.type, r.name)
-    assert sorted(m.inputs["role"] for m in result.of_type(IAM_MEMBER)) == [
-        "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    assert not_project_wide(result) == []
 
 
 def _assert_only_in(result: offline.OfflineResult, needle: str, version_name: str) -> None:
@@ -627,11 +646,9 @@ def test_no_secrets_means_no_secret_manager_access_at_all(engine, monkeypatch):
     result = run(gcp_deployment(), password=RELAY_PW)
     assert [r for r in result.resources if r.type.startswith("gcp:secretmanager/") or r.type == TLS_KEY] == []
     assert RELAY_PW not in json.dumps([r.inputs for r in result.resources])
-    assert sorted(m.inputs["role"] for m in result.of_type(IAM_MEMBER)) == [
-        "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    assert not_project_wide(result) == [] and result.of_type(SECRET_ACCESS) == []
     vm = result.one(INSTANCE)
     deps = engine[(INSTANCE, vm.name)].dependencies
-    assert set(deps) >= {m.name for m in result.of_type(IAM_MEMBER)}
     assert not [d for d in deps if d.endswith(("-secret", "-version", "-access"))]
     assert result.outputs["secret_names"] == []
     assert result.outputs["deliverability_records"] == []
@@ -646,3 +663,42 @@ def test_secrets_are_parented_to_the_component(engine):
     result, dep = run_stack(dkim_domains=["example.com"])
     for token in (SECRET, SECRET_VERSION, SECRET_ACCESS, TLS_KEY):
         assert {r.parent for r in result.of_type(token)} == {dep["name"]}
+
+
+# -- the HTTP API's credentials (issue 8, point 6) ---------------------------------------------
+
+API_CIDRS = ["198.51.100.0/24"]
+API_PW = "offline-generated-password-of-kumo-test-api-password"  # the offline engine's answer
+
+
+def test_api_password_is_generated_stored_and_readable_only_by_the_nodes(engine):
+    result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}), password=RELAY_PW)
+    generated = result.one(RANDOM_PASSWORD)
+    assert generated.name == "kumo-test-api-password" and generated.parent == "kumo-test"
+    assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
+    stores = ["kumo-test-relay-password", "kumo-test-api-password"]
+    _assert_store_access(result, stores, "test-project")
+    version = next(v for v in result.of_type(SECRET_VERSION) if v.name == "kumo-test-api-password-version")
+    assert _secret_value(version.inputs["secretData"]) == API_PW
+    _assert_only_in(result, API_PW, version.name)
+    for vm in result.of_type(INSTANCE):
+        listing = decoded_files(startup_script(vm))["/etc/kumo-infra/secrets.list"].splitlines()
+        assert "gcp:test-project:kumo-test-api-password\t/opt/kumomta/etc/secrets/api-password" in listing
+        assert {version.name, "kumo-test-api-password-access"} <= set(engine[(INSTANCE, vm.name)].dependencies)
+
+
+def test_api_output_names_the_urls_user_and_secret(engine):
+    result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}))
+    api = result.outputs["api"]
+    assert [e["url"] for e in api["endpoints"]] == [f"https://{ip}:8443" for ip in result.outputs["public_ips"]]
+    assert [e["hostname"] for e in api["endpoints"]] == ["mta1.example.com", "mta2.example.com"]
+    assert api["user"] == "kumo-api" and api["secret_name"] == "kumo-test-api-password"
+    assert api["read_password"] == ("gcloud secrets versions access latest --secret=kumo-test-api-password "
+                                    "--project=test-project")
+    assert api["allowed_from"] == API_CIDRS
+
+
+def test_no_api_cidrs_no_api_password(engine):
+    result = run(gcp_deployment())
+    assert result.outputs["api"] is None and result.of_type(RANDOM_PASSWORD) == []
+    assert "kumo-test-api-password" not in [s.inputs["secretId"] for s in result.of_type(SECRET)]

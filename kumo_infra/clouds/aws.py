@@ -22,7 +22,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
-from ..bootstrap import AWS_USER_DATA_LIMIT, compressed
+from ..bootstrap import AWS_USER_DATA_LIMIT, compressed, render_user_data
 from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
@@ -37,7 +37,14 @@ BOOTSTRAP_PROPS = ["userDataBase64"]
 # machine for that would lose the mail on local NVMe spools. The image is chosen when a
 # machine is created; the OS is kept current by its package manager.
 IMAGE_PROPS = ["ami"]
-SPOOL_DEVICE = "/dev/sdf"  # kumo-bootstrap finds it as nvme-Amazon_Elastic_Block_Store_* (or /dev/xvdf, /dev/sdf)
+# Xen instance types name it /dev/xvdf; on Nitro the bootstrap finds it by the volume's id, which the
+# NVMe controller reports as its serial number (bootstrap.spool_device_paths).
+SPOOL_DEVICE = "/dev/sdf"
+# The shape of an EBS volume id ("vol-" and 17 hex digits): the user-data size check runs before any
+# resource exists, with this id in place of the real one, which compresses a few bytes differently
+# (measured: within 5 bytes over random ids), hence the slack.
+VOLUME_ID_EXAMPLE = "vol-0123456789abcdef0"
+VOLUME_ID_SLACK = 32
 EC2_ASSUME_ROLE_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{
@@ -52,13 +59,31 @@ SECRET_READ_ACTION = "secretsmanager:GetSecretValue"
 SECRET_RECOVERY_DAYS = 7
 
 
-def user_data_base64(node: NodePlan) -> str:
-    """The node's cloud-config, gzip-compressed (cloud-init inflates it) and base64-encoded."""
-    packed = compressed(node.user_data)
-    if len(packed) > AWS_USER_DATA_LIMIT:
-        raise ConfigError(f"the bootstrap of {node.hostname} is {len(packed)} bytes compressed, above AWS's "
-                          f"{AWS_USER_DATA_LIMIT}-byte user-data limit", "kumo:deployment")
+def user_data_base64(node: NodePlan, spool_volume_id: Optional[str] = None, *, reserve: int = 0) -> str:
+    """The node's cloud-config, gzip-compressed (cloud-init inflates it) and base64-encoded.
+
+    AWS refuses user data above 16 KiB (the limit applies to the raw bytes, before base64); a
+    bootstrap that does not fit, with ``reserve`` bytes to spare, is refused naming what makes it grow."""
+    text = (node.user_data if spool_volume_id is None else
+            render_user_data(node.deployment, node.plan, node.index, spool_volume_id=spool_volume_id))
+    packed = compressed(text)
+    if len(packed) > AWS_USER_DATA_LIMIT - reserve:
+        room = f" ({reserve} of them kept for the spool volume's id)" if reserve else ""
+        raise ConfigError(f"the bootstrap of {node.hostname} is {len(packed)} bytes compressed and AWS accepts "
+                          f"at most {AWS_USER_DATA_LIMIT} bytes of user data{room}; the policy grows with each "
+                          "dkim.domains entry: split the domains across deployments", "kumo:deployment")
     return base64.b64encode(packed).decode()
+
+
+def check_user_data_fits(cp: ComponentPlan) -> None:
+    """Refuse, before any resource, a bootstrap AWS would refuse (with a block spool, the user data
+    carries the volume's id, known only once the volume exists: checked with an id of the same shape)."""
+    block = cp.plan.spool_storage == "block"
+    for node in cp.nodes:
+        if block:
+            user_data_base64(node, VOLUME_ID_EXAMPLE, reserve=VOLUME_ID_SLACK)
+        else:
+            user_data_base64(node)
 
 
 def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
@@ -89,7 +114,7 @@ class AwsKumoMta(KumoMtaComponent):
         cfg = cp.deployment.aws or AwsSection()
         owners, filters = ami_filters(cp)
         created_subnet_cidr = None if cfg.subnet_id else subnet_cidr(cfg.vpc_cidr)
-        user_data = {node.key: user_data_base64(node) for node in cp.nodes}
+        check_user_data_fits(cp)
 
         super().__init__(TYPE, name, {"deployment": args["deployment"]}, opts)
         tags = base_tags(name)
@@ -154,6 +179,17 @@ class AwsKumoMta(KumoMtaComponent):
         public_ips: list[pulumi.Output[str]] = []
         for node in cp.nodes:
             prefix = f"{name}-{node.key}"
+            spool: Optional[aws.ebs.Volume] = None
+            user_data: pulumi.Input[str]
+            if cp.plan.spool_storage == "block":
+                # The volume exists before the machine, so the machine's bootstrap can name it by its id:
+                # the node then takes exactly this volume for its spool, never another one attached to it.
+                spool = self._spool_volume(prefix, cp, zone, tags)
+                user_data = spool.id.apply(lambda volume_id, node=node: user_data_base64(node, volume_id))
+            else:
+                # local_nvme: the d-types' instance store is attached automatically (block device
+                # mappings do not matter); kumo-bootstrap finds it by its model name and RAIDs it.
+                user_data = user_data_base64(node)
             # ENA networking comes with the AMI and the instance type: no switch on Instance.
             instance = aws.ec2.Instance(
                 f"{prefix}-instance",
@@ -164,7 +200,8 @@ class AwsKumoMta(KumoMtaComponent):
                 iam_instance_profile=self.instance_profile.name,
                 key_name=cfg.key_name,
                 associate_public_ip_address=False,  # the Elastic IP is the public address
-                user_data_base64=user_data[node.key],
+                # Ignored on a running machine (machine_options): a new release's bootstrap never replaces it.
+                user_data_base64=user_data,
                 user_data_replace_on_change=bootstrap_replaces,
                 metadata_options={"http_tokens": "required", "http_endpoint": "enabled",
                                   "http_put_response_hop_limit": 1},
@@ -191,10 +228,8 @@ class AwsKumoMta(KumoMtaComponent):
                 aws.ec2.EipDomainName(f"{prefix}-ptr", allocation_id=eip.allocation_id,
                                       domain_name=node.hostname, opts=child(self, depends_on=ptr_after))
 
-            if cp.plan.spool_storage == "block":
-                self._block_spool(prefix, cp, zone, instance, tags)
-            # local_nvme: the d-types' instance store is attached automatically (block device
-            # mappings do not matter); kumo-bootstrap finds it by its by-id name and RAIDs it.
+            if spool is not None:
+                self._attach_spool(prefix, spool, instance)
 
             node_outputs.append(node_output(cp, node, public_ip=eip.public_ip, private_ip=instance.private_ip))
             public_ips.append(eip.public_ip)
@@ -243,14 +278,16 @@ class AwsKumoMta(KumoMtaComponent):
                     from_port=rule.port, to_port=rule.port, description=rule.description,
                     tags={**tags, "Name": f"{name}-{rule.name}"}, **address, opts=child(self))
 
-    def _block_spool(self, prefix: str, cp: ComponentPlan, zone: pulumi.Input[str], instance: aws.ec2.Instance,
-                     tags: dict[str, str]) -> None:
-        volume = aws.ebs.Volume(
+    def _spool_volume(self, prefix: str, cp: ComponentPlan, zone: pulumi.Input[str],
+                      tags: dict[str, str]) -> aws.ebs.Volume:
+        return aws.ebs.Volume(
             f"{prefix}-spool", availability_zone=zone, size=cp.plan.spool_gb_per_node, type="gp3", encrypted=True,
             tags={**tags, "Name": f"{prefix}-spool"},
             # Queued mail outlives the machine: a replaced instance gets the same volume back,
             # and deleting the stack leaves it behind.
             opts=child(self, retain_on_delete=True, protect=cp.deployment.lifecycle.protect))
+
+    def _attach_spool(self, prefix: str, volume: aws.ebs.Volume, instance: aws.ec2.Instance) -> None:
         aws.ec2.VolumeAttachment(
             f"{prefix}-spool-attach", device_name=SPOOL_DEVICE, volume_id=volume.id, instance_id=instance.id,
             # Stop the old machine (clean unmount) before detaching; a gp3 volume attaches to one

@@ -16,10 +16,12 @@ import pulumi
 
 from .. import catalog
 from ..bootstrap import render_user_data
+from ..bootstrap.policy import API_TLS_PORT
 from ..config import Deployment, parse_deployment
 from ..errors import ConfigError
 from ..netplan import Rule, firewall_rules
-from ..secretspec import RELAY_PASSWORD, SecretSpec, secret_specs, store_name
+from ..secretspec import (API_PASSWORD, API_USER, RELAY_PASSWORD, SecretSpec, azure_vault_name, reference,
+                          secret_specs, store_name)
 from ..sizing import Plan
 from ..stackconfig import needs_relay_password, plan_for
 
@@ -45,6 +47,7 @@ class KumoMtaComponent(pulumi.ComponentResource):
     sizing: pulumi.Output[dict]
     secret_names: pulumi.Output[list[str]]  # names in the cloud's secret store, never values
     deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
+    api: Optional[pulumi.Output[dict]]  # how to reach the HTTP API (api_access); None without network.api_cidrs
 
     def _publish(self, cp: "ComponentPlan", node_outputs: list[pulumi.Output[dict]],
                  public_ips: list[pulumi.Input[str]], secrets: list["NodeSecret"],
@@ -56,12 +59,13 @@ class KumoMtaComponent(pulumi.ComponentResource):
         self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
         self.secret_names = pulumi.Output.from_input([s.name for s in secrets])
         self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
+        self.api = api_access(cp, self.public_ips)
         for key, value in extra.items():
             setattr(self, key, value)
         self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips, "dns_records": self.dns_records,
                                "sizing": self.sizing, "secret_names": self.secret_names,
                                "deliverability_records": self.deliverability_records,
-                               **{k: v for k, v in extra.items() if v is not None}})
+                               **{k: v for k, v in {"api": self.api, **extra}.items() if v is not None}})
 
 
 @dataclass(frozen=True)
@@ -165,13 +169,14 @@ def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
 
 
 def machine_options(parent: pulumi.Resource, cp: ComponentPlan, user_data_props: list[str],
-                    image_props: Optional[list[str]] = None,
+                    fixed_props: Optional[list[str]] = None,
                     depends_on: Optional[list[pulumi.Resource]] = None) -> pulumi.ResourceOptions:
     """Options for a machine: a changed bootstrap never replaces it unless the operator opts in,
-    and a newer image of the OS never does (the look-up follows the vendor's latest image; the
-    running machine keeps its own and is patched by its package manager)."""
+    and ``fixed_props`` never do: a newer image of the OS (the look-up follows the vendor's latest
+    image; the running machine keeps its own and is patched by its package manager), and settings
+    a cloud takes only when the machine is created."""
     ignore = [] if cp.deployment.lifecycle.replace_on_bootstrap_change else list(user_data_props)
-    ignore += list(image_props or [])
+    ignore += list(fixed_props or [])
     return pulumi.ResourceOptions(parent=parent, ignore_changes=ignore, protect=cp.deployment.lifecycle.protect,
                                   depends_on=depends_on or [])
 
@@ -187,12 +192,29 @@ class NodeSecret:
     value: pulumi.Output[str]  # always a Pulumi secret
 
 
+# The API's basic-auth password: letters and digits only (no character a shell, a URL or the
+# "user:password" form treats specially), 40 of them: about 238 bits.
+API_PASSWORD_LENGTH = 40
+
+
+def generated_password(parent: pulumi.Resource, resource_name: str, cp: ComponentPlan, *, length: int,
+                       **rules: Any) -> pulumi.Output[str]:
+    """A password generated at deploy time by pulumi-random, kept only in Pulumi's encrypted state
+    (the provider marks ``result`` secret; it is wrapped again here so nothing can unmark it)."""
+    import pulumi_random as random  # imported here: only deployments that need a password load it
+
+    password = random.RandomPassword(resource_name, length=length, **rules,
+                                     opts=child(parent, protect=cp.deployment.lifecycle.protect))
+    return pulumi.Output.secret(password.result)
+
+
 def secrets_for(parent: pulumi.Resource, name: str, cp: ComponentPlan, args: KumoMtaArgs) -> tuple[
         list[NodeSecret], dict[str, pulumi.Output[str]]]:
     """The deployment's secrets as Pulumi secrets, and each DKIM domain's public key (PEM).
 
-    The relay password comes from the caller (a Pulumi secret); each DKIM key pair is
-    generated here and kept only in Pulumi's encrypted state and the cloud's secret store.
+    The relay password comes from the caller (a Pulumi secret); each DKIM key pair and the
+    API password are generated here and kept only in Pulumi's encrypted state and the cloud's
+    secret store.
     """
     import pulumi_tls as tls  # imported here: only deployments that store secrets need it
 
@@ -201,6 +223,9 @@ def secrets_for(parent: pulumi.Resource, name: str, cp: ComponentPlan, args: Kum
     for spec in secret_specs(cp.deployment):
         if spec.key == RELAY_PASSWORD:
             value = pulumi.Output.secret(args["relay_password"])  # prepare() refused its absence
+        elif spec.key == API_PASSWORD:
+            value = generated_password(parent, f"{name}-{spec.key}", cp, length=API_PASSWORD_LENGTH,
+                                       special=False, min_upper=1, min_lower=1, min_numeric=1)
         else:
             key = tls.PrivateKey(f"{name}-{spec.key}", algorithm="RSA", rsa_bits=2048,
                                  opts=child(parent, protect=cp.deployment.lifecycle.protect))
@@ -242,6 +267,54 @@ def deliverability_records(cp: ComponentPlan, public_ips: pulumi.Output[list[str
         return records
 
     return pulumi.Output.all(public_ips, *keys).apply(build)
+
+
+# KumoMTA's HTTP listener with use_tls and no tls_certificate "dynamically allocate[s] a self-signed
+# certificate" (KumoCorp/kumomta docs/reference/kumo/start_http_listener/tls_certificate.md).
+API_TLS_NOTE = ("TLS with a self-signed certificate that KumoMTA generates itself: no public CA vouches for it, "
+                "so a client must be told to trust it (or to skip verification knowingly)")
+
+
+def api_password_spec(deployment: Deployment) -> Optional[SecretSpec]:
+    return next((s for s in secret_specs(deployment) if s.key == API_PASSWORD), None)
+
+
+def read_password_command(deployment: Deployment, spec: SecretSpec) -> str:
+    """The cloud CLI command that prints the secret (with the operator's own credentials)."""
+    name = store_name(deployment, spec)
+    if deployment.cloud == "aws":
+        return (f"aws secretsmanager get-secret-value --region {deployment.region} --secret-id {name} "
+                "--query SecretString --output text")
+    if deployment.cloud == "azure":
+        return f"az keyvault secret show --vault-name {azure_vault_name(deployment)} --name {name} --query value -o tsv"
+    project = deployment.gcp.project if deployment.gcp else ""
+    return f"gcloud secrets versions access latest --secret={name} --project={project}"
+
+
+def api_access(cp: ComponentPlan, public_ips: pulumi.Output[list[str]]) -> Optional[pulumi.Output[dict]]:
+    """How to reach the HTTP API from network.api_cidrs: one URL per node, the user, where the
+    password is kept (never the password). None when the API listens on loopback only."""
+    d = cp.deployment
+    spec = api_password_spec(d)
+    if spec is None:
+        return None
+    hostnames = [node.hostname for node in cp.nodes]
+    access: dict[str, Any] = {
+        "user": API_USER,
+        "secret_name": store_name(d, spec),
+        "secret_reference": reference(d, spec),
+        "read_password": read_password_command(d, spec),
+        "allowed_from": list(d.network.api_cidrs),
+        "tls": API_TLS_NOTE,
+    }
+    if d.cloud == "azure":
+        access["note"] = ("the Key Vault accepts data-plane reads only from the nodes' subnet: to read the password "
+                          "from your machine, allow its public address for a while (az keyvault network-rule add) and give "
+                          "yourself the role Key Vault Secrets User on the secret")
+    return public_ips.apply(lambda ips: {
+        **access,
+        "endpoints": [{"hostname": host, "url": f"https://{ip}:{API_TLS_PORT}"} for host, ip in zip(hostnames, ips)],
+    })
 
 
 def subnet_cidr(network_block: str) -> str:

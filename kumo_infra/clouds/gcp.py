@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pulumi
-from pulumi_gcp import compute, dns, projects, secretmanager, serviceaccount
+from pulumi_gcp import compute, dns, secretmanager, serviceaccount
 
 from ..bootstrap import render_startup_script
 from ..netplan import WORLD, Rule
@@ -48,7 +48,6 @@ IMAGE_PATHS = ["bootDisk.initializeParams.image"]
 SPOOL_DEVICE_NAME = "kumo-spool"  # the bootstrap looks for /dev/disk/by-id/google-kumo-spool
 DISK_TYPE = "pd-balanced"
 SCRATCH_DISK_GB = 375  # GCP's fixed local SSD size
-SA_ROLES = {"logwriter": "roles/logging.logWriter", "metricwriter": "roles/monitoring.metricWriter"}
 # Granted on each secret, never on the project: read the secret's versions and nothing else.
 SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 ALLOW_PRIORITY = 1000
@@ -91,14 +90,13 @@ class GcpKumoMta(KumoMtaComponent):
         self.firewalls = self._firewalls(name, cp, project, network, tag)
 
         # -- identity ------------------------------------------------------
-        # One dedicated service account, allowed to write logs and metrics and nothing else.
-        # Secret Manager access is granted per secret below.
+        # One dedicated service account with no project-level role at all: KumoMTA logs to local files
+        # and kumo-infra installs no Cloud Logging or Monitoring agent, so log/metric writer roles would
+        # be unused power. Its only permission is reading this deployment's secrets, granted on each
+        # secret below.
         self.service_account = serviceaccount.Account(
             f"{name}-sa", project=project, account_id=f"{name}-mta",
             display_name=f"kumo-infra {name} KumoMTA nodes", opts=child(self))
-        grants = [projects.IAMMember(f"{name}-sa-{suffix}", project=project, role=role,
-                                     member=self.service_account.member, opts=child(self))
-                  for suffix, role in SA_ROLES.items()]
 
         # -- secrets -------------------------------------------------------
         secrets, dkim_public = secrets_for(self, name, cp, args)
@@ -118,7 +116,7 @@ class GcpKumoMta(KumoMtaComponent):
                 f"{name}-{node.key}-ip", project=project, region=region, address_type="EXTERNAL",
                 network_tier="PREMIUM", labels=labels, description=f"{node.hostname} (kumo-infra)",
                 opts=child(self))
-            depends_on: list[pulumi.Resource] = list(grants) + secret_deps
+            depends_on: list[pulumi.Resource] = list(secret_deps)
             if cp.create_forward_records:
                 # The PTR (on the access config below) needs the forward record in place first.
                 record = dns.RecordSet(

@@ -1,15 +1,29 @@
 """Offline answers shared by every cloud (see kumo_infra.offline): providers used by all components."""
 
+from pulumi.runtime import rpc as _rpc
+
 PLACEHOLDER = "(placeholder)"
 
+
+def secret(value: str) -> dict:
+    """A value in the engine's secret envelope, as the real engine answers an output the provider
+    lists in additionalSecretOutputs (the SDK's mock monitor does not apply that list itself)."""
+    return {_rpc._special_sig_key: _rpc._special_secret_sig, "value": value}
+
+
 COMPUTED = {
-    # pulumi_tls generates keys at deploy time (DKIM keys, Azure's SSH key when none is given).
+    # pulumi_tls generates the DKIM keys at deploy time.
     "tls:index/privateKey:PrivateKey": {
-        "publicKeyOpenssh": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlaceholderPlaceholderPlaceholder00000 {name}",
-        "privateKeyOpenssh": PLACEHOLDER,
         "publicKeyPem": "-----BEGIN PUBLIC KEY-----\nUExBQ0VIT0xERVI=\n-----END PUBLIC KEY-----\n",
         "privateKeyPem": "-----BEGIN RSA PRIVATE KEY-----\nplaceholder private key of {name}\n"
                          "-----END RSA PRIVATE KEY-----\n",
+    },
+    # pulumi_random generates the API password (and Azure's admin password) at deploy time; the
+    # provider marks result and bcryptHash secret (pulumi_random/random_password.py:
+    # additional_secret_outputs=["bcryptHash", "result"]).
+    "random:index/randomPassword:RandomPassword": {
+        "result": secret("offline-generated-password-of-{name}"),
+        "bcryptHash": secret(PLACEHOLDER),
     },
 }
 
