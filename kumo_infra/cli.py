@@ -101,7 +101,8 @@ def _from_flags(model: type[BaseModel], **flags: Any) -> Any:
         return model(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(Problem(f"--{str(first['loc'][0]).replace('_', '-')}", first["msg"])) from None
+        flag = f"--{str(first['loc'][0]).replace('_', '-')}"
+        raise ConfigError(Problem(flag, first["msg"].removeprefix("Value error, "))) from None
 
 
 def format_plan(plan: sizing.Plan) -> str:

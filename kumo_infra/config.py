@@ -599,9 +599,13 @@ def _no_repeats(values: list[str]) -> list[str]:
 
 # Azure accepts RSA keys of 2048 bits or more and Ed25519 keys ("Supported SSH key formats",
 # learn.microsoft.com/azure/virtual-machines/linux/create-ssh-keys-detailed); ECDSA is refused there.
-_SSH_KEY_LINE = re.compile(r"(ssh-ed25519|ssh-rsa) (AAAA[A-Za-z0-9+/]+={0,2})(?: ([\x20-\x7e]{1,256}))?", re.ASCII)
+# The comment is kept (it names the key in authorized_keys) but only of plain words: Azure's
+# agent writes it into a file on the machine, so no quotes, '$', ';' or control characters.
+_SSH_KEY_LINE = re.compile(r"(ssh-ed25519|ssh-rsa) (AAAA[A-Za-z0-9+/]+={0,2})"
+                           r"(?: ((?=.{1,100}$)[A-Za-z0-9._@+=:,-]+(?: [A-Za-z0-9._@+=:,-]+)*))?", re.ASCII)
 SSH_KEY_FORM = ("an OpenSSH public key on one line: ssh-ed25519 AAAA... or ssh-rsa AAAA... (2048 bits or more), "
-                "optionally followed by a comment of printable ASCII (the contents of ~/.ssh/id_ed25519.pub)")
+                "optionally followed by a comment of up to 100 letters, digits, spaces and . _ @ + = : , - "
+                "(the contents of ~/.ssh/id_ed25519.pub)")
 
 
 def _ssh_public_key(value: str) -> str:

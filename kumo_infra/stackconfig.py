@@ -62,6 +62,8 @@ def read_values(path: Path | str) -> dict[str, Any]:
         raise ConfigError(Problem("--config", f"cannot read {path}: {exc}")) from None
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(str(path), f"is not valid YAML: {exc}")) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(Problem(str(path), "is nested too deeply to be a stack file")) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ConfigError(Problem(str(path), "must be a Pulumi stack file with a top-level 'config:' mapping"))
     return doc["config"]
@@ -77,7 +79,9 @@ def from_values(stack: str, values: dict[str, Any]) -> StackConfig:
     """Validate the ``kumo:`` keys of a stack's config (as in the file: secrets as {secure: ...})."""
     problems: list[Problem] = []
     for key in values:
-        if key.startswith("kumo:") and key not in KNOWN_KEYS:
+        if not isinstance(key, str):
+            problems.append(Problem(f"config.{key!r}", "a config key must be a string (like kumo:deployment)"))
+        elif key.startswith("kumo:") and key not in KNOWN_KEYS:
             problems.append(Problem(key, f"unknown key; kumo-infra reads {', '.join(KNOWN_KEYS)}"))
     secrets = set()
     for key in SECRET_KEYS:
