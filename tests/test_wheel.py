@@ -223,10 +223,9 @@ def run_installed(installed: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def write_stack(directory: Path) -> Path:
-    """An AWS stack with DKIM (pulumi-tls keys) and an authenticated API (the generated password)."""
+    """An AWS stack with a DKIM domain: its key is a pulumi-tls resource."""
     config = {"kumo:deployment": deployment(name="wheel-test", dkim={"domains": ["example.com"]},
-                                            network={"ssh_cidrs": ["198.51.100.0/24"],
-                                                     "api_cidrs": ["198.51.100.0/24"]})}
+                                            network={"ssh_cidrs": ["198.51.100.0/24"]})}
     path = directory / "Pulumi.wheel-aws.yaml"
     path.write_text(yaml.safe_dump({"config": config}))
     return path
@@ -316,7 +315,8 @@ program()
 def test_users_pulumi_program_imports_the_installed_component_under_the_mock_engine(installed):
     program = installed["cwd"] / "my_program_test.py"
     program.write_text(USER_PROGRAM)
-    config = deployment(name="mine", hostname="mta.mine.example", dkim={"domains": ["mine.example"]})
+    # The authenticated API: its generated password is a pulumi-random resource.
+    config = deployment(name="mine", hostname="mta.mine.example", network={"api_cidrs": ["198.51.100.0/24"]})
     result = run_installed(installed, "python", str(program), json.dumps(config))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -326,5 +326,5 @@ def test_users_pulumi_program_imports_the_installed_component_under_the_mock_eng
     assert [r["name"] for r in by_type["kumo:index:AwsKumoMta"]] == ["mail"]
     (instance,) = by_type["aws:ec2/instance:Instance"]
     assert instance["inputs"]["userDataBase64"]  # rendered from the packaged bootstrap files
-    assert by_type["tls:index/privateKey:PrivateKey"]  # the DKIM key: pulumi-tls came with the package
+    assert by_type["random:index/randomPassword:RandomPassword"]  # pulumi-random came with the package
     assert out["nodes"][0]["hostname"] == "mta.mine.example" and out["public_ips"] == ["192.0.2.10"]
