@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pulumi.runtime.sync_await import _sync_await
 
-from kumo_infra import catalog, offline, program
+from kumo_infra import catalog, offline, oses, program
 from kumo_infra.clouds import azure
 from kumo_infra.clouds import offline_azure
 from kumo_infra.clouds.common import machine_options, prepare
@@ -40,11 +40,28 @@ CLIENT_CONFIG = offline_azure.INVOKES[f"{T}:authorization:getClientConfig"]
 SECRETS_USER = (f"/subscriptions/{CLIENT_CONFIG['subscriptionId']}/providers/Microsoft.Authorization/"
                 "roleDefinitions/4633458b-17de-408a-b874-0445c86b69e6")
 RELAY_PW = "s3cr3t-relay-pw"
-SSH_KEY = "tls:index/privateKey:PrivateKey"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+TLS_KEY = "tls:index/privateKey:PrivateKey"
 COMPONENT = "kumo:index:AzureKumoMta"
 TAGS = {"kumo-infra": "kumo-t", "managed-by": "kumo-infra"}
 WORLD = {"0.0.0.0/0", "::/0", "*", "Internet", "Any", "any", "internet"}
 ROCKY_URN = "resf:rockylinux-x86_64:9-base:latest"
+
+
+def openssh_ed25519(seed: int = 7, comment: str = "ops@example") -> str:
+    """A well-formed OpenSSH ed25519 public key line (the config parses the key)."""
+    import struct
+
+    def field(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    blob = field(b"ssh-ed25519") + field(bytes((seed + i) % 256 for i in range(32)))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+OPERATOR_KEY = openssh_ed25519()
+TRUSTED_LAUNCH = {"encryptionAtHost": True, "securityType": "TrustedLaunch",
+                  "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}}
 
 BASE = {
     "cloud": "azure",
@@ -76,8 +93,15 @@ def run_stack(stack: str) -> offline.OfflineResult:
     return offline.run(program.run, values, stack=stack, secret_keys=["kumo:relayPassword"], preview=False)
 
 
+def os_profile(vm) -> dict:
+    """The VM's osProfile. With a generated admin password inside, the engine gets the whole object
+    as a secret (secretness covers the top-level property): {<secret signature>: ..., "value": {...}}."""
+    profile = vm.inputs["osProfile"]
+    return profile["value"] if offline.is_secret(profile) else profile
+
+
 def decoded_custom_data(vm) -> str:
-    raw = base64.b64decode(vm.inputs["osProfile"]["customData"])
+    raw = base64.b64decode(os_profile(vm)["customData"])
     return gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
 
 
@@ -117,7 +141,7 @@ def test_example_stack_registers_every_resource_parented_and_stably_named(azdev)
     got = sorted((r.type, r.name) for r in azdev.resources)
     assert got == sorted([
         (COMPONENT, name), (RG, f"{name}-rg"), (VNET, f"{name}-vnet"), (SUBNET, f"{name}-subnet"),
-        (NSG, f"{name}-nsg"), (SSH_KEY, f"{name}-ssh"), (PIP, f"{name}-node1-ip"),
+        (NSG, f"{name}-nsg"), (RANDOM_PASSWORD, f"{name}-node1-admin-password"), (PIP, f"{name}-node1-ip"),
         (NIC, f"{name}-node1-nic"), (DISK, f"{name}-node1-spool"), (VM, f"{name}-node1-vm"),
         # Relay mode: the password in the deployment's Key Vault, readable by the VM's identity.
         (VAULT, f"{name}-vault"), (SECRET, f"{name}-relay-password"),
@@ -147,28 +171,34 @@ def test_example_stack_machine(azdev):
     assert vm.inputs["tags"] == {"kumo-infra": "kumo-azdev", "managed-by": "kumo-infra"}
     assert vm.inputs["networkProfile"]["networkInterfaces"] == [
         {"id": "kumo-azdev-node1-nic-id", "primary": True, "deleteOption": "Detach"}]
-    assert "securityProfile" not in vm.inputs
+    # Ubuntu 22.04 Gen2 on a Bsv2 size: Trusted Launch and encryption at host.
+    assert vm.inputs["securityProfile"] == TRUSTED_LAUNCH
 
 
-def test_example_stack_os_profile_carries_the_bootstrap_and_no_password(azdev):
+def test_example_stack_os_profile_carries_the_bootstrap_and_no_ssh_key(azdev):
     vm = azdev.one(VM)
-    profile = vm.inputs["osProfile"]
+    assert offline.is_secret(vm.inputs["osProfile"])  # it holds the generated password
+    profile = os_profile(vm)
     assert profile["computerName"] == "mta-azdev"
     assert profile["adminUsername"] == "kumoadmin"
-    assert "adminPassword" not in profile
     text = decoded_custom_data(vm)
     assert text.startswith("#cloud-config\n")
     assert "/usr/local/sbin/kumo-bootstrap" in text
     assert "mta-azdev.example.com" in text
     cp = prepare({"deployment": stack_values("azure-dev")["kumo:deployment"], "relay_password": "x"}, "azure")
     assert text == cp.nodes[0].user_data
+    # No SSH allowed (no ssh_cidrs): no key at all, none generated into state. Azure requires a
+    # password or a key, so the VM gets a generated password, sent as a secret.
+    assert azdev.of_type(TLS_KEY) == []
     linux = profile["linuxConfiguration"]
-    assert linux["disablePasswordAuthentication"] is True
-    key = azdev.one(SSH_KEY)
-    assert key.inputs == {"algorithm": "ED25519"}
-    [public_key] = linux["ssh"]["publicKeys"]
-    assert public_key["path"] == "/home/kumoadmin/.ssh/authorized_keys"
-    assert public_key["keyData"].startswith("ssh-ed25519 ")  # the generated key's public half
+    assert "ssh" not in linux
+    assert linux["disablePasswordAuthentication"] is False
+    assert profile["adminPassword"] == "offline-generated-password-of-kumo-azdev-node1-admin-password"
+    generated = azdev.one(RANDOM_PASSWORD)
+    assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
+    # And no rule admits SSH from anywhere.
+    assert not [r for r in rules_of(azdev) if r["direction"] == "Inbound" and r["access"] == "Allow"
+                and ports(r) & {"22", "*"}]
 
 
 def test_example_stack_block_spool_is_a_surviving_data_disk_at_lun_0(azdev):
@@ -231,7 +261,8 @@ def test_example_stack_outputs(azdev):
 
 
 def test_nsg_translates_every_rule_and_denies_the_rest():
-    d = dep(network={"admin_cidrs": ["203.0.113.0/24", "2001:db8::/32"], "submission_ports": [587]})
+    d = dep(network={"ssh_cidrs": ["203.0.113.0/24", "2001:db8::/32"], "api_cidrs": ["198.51.100.0/24"],
+                     "submission_ports": [587]}, azure={"ssh_public_key": OPERATOR_KEY})
     result = run(d)
     rules = rules_of(result)
     cp = prepare({"deployment": d, "relay_password": "x"}, "azure")
@@ -258,17 +289,29 @@ def test_nsg_translates_every_rule_and_denies_the_rest():
         ("allow-submission-587-v6", frozenset({"587"}), frozenset({"::/0"}), "Tcp"),
         ("allow-ssh-v4", frozenset({"22"}), frozenset({"203.0.113.0/24"}), "Tcp"),
         ("allow-ssh-v6", frozenset({"22"}), frozenset({"2001:db8::/32"}), "Tcp"),
-        ("allow-kumo-api-v4", frozenset({"8000"}), frozenset({"203.0.113.0/24"}), "Tcp"),
-        ("allow-kumo-api-v6", frozenset({"8000"}), frozenset({"2001:db8::/32"}), "Tcp"),
+        ("allow-kumo-api-v4", frozenset({"8443"}), frozenset({"198.51.100.0/24"}), "Tcp"),
     }
+    # Relay mode (pay-as-you-go): the relay's port out, never 25 or 465.
     outbound = {(frozenset(ports(r)), r["protocol"]) for r in allows if r["direction"] == "Outbound"}
-    assert (frozenset({"25"}), "Tcp") in outbound and (frozenset({"53"}), "Udp") in outbound
+    assert {p for p, _ in outbound} == {frozenset({"587"}), frozenset({"53"}), frozenset({"123"}),
+                                       frozenset({"80"}), frozenset({"443"})}
     assert (frozenset({"443"}), "Tcp") in outbound and (frozenset({"123"}), "Udp") in outbound
 
 
-@pytest.mark.parametrize("admin", [[], ["198.51.100.7/32"], ["198.51.100.0/24", "2001:db8:1::/48"]])
-def test_management_ports_are_never_open_to_the_world(admin):
-    result = run(dep(network={"admin_cidrs": admin}))
+def test_direct_mode_egress_is_25_and_not_the_submission_ports():
+    result = run(direct())
+    outbound = {p for r in rules_of(result) if r["direction"] == "Outbound" and r["access"] == "Allow"
+                for p in ports(r)}
+    assert outbound == {"25", "53", "123", "80", "443"}
+
+
+@pytest.mark.parametrize("ssh, api", [
+    ([], []), (["198.51.100.7/32"], []), ([], ["198.51.100.0/24"]),
+    (["198.51.100.0/24", "2001:db8:1::/48"], ["10.20.0.0/16", "2001:db8:2::/48"]),
+])
+def test_management_ports_are_never_open_to_the_world(ssh, api):
+    result = run(dep(network={"ssh_cidrs": ssh, "api_cidrs": api},
+                     azure={"ssh_public_key": OPERATOR_KEY} if ssh else {}))
     rules = rules_of(result)
     assert rules, "no NSG rules recorded"
     mgmt = {str(p) for p in management_ports()}
@@ -276,11 +319,12 @@ def test_management_ports_are_never_open_to_the_world(admin):
               and (ports(r) & mgmt or ports(r) & {"*"})]
     for rule in opened:
         assert not sources(rule) & WORLD, rule
-        assert sources(rule) <= set(admin), rule
-    if admin:
-        assert {p for r in opened for p in ports(r)} == mgmt
-    else:
-        assert opened == []
+        assert "8000" not in ports(rule) and "*" not in ports(rule), rule
+        if "22" in ports(rule):
+            assert sources(rule) <= set(ssh), rule
+        if "8443" in ports(rule):
+            assert sources(rule) <= set(api), rule
+    assert {p for r in opened for p in ports(r)} == ({"22"} if ssh else set()) | ({"8443"} if api else set())
 
 
 # -- PTR and forward records ------------------------------------------------------------------------
@@ -407,7 +451,10 @@ def test_three_nodes():
     assert [v.name for v in vms] == [f"kumo-t-node{i}-vm" for i in (1, 2, 3)]
     assert [p.name for p in pips] == [f"kumo-t-node{i}-ip" for i in (1, 2, 3)]
     assert len(nics) == len(disks) == 3
-    assert len(result.of_type(NSG)) == 1 and len(result.of_type(SSH_KEY)) == 1
+    assert len(result.of_type(NSG)) == 1 and result.of_type(TLS_KEY) == []
+    # One generated admin password per VM (Azure requires one without a key; see the module).
+    assert sorted(p.name for p in result.of_type(RANDOM_PASSWORD)) == [
+        f"kumo-t-node{i}-admin-password" for i in (1, 2, 3)]
     hostnames = [n["hostname"] for n in result.outputs["nodes"]]
     assert hostnames == ["mta1.example.com", "mta2.example.com", "mta3.example.com"]
     assert len(set(result.outputs["public_ips"])) == 3
@@ -415,14 +462,14 @@ def test_three_nodes():
     for vm, hostname in zip(vms, hostnames):
         text = decoded_custom_data(vm)
         assert f"fqdn: {hostname}" in text
-        assert vm.inputs["osProfile"]["computerName"] == hostname.split(".")[0]
+        assert os_profile(vm)["computerName"] == hostname.split(".")[0]
     for i, vm in enumerate(vms, 1):
         assert vm.inputs["networkProfile"]["networkInterfaces"][0]["id"] == f"kumo-t-node{i}-nic-id"
         assert vm.inputs["storageProfile"]["dataDisks"][0]["managedDisk"]["id"] == f"kumo-t-node{i}-spool-id"
 
 
 def test_existing_resource_group_and_subnet_are_used():
-    vnet = "/subscriptions/0/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v"
+    vnet = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/net"
     subnet = f"{vnet}/subnets/mail"
     result = run(dep(azure={"resource_group": "mail-rg", "vnet_id": vnet, "subnet_id": subnet}))
     assert not result.of_type(RG) and not result.of_type(VNET) and not result.of_type(SUBNET)
@@ -433,16 +480,38 @@ def test_existing_resource_group_and_subnet_are_used():
 
 
 def test_vnet_without_subnet_is_refused(recorders):
-    vnet = "/subscriptions/0/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v"
+    vnet = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/net"
     refused_before_any_resource(recorders, dep(azure={"vnet_id": vnet}), r"kumo:deployment\.azure\.subnet_id")
 
 
-def test_given_ssh_key_is_used_and_none_generated():
-    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKeyOperatorKeyOperatorKey00000 ops@example"
-    result = run(dep(azure={"ssh_public_key": key}))
-    assert not result.of_type(SSH_KEY)
-    [public_key] = result.one(VM).inputs["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"]
-    assert public_key["keyData"] == key
+def test_given_ssh_key_is_used_and_no_password_or_key_generated():
+    result = run(dep(network={"ssh_cidrs": ["198.51.100.0/24"]}, azure={"ssh_public_key": OPERATOR_KEY}))
+    assert not result.of_type(TLS_KEY) and not result.of_type(RANDOM_PASSWORD)
+    profile = result.one(VM).inputs["osProfile"]
+    assert "adminPassword" not in profile
+    linux = profile["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    [public_key] = linux["ssh"]["publicKeys"]
+    assert public_key == {"path": "/home/kumoadmin/.ssh/authorized_keys", "keyData": OPERATOR_KEY}
+
+
+def test_admin_password_is_only_in_the_vm_and_sent_as_a_secret():
+    result = run(dep(nodes=2))
+    for vm in result.of_type(VM):
+        assert offline.is_secret(vm.inputs["osProfile"])  # the whole profile travels as a secret
+        value = os_profile(vm)["adminPassword"]
+        assert [r.name for r in result.resources if value in recorded_text(r.inputs)] == [vm.name]
+        assert value not in decoded_custom_data(vm)
+        assert value not in recorded_text(result.outputs)
+    values = {os_profile(vm)["adminPassword"] for vm in result.of_type(VM)}
+    assert len(values) == 2  # one per VM
+
+
+@pytest.mark.xfail(strict=True, reason="the bootstrap (not this component) is to add ssh_pwauth: false to the "
+                                        "cloud-config; strict: passes, and so fails here, once it does")
+def test_no_ssh_vm_gets_sshd_password_authentication_off_from_the_user_data():
+    text = decoded_custom_data(run(dep()).one(VM))
+    assert yaml.safe_load(text).get("ssh_pwauth") is False
 
 
 def test_every_taggable_resource_is_tagged():
@@ -457,32 +526,27 @@ def test_every_taggable_resource_is_tagged():
 # -- the component's own attributes and options ---------------------------------------------------
 
 
-def test_component_exposes_identity_and_secret_ssh_key():
+def test_component_exposes_identity_and_no_private_key():
     seen = {}
 
     def prog():
         mta = azure.AzureKumoMta("kumo-t", {"deployment": dep(nodes=2), "relay_password": "x"})
-        seen["secret"] = _sync_await(mta.ssh_private_key.is_secret())
+        seen["mta"] = mta
         seen["principals"] = _sync_await(mta.identity_principal_ids.future())
         seen["rg"] = _sync_await(mta.resource_group_name.future())
 
     offline.run(prog, {}, stack="t")
-    assert seen["secret"] is True
     principals = seen["principals"]
     assert isinstance(principals, list) and len(principals) == 2 and len(set(principals)) == 2
     assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", p) for p in principals)
     assert seen["rg"] == "kumo-t-rg"
+    assert not hasattr(seen["mta"], "ssh_private_key")
 
 
-def test_given_ssh_key_means_no_private_key_attribute():
-    seen = {}
-
-    def prog():
-        d = dep(azure={"ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperator ops"})
-        seen["mta"] = azure.AzureKumoMta("kumo-t", {"deployment": d, "relay_password": "x"})
-
-    offline.run(prog, {}, stack="t")
-    assert seen["mta"].ssh_private_key is None
+def test_program_exports_no_private_key():
+    result = run(dep())
+    assert "ssh_private_key" not in result.outputs
+    assert "PRIVATE KEY" not in recorded_text(result.outputs)
 
 
 @pytest.mark.parametrize("replace,protect", [(False, False), (True, True)])
@@ -498,11 +562,13 @@ def test_vm_options_guard_the_bootstrap_and_replace_delete_first(monkeypatch, re
     monkeypatch.setattr(azure.compute, "VirtualMachine", Spy)
     result = run(dep(lifecycle={"replace_on_bootstrap_change": replace, "protect": protect}))
     [opts] = seen
-    assert opts.ignore_changes == ([] if replace else ["osProfile.customData"])
+    # Create-only settings are never changed on a running VM, whatever the bootstrap setting.
+    assert opts.ignore_changes == ([] if replace else ["osProfile.customData"]) + [
+        "osProfile.adminPassword", "osProfile.linuxConfiguration", "securityProfile"]
     assert opts.protect is protect
     assert opts.delete_before_replace is True  # the NIC and spool disk attach to one VM at a time
     # The ignored path is where the bootstrap really is in the engine's inputs.
-    assert "customData" in result.one(VM).inputs["osProfile"]
+    assert "customData" in os_profile(result.one(VM))
 
 
 def test_machine_options_ignore_the_custom_data_path():
@@ -521,7 +587,7 @@ def test_preview_completes_with_unknowns():
 
 def test_wrong_cloud_is_refused_by_the_component():
     def prog():
-        azure.AzureKumoMta("kumo-t", {"deployment": {**dep(), "cloud": "gcp", "gcp": {"project": "p"}}})
+        azure.AzureKumoMta("kumo-t", {"deployment": {**dep(), "cloud": "gcp", "gcp": {"project": "my-project"}}})
 
     with pytest.raises(ConfigError, match="kumo:deployment.cloud"):
         offline.run(prog, {}, stack="t")
@@ -586,7 +652,13 @@ def test_example_stack_key_vault(azdev):
     assert "accessPolicies" not in props  # RBAC only
     assert props["enableSoftDelete"] is True and props["enablePurgeProtection"] is True
     assert 7 <= props["softDeleteRetentionInDays"] <= 90
-    assert props["networkAcls"]["defaultAction"] == "Allow"
+    # Data-plane access only from the nodes' subnet; no bypass for "trusted services".
+    assert props["networkAcls"] == {"defaultAction": "Deny", "bypass": "None", "virtualNetworkRules": [
+        {"id": "kumo-azdev-subnet-id", "ignoreMissingVnetServiceEndpoint": False}]}
+    assert "ipRules" not in props["networkAcls"]
+    assert props["publicNetworkAccess"] == "Enabled"  # the service endpoint reaches the public endpoint
+    # The subnet kumo-infra creates carries the endpoint the virtual network rule needs.
+    assert azdev.one(SUBNET).inputs["serviceEndpoints"] == [{"service": "Microsoft.KeyVault"}]
     assert [i["token"] for i in azdev.invokes].count(f"{T}:authorization:getClientConfig") == 1
 
 
@@ -808,3 +880,94 @@ def test_custom_data_too_big_is_refused_before_any_resource(recorders, monkeypat
     monkeypatch.setattr(azure, "CUSTOM_DATA_LIMIT", 1000)  # below any real bootstrap, even compressed
     err = refused_before_any_resource(recorders, dep(), r"bytes of custom data even compressed")
     assert "Azure accepts 1000" in str(err)
+
+
+def test_given_subnet_is_the_one_the_vault_admits():
+    vnet = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/net"
+    subnet = f"{vnet}/subnets/mail"
+    result = run(dep(azure={"resource_group": "mail-rg", "vnet_id": vnet, "subnet_id": subnet}))
+    acls = result.one(VAULT).inputs["properties"]["networkAcls"]
+    assert acls["defaultAction"] == "Deny"
+    # Azure refuses the rule if that subnet lacks the Microsoft.KeyVault endpoint: loud, not silent.
+    assert acls["virtualNetworkRules"] == [{"id": subnet, "ignoreMissingVnetServiceEndpoint": False}]
+
+
+# -- Trusted Launch and encryption at host (issue 8, point 9) -----------------------------------
+
+
+@pytest.mark.parametrize("os_key, trusted", [
+    ("ubuntu22", True), ("ubuntu20", True), ("debian12", True), ("alma8", True), ("alma9", True),
+    ("rocky9", False), ("rocky8", False), ("ubuntu24", False),
+])
+def test_trusted_launch_only_on_the_images_microsoft_lists(os_key, trusted):
+    d = dep(os=os_key, azure={"marketplace_terms_accepted": True} if os_key.startswith("rocky") else {})
+    profile = run(d).one(VM).inputs["securityProfile"]
+    assert profile["encryptionAtHost"] is True  # every catalog size has it
+    if trusted:
+        assert profile == TRUSTED_LAUNCH
+    else:
+        assert profile == {"encryptionAtHost": True}
+
+
+@pytest.mark.parametrize("size", ["Standard_B2s", "Standard_D2s_v5", "Standard_L8s_v3", "Standard_D4ads_v6",
+                                  "Standard_D2ds_v6"])
+def test_every_size_family_gets_trusted_launch_and_encryption_at_host(size):
+    profile = run(dep(sizing={"instance_type": size}, spool={"storage": "block"})).one(VM).inputs["securityProfile"]
+    assert profile == TRUSTED_LAUNCH
+
+
+def test_every_catalog_family_is_classified():
+    """A family added to the catalog must be placed in (or out of) both tables on purpose."""
+    families = {t.family for t in catalog.load("azure").types}
+    assert families <= azure.TRUSTED_LAUNCH_FAMILIES
+    assert families <= azure.ENCRYPTION_AT_HOST_FAMILIES
+    assert azure.trusted_launch_supported(parse_deployment(dep(os="ubuntu22")).os_spec.azure, "Fsv2") is False
+    assert azure.security_profile(parse_deployment(dep(os="rocky9", azure={"marketplace_terms_accepted": True}))
+                                  .os_spec.azure, "Fsv2") is None
+
+
+def test_every_trusted_launch_image_is_a_project_image():
+    images = {(s.azure.publisher, s.azure.offer, s.azure.sku) for s in oses.SUPPORTED.values() if s.azure}
+    assert azure.TRUSTED_LAUNCH_IMAGES <= images
+
+
+# -- the HTTP API's credentials (issue 8, point 6) ---------------------------------------------
+
+API_PW = "offline-generated-password-of-kumo-t-api-password"
+
+
+def test_api_password_in_the_vault_readable_only_by_each_vm():
+    d = dep(nodes=2, network={"api_cidrs": ["198.51.100.0/24"]})
+    result, seen = run_component(d)
+    assert seen["secret_names"] == ["relay-password", "api-password"]
+    api_secret = next(s for s in result.of_type(SECRET) if s.inputs["secretName"] == "api-password")
+    assert secret_inputs(api_secret)["value"] == API_PW
+    readers = [r for r in result.of_type(ROLE) if r.inputs["scope"] == f"{api_secret.name}-id"]
+    assert sorted(r.inputs["principalId"] for r in readers) == sorted(seen["identity_principal_ids"])
+    generated = next(p for p in result.of_type(RANDOM_PASSWORD) if p.name == "kumo-t-api-password")
+    assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
+    for vm in result.of_type(VM):
+        text = decoded_custom_data(vm)
+        files = {f["path"]: f["content"] for f in yaml.safe_load(text)["write_files"]}
+        assert (f"azure:https://{azure_vault_name(parse_deployment(d))}.vault.azure.net:api-password\t"
+                "/opt/kumomta/etc/secrets/api-password") in files["/etc/kumo-infra/secrets.list"].splitlines()
+        assert API_PW not in text
+
+
+def test_api_password_value_is_only_in_its_vault_secret():
+    result = run(dep(nodes=2, network={"api_cidrs": ["198.51.100.0/24"]}))
+    holders = [r for r in result.resources if API_PW in recorded_text(r.inputs)]
+    assert [(r.type, r.inputs["secretName"]) for r in holders] == [(SECRET, "api-password")]
+    assert API_PW not in recorded_text(result.outputs)
+
+
+def test_api_output_names_the_vault_secret_and_how_to_read_it():
+    d = dep(network={"api_cidrs": ["198.51.100.0/24"]})
+    result = run(d)
+    api = result.outputs["api"]
+    vault = azure_vault_name(parse_deployment(d))
+    assert api["endpoints"] == [{"hostname": "mta.example.com", "url": f"https://{result.outputs['public_ips'][0]}:8443"}]
+    assert api["secret_name"] == "api-password" and api["user"] == "kumo-api"
+    assert api["read_password"] == f"az keyvault secret show --vault-name {vault} --name api-password --query value -o tsv"
+    assert "network-rule" in api["note"] and "Key Vault Secrets User" in api["note"]
+    assert run(dep()).outputs["api"] is None

@@ -8,13 +8,25 @@ with a system-assigned managed identity and, for a ``block`` spool, a managed
 data disk at LUN 0 that outlives the VM. With ``dns.zone`` the forward A
 records are created in the Azure DNS zone.
 
-Secrets (relay password, DKIM private keys) go to one Key Vault per deployment,
-named ``secretspec.azure_vault_name`` (RBAC authorization, soft delete, purge
-protection), one ``keyvault.Secret`` each; each VM's system-assigned identity
-gets "Key Vault Secrets User" on exactly those secrets (scope: the secret, not
-the vault). No secrets, no vault. The VMs depend on the secrets; the role
-assignments need the VMs' principal ids, so they come after the VMs, and the
-node's boot-time fetch retries until RBAC has propagated.
+Secrets (relay password, DKIM private keys, the API password) go to one Key
+Vault per deployment, named ``secretspec.azure_vault_name`` (RBAC authorization,
+soft delete, purge protection), one ``keyvault.Secret`` each; each VM's
+system-assigned identity gets "Key Vault Secrets User" on exactly those secrets
+(scope: the secret, not the vault). No secrets, no vault. The VMs depend on the
+secrets; the role assignments need the VMs' principal ids, so they come after
+the VMs, and the node's boot-time fetch retries until RBAC has propagated.
+
+The vault's firewall admits data-plane requests only from the nodes' subnet
+(a virtual network rule; the subnet carries the ``Microsoft.KeyVault`` service
+endpoint when kumo-infra creates it, and must carry it when it is given). The
+deployer needs no exception: ``keyvault.Secret`` is written through Azure
+Resource Manager (the Microsoft.KeyVault resource provider), a control-plane
+operation, and "after firewall rules are in effect, users can only perform Key
+Vault data plane operations when their requests originate from allowed virtual
+networks or IPv4 address ranges" (MicrosoftDocs/azure-docs
+articles/key-vault/general/network-security.md): the firewall governs reads of
+secret values, not ARM writes. Reading a value from elsewhere (the API password,
+by an operator) needs a temporary IP rule and a data-plane role.
 
 PTR sequencing (Azure sets the PTR as ``dnsSettings.reverseFqdn`` of the public
 IP, and refuses a reverse FQDN that does not already resolve to an address of
@@ -43,20 +55,22 @@ import uuid
 from typing import Any, Optional
 
 import pulumi
-import pulumi_tls as tls
 from pulumi_azure_native import authorization, compute, dns, keyvault, network, resources
 
 from ..bootstrap import compressed
 from ..config import ROOT, AzureSection
 from ..errors import ConfigError
 from ..netplan import Rule
+from ..oses import AzureImage
 from ..secretspec import azure_vault_name
 from .common import (
+    ComponentPlan,
     KumoMtaComponent,
     KumoMtaArgs,
     NodePlan,
     NodeSecret,
     child,
+    generated_password,
     machine_options,
     node_output,
     prepare,
@@ -69,6 +83,13 @@ TYPE_TOKEN = "kumo:index:AzureKumoMta"
 # The engine property path of the bootstrap on the VM (custom data cannot change on a
 # running VM: a change replaces it unless lifecycle.replace_on_bootstrap_change).
 BOOTSTRAP_PATHS = ["osProfile.customData"]
+# Set when a VM is created and never changed on a running one: Azure takes the admin credential and
+# SSH keys only at creation (changed later through the VMAccess extension), and enabling encryption
+# at host or Trusted Launch on an existing VM needs it deallocated ("Existing VMs must be deallocated
+# and reallocated in order to be encrypted": MicrosoftDocs/azure-compute-docs
+# articles/virtual-machines/includes/virtual-machines-disks-encryption-at-host-restrictions.md),
+# which discards a local NVMe spool. A stack created by an earlier release keeps its VMs as they are.
+CREATE_ONLY_PATHS = ["osProfile.adminPassword", "osProfile.linuxConfiguration", "securityProfile"]
 ADMIN_USER = "kumoadmin"
 DISK_SKU = "Premium_LRS"
 # Azure's Linux marketplace images ship a 30 GiB OS disk (Ubuntu, Debian, AlmaLinux) and refuse a
@@ -89,13 +110,50 @@ SECRETS_USER_ROLE = "4633458b-17de-408a-b874-0445c86b69e6"
 SOFT_DELETE_DAYS = 7
 # Namespace of the role assignments' GUID names (uuid5 of vault, secret and node: stable across runs).
 ROLE_ASSIGNMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/kumo-infra/role-assignments")
+# Azure refuses a Linux VM with neither an SSH key nor an admin password ("Authentication using either
+# SSH or by user name and password must be enabled in Linux profile", InvalidParameter on
+# linuxConfiguration; quoted in hashicorp/terraform-provider-azurerm
+# internal/services/compute/linux_virtual_machine_resource.go). Without ssh_public_key (and so without
+# any SSH rule) each VM gets a generated password kept only as a Pulumi secret, which no one can use
+# from the network: no NSG rule admits 22 from anywhere (deny-in-all sits below every allow), and boot
+# diagnostics (the serial console's prerequisite) are not enabled. Azure's cloud-init datasource turns
+# sshd password authentication on for such a VM (ssh_pwauth: true in cloudinit/sources/DataSourceAzure.py);
+# a cloud-config "ssh_pwauth: false" in the user data overrides it (cloud-init's ConfigMerger ranks
+# instance config above datasource config) and is the bootstrap's to set.
+# 40 letters and digits: within Azure's 6-72 characters, and 3 of its 4 character classes.
+ADMIN_PASSWORD_LENGTH = 40
+# Trusted Launch (Secure Boot + vTPM) needs a Generation 2 image of an OS Microsoft lists and a size
+# family it supports (MicrosoftDocs/azure-compute-docs articles/virtual-machines/trusted-launch.md:
+# sizes "B-family, D-family ... L-family" supported; OSes Alma Linux 8 and 9, Debian 11 and 12, Ubuntu
+# 20.04 and 22.04, and "Rocky Linux from CIQ", which is not the RESF image used here). Images as
+# (publisher, offer, sku) from kumo_infra/oses.py; all of these SKUs are the Gen2 ones.
+TRUSTED_LAUNCH_IMAGES = frozenset({
+    ("almalinux", "almalinux-x86_64", "8-gen2"),
+    ("almalinux", "almalinux-x86_64", "9-gen2"),
+    ("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2"),
+    ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"),
+    ("Debian", "debian-12", "12-gen2"),
+})
+# Not listed there, so no Trusted Launch: RESF's Rocky Linux 8/9 ("resf", "rockylinux-x86_64") and
+# Ubuntu 24.04 ("ubuntu-24_04-lts", "server"). Every size family of kumo_infra/catalog/azure.toml is a
+# B, D or L family.
+TRUSTED_LAUNCH_FAMILIES = frozenset({"Bv1", "Bsv2", "Dsv5", "Lsv3", "Dadsv6", "Ddsv6"})
+# Encryption at host (temp disk and disk caches encrypted on the host) is a per-size capability Azure
+# reports as EncryptionAtHostSupported (az vm list-skus). Recorded values from the SKU API
+# (Azure/karpenter-provider-azure pkg/fake/zz_generated.sku.*.go): True for standardBSFamily (Bv1),
+# StandardDdsv6Family, standardDav6Family, standardDv5Family, standardDSv3Family; False only for the
+# A0-A7, Dv2 and Dv3 families (no premium storage), none of which the catalog offers. Every catalog
+# family is a premium-storage size of the current generations: all get it. It also needs the
+# subscription feature Microsoft.Compute/EncryptionAtHost registered once (az feature register
+# --namespace Microsoft.Compute --name EncryptionAtHost); without it Azure refuses the VM, naming the
+# feature.
+ENCRYPTION_AT_HOST_FAMILIES = frozenset({"Bv1", "Bsv2", "Dsv5", "Lsv3", "Dadsv6", "Ddsv6"})
 
 
 class AzureKumoMta(KumoMtaComponent):
     """KumoMTA nodes on Azure VMs (see docs/component-spec.md)."""
 
     identity_principal_ids: pulumi.Output[list[str]]
-    ssh_private_key: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None):
         cp = prepare(args, "azure")
@@ -129,22 +187,16 @@ class AzureKumoMta(KumoMtaComponent):
                 f"{name}-subnet", resource_group_name=rg_name, virtual_network_name=vnet.name,
                 address_prefix=subnet_cidr(az.vnet_cidr),
                 # Every node has its own Standard public IP for outbound; no implicit default outbound.
-                default_outbound_access=False, opts=child(self))
+                default_outbound_access=False,
+                # The Key Vault admits this subnet by a virtual network rule, which needs the endpoint.
+                service_endpoints=[network.ServiceEndpointPropertiesFormatArgs(service=KEY_VAULT_ENDPOINT)],
+                opts=child(self))
             subnet_id = subnet.id
 
         # -- firewall -------------------------------------------------------------
         self.network_security_group = network.NetworkSecurityGroup(
             f"{name}-nsg", resource_group_name=rg_name, location=region,
             security_rules=security_rules(cp.rules), tags=tags, opts=child(self))
-
-        # -- SSH access -------------------------------------------------------------
-        if az.ssh_public_key:
-            ssh_public_key: pulumi.Input[str] = az.ssh_public_key
-            self.ssh_private_key = None
-        else:
-            key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child(self))
-            ssh_public_key = key.public_key_openssh
-            self.ssh_private_key = pulumi.Output.secret(key.private_key_openssh)
 
         if cp.create_forward_records and not d.dns.forward_records_exist:
             pulumi.log.warn(
@@ -170,8 +222,12 @@ class AzureKumoMta(KumoMtaComponent):
                     enable_rbac_authorization=True,
                     enable_soft_delete=True, soft_delete_retention_in_days=SOFT_DELETE_DAYS,
                     enable_purge_protection=True,
-                    # The nodes reach the public endpoint (the NSG allows 443 out); RBAC guards it.
-                    network_acls=keyvault.NetworkRuleSetArgs(default_action="Allow", bypass="AzureServices")),
+                    network_acls=vault_network_rules(subnet_id),
+                    # The nodes reach the vault's public endpoint through their subnet's service
+                    # endpoint, which a disabled public access would refuse too (it admits private
+                    # endpoints only, "even if the firewall rules are present": azure-native
+                    # VaultPropertiesArgs.public_network_access); the firewall above narrows it.
+                    public_network_access="Enabled"),
                 tags=tags, opts=child(self, protect=d.lifecycle.protect))
             for secret in secrets:
                 self.secrets.append((secret, keyvault.Secret(
@@ -237,7 +293,8 @@ class AzureKumoMta(KumoMtaComponent):
             # after the old one is gone.
             # The VM fetches its secrets at boot: they must exist first.
             vm_opts = pulumi.ResourceOptions.merge(
-                machine_options(self, cp, BOOTSTRAP_PATHS, depends_on=[kv for _, kv in self.secrets]),
+                machine_options(self, cp, BOOTSTRAP_PATHS, CREATE_ONLY_PATHS,
+                                depends_on=[kv for _, kv in self.secrets]),
                 pulumi.ResourceOptions(delete_before_replace=True))
             vm = compute.VirtualMachine(
                 f"{name}-{node.key}-vm",
@@ -247,8 +304,8 @@ class AzureKumoMta(KumoMtaComponent):
                 storage_profile=compute.StorageProfileArgs(
                     image_reference=compute.ImageReferenceArgs(
                         publisher=image.publisher, offer=image.offer, sku=image.sku, version="latest"),
-                    # Managed disks are encrypted at rest with platform-managed keys by default.
-                    # Encryption at host is not set: it needs a per-subscription feature registration.
+                    # Managed disks are encrypted at rest with platform-managed keys by default; encryption
+                    # at host (security_profile below) adds the temp disk and the caches.
                     os_disk=compute.OSDiskArgs(
                         create_option="FromImage", caching="ReadWrite", delete_option="Delete",
                         disk_size_gb=max(cp.plan.os_disk_gb, MIN_OS_DISK_GB),
@@ -256,21 +313,12 @@ class AzureKumoMta(KumoMtaComponent):
                     data_disks=data_disks,
                     disk_controller_type=controller),
                 plan=plan,
-                os_profile=compute.OSProfileArgs(
-                    computer_name=node.hostname.split(".", 1)[0],
-                    admin_username=ADMIN_USER,
-                    custom_data=custom[node.key],
-                    linux_configuration=compute.LinuxConfigurationArgs(
-                        disable_password_authentication=True,
-                        provision_vm_agent=True,
-                        ssh=compute.SshConfigurationArgs(public_keys=[compute.SshPublicKeyArgs(
-                            path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=ssh_public_key)]))),
+                os_profile=os_profile(self, f"{name}-{node.key}", cp, az, node.hostname, custom[node.key]),
                 network_profile=compute.NetworkProfileArgs(network_interfaces=[
                     compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True, delete_option="Detach")]),
                 # Least privilege: the identity can read only this deployment's secrets (below).
                 identity=compute.VirtualMachineIdentityArgs(type="SystemAssigned"),
-                # No security_profile: Trusted Launch / secure boot is not supported by every image
-                # offered here (marketplace Rocky), so it is left to the platform default.
+                security_profile=security_profile(image, itype.family),
                 tags=tags,
                 opts=vm_opts,
             )
@@ -296,8 +344,56 @@ class AzureKumoMta(KumoMtaComponent):
                                             private_ip=nic.ip_configurations.apply(first_private_ip)))
 
         self._publish(cp, node_outputs, addresses, secrets, dkim_public,
-                      identity_principal_ids=pulumi.Output.all(*principals).apply(list),
-                      ssh_private_key=self.ssh_private_key)
+                      identity_principal_ids=pulumi.Output.all(*principals).apply(list))
+
+
+KEY_VAULT_ENDPOINT = "Microsoft.KeyVault"
+
+
+def vault_network_rules(subnet_id: pulumi.Input[str]) -> keyvault.NetworkRuleSetArgs:
+    """The vault's firewall: data-plane requests only from the nodes' subnet.
+
+    No bypass for "trusted Microsoft services": nothing here uses one (no disk encryption set, no
+    template deployment reading the vault), and each would be a path around the rule. A given subnet
+    without the Microsoft.KeyVault service endpoint makes Azure refuse the rule (the check is not
+    ignored), rather than leaving nodes that cannot fetch their secrets."""
+    return keyvault.NetworkRuleSetArgs(
+        default_action="Deny", bypass="None",
+        virtual_network_rules=[keyvault.VirtualNetworkRuleArgs(id=subnet_id, ignore_missing_vnet_service_endpoint=False)])
+
+
+def os_profile(parent: pulumi.Resource, prefix: str, cp: ComponentPlan, az: AzureSection, hostname: str,
+               custom: str) -> compute.OSProfileArgs:
+    """The admin account: the operator's SSH key when SSH is allowed (the config requires one with
+    network.ssh_cidrs), else a generated password nobody can reach (ADMIN_PASSWORD_LENGTH explains);
+    no private key is ever generated into Pulumi state."""
+    if az.ssh_public_key:
+        linux = compute.LinuxConfigurationArgs(
+            disable_password_authentication=True, provision_vm_agent=True,
+            ssh=compute.SshConfigurationArgs(public_keys=[compute.SshPublicKeyArgs(
+                path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=az.ssh_public_key)]))
+        password = None
+    else:
+        linux = compute.LinuxConfigurationArgs(disable_password_authentication=False, provision_vm_agent=True)
+        password = generated_password(parent, f"{prefix}-admin-password", cp, length=ADMIN_PASSWORD_LENGTH,
+                                      special=False, min_upper=1, min_lower=1, min_numeric=1)
+    return compute.OSProfileArgs(computer_name=hostname.split(".", 1)[0], admin_username=ADMIN_USER,
+                                 admin_password=password, custom_data=custom, linux_configuration=linux)
+
+
+def trusted_launch_supported(image: AzureImage, family: str) -> bool:
+    return (image.publisher, image.offer, image.sku) in TRUSTED_LAUNCH_IMAGES and family in TRUSTED_LAUNCH_FAMILIES
+
+
+def security_profile(image: AzureImage, family: str) -> Optional[compute.SecurityProfileArgs]:
+    """Encryption at host and Trusted Launch where the size and the image support them (see the tables)."""
+    settings: dict[str, Any] = {}
+    if family in ENCRYPTION_AT_HOST_FAMILIES:
+        settings["encryption_at_host"] = True
+    if trusted_launch_supported(image, family):
+        settings["security_type"] = "TrustedLaunch"
+        settings["uefi_settings"] = compute.UefiSettingsArgs(secure_boot_enabled=True, v_tpm_enabled=True)
+    return compute.SecurityProfileArgs(**settings) if settings else None
 
 
 # -- pure helpers (unit-tested) ---------------------------------------------------------
