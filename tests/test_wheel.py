@@ -254,7 +254,7 @@ def test_installed_cli_validates_renders_and_plans_outside_the_checkout(installe
     for command in (["render", "--config", str(stack)], ["plan", "--config", str(stack), "--json"]):
         from_wheel = run_installed(installed, "kumo-infra", *command)
         assert from_wheel.returncode == 0, f"{command[0]}: {from_wheel.stderr}"
-        from_checkout = subprocess.run([str(ROOT / ".venv" / "bin" / "kumo-infra"), *command], cwd=ROOT,
+        from_checkout = subprocess.run([str(Path(sys.executable).parent / "kumo-infra"), *command], cwd=ROOT,
                                        capture_output=True, text=True, timeout=600)
         assert from_checkout.returncode == 0, from_checkout.stderr
         assert from_wheel.stdout == from_checkout.stdout, f"{command[0]} differs between the wheel and the checkout"
