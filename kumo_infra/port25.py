@@ -88,7 +88,10 @@ def report(deployment: Deployment, plan: Plan, public_ips: list[str] | None = No
         ["opens inbound 25", "allows outbound 25 in the firewall",
          "reserves a static IP per node and sets its PTR once the forward record exists",
          "delivers directly to MX hosts", "reports the probe result"] if mode == "direct" else
-        ["opens inbound 25", relay_text, "stores the relay password in the secret store, readable only by the nodes",
+        ["opens inbound 25", relay_text,
+         f"allows outbound mail in the firewall only to port {relay.port if relay else '(the relay port)'} "
+         "(no outbound 25: the probe reports blocked)",
+         "stores the relay password in the secret store, readable only by the nodes",
          "reports the probe result (blocked is expected and harmless in relay mode)"])
     return out
 

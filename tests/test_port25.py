@@ -42,7 +42,7 @@ def raw(cloud, kind, mode, with_relay):
     port25 = {"outbound": mode, **({"relay": RELAY} if with_relay else {})}
     extra = {"azure": {"subscription_type": kind}, "os": "ubuntu22"} if cloud == "azure" else {}
     if cloud == "gcp":
-        extra = {"gcp": {"project": "p"}}
+        extra = {"gcp": {"project": "my-project"}}
     return deployment(cloud=cloud, region=REGION[cloud], port25=port25, **extra)
 
 
@@ -94,3 +94,16 @@ def test_port25_command_for_every_example_stack(stack):
 def test_port25_command_bad_input():
     assert_bad_input(kumo("port25", "--stack", "nope"), "--stack")
     assert_bad_input(kumo("port25"), "one of the arguments --stack --config is required")
+
+
+@pytest.mark.parametrize("port", [587, 2525])
+def test_relay_report_says_the_firewall_allows_only_the_relays_port(port):
+    d = parse_deployment(deployment(port25={"outbound": "relay", "relay": {**RELAY, "port": port}}))
+    does = report(d, plan_for(d))["kumo_infra_does"]
+    assert f"allows outbound mail in the firewall only to port {port} (no outbound 25: the probe reports blocked)" in does
+    assert "allows outbound 25 in the firewall" not in does
+
+
+def test_direct_report_says_the_firewall_allows_outbound_25():
+    d = parse_deployment(deployment(port25={"outbound": "direct"}))
+    assert "allows outbound 25 in the firewall" in report(d, plan_for(d))["kumo_infra_does"]

@@ -58,7 +58,7 @@ def test_components_check_a_deployment_model_built_by_the_caller():
     # model_construct skips validation, as a caller's own code might: prepare still applies the rules.
     unchecked = Deployment.model_construct(**Deployment.model_validate(
         {"cloud": "gcp", "region": "us-central1", "name": "ab", "hostname": "mta.example.com",
-         "gcp": {"project": "p"}, "port25": {"outbound": "relay", "relay": {"host": "smtp.example.net",
+         "gcp": {"project": "my-project"}, "port25": {"outbound": "relay", "relay": {"host": "smtp.example.net",
                                                                               "username": "u"}}}).__dict__)
     with pytest.raises(ConfigError, match="kumo:relayPassword"):
         prepare({"deployment": unchecked}, "gcp")
@@ -87,3 +87,28 @@ def test_offline_plan_drops_sdk_aliases_and_records_the_same_resource(monkeypatc
     again = offline.run(make(kept), {}, stack="t")
     assert len(kept[0]._aliases) > 10
     assert again.one("azure-native:resources:ResourceGroup").to_dict() == result.one("azure-native:resources:ResourceGroup").to_dict()
+
+
+def test_program_exports_how_to_reach_the_api_and_no_private_key():
+    values = stack_values("gcp-dev")
+    values["kumo:deployment"]["network"] = {"api_cidrs": ["198.51.100.0/24"]}
+    result = offline.run(program.run, values, stack="gcp-dev", secret_keys=["kumo:relayPassword"])
+    api = result.outputs["api"]
+    assert api["user"] == "kumo-api" and api["secret_name"] == "kumo-gcpdev-api-password"
+    assert [e["url"] for e in api["endpoints"]] == [f"https://{ip}:8443" for ip in result.outputs["public_ips"]]
+    assert "ssh_private_key" not in result.outputs
+    assert "offline-generated-password" not in str(result.outputs)
+
+
+def test_program_exports_a_null_api_without_api_cidrs():
+    result = offline.run(program.run, stack_values("gcp-dev"), stack="gcp-dev", secret_keys=["kumo:relayPassword"])
+    assert result.outputs["api"] is None
+
+
+def test_refusal_keeps_the_config_problems_for_the_cli():
+    values = stack_values("aws-dev")
+    values["kumo:deployment"]["sizing"]["messages_per_hour"] = 0
+    with pytest.raises(program.StackConfigError) as info:
+        offline.run(program.run, values, stack="aws-dev")
+    assert isinstance(info.value, pulumi.RunError)  # Pulumi prints it without a traceback
+    assert [p.path for p in info.value.config_error.problems] == ["kumo:deployment.sizing.messages_per_hour"]
