@@ -50,10 +50,10 @@ class OsSpec:
     title: str
     family: str  # "dnf" | "yum" | "apt": the package manager the bootstrap drives
     support: Support
-    # Path of KumoMTA's repository definition under the repository host, and for
-    # apt the directory holding the signing key.
-    repo_file: str
-    apt_key_dir: str = ""
+    # KumoMTA's repository directory for this OS under the repository host: the dev channel;
+    # "<repo_dir>-stable" holds the stable one, and "<repo_dir>/public.gpg" the signing key
+    # (see kumo_infra/bootstrap/packages.py for the sources).
+    repo_dir: str
     arches: frozenset[str] = frozenset({"x86_64"})
     warning: str = ""
     aws: AwsImage | None = None
@@ -64,38 +64,38 @@ class OsSpec:
         return getattr(self, cloud)
 
 
-_UBUNTU22_REPO = dict(repo_file="files/kumomta-ubuntu22.list", apt_key_dir="kumomta-ubuntu-22")
+_UBUNTU22_REPO = dict(repo_dir="kumomta-ubuntu-22")
 
 SUPPORTED: dict[str, OsSpec] = {
     spec.key: spec
     for spec in [
         OsSpec(
-            "rocky8", "Rocky Linux 8", "dnf", Support.OFFICIAL, "files/kumomta-rocky.repo",
+            "rocky8", "Rocky Linux 8", "dnf", Support.OFFICIAL, "kumomta-rockylinux-8",
             aws=AwsImage("792107900819", "Rocky-8-EC2-Base-8.*{arch}"),
             azure=AzureImage("resf", "rockylinux-x86_64", "8-base", needs_plan=True),
             gcp=GcpImage("rocky-linux-cloud", "rocky-linux-8"),
         ),
         OsSpec(
-            "rocky9", "Rocky Linux 9", "dnf", Support.OFFICIAL, "files/kumomta-rocky.repo",
+            "rocky9", "Rocky Linux 9", "dnf", Support.OFFICIAL, "kumomta-rockylinux-9",
             aws=AwsImage("792107900819", "Rocky-9-EC2-Base-9.*{arch}"),
             azure=AzureImage("resf", "rockylinux-x86_64", "9-base", needs_plan=True),
             gcp=GcpImage("rocky-linux-cloud", "rocky-linux-9"),
         ),
         OsSpec(
-            "alma8", "AlmaLinux 8", "dnf", Support.OFFICIAL, "files/kumomta-rocky.repo",
+            "alma8", "AlmaLinux 8", "dnf", Support.OFFICIAL, "kumomta-rockylinux-8",
             aws=AwsImage("764336703387", "AlmaLinux OS 8*{arch}"),
             azure=AzureImage("almalinux", "almalinux-x86_64", "8-gen2"),
             gcp=GcpImage("almalinux-cloud", "almalinux-8"),
         ),
         OsSpec(
-            "alma9", "AlmaLinux 9", "dnf", Support.OFFICIAL, "files/kumomta-rocky.repo",
+            "alma9", "AlmaLinux 9", "dnf", Support.OFFICIAL, "kumomta-rockylinux-9",
             aws=AwsImage("764336703387", "AlmaLinux OS 9*{arch}"),
             azure=AzureImage("almalinux", "almalinux-x86_64", "9-gen2"),
             gcp=GcpImage("almalinux-cloud", "almalinux-9"),
         ),
         OsSpec(
             "ubuntu20", "Ubuntu 20.04 LTS", "apt", Support.END_OF_LIFE,
-            repo_file="files/kumomta-ubuntu20.list", apt_key_dir="kumomta-ubuntu-20",
+            repo_dir="kumomta-ubuntu-20",
             warning="Ubuntu 20.04 left standard support in May 2025; plan a move to ubuntu22.",
             aws=AwsImage("099720109477", "ubuntu/images/hvm-ssd/ubuntu-focal-20.04-{arch}-server-*", {"x86_64": "amd64"}),
             azure=AzureImage("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2"),
@@ -126,12 +126,12 @@ SUPPORTED: dict[str, OsSpec] = {
             gcp=GcpImage("debian-cloud", "debian-12"),
         ),
         OsSpec(
-            "al2023", "Amazon Linux 2023", "dnf", Support.OFFICIAL, "files/kumomta-amazon2023.repo",
+            "al2023", "Amazon Linux 2023", "dnf", Support.OFFICIAL, "kumomta-amazonlinux-2023",
             arches=frozenset({"x86_64", "arm64"}),
             aws=AwsImage("amazon", "al2023-ami-2023.*-kernel-6.1-{arch}", {"x86_64": "x86_64", "arm64": "arm64"}),
         ),
         OsSpec(
-            "al2", "Amazon Linux 2", "yum", Support.END_OF_LIFE, "files/kumomta-amazon.repo",
+            "al2", "Amazon Linux 2", "yum", Support.END_OF_LIFE, "kumomta-amazonlinux-2",
             warning="Amazon Linux 2 reached end of support on 2026-06-30 and KumoMTA no longer builds "
                     "packages for it: you get the last published build and no fixes. Move to al2023.",
             aws=AwsImage("amazon", "amzn2-ami-hvm-*-{arch}-gp2"),

@@ -18,7 +18,7 @@ from kumo_infra.bootstrap import FILES
 SCRIPT = FILES / "kumo-bootstrap.sh"
 
 
-def bash(body: str, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def bash(body: str, tmp_path: Path, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess:
     prelude = f"""
 set -uo pipefail
 . {SCRIPT}
@@ -30,7 +30,8 @@ STARTED=2026-01-01T00:00:00Z
 KUMO_HOSTNAME=mta.example.com KUMO_CLOUD=aws KUMO_OS=debian12
 """
     full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(env or {})}
-    return subprocess.run(["bash", "-c", prelude + body], capture_output=True, text=True, env=full_env, timeout=60)
+    return subprocess.run(["bash", "-c", prelude + body], capture_output=True, text=True, env=full_env, timeout=60,
+                          input=stdin)
 
 
 @pytest.mark.parametrize("text", ['plain', 'quote " and back\\slash', "tab\there\nnew line", "ünïcode"])
@@ -117,3 +118,424 @@ def test_mount_spool_survives_systemd_winning_the_race(mount_body, ok, detail, t
     result = bash(MOUNT_STUBS.format(tmp=tmp_path, mount_body=mount_body), tmp_path)
     assert ("rc=0" in result.stdout) is ok, result.stdout + result.stderr
     assert detail in result.stdout
+
+
+# -- point 1: the outbound-25 probe passes each host as data ---------------------------------
+
+@pytest.mark.parametrize("payload", [
+    # (probe_hosts are space-separated: each payload is one host, so without a space)
+    "$(touch${IFS}%(marker)s)",
+    "`touch${IFS}%(marker)s`",
+    "x;touch${IFS}%(marker)s",
+    "x/25;touch${IFS}%(marker)s;#",
+    "x'\"$(touch${IFS}%(marker)s)\"'",
+    "*",
+])
+def test_probe_host_is_never_code(payload, tmp_path):
+    marker = tmp_path / "marker"
+    host = payload % {"marker": marker}
+    # `timeout` is wrapped to record its argv exactly (NUL-separated) before the real one runs it.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    wrapper = tools / "timeout"
+    wrapper.write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" >>{tmp_path}/argv\nexec /usr/bin/timeout "$@"\n')
+    wrapper.chmod(0o755)
+    body = """
+KUMO_PROBE_HOSTS=$HOSTS KUMO_PROBE_TIMEOUT_S=2 KUMO_OUTBOUND_MODE=relay
+run_step probe25 step_probe25
+write_status ok; cat "$STATUS"
+"""
+    result = bash(body, tmp_path, {"HOSTS": host, "PATH": f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    assert not marker.exists(), "a probe host ran as code"
+    assert status["facts"]["outbound_25"] == "blocked"
+    calls = (tmp_path / "argv").read_bytes().split(b"\0")[:-1]
+    # One probe per space-separated host, the host as its own argument after the inner script.
+    assert [c.decode() for c in calls] == ["2", "bash", "-c", 'exec 3<>"/dev/tcp/$1/25"', "kumo-probe", host]
+
+
+def test_probe_hosts_split_on_spaces_without_pathname_expansion(tmp_path):
+    (tmp_path / "a-file-a-glob-would-find").write_text("")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "timeout").write_text(f'#!/bin/bash\nprintf "%s\\n" "${{@: -1}}" >>{tmp_path}/hosts\nexit 1\n')
+    (tools / "timeout").chmod(0o755)
+    body = f'cd {tmp_path}; KUMO_PROBE_HOSTS="mx1.example.net *  192.0.2.1" KUMO_PROBE_TIMEOUT_S=1 KUMO_OUTBOUND_MODE=relay\n' \
+           "run_step probe25 step_probe25"
+    bash(body, tmp_path, {"PATH": f"{tools}:/usr/bin:/bin"})
+    assert (tmp_path / "hosts").read_text().split("\n")[:-1] == ["mx1.example.net", "*", "192.0.2.1"]
+
+
+# -- point 4: the spool never touches a disk kumo-infra did not make ---------------------------
+
+# Fake block devices: $T/dev/NAME files; what the tools would see is in $T/meta/NAME.*:
+#   .sigs   one signature type per line (what wipefs -n lists)   .label  blkid LABEL
+#   .pttype blkid PTTYPE    .mount  a mount point    .parts  partition names    .holder  a holder
+DISK_STUBS = r"""
+T={tmp}
+SYSFS=$T/sys DEVDIR=$T/dev SPOOL=$T/spool
+is_block_device() {{ [ -f "$1" ]; }}
+meta() {{ cat "$T/meta/$(basename "$1").$2" 2>/dev/null || true; }}
+wipefs() {{ local dev=${{*: -1}}; [ -e "$dev" ] || return 1; meta "$dev" sigs; }}
+blkid() {{
+  local key="" dev=${{*: -1}}
+  while [ $# -gt 0 ]; do [ "$1" = -s ] && key=$2; shift; done
+  case "$key" in LABEL) meta "$dev" label ;; PTTYPE) meta "$dev" pttype ;; TYPE) meta "$dev" sigs | head -n 1 ;; esac
+}}
+lsblk() {{
+  local dev=${{*: -1}}
+  case "$*" in
+    *MOUNTPOINT*) meta "$dev" mount; echo ;;
+    *NAME*) basename "$dev"; meta "$dev" parts ;;
+  esac
+}}
+"""
+
+
+def make_disks(tmp_path: Path, disks: dict[str, dict[str, str]]) -> None:
+    (tmp_path / "dev").mkdir(exist_ok=True)
+    (tmp_path / "meta").mkdir(exist_ok=True)
+    for name, meta in disks.items():
+        (tmp_path / "dev" / name).write_text("")
+        (tmp_path / "sys/block" / name / "device").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys/block" / name / "device/model").write_text(meta.pop("model", "QEMU NVMe Ctrl") + "\n")
+        holders = tmp_path / "sys/class/block" / name / "holders"
+        holders.mkdir(parents=True, exist_ok=True)
+        if meta.pop("holder", ""):
+            (holders / "md127").write_text("")
+        for key, value in meta.items():
+            (tmp_path / "meta" / f"{name}.{key}").write_text(value + "\n")
+
+
+def find_devices(tmp_path: Path, settings: str) -> tuple[list[str], dict[str, str]]:
+    body = DISK_STUBS.format(tmp=tmp_path) + settings + """
+find_spool_devices >"$T/found"
+cat "$T/found"; echo ---; cat "$WORK/spool-refused"
+"""
+    result = bash(body, tmp_path)
+    found, refused = result.stdout.split("---\n")
+    return ([Path(line).name for line in found.splitlines()],
+            {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in refused.splitlines()})
+
+
+LOCAL_AWS = "KUMO_SPOOL_STORAGE=local_nvme KUMO_CLOUD=aws KUMO_SPOOL_DEVICES={n} KUMO_SPOOL_DEVICE_PATHS=''\n"
+
+
+@pytest.mark.parametrize("meta, reason", [
+    ({"sigs": "xfs", "label": "oldspool"}, "holds xfs labelled oldspool, not made by kumo-infra"),
+    ({"sigs": "ext4"}, "holds ext4, not made by kumo-infra"),
+    ({"sigs": "gpt\nPMBR", "pttype": "gpt"}, "holds PMBR,gpt, not made by kumo-infra"),
+    ({"pttype": "dos"}, "holds dos, not made by kumo-infra"),
+    ({"sigs": "linux_raid_member", "label": "otherhost:data"}, "not made by kumo-infra"),
+    ({"sigs": "LVM2_member"}, "holds LVM2_member"),
+    # Our label beside another signature is not ours either.
+    ({"sigs": "xfs\nLVM2_member", "label": "kumospool"}, "not made by kumo-infra"),
+    ({"mount": "/srv/data"}, "in use"),
+    ({"parts": "nvme1n1p1"}, "in use"),
+    ({"holder": "1"}, "in use"),
+])
+def test_local_nvme_refuses_every_disk_that_is_not_blank_or_ours(meta, reason, tmp_path):
+    make_disks(tmp_path, {"nvme1n1": meta, "nvme2n1": {}})
+    found, refused = find_devices(tmp_path, LOCAL_AWS.format(n=2))
+    assert found == ["nvme2n1"]
+    assert reason in refused["nvme1n1"]
+
+
+@pytest.mark.parametrize("meta", [
+    {},
+    {"sigs": "xfs", "label": "kumospool"},
+    {"sigs": "ext4", "label": "kumospool"},
+    {"sigs": "linux_raid_member", "label": "mta1:kumospool"},
+])
+def test_local_nvme_takes_blank_disks_and_its_own(meta, tmp_path):
+    make_disks(tmp_path, {"nvme1n1": meta})
+    assert find_devices(tmp_path, LOCAL_AWS.format(n=1)) == (["nvme1n1"], {})
+
+
+def test_local_nvme_never_takes_an_ebs_volume_or_more_than_the_plan(tmp_path):
+    make_disks(tmp_path, {"nvme0n1": {"model": "Amazon Elastic Block Store"}, "nvme1n1": {}, "nvme2n1": {},
+                          "nvme3n1": {}})
+    found, _ = find_devices(tmp_path, LOCAL_AWS.format(n=2))
+    assert found == ["nvme1n1", "nvme2n1"]
+
+
+def test_block_spool_is_only_its_exact_paths_never_a_scan(tmp_path):
+    make_disks(tmp_path, {"nvme1n1": {}, "nvme2n1": {}})
+    settings = "KUMO_SPOOL_STORAGE=block KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=1 " \
+               f"KUMO_SPOOL_DEVICE_PATHS='{tmp_path}/dev/by-id-absent {tmp_path}/dev/xvdf'\n"
+    # Free, blank disks exist, but none at the volume's own paths: nothing is taken.
+    assert find_devices(tmp_path, settings) == ([], {})
+    (tmp_path / "dev/by-id-absent").symlink_to(tmp_path / "dev/nvme2n1")
+    assert find_devices(tmp_path, settings) == (["nvme2n1"], {})
+
+
+def test_block_volume_holding_foreign_data_is_refused_at_once(tmp_path):
+    make_disks(tmp_path, {"xvdf": {"sigs": "xfs", "label": "somebodys"}})
+    body = DISK_STUBS.format(tmp=tmp_path) + f"""
+KUMO_SPOOL_STORAGE=block KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=1 KUMO_SPOOL_DEVICE_PATHS={tmp_path}/dev/xvdf
+KUMO_SPOOL_FS=xfs KUMO_DEVICE_WAIT_S=600
+id() {{ :; }}; mountpoint() {{ return 1; }}; sleep() {{ echo slept >>"$T/slept"; }}
+run_step spool step_spool; write_status failed; cat "$STATUS"
+"""
+    result = bash(body, tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    (spool,) = status["steps"]
+    assert spool["status"] == "failed" and "xvdf holds xfs labelled somebodys" in spool["detail"]
+    assert not (tmp_path / "slept").exists()  # no waiting for a volume that will not change
+
+
+RAID_BODY = r"""
+KUMO_SPOOL_STORAGE=local_nvme KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=2 KUMO_SPOOL_DEVICE_PATHS='' KUMO_SPOOL_FS=xfs
+KUMO_DEVICE_WAIT_S=0
+id() { :; }; mountpoint() { return 1; }; udevadm() { :; }
+mdadm() {
+  case "$1" in
+    --examine) return 1 ;;
+    --create) printf '%s\n' "$*" >>"$T/mdadm.log"; readlink /proc/self/fd/0 >>"$T/mdadm.stdin"; return 1 ;;
+  esac
+}
+run_step spool step_spool; write_status failed; cat "$STATUS"
+"""
+
+
+def test_raid_is_created_without_run_and_with_stdin_closed(tmp_path):
+    make_disks(tmp_path, {"nvme1n1": {}, "nvme2n1": {}})
+    # Whatever the bootstrap's own stdin holds (here a "yes"), mdadm must not read it.
+    bash(DISK_STUBS.format(tmp=tmp_path) + RAID_BODY, tmp_path, stdin="y\n")
+    (create,) = (tmp_path / "mdadm.log").read_text().splitlines()
+    assert create.startswith("--create ") and "--level=0" in create and "--raid-devices=2" in create
+    assert "--run" not in create.split() and "-R" not in create.split() and "--force" not in create.split()
+    assert create.endswith(f"{tmp_path}/dev/nvme1n1 {tmp_path}/dev/nvme2n1")
+    # mdadm reads "no" from a closed stdin when it finds data (Create.c: ask() on EOF).
+    assert (tmp_path / "mdadm.stdin").read_text().strip() == "/dev/null"
+
+
+def test_raid_members_are_checked_again_right_before_mdadm(tmp_path):
+    make_disks(tmp_path, {"nvme1n1": {}, "nvme2n1": {}})
+    # Blank at the scan; a filesystem appears before mdadm would run.
+    stubs = DISK_STUBS.format(tmp=tmp_path) + r"""
+wipefs() {
+  local dev=${*: -1} n
+  n=$(cat "$T/wipefs-calls" 2>/dev/null || echo 0); echo $((n + 1)) >"$T/wipefs-calls"
+  if [ "$n" -ge 2 ] && [ "$(basename "$dev")" = nvme2n1 ]; then echo ext4; fi
+}
+"""
+    result = bash(stubs + RAID_BODY, tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    (spool,) = status["steps"]
+    assert spool["status"] == "failed" and "nvme2n1 is not blank (ext4)" in spool["detail"]
+    assert not (tmp_path / "mdadm.log").exists()
+
+
+def test_single_device_is_checked_again_right_before_mkfs(tmp_path):
+    make_disks(tmp_path, {"nvme1n1": {}})
+    stubs = DISK_STUBS.format(tmp=tmp_path) + r"""
+wipefs() {
+  local n; n=$(cat "$T/wipefs-calls" 2>/dev/null || echo 0); echo $((n + 1)) >"$T/wipefs-calls"
+  if [ "$n" -ge 1 ]; then echo gpt; fi
+}
+mkfs.xfs() { echo "$*" >>"$T/mkfs.log"; }
+"""
+    body = stubs + """
+KUMO_SPOOL_STORAGE=local_nvme KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=1 KUMO_SPOOL_DEVICE_PATHS='' KUMO_SPOOL_FS=xfs
+KUMO_DEVICE_WAIT_S=0
+id() { :; }; mountpoint() { return 1; }; udevadm() { :; }
+run_step spool step_spool; write_status failed; cat "$STATUS"
+"""
+    result = bash(body, tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    assert "is not blank (gpt); refusing to format it" in status["steps"][0]["detail"]
+    assert not (tmp_path / "mkfs.log").exists()
+
+
+# -- point 11: mutants of the spool mount and the install step -------------------------------
+
+def test_spool_fstab_line_mounts_noatime_by_label(tmp_path):
+    fstab = tmp_path / "fstab"
+    fstab.write_text("/dev/vda / ext4 defaults 0 1\n/dev/old /var/spool/kumomta xfs defaults 0 2\n"
+                     "# /var/spool/kumomta stays a comment\n")
+    body = f"""
+FSTAB={fstab} SPOOL=/var/spool/kumomta KUMO_SPOOL_FS=xfs
+run_step fstab ensure_spool_fstab; run_step again ensure_spool_fstab; write_status ok; cat "$STATUS"
+"""
+    result = bash(body, tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    lines = fstab.read_text().splitlines()
+    assert lines[:2] == ["/dev/vda / ext4 defaults 0 1", "# /var/spool/kumomta stays a comment"]
+    source, mount_point, fstype, options, dump, passno = lines[2].split()
+    assert (source, mount_point, fstype) == ("LABEL=kumospool", "/var/spool/kumomta", "xfs")
+    # noatime: KumoMTA's spool must not write an inode for every read; nofail: a wiped local
+    # disk must not stop the boot.
+    assert options.split(",") == ["noatime", "nofail"]
+    assert (dump, passno) == ("0", "2")
+    assert [s["changed"] for s in status["steps"]] == [True, False]
+
+
+INSTALL_STUBS = r"""
+T={tmp}
+KUMO_PKG_FAMILY=apt KUMO_PACKAGE=kumomta KUMO_OTHER_PACKAGE=kumomta-dev KUMO_VERSION={version}
+KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=1 KUMO_REPO_KEY_URL=http://192.0.2.1/k KUMO_REPO_KEY_FINGERPRINT={fpr}
+KUMO_REPO_WAIT_S=0
+dpkg-query() {{ case "${{*: -1}}" in kumomta) echo "ii 2026.03.04-1fbb1b18" ;; esac; }}
+command() {{ [ "$2" = mkfs.xfs ] || builtin command "$@"; }}
+apt-get() {{ echo "apt-get $*" >>"$T/pkg.log"; }}
+dnf() {{ echo "dnf $*" >>"$T/pkg.log"; }}
+curl() {{ echo "curl $*" >>"$T/pkg.log"; return 1; }}
+id() {{ :; }}
+run_step install step_install; write_status ok; cat "$STATUS"
+"""
+
+
+@pytest.mark.parametrize("version", ["", "2026.03.04-1fbb1b18", "2026.03.04"])
+def test_install_leaves_the_wanted_version_alone(version, tmp_path):
+    result = bash(INSTALL_STUBS.format(tmp=tmp_path, version=version, fpr="A" * 40), tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    (install,) = status["steps"]
+    assert install["status"] == "ok" and install["changed"] is False and install["changes"] == []
+    assert not (tmp_path / "pkg.log").exists(), (tmp_path / "pkg.log").read_text()
+    assert status["facts"]["kumomta_version"] == "2026.03.04-1fbb1b18"
+
+
+def test_install_of_another_version_goes_to_the_repository(tmp_path):
+    # The control for the test above: with another version wanted, the stubs do see the attempt.
+    result = bash(INSTALL_STUBS.format(tmp=tmp_path, version="2027.01.01", fpr="A" * 40), tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    assert status["steps"][0]["status"] == "failed"
+    assert "curl" in (tmp_path / "pkg.log").read_text()
+
+
+def test_install_refuses_without_a_fingerprint(tmp_path):
+    result = bash(INSTALL_STUBS.format(tmp=tmp_path, version="2027.01.01", fpr=""), tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    assert status["steps"][0]["status"] == "failed"
+    assert "set kumomta.repo_key_fingerprint" in status["steps"][0]["detail"]
+    assert not (tmp_path / "pkg.log").exists()  # nothing fetched, nothing installed
+
+
+# -- point 7: the repository key is trusted only with the pinned fingerprint ------------------
+
+@pytest.fixture(scope="module")
+def two_keys(tmp_path_factory) -> dict[str, tuple[str, Path]]:
+    """Two real OpenPGP signing keys: name -> (fingerprint, armored public key file)."""
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = {"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
+    gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    keys = {}
+    try:
+        for name in ("mirror", "other"):
+            subprocess.run([*gpg, "--quick-gen-key", f"{name} <{name}@kumo-infra.invalid>", "ed25519", "sign", "never"],
+                           check=True, env=env, capture_output=True)
+            listing = subprocess.run([*gpg, "--with-colons", "--fingerprint", f"{name}@kumo-infra.invalid"],
+                                     check=True, env=env, capture_output=True, text=True).stdout
+            fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+            armored = home / f"{name}.asc"
+            armored.write_text(subprocess.run([*gpg, "--armor", "--export", fpr], check=True, env=env,
+                                              capture_output=True, text=True).stdout)
+            keys[name] = (fpr, armored)
+        signed = home / "Release"
+        signed.write_text("Origin: test\n")
+        subprocess.run([*gpg, "--local-user", keys["mirror"][0], "--detach-sign", "-o", f"{signed}.gpg", str(signed)],
+                       check=True, env=env)
+        keys["signed"] = ("", signed)
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+    return keys
+
+
+def trust(tmp_path: Path, key_file: Path, expected: str, armor: str = "") -> tuple[dict, Path]:
+    out = tmp_path / "kumomta.gpg"
+    body = f"""
+KUMO_REPO_KEY_URL=https://mirror.example.net/kumomta-ubuntu-22/public.gpg
+step_key() {{ trust_repo_key {key_file} {expected} {out} {armor}; }}
+run_step install step_key; write_status failed; cat "$STATUS"
+"""
+    result = bash(body, tmp_path)
+    return json.loads(result.stdout[result.stdout.index("{"):])["steps"][0], out
+
+
+def test_repository_key_with_the_pinned_fingerprint_is_trusted(two_keys, tmp_path):
+    fpr, key = two_keys["mirror"]
+    step, keyring = trust(tmp_path, key, fpr)
+    assert step["status"] == "ok", step
+    # apt's signed-by keyring: gpgv verifies the mirror's signature with it (and only with it).
+    _, release = two_keys["signed"]
+    ok = subprocess.run(["gpgv", "--keyring", str(keyring), f"{release}.gpg", str(release)], capture_output=True)
+    assert ok.returncode == 0, ok.stderr
+    step, armored = trust(tmp_path, key, fpr, "--armor")
+    assert armored.read_text().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+
+
+def test_repository_key_with_another_fingerprint_fails_naming_both(two_keys, tmp_path):
+    served, key = two_keys["other"]
+    pinned = two_keys["mirror"][0]
+    step, keyring = trust(tmp_path, key, pinned)
+    assert step["status"] == "failed" and step["name"] == "install"
+    assert f"expected {pinned}" in step["detail"] and f"is {served}" in step["detail"]
+    assert not keyring.exists()
+
+
+def test_repository_key_file_with_a_second_key_is_refused(two_keys, tmp_path):
+    both = tmp_path / "both.asc"
+    both.write_text(two_keys["mirror"][1].read_text() + two_keys["other"][1].read_text())
+    step, keyring = trust(tmp_path, both, two_keys["mirror"][0])
+    assert step["status"] == "failed" and "holds 2 keys" in step["detail"]
+    assert not keyring.exists()
+
+
+def test_repository_key_that_is_no_key_is_refused(tmp_path):
+    junk = tmp_path / "public.gpg"
+    junk.write_text("<html>404</html>\n")
+    step, keyring = trust(tmp_path, junk, "A" * 40)
+    assert step["status"] == "failed" and "is not an OpenPGP key" in step["detail"]
+    assert not keyring.exists()
+
+
+# -- point 8: SSH password logins are turned off --------------------------------------------
+
+SSHD_STUB = r"""#!/bin/bash
+# sshd stand-in: -T prints the effective PasswordAuthentication the way sshd resolves it (first
+# value wins; drop-ins where the Include line is); -t checks the syntax.
+conf=$SSHD_CONF_UNDER_TEST
+case "$1" in
+  -t) ! grep -q BROKEN "$conf" $(dirname "$conf")/sshd_config.d/*.conf 2>/dev/null ;;
+  -T) files=()
+      while read -r line; do
+        case "$line" in Include*) files+=($(dirname "$conf")/sshd_config.d/*.conf) ;; *) files+=(/dev/null) ;; esac
+      done <"$conf"
+      value=$( { for f in "$conf.first" "${files[@]}" "$conf"; do cat "$f" 2>/dev/null; done; } \
+        | awk 'tolower($1) == "passwordauthentication" { print tolower($2); exit }')
+      echo "passwordauthentication ${value:-yes}" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_ssh_password_authentication_is_turned_off(include, tmp_path):
+    etc = tmp_path / "ssh"
+    (etc / "sshd_config.d").mkdir(parents=True)
+    conf = etc / "sshd_config"
+    conf.write_text(("Include /etc/ssh/sshd_config.d/*.conf\n" if include else "") + "PasswordAuthentication yes\n")
+    (etc / "sshd_config.d/50-cloud-init.conf").write_text("PasswordAuthentication yes\n")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "sshd").write_text(SSHD_STUB)
+    (tools / "sshd").chmod(0o755)
+    body = f"""
+SSHD_CONFIG={conf} SSHD_DROPIN={etc}/sshd_config.d/01-kumo-infra.conf
+systemctl() {{ echo "systemctl $*" >>"{tmp_path}/systemctl.log"; [ "$1" != is-active ] || [ "$3" = ssh ]; }}
+run_step ssh step_ssh; run_step again step_ssh; write_status ok; cat "$STATUS"
+"""
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "SSHD_CONF_UNDER_TEST": str(conf)}
+    result = bash(body, tmp_path, env)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    first, again = status["steps"]
+    assert first["status"] == "ok" and first["changes"] == ["SSH password authentication turned off"], first
+    assert again["changed"] is False  # the second run finds it off
+    assert status["facts"]["ssh_password_authentication"] == "no"
+    if include:
+        assert (etc / "sshd_config.d/01-kumo-infra.conf").read_text().splitlines()[1:] == [
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no"]
+    else:
+        assert conf.read_text().splitlines()[1] == "PasswordAuthentication no"
+    assert "systemctl reload ssh" in (tmp_path / "systemctl.log").read_text()

@@ -11,11 +11,14 @@ own cloud identity.
 
 from __future__ import annotations
 
+import ast
 import base64
 import functools
 import gzip
+import io
 import re
 import shlex
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from .. import __version__
 from ..config import Deployment
 from ..sizing import Plan
 from ..secretspec import secrets_list
+from . import packages
 from .policy import HTTP_PORT, render_policy
 from .tuning import sysctl_wanted
 
@@ -47,6 +51,49 @@ class Timeouts:
 @functools.cache
 def _file(name: str) -> str:
     return (FILES / name).read_text()
+
+
+def python_without_comments(source: str) -> str:
+    """A Python script without its comment lines, docstrings and blank lines, for the user data.
+
+    Lines are dropped only when the tokenizer shows they hold nothing but a comment, a
+    docstring (never a body's only statement) or nothing at all, outside any multi-line
+    string; tests/test_bootstrap.py proves the syntax tree unchanged.
+    """
+    lines = source.splitlines(keepends=True)
+    tree = ast.parse(source)
+    drop: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and len(body) > 1
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            drop.update(range(body[0].lineno, body[0].end_lineno + 1))
+    in_string: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT and not lines[tok.start[0] - 1][:tok.start[1]].strip():
+            drop.add(tok.start[0])
+        elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+            in_string.update(range(tok.start[0] + 1, tok.end[0] + 1))
+    return "".join(line for number, line in enumerate(lines, 1)
+                   if number == 1 or number in in_string - drop
+                   or (number not in drop and line.strip()))
+
+
+@functools.cache
+def bootstrap_script() -> str:
+    """kumo-bootstrap as the node receives it: without comment lines, indentation or blank lines.
+
+    AWS takes at most 16 KiB of (gzipped) user data, and comments and indentation are a third
+    of the script. Only whole lines lose their leading blanks or go (the script has no heredoc
+    or multi-line string); tests/test_bootstrap.py proves that bash reads the same functions
+    and values from both.
+    """
+    shebang, *lines = _file("kumo-bootstrap.sh").splitlines()
+    note = (f"# kumo-bootstrap from kumo-infra {__version__}, without its comments to fit the user-data limit:\n"
+            "# the commented source is kumo_infra/bootstrap/files/kumo-bootstrap.sh in kumo-infra.\n")
+    kept = [stripped for line in lines if (stripped := line.lstrip()) and not stripped.startswith("#")]
+    return shebang + "\n" + note + "\n".join(kept) + "\n"
 
 
 def spool_device_paths(cloud: str, spool_storage: str, spool_volume_id: str | None = None) -> list[str]:
@@ -88,9 +135,8 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_CLOUD": deployment.cloud,
         "KUMO_OS": deployment.os,
         "KUMO_PKG_FAMILY": spec.family,
-        "KUMO_REPO_URL": deployment.kumomta.repo_url,
-        "KUMO_REPO_FILE": spec.repo_file,
-        "KUMO_APT_KEY_DIR": spec.apt_key_dir,
+        "KUMO_REPO_KEY_URL": packages.repo_key_url(deployment),
+        "KUMO_REPO_KEY_FINGERPRINT": packages.repo_key_fingerprint(deployment),
         "KUMO_PACKAGE": package,
         "KUMO_OTHER_PACKAGE": other,
         "KUMO_VERSION": deployment.kumomta.version or "",
@@ -102,6 +148,8 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_HTTP_PORT": str(HTTP_PORT),
         "KUMO_OUTBOUND_MODE": deployment.outbound_mode,
         "KUMO_PROBE_HOSTS": " ".join(deployment.port25.probe_hosts),
+        "KUMO_OS_UPDATES": deployment.os_updates.automatic,
+        "KUMO_OS_REBOOT": deployment.os_updates.reboot,
         "KUMO_PROBE_TIMEOUT_S": str(deployment.port25.probe_timeout_s),
         "KUMO_NET_WAIT_S": str(timeouts.network_s),
         "KUMO_REPO_WAIT_S": str(timeouts.repository_s),
@@ -140,20 +188,35 @@ class NodeFile:
 def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts = Timeouts(),
                *, spool_volume_id: str | None = None) -> list[NodeFile]:
     """Every file the bootstrap puts on a node, whichever way the cloud delivers them."""
-    return [
+    files = [
         NodeFile("/etc/kumo-infra/bootstrap.env",
                  settings_env(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)),
         NodeFile("/etc/kumo-infra/init.lua", render_policy(deployment, hostname), "0600"),
         NodeFile("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
         NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted()),
         NodeFile("/etc/kumo-infra/secrets.list", secrets_list(deployment)),
-        NodeFile("/usr/local/sbin/kumo-bootstrap", _file("kumo-bootstrap.sh"), "0755"),
-        NodeFile("/usr/local/sbin/kumo-fetch-secret", _file("kumo-fetch-secret.py"), "0755"),
+        NodeFile("/usr/local/sbin/kumo-bootstrap", bootstrap_script(), "0755"),
+        NodeFile("/usr/local/sbin/kumo-fetch-secret", _fetch_secret_script(), "0755"),
         NodeFile("/etc/systemd/system/kumo-spool.service", _file("kumo-spool.service")),
         NodeFile("/etc/systemd/system/kumomta.service.d/10-kumo-infra.conf", _file("kumomta-dropin.conf")),
         NodeFile("/etc/systemd/system/kumo-log-retention.service", _file("kumo-log-retention.service")),
         NodeFile("/etc/systemd/system/kumo-log-retention.timer", _file("kumo-log-retention.timer")),
+        NodeFile(*packages.repository_definition(deployment)),
+        NodeFile(packages.OS_UPDATES_CONF, packages.os_updates_config(deployment)),
     ]
+    if deployment.os_spec.family != "apt" and deployment.os_updates.reboot == "window":
+        # The maintenance-window reboot of the dnf/yum families (apt: unattended-upgrades' own).
+        files += [
+            NodeFile("/etc/systemd/system/kumo-os-reboot.timer", packages.reboot_timer(deployment)),
+            NodeFile("/etc/systemd/system/kumo-os-reboot.service", _file("kumo-os-reboot.service")),
+            NodeFile("/usr/local/sbin/kumo-reboot-if-needed", _file("kumo-reboot-if-needed.sh"), "0755"),
+        ]
+    return files
+
+
+@functools.cache
+def _fetch_secret_script() -> str:
+    return python_without_comments(_file("kumo-fetch-secret.py"))
 
 
 def _hostname_for(deployment: Deployment, plan: Plan, node: int) -> str:

@@ -23,6 +23,13 @@ POLICY=/opt/kumomta/etc/policy/init.lua
 KUMOD=/opt/kumomta/sbin/kumod
 SPOOL_LABEL=kumospool
 SYSCTL_FILE=/etc/sysctl.d/90-kumomta.conf
+FSTAB=/etc/fstab
+APT_KEYRING=/usr/share/keyrings/kumomta.gpg
+RPM_KEY=/etc/pki/rpm-gpg/RPM-GPG-KEY-kumomta
+SSHD_CONFIG=/etc/ssh/sshd_config
+SSHD_DROPIN=/etc/ssh/sshd_config.d/01-kumo-infra.conf
+SYSFS=/sys
+DEVDIR=/dev
 
 say() { printf 'kumo-bootstrap: %s\n' "$*"; }
 
@@ -165,13 +172,35 @@ step_other_mtas() {
   fact other_mtas_disabled "$(json_array ${disabled[@]+"${disabled[@]}"})"
 }
 
-# Wait until the repository answers; its repository file (apt list or yum .repo) is kept in $WORK/repo-file.
+# Wait until the repository answers with its signing key, kept (not yet trusted) in $WORK/repo-key.
 wait_for_repository() {
-  local url="$KUMO_REPO_URL/$KUMO_REPO_FILE" deadline=$((SECONDS + KUMO_REPO_WAIT_S))
-  until curl -fsSL -o "$WORK/repo-file" --max-time 10 "$url"; do
-    [ "$SECONDS" -lt "$deadline" ] || die "KumoMTA repository unreachable: $url did not answer within ${KUMO_REPO_WAIT_S} s"
+  local deadline=$((SECONDS + KUMO_REPO_WAIT_S))
+  until curl -fsSL -o "$WORK/repo-key" --max-time 10 "$KUMO_REPO_KEY_URL"; do
+    [ "$SECONDS" -lt "$deadline" ] || die "KumoMTA repository unreachable: $KUMO_REPO_KEY_URL did not answer within ${KUMO_REPO_WAIT_S} s"
     sleep 5
   done
+}
+
+# trust_repo_key KEYFILE EXPECTED_FPR OUT [--armor]: write to OUT the one OpenPGP key in KEYFILE,
+# only if KEYFILE holds exactly one primary key and its fingerprint is EXPECTED_FPR. The key is
+# read in a throwaway keyring (gpg 2.0 on Amazon Linux 2 has no --show-keys), and only that
+# key is exported: nothing else the file carries is ever trusted.
+trust_repo_key() {
+  local file=$1 want=$2 out=$3 armor=${4:-} home fprs=() rc=0
+  home=$(mktemp -d "$WORK/gnupg.XXXXXX")
+  gpg --homedir "$home" --batch --quiet --import "$file" >/dev/null 2>&1 || rc=$?
+  mapfile -t fprs < <(gpg --homedir "$home" --batch --with-colons --fingerprint 2>/dev/null \
+    | awk -F: '$1 == "pub" { want_fpr = 1; next } $1 == "fpr" && want_fpr { print $10; want_fpr = 0 }')
+  if [ ${#fprs[@]} -eq 1 ] && [ "${fprs[0]}" = "$want" ]; then
+    gpg --homedir "$home" --batch ${armor:+--armor} --export "$want" >"$out.kumo-new"
+    chmod 0644 "$out.kumo-new"
+    mv -f "$out.kumo-new" "$out"
+  fi
+  gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true
+  rm -rf "$home"
+  [ ${#fprs[@]} -gt 0 ] || die "repository signing key $KUMO_REPO_KEY_URL is not an OpenPGP key (gpg exit $rc); expected fingerprint $want"
+  [ ${#fprs[@]} -eq 1 ] || die "repository signing key $KUMO_REPO_KEY_URL holds ${#fprs[@]} keys (${fprs[*]}); expected exactly one, fingerprint $want"
+  [ "${fprs[0]}" = "$want" ] || die "repository signing key fingerprint mismatch: expected $want, the key at $KUMO_REPO_KEY_URL is ${fprs[0]}; refusing to trust it (set kumomta.repo_key_fingerprint only to a key you verified)"
 }
 
 spool_tools() {
@@ -194,26 +223,29 @@ step_install() {
     fact kumomta_version "$(json_str "$current")"
     return 0
   fi
-  wait_for_repository
+  [ -n "$KUMO_REPO_KEY_FINGERPRINT" ] || die "no fingerprint to check KumoMTA's repository signing key against: KumoMTA publishes none that kumo-infra could verify; check the key at $KUMO_REPO_KEY_URL yourself and set kumomta.repo_key_fingerprint"
   case "$KUMO_PKG_FAMILY" in
     apt)
       local base=()
       for p in curl gnupg ca-certificates; do [ -n "$(installed_version "$p")" ] || base+=("$p"); done
       [ ${#base[@]} -eq 0 ] || { apt-get update -q; pkg_install "${base[@]}"; }
-      curl -fsSL "$KUMO_REPO_URL/$KUMO_APT_KEY_DIR/public.gpg" -o "$WORK/kumomta.asc" \
-        || die "cannot fetch the repository key $KUMO_REPO_URL/$KUMO_APT_KEY_DIR/public.gpg"
-      gpg --batch --yes --dearmor -o /usr/share/keyrings/kumomta.gpg "$WORK/kumomta.asc"
-      chmod 0644 /usr/share/keyrings/kumomta.gpg
-      install -m 0644 "$WORK/repo-file" /etc/apt/sources.list.d/kumomta.list
+      wait_for_repository
+      trust_repo_key "$WORK/repo-key" "$KUMO_REPO_KEY_FINGERPRINT" "$APT_KEYRING"
+      # The list kumo-infra rendered (signed-by that one key), never one fetched from the repository host.
+      install -m 0644 "$CONF_DIR/kumomta.list" /etc/apt/sources.list.d/kumomta.list
       apt-get update -q || die "apt-get update failed with the KumoMTA repository"
       [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE=$KUMO_VERSION"
       ;;
     dnf | yum)
-      install -m 0644 "$WORK/repo-file" /etc/yum.repos.d/kumomta.repo
+      command -v gpg >/dev/null || pkg_install gnupg2
+      wait_for_repository
+      trust_repo_key "$WORK/repo-key" "$KUMO_REPO_KEY_FINGERPRINT" "$RPM_KEY" --armor
+      install -m 0644 "$CONF_DIR/kumomta.repo" /etc/yum.repos.d/kumomta.repo
       pkg_install ca-certificates
       [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE-$KUMO_VERSION"
       ;;
   esac
+  fact repo_key_fingerprint "$(json_str "$KUMO_REPO_KEY_FINGERPRINT")"
   # The stable and dev packages conflict: switching channel removes the other one first.
   if [ -n "$(installed_version "$KUMO_OTHER_PACKAGE")" ]; then pkg_remove "$KUMO_OTHER_PACKAGE"; fi
   pkg_install "$want" ${tools[@]+"${tools[@]}"} || die "installing $want failed (see $LOG)"
@@ -224,58 +256,96 @@ step_install() {
   changed "installed $KUMO_PACKAGE $current"
 }
 
-# A whole disk that holds no mounted filesystem and no partitions.
+# A whole disk in use by nothing: no mounted filesystem, no partitions, no holder (md, LVM, dm).
+is_block_device() { [ -b "$1" ]; }
+
 device_is_free() {
-  local dev=$1
-  [ -b "$dev" ] || return 1
+  local dev=$1 name
+  is_block_device "$dev" || return 1
+  name=$(basename "$dev")
   [ -z "$(lsblk -nro MOUNTPOINT "$dev" 2>/dev/null | tr -d '[:space:]')" ] || return 1
   [ "$(lsblk -nro NAME "$dev" 2>/dev/null | wc -l)" -eq 1 ] || return 1
+  [ -z "$(ls -A "$SYSFS/class/block/$name/holders" 2>/dev/null)" ] || return 1
 }
 
-# Blank, or carrying the filesystem or RAID set kumo-infra made: never someone else's data.
+# Every signature type on DEV (filesystem, RAID, partition table, LVM ...), one per line.
+# wipefs finds them all, at any offset; blkid -p adds a partition table it reports.
+# Prints nothing for a blank device; fails when the device cannot be read (never "blank" then).
+device_signatures() {
+  local dev=$1 found pttype
+  found=$(wipefs --no-act --noheadings --parsable --output TYPE "$dev") || return 1
+  pttype=$(blkid -p -o value -s PTTYPE "$dev" 2>/dev/null || true)
+  printf '%s\n' "$found" "$pttype" | sed '/^$/d' | sort -u
+}
+
+device_is_blank() {
+  local sigs
+  sigs=$(device_signatures "$1") || return 1
+  [ -z "$sigs" ]
+}
+
+# Blank, or carrying only the filesystem or RAID membership kumo-infra made (label or md name
+# kumospool): never someone else's data. Prints why not.
 device_is_ours_or_blank() {
-  local dev=$1 type label
-  type=$(blkid -p -o value -s TYPE "$dev" 2>/dev/null || true)
+  local dev=$1 sigs label
+  sigs=$(device_signatures "$dev") || { echo "cannot read its signatures"; return 1; }
+  [ -z "$sigs" ] && return 0
   label=$(blkid -p -o value -s LABEL "$dev" 2>/dev/null || true)
-  [ -z "$type" ] && return 0
-  [ "$label" = "$SPOOL_LABEL" ] && return 0
-  [ "$type" = linux_raid_member ] && mdadm --examine "$dev" 2>/dev/null | grep -q "Name : .*$SPOOL_LABEL"
+  case "$sigs" in
+    xfs | ext4) [ "$label" = "$SPOOL_LABEL" ] && return 0 ;;
+    # An md member's label is the array name, HOMEHOST:NAME.
+    linux_raid_member) [ "$label" = "$SPOOL_LABEL" ] || [[ "$label" == *":$SPOOL_LABEL" ]] && return 0 ;;
+  esac
+  echo "holds $(echo "$sigs" | paste -sd, -)${label:+ labelled $label}, not made by kumo-infra"
+  return 1
 }
 
-nvme_model() { sed 's/[[:space:]]*$//' "/sys/block/$(basename "$1")/device/model" 2>/dev/null; }
+nvme_model() { sed 's/[[:space:]]*$//' "$SYSFS/block/$(basename "$1")/device/model" 2>/dev/null; }
 
-# Print the spool's devices, one per line, by the cloud's stable identifiers first.
+# spool_candidate DEV: may DEV hold the spool? Refusals are recorded in $WORK/spool-refused.
+spool_candidate() {
+  local dev=$1 why
+  if ! device_is_free "$dev"; then
+    printf '%s\t%s\n' "$dev" "in use (mounted, partitioned or held by md/LVM)" >>"$WORK/spool-refused"
+    return 1
+  fi
+  if ! why=$(device_is_ours_or_blank "$dev"); then
+    printf '%s\t%s\n' "$dev" "$why" >>"$WORK/spool-refused"
+    return 1
+  fi
+}
+
+# Print the spool's devices, one per line, at most KUMO_SPOOL_DEVICES of them.
+# Block: only the exact paths of the volume the component attached (KUMO_SPOOL_DEVICE_PATHS),
+# never a scan. Local NVMe: the cloud's stable names for instance storage, else a scan of
+# NVMe disks that are not EBS volumes; each one free and blank or already ours.
 find_spool_devices() {
-  local patterns=() dev seen=" " found=()
+  local candidates=() dev seen=" " found=()
+  : >"$WORK/spool-refused"
   case "$KUMO_SPOOL_STORAGE:$KUMO_CLOUD" in
-    local_nvme:aws) patterns=(/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*) ;;
-    local_nvme:azure) patterns=(/dev/disk/azure/local/by-serial/* /dev/disk/azure/local/by-index/*) ;;
-    local_nvme:gcp) patterns=(/dev/disk/by-id/google-local-nvme-ssd-*) ;;
-    # The exact names of the one volume the component attached (kumo_infra.bootstrap.spool_device_paths).
-    block:*) read -r -a patterns <<<"$KUMO_SPOOL_DEVICE_PATHS" ;;
+    block:*) read -r -a candidates <<<"$KUMO_SPOOL_DEVICE_PATHS" ;;
+    local_nvme:aws) candidates=(/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*) ;;
+    local_nvme:azure) candidates=(/dev/disk/azure/local/by-serial/* /dev/disk/azure/local/by-index/*) ;;
+    local_nvme:gcp) candidates=(/dev/disk/by-id/google-local-nvme-ssd-*) ;;
   esac
-  for dev in ${patterns[@]+"${patterns[@]}"}; do
+  for dev in ${candidates[@]+"${candidates[@]}"}; do
     [[ "$dev" == *-part* ]] && continue
     [ -e "$dev" ] || continue
     dev=$(readlink -f "$dev")
     [[ "$seen" == *" $dev "* ]] && continue
     seen+="$dev "
-    device_is_free "$dev" && found+=("$dev")
+    spool_candidate "$dev" && found+=("$dev")
   done
-  if [ ${#found[@]} -eq 0 ]; then
-    # No stable name (an image without the cloud's udev rules, or another platform):
-    # fall back to whole disks of the right kind that are free and blank or already ours.
-    for dev in /sys/block/*; do
-      dev=/dev/$(basename "$dev")
-      case "$KUMO_SPOOL_STORAGE:$dev" in
-        local_nvme:/dev/nvme*n*) [[ "$(nvme_model "$dev")" == "Amazon Elastic Block Store" ]] && continue ;;
-        block:/dev/vd* | block:/dev/sd* | block:/dev/xvd*) ;;
-        *) continue ;;
-      esac
-      device_is_free "$dev" && device_is_ours_or_blank "$dev" && found+=("$dev")
+  if [ ${#found[@]} -eq 0 ] && [ "$KUMO_SPOOL_STORAGE" = local_nvme ]; then
+    # No stable name (an image without the cloud's udev rules, or another platform).
+    for dev in "$SYSFS"/block/nvme*n*; do
+      dev=$DEVDIR/$(basename "$dev")
+      is_block_device "$dev" || continue
+      [[ "$(nvme_model "$dev")" == "Amazon Elastic Block Store" ]] && continue
+      spool_candidate "$dev" && found+=("$dev")
     done
   fi
-  [ ${#found[@]} -eq 0 ] || printf '%s\n' "${found[@]}"
+  [ ${#found[@]} -eq 0 ] || printf '%s\n' "${found[@]:0:$KUMO_SPOOL_DEVICES}"
 }
 
 spool_facts() {
@@ -297,6 +367,25 @@ ensure_spool_ownership() {
     chown kumod:kumod "$SPOOL"
     chmod 2770 "$SPOOL"
     changed "ownership of $SPOOL set to kumod:kumod 2770"
+  fi
+}
+
+# The spool's fstab line: by label (a wiped, re-created disk keeps it), noatime (KumoMTA's
+# spool wants it: no inode write for every read), nofail (a missing local disk must not stop
+# the boot; kumo-spool.service re-creates it).
+spool_fstab_line() { printf 'LABEL=%s %s %s noatime,nofail 0 2\n' "$SPOOL_LABEL" "$SPOOL" "$KUMO_SPOOL_FS"; }
+
+ensure_spool_fstab() {
+  local line
+  line=$(spool_fstab_line)
+  if ! grep -qxF "$line" "$FSTAB"; then
+    # Replace whatever mounted the spool before. awk compares the mount point field as a
+    # string: no value ever becomes part of a sed or awk program.
+    awk -v mp="$SPOOL" '/^[[:space:]]*#/ || $2 != mp' "$FSTAB" >"$FSTAB.kumo-new"
+    printf '%s\n' "$line" >>"$FSTAB.kumo-new"
+    chmod --reference="$FSTAB" "$FSTAB.kumo-new" 2>/dev/null || chmod 0644 "$FSTAB.kumo-new"
+    mv -f "$FSTAB.kumo-new" "$FSTAB"
+    changed "fstab entry for $SPOOL"
   fi
 }
 
@@ -329,12 +418,17 @@ step_spool() {
     # A block volume may be attached a little after the machine starts: wait for it.
     local deadline=$((SECONDS + KUMO_DEVICE_WAIT_S))
     mapfile -t devs < <(find_spool_devices)
-    while [ ${#devs[@]} -eq 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
+    # The exact block volume holding someone else's data will not change by waiting.
+    while [ ${#devs[@]} -eq 0 ] && [ "$SECONDS" -lt "$deadline" ] \
+      && ! { [ "$KUMO_SPOOL_STORAGE" = block ] && [ -s "$WORK/spool-refused" ]; }; do
       sleep 3
       udevadm settle 2>/dev/null || true
       mapfile -t devs < <(find_spool_devices)
     done
-    [ ${#devs[@]} -gt 0 ] || die "no free $KUMO_SPOOL_STORAGE device found for the spool (expected $KUMO_SPOOL_DEVICES); refusing to put the spool on the OS disk"
+    local refused=()
+    mapfile -t refused < <(tr '\t' ' ' <"$WORK/spool-refused")
+    fact spool_devices_refused "$(json_array ${refused[@]+"${refused[@]}"})"
+    [ ${#devs[@]} -gt 0 ] || die "no free $KUMO_SPOOL_STORAGE device found for the spool (expected $KUMO_SPOOL_DEVICES)${refused[*]:+; refused: ${refused[*]}}; refusing to put the spool on the OS disk or on another disk"
     [ ${#devs[@]} -ge "$KUMO_SPOOL_DEVICES" ] || detail "found ${#devs[@]} of $KUMO_SPOOL_DEVICES expected spool devices: ${devs[*]}"
     fact spool_devices "$(json_array "${devs[@]}")"
     if [ ${#devs[@]} -gt 1 ]; then
@@ -342,8 +436,14 @@ step_spool() {
       if mdadm --examine "${devs[0]}" >/dev/null 2>&1; then
         mdadm --assemble "$target" "${devs[@]}"
       else
-        # RAID0 across every local NVMe device: the spool is as fast as all of them.
-        mdadm --create "$target" --name="$SPOOL_LABEL" --level=0 --raid-devices=${#devs[@]} --run "${devs[@]}"
+        # Checked again right before writing: nothing may have appeared since the scan.
+        for dev in "${devs[@]}"; do
+          device_is_blank "$dev" || die "$dev is not blank ($(device_signatures "$dev" | paste -sd, -)); refusing to build the spool RAID over it"
+        done
+        # RAID0 across every local NVMe device: the spool is as fast as all of them. No --run:
+        # mdadm then asks before writing over anything that looks like data, and with stdin
+        # closed the answer is no ("create aborted").
+        mdadm --create "$target" --name="$SPOOL_LABEL" --level=0 --raid-devices=${#devs[@]} "${devs[@]}" </dev/null
       fi
       changed "assembled RAID0 $target"
     else
@@ -353,9 +453,12 @@ step_spool() {
   fstype=$(blkid -p -o value -s TYPE "$target" 2>/dev/null || true)
   label=$(blkid -p -o value -s LABEL "$target" 2>/dev/null || true)
   if [ -z "$fstype" ]; then
+    device_is_blank "$target" || die "$target is not blank ($(device_signatures "$target" | paste -sd, -)); refusing to format it"
+    # Never forced (-f / -F): mkfs refuses, or asks and reads "no" from the closed stdin,
+    # when it finds a filesystem or partition table.
     case "$KUMO_SPOOL_FS" in
-      xfs) mkfs.xfs -q -K -L "$SPOOL_LABEL" "$target" ;;
-      ext4) mkfs.ext4 -q -E nodiscard -m 0 -L "$SPOOL_LABEL" "$target" ;;
+      xfs) mkfs.xfs -q -K -L "$SPOOL_LABEL" "$target" </dev/null ;;
+      ext4) mkfs.ext4 -q -E nodiscard -m 0 -L "$SPOOL_LABEL" "$target" </dev/null ;;
     esac
     changed "created $KUMO_SPOOL_FS on $target"
     udevadm settle || true
@@ -366,13 +469,7 @@ step_spool() {
   if [ -d "$SPOOL" ] && [ -n "$(find "$SPOOL" -mindepth 1 -type f -print -quit)" ]; then
     die "$SPOOL holds files on the OS disk; move them away before the spool disk is mounted over them"
   fi
-  line="LABEL=$SPOOL_LABEL $SPOOL $KUMO_SPOOL_FS noatime,nofail 0 2"
-  if ! grep -qxF "$line" /etc/fstab; then
-    # Replace whatever mounted the spool before (a wiped disk comes back with the same label).
-    sed -i "\\# $SPOOL #d" /etc/fstab
-    printf '%s\n' "$line" >>/etc/fstab
-    changed "fstab entry for $SPOOL"
-  fi
+  ensure_spool_fstab
   systemctl daemon-reload
   mkdir -p "$SPOOL"
   mount_spool "$target"
@@ -483,6 +580,153 @@ step_start() {
   rm -f "$STATE_DIR/restart-needed"
 }
 
+# -- OS updates, time sync, SSH -------------------------------------------------------
+# install_config SRC DST [WHAT]: replace DST (root:root 0644) only when it differs.
+install_config() {
+  local src=$1 dst=$2 what=${3:-$2}
+  if ! cmp -s "$src" "$dst"; then
+    install -D -m 0644 "$src" "$dst.kumo-new"
+    mv -f "$dst.kumo-new" "$dst"
+    changed "$what"
+  fi
+}
+
+start_unit() {
+  if ! systemctl is-active --quiet "$1"; then
+    systemctl start "$1"
+    changed "started $1"
+  fi
+}
+
+disable_unit() {
+  if systemctl is-enabled --quiet "$1" 2>/dev/null || systemctl is-active --quiet "$1" 2>/dev/null; then
+    systemctl disable --now "$1"
+    changed "disabled $1"
+  fi
+}
+
+unit_enabled_json() { if systemctl is-enabled --quiet "$1" 2>/dev/null; then echo true; else echo false; fi; }
+
+# Automatic OS updates (deployment.os_updates), with each family's own tool; the configuration
+# kumo-infra rendered is $CONF_DIR/os-updates.conf. KumoMTA itself is excluded: its version is
+# kumomta.version's, applied by the install step.
+step_updates() {
+  local tool config units=() unit reboot_timer="" helper="" enabled="" state
+  case "$KUMO_PKG_FAMILY" in
+    apt) tool=unattended-upgrades config=/etc/apt/apt.conf.d/52kumo-infra-os-updates
+         units=(apt-daily.timer apt-daily-upgrade.timer) ;;
+    dnf) tool=dnf-automatic config=/etc/dnf/automatic.conf units=(dnf-automatic.timer)
+         reboot_timer=kumo-os-reboot.timer helper=dnf-plugins-core ;;
+    yum) tool=yum-cron config=/etc/yum/yum-cron.conf units=(yum-cron.service)
+         reboot_timer=kumo-os-reboot.timer helper=yum-utils ;;
+  esac
+  if [ "$KUMO_OS_UPDATES" = off ]; then
+    if [ "$KUMO_PKG_FAMILY" = apt ]; then
+      # Unattended-Upgrade "0": apt's timers then only refresh the package lists.
+      install_config "$CONF_DIR/os-updates.conf" "$config" "$config (automatic updates off)"
+    elif [ -n "$(installed_version "$tool")" ]; then
+      disable_unit "${units[0]}"
+    fi
+  else
+    if [ -z "$(installed_version "$tool")" ]; then
+      if [ "$KUMO_PKG_FAMILY" = apt ]; then apt-get update -q || die "apt-get update failed"; fi
+      pkg_install "$tool" || die "installing $tool failed (see $LOG)"
+      changed "installed $tool"
+    fi
+    install_config "$CONF_DIR/os-updates.conf" "$config" "$config (automatic $KUMO_OS_UPDATES updates)"
+    for unit in "${units[@]}"; do
+      enable_unit "$unit"
+      start_unit "$unit"
+    done
+  fi
+  if [ -n "$reboot_timer" ]; then
+    if [ "$KUMO_OS_REBOOT" = window ] && [ "$KUMO_OS_UPDATES" != off ]; then
+      # needs-restarting -r tells kumo-reboot-if-needed whether an update needs a reboot.
+      if [ -z "$(installed_version "$helper")" ]; then pkg_install "$helper" || die "installing $helper failed"; changed "installed $helper"; fi
+      systemctl daemon-reload
+      enable_unit "$reboot_timer"
+      start_unit "$reboot_timer"
+    else
+      disable_unit "$reboot_timer"
+    fi
+  fi
+  for unit in ${units[@]+"${units[@]}"} $reboot_timer; do
+    state=$(systemctl is-enabled "$unit" 2>/dev/null || true)
+    enabled+="${enabled:+,}$(json_str "$unit"):$(json_str "${state:-absent}")"
+  done
+  fact os_updates "{\"automatic\":$(json_str "$KUMO_OS_UPDATES"),\"reboot\":$(json_str "$KUMO_OS_REBOOT"),\"tool\":$(json_str "$tool"),\"config\":$(json_str "$config"),\"units\":{$enabled}}"
+}
+
+# The clock must be kept in sync (TLS, DKIM signature times, log times): the image's service
+# is enabled if none runs, and what was found is recorded.
+step_time_sync() {
+  local svc active="" synced
+  for svc in chronyd chrony systemd-timesyncd; do
+    if systemctl is-active --quiet "$svc" 2>/dev/null; then active=$svc; break; fi
+  done
+  if [ -z "$active" ]; then
+    for svc in chronyd chrony systemd-timesyncd; do
+      systemctl list-unit-files "$svc.service" --no-legend 2>/dev/null | grep -q . || continue
+      if systemctl enable --now "$svc" >/dev/null 2>&1; then
+        active=$svc
+        changed "enabled and started $svc"
+        break
+      fi
+    done
+  fi
+  # timedatectl show needs systemd 239 (not Amazon Linux 2): "unknown" there.
+  synced=$(timedatectl show -p NTPSynchronized --value 2>/dev/null || true)
+  fact time_sync "{\"service\":$(json_str "$active"),\"active\":$([ -n "$active" ] && echo true || echo false),\"synchronized\":$(json_str "${synced:-unknown}")}"
+  [ -n "$active" ] || detail "no time sync service (chrony or systemd-timesyncd) is installed: this machine's clock is not kept in sync"
+}
+
+sshd_setting() { "$SSHD" -T 2>/dev/null | awk -v key="$1" '$1 == key { print $2; exit }'; }
+
+# SSH logins by key only: password authentication off, checked with sshd's effective
+# configuration (sshd -T), and turned off where an image left it on.
+step_ssh() {
+  local before after
+  SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+  if [ ! -x "$SSHD" ]; then
+    fact ssh_password_authentication '"no sshd"'
+    return 0
+  fi
+  before=$(sshd_setting passwordauthentication)
+  if [ -z "$before" ]; then
+    detail "sshd -T gave no answer (sshd not set up?); password authentication not checked"
+    fact ssh_password_authentication '"unknown"'
+    return 0
+  fi
+  if [ "$before" != no ]; then
+    cp -p "$SSHD_CONFIG" "$WORK/sshd_config.orig"
+    if grep -Eiq '^[[:space:]]*Include[[:space:]]+/etc/ssh/sshd_config\.d/\*\.conf' "$SSHD_CONFIG"; then
+      # The first value sshd reads wins, and its drop-ins are read in name order: 01- comes
+      # before cloud-init's 50-cloud-init.conf.
+      printf '# Written by kumo-bootstrap: SSH logins by key only.\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n' >"$WORK/sshd.conf"
+      install -D -m 0600 "$WORK/sshd.conf" "$SSHD_DROPIN"
+    else
+      # No drop-in directory (OpenSSH before 8.2: Rocky/Alma 8, Amazon Linux 2): first in the file wins.
+      { printf '# Written by kumo-bootstrap: SSH logins by key only.\nPasswordAuthentication no\n'; cat "$SSHD_CONFIG"; } >"$SSHD_CONFIG.kumo-new"
+      chmod --reference="$SSHD_CONFIG" "$SSHD_CONFIG.kumo-new"
+      mv -f "$SSHD_CONFIG.kumo-new" "$SSHD_CONFIG"
+    fi
+    if ! "$SSHD" -t >"$WORK/sshd-t.out" 2>&1; then
+      # Put back what was there: a configuration sshd rejects would lock everyone out at its next start.
+      rm -f "$SSHD_DROPIN"
+      cp -p "$WORK/sshd_config.orig" "$SSHD_CONFIG"
+      die "sshd rejects its configuration with password authentication off (left unchanged): $(head -c 300 "$WORK/sshd-t.out")"
+    fi
+    local unit
+    for unit in ssh sshd; do
+      if systemctl is-active --quiet "$unit" 2>/dev/null; then systemctl reload "$unit"; break; fi
+    done
+    changed "SSH password authentication turned off"
+  fi
+  after=$(sshd_setting passwordauthentication)
+  fact ssh_password_authentication "$(json_str "$after")"
+  [ "$after" = no ] || die "SSH password authentication is still '$after' after kumo-infra turned it off"
+}
+
 smtp_banner() {
   local banner=""
   exec 3<>/dev/tcp/127.0.0.1/25 || return 1
@@ -515,9 +759,13 @@ step_health() {
 
 # Outbound TCP 25 to well-known MX hosts: every cloud blocks it by default.
 step_probe25() {
-  local host result=blocked reached=""
-  for host in $KUMO_PROBE_HOSTS; do
-    if timeout "$KUMO_PROBE_TIMEOUT_S" bash -c "exec 3<>/dev/tcp/$host/25" 2>/dev/null; then
+  local host hosts=() result=blocked reached=""
+  # Split on spaces only (no pathname expansion of a value).
+  read -r -a hosts <<<"$KUMO_PROBE_HOSTS"
+  for host in ${hosts[@]+"${hosts[@]}"}; do
+    # The host is an argument ($1) of the inner shell, never part of its code.
+    # shellcheck disable=SC2016
+    if timeout "$KUMO_PROBE_TIMEOUT_S" bash -c 'exec 3<>"/dev/tcp/$1/25"' kumo-probe "$host" 2>/dev/null; then
       result=open
       reached=$host
       break
@@ -555,7 +803,7 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo "=== kumo-bootstrap $MODE $STARTED" >>"$LOG"
 
 case "$MODE" in
-  all) STEPS="network:step_network other_mtas:step_other_mtas install:step_install spool:step_spool tuning:step_tuning secrets:step_secrets policy:step_policy start:step_start health:step_health" ;;
+  all) STEPS="network:step_network other_mtas:step_other_mtas time_sync:step_time_sync ssh:step_ssh install:step_install updates:step_updates spool:step_spool tuning:step_tuning secrets:step_secrets policy:step_policy start:step_start health:step_health" ;;
   spool) STEPS="spool:step_spool" ;;
   *) say "usage: kumo-bootstrap [all|spool]"; exit 2 ;;
 esac
