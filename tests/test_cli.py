@@ -114,3 +114,50 @@ def test_bad_stack_files_exit_2_naming_the_key(tmp_path, content, fragments):
     f = tmp_path / "Pulumi.bad.yaml"
     f.write_text(content)
     assert_bad_input(kumo("validate", "--config", str(f)), *fragments)
+
+
+@pytest.mark.parametrize("node", ["1", "-1", "100000000000000000000"])
+def test_render_node_out_of_range_exits_2_naming_the_flag(node):
+    result = kumo("render", "--stack", "aws-dev", "--node", node)
+    assert_bad_input(result, "--node", "stack aws-dev has 1 node(s), numbered from 0")
+    assert result.stdout == ""  # nothing rendered
+
+
+def test_render_node_that_is_not_a_number_exits_2():
+    assert_bad_input(kumo("render", "--stack", "aws-dev", "--node", "x"), "--node", "invalid int value")
+
+
+@pytest.mark.parametrize("content, fragments", [
+    # YAML keys that are not strings, at the top and inside the deployment.
+    ("config:\n  1: 2\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab, hostname: mta.example.com}\n",
+     ["config.1: a config key must be a string"]),
+    ("config:\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab, hostname: mta.example.com, 7: x}\n",
+     ["kumo:deployment[7]: Keys should be strings"]),
+    # Nested deeper than PyYAML's recursive composer can go.
+    ("config: " + "[" * 5000 + "]" * 5000 + "\n", ["nested too deeply"]),
+    # A NUL byte in the file itself (not an escape): YAML refuses it.
+    ("config:\n  kumo:deployment: {cloud: aws\x00}\n", ["is not valid YAML"]),
+    ("config:\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab, hostname: mta.example.com,"
+     " port25: {relay: {host: smtp.example.net, username: \"a\\x01b\"}, outbound: relay}}\n",
+     ["kumo:deployment.port25.relay.username", "printable ASCII", "'a\\x01b'"]),
+])
+def test_hostile_stack_files_exit_2_without_traceback(tmp_path, content, fragments):
+    f = tmp_path / "Pulumi.bad.yaml"
+    f.write_text(content)
+    for command in ("validate", "render", "port25"):
+        assert_bad_input(kumo(command, "--config", str(f)), *fragments)
+
+
+def test_a_control_character_in_the_relay_username_no_longer_crashes_render(tmp_path):
+    # It passed validate and then raised in the Lua renderer: now refused at the boundary, naming the key.
+    f = tmp_path / "Pulumi.ctl.yaml"
+    f.write_text("config:\n  kumo:deployment: {cloud: aws, region: us-east-1, name: ab, hostname: mta.example.com,"
+                 " port25: {outbound: relay, relay: {host: smtp.example.net, username: \"kumo\\tuser\"}}}\n")
+    assert_bad_input(kumo("render", "--config", str(f)), "kumo:deployment.port25.relay.username")
+
+
+def test_size_flag_values_have_the_stack_keys_forms():
+    result = kumo("size", "--cloud", "gcp", "--messages-per-hour", "5", "--avg-message-kb", "5",
+                  "--instance-type", "e2-medium;reboot")
+    assert_bad_input(result, "--instance-type", "an instance type name")
+    assert "Value error" not in result.stderr
