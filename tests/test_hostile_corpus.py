@@ -106,6 +106,7 @@ PAYLOADS = {
     "double-quote": '"',
     "backslash": "\\",
     "newline": "\nx",
+    "trailing-newline": "\n",  # "$" in a Python pattern also matches before it
     "carriage-return": "\rx",
     "tab": "\tx",
     "nul": "\x00x",
