@@ -621,24 +621,28 @@ def test_dkim_only_deployment_stores_only_the_keys(spy):
 
 # -- the HTTP API's credentials (issue 8, point 6) ---------------------------------------------
 
-API_STORE = "kumo-infra/kumo-prod/api-password"
-API_VERSION = "kumo-prod-secret-api-password-version"
+API_STORE = "kumo-infra/kumo-test/api-password"
+API_VERSION = "kumo-test-secret-api-password-version"
 # What the offline engine answers for the generated password (clouds/offline_common.py).
-API_PW = "offline-generated-password-of-kumo-prod-api-password"
+API_PW = "offline-generated-password-of-kumo-test-api-password"
+
+
+def with_api(**extra) -> dict:
+    return deployment(network={"ssh_cidrs": ["198.51.100.10/32"], "api_cidrs": ["198.51.100.0/24"]}, **extra)
 
 
 def test_api_password_is_generated_and_stored_like_the_other_secrets(spy):
-    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
+    r = run_secrets(with_api(nodes=2), spy, password=None)
     generated = r.one(RANDOM_PASSWORD)
-    assert generated.name == "kumo-prod-api-password" and generated.parent == "kumo-prod"
+    assert generated.name == "kumo-test-api-password" and generated.parent == "kumo-test"
     assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
     secrets = {x.inputs["name"]: x for x in r.of_type(SECRET)}
-    assert sorted(secrets) == sorted(["kumo-infra/kumo-prod/dkim-example-com-kumo", API_STORE])
+    assert sorted(secrets) == [API_STORE]
     assert secret_value(by_name(r, VERSION)[API_VERSION]) == API_PW
     # The role reads it by its exact ARN, like the DKIM key; nothing else grants it.
     (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
     assert sorted(statement["Resource"]) == sorted(r.outputs["secret_arns"].values())
-    assert r.outputs["secret_arns"]["kumo-prod-secret-api-password"] in statement["Resource"]
+    assert r.outputs["secret_arns"]["kumo-test-secret-api-password"] in statement["Resource"]
     # The node fetches it at boot into the path the policy reads, by the reference in secrets.list.
     for vm in r.of_type(INSTANCE):
         files = {f["path"]: f["content"] for f in yaml.safe_load(user_data_of(vm))["write_files"]}
@@ -647,20 +651,23 @@ def test_api_password_is_generated_and_stored_like_the_other_secrets(spy):
 
 
 def test_api_password_value_is_only_in_its_secret_version(spy):
-    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
+    r = run_secrets(with_api(nodes=2), spy, password=None)
     assert holders(r, API_PW) == [API_VERSION]  # not in the user data, any other input, or an output
 
 
 def test_api_password_follows_lifecycle_protect(spy):
     passwords = spy(pulumi_random, "RandomPassword")
-    run_secrets(merged(stack_deployment("aws-prod"), lifecycle={"protect": True}), spy, password=None)
-    assert passwords["kumo-prod-api-password"][1].protect is True
+    run_secrets(with_api(lifecycle={"protect": True}), spy, password=None)
+    assert passwords["kumo-test-api-password"][1].protect is True
+    run_secrets(with_api(), spy, password=None)
+    assert passwords["kumo-test-api-password"][1].protect is False
 
 
 def test_api_output_says_how_to_reach_the_api(spy):
-    r = run_secrets(stack_deployment("aws-prod"), spy, password=None)
+    r = run_secrets(with_api(nodes=2), spy, password=None)
     api = r.outputs["api"]
     nodes = r.outputs["nodes"]
+    assert len(nodes) == 2
     assert api["endpoints"] == [{"hostname": n["hostname"], "url": f"https://{n['public_ip']}:8443"} for n in nodes]
     assert api["user"] == "kumo-api"
     assert api["secret_name"] == API_STORE

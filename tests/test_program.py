@@ -112,3 +112,20 @@ def test_refusal_keeps_the_config_problems_for_the_cli():
         offline.run(program.run, values, stack="aws-dev")
     assert isinstance(info.value, pulumi.RunError)  # Pulumi prints it without a traceback
     assert [p.path for p in info.value.config_error.problems] == ["kumo:deployment.sizing.messages_per_hour"]
+
+
+def test_offline_engine_answers_a_generated_password_as_a_secret():
+    """As the real engine does for pulumi-random's additionalSecretOutputs (result, bcryptHash)."""
+    import pulumi_random
+    from pulumi.runtime.sync_await import _sync_await
+
+    seen = {}
+
+    def prog():
+        password = pulumi_random.RandomPassword("pw", length=12)
+        seen["secret"] = _sync_await(password.result.is_secret())
+        seen["value"] = _sync_await(password.result.future())
+        seen["hash_secret"] = _sync_await(password.bcrypt_hash.is_secret())
+
+    offline.run(prog, {}, stack="t")
+    assert seen == {"secret": True, "value": "offline-generated-password-of-pw", "hash_secret": True}
