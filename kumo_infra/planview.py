@@ -24,7 +24,7 @@ KEY_INPUTS = (
     "fromPort", "toPort", "ipProtocol", "cidrIpv4", "cidrIpv6", "securityRules", "allows", "denies",
     "sourceRanges", "destinationRanges", "direction", "domainName", "dnsSettings", "records", "rrdatas",
     "metadataOptions", "networkInterfaces", "enableAcceleratedNetworking", "scratchDisks", "attachedDisks",
-    "networkPerformanceConfig", "deviceName", "domain",
+    "networkPerformanceConfig", "deviceName", "domain", "securityProfile", "serviceEndpoints",
 )
 
 
@@ -103,6 +103,11 @@ def format_plan(doc: dict[str, Any]) -> str:
                      f"PTR {node['ptr'] or 'not set yet'}, spool {node['spool']}")
     for rec in outputs.get("dns_records", []):
         lines.append(f"  publish: {rec['name']} {rec['type']} {rec['value']}")
+    api = outputs.get("api")
+    if api:
+        lines += ["", f"HTTP API (from {', '.join(api['allowed_from'])}): user {api['user']}, password in the secret "
+                      f"{api['secret_name']} ({api['read_password']}); {api['tls']}"]
+        lines += [f"  {e['hostname']}: {e['url']}" for e in api["endpoints"]]
     lines += ["", "Values only a cloud can know (image ids, addresses) are placeholders "
                   "(192.0.2.x, '(placeholder)'); secrets show as [secret]."]
     return "\n".join(lines)

@@ -135,3 +135,16 @@ def test_plan_masks_the_api_password_and_shows_how_to_reach_the_api(tmp_path):
     api = doc["outputs"]["api"]
     assert api["secret_name"] == "kumo-api-api-password" and api["user"] == "kumo-api"
     assert api["endpoints"][0]["url"].startswith("https://192.0.2.") and api["endpoints"][0]["url"].endswith(":8443")
+
+
+def test_plan_table_shows_how_to_reach_the_api(tmp_path):
+    f = tmp_path / "Pulumi.api.yaml"
+    f.write_text("config:\n  kumo:deployment: {cloud: gcp, region: us-central1, name: kumo-api, hostname: mta.example.com,"
+                 " gcp: {project: my-project}, network: {api_cidrs: [198.51.100.0/24]},"
+                 " port25: {outbound: relay, relay: {host: smtp.example.net, username: kumo}}}\n")
+    result = kumo("plan", "--config", str(f))
+    assert result.returncode == 0, result.stderr
+    assert "HTTP API (from 198.51.100.0/24): user kumo-api, password in the secret kumo-api-api-password" in result.stdout
+    assert "  mta.example.com: https://192.0.2." in result.stdout
+    no_api = kumo("plan", "--stack", "gcp-dev")
+    assert "HTTP API" not in no_api.stdout
