@@ -25,8 +25,10 @@ mail = AwsKumoMta(
             "hostname": "mta.acme.example",
             "os": "ubuntu22",
             "sizing": {"messages_per_hour": 400000, "avg_message_kb": 30},
-            # SSH from the operators' network, the HTTP API (TLS, basic auth) from the applications'.
-            "network": {"ssh_cidrs": ["198.51.100.0/24"], "api_cidrs": ["10.0.0.0/16"]},
+            # SSH from the operators' network. Add "api_cidrs": [...] to open KumoMTA's HTTP API (TLS,
+            # basic auth with a generated password) to your applications' networks; without it the API
+            # listens on the node's loopback only.
+            "network": {"ssh_cidrs": ["198.51.100.0/24"]},
             "kumomta": {"relay_cidrs": ["10.0.0.0/16"]},
             "dkim": {"domains": ["acme.example"]},
         },
@@ -39,5 +41,5 @@ pulumi.export("templates_bucket", templates.bucket)
 pulumi.export("mail_nodes", mail.nodes)
 pulumi.export("mail_public_ips", mail.public_ips)
 pulumi.export("mail_dns_records", mail.dns_records)
-# Where the API listens and where its password is kept (never the password itself).
+# Where the API listens and where its password is kept (never the password itself); null here.
 pulumi.export("mail_api", mail.api)
