@@ -7,6 +7,7 @@ ciphertext there); the Pulumi program reads them itself as secrets.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import yaml
 
 from . import catalog, sizing
 from .config import RELAY_PASSWORD_KEY, ROOT, Deployment, parse_deployment
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, shown
 
 # Every key kumo-infra reads from the ``kumo`` namespace; anything else there is a typo.
 SECRET_KEYS = (RELAY_PASSWORD_KEY,)
@@ -42,8 +43,10 @@ def project_root() -> Path:
 
 
 def stack_path(stack: str) -> Path:
-    if not stack or "/" in stack or stack.startswith("."):
-        raise ConfigError(Problem("--stack", f"'{stack}' is not a stack name (like aws-dev)"))
+    # Pulumi's stack names: letters, digits, '-', '_' and '.'; not starting with '.', so never a path.
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", stack, re.ASCII):
+        raise ConfigError(Problem("--stack", f"{shown(stack)} is not a stack name (letters, digits, '-', '_' and "
+                                             "'.', like aws-dev)"))
     path = project_root() / "stacks" / f"Pulumi.{stack}.yaml"
     if not path.exists():
         known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in path.parent.glob("Pulumi.*.yaml"))

@@ -161,3 +161,8 @@ def test_size_flag_values_have_the_stack_keys_forms():
                   "--instance-type", "e2-medium;reboot")
     assert_bad_input(result, "--instance-type", "an instance type name")
     assert "Value error" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "../aws-dev", ".hidden", "aws dev", "aws-dev\n", "a" * 101, "aws-dév"])
+def test_stack_names_are_pulumi_stack_names(name):
+    assert_bad_input(kumo("validate", "--stack", name), "--stack", "is not a stack name")
