@@ -398,7 +398,9 @@ class GcpSection(_Strict):
                       "not ending with a hyphen (like my-kumo-project)")]
     # Checked against the region in Deployment.check.
     zone: Optional[Annotated[str, _form(r"[a-z]+-[a-z]+[0-9]{1,2}-[a-z]", "a GCP zone (like us-central1-a)")]] = None
-    # A name, or a self-link (full or from projects/...) for a network of another project (Shared VPC).
+    # A name, or a self-link (full or from projects/...) for a network of another project (Shared VPC):
+    # forms the provider parses (terraform-provider-google, google/tpgresource/field_helpers.go,
+    # ParseGlobalFieldValue / ParseRegionalFieldValue), which gcp.py hands these to unchanged.
     network: Optional[Annotated[str, _form(
         rf"{_GCP_NAME}|{_GCP_API}projects/{_GCP_PROJECT}/global/networks/{_GCP_NAME}",
         f"a VPC network name ({_GCP_NAME_FORM}) or projects/PROJECT/global/networks/NAME")]] = None
