@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -49,10 +49,6 @@ def _form(pattern: str, form: str, flags: int = 0) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _parsed(parse: Callable[[str], str]) -> AfterValidator:
-    return AfterValidator(parse)
-
-
 def _hostname(value: str) -> str:
     name = value.lower().rstrip(".") if value.isascii() else value
     if len(name) > 253 or not _HOSTNAME_RE.fullmatch(name):
@@ -75,7 +71,7 @@ def _host_or_ip(value: str) -> str:
                          "address (like 192.0.2.25 or 2001:db8::25)") from None
 
 
-Hostname = Annotated[str, _parsed(_hostname)]
+Hostname = Annotated[str, AfterValidator(_hostname)]
 # GCP resource names (RFC 1035 labels): networks, subnetworks, managed zones.
 _GCP_NAME = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _GCP_NAME_FORM = "lowercase letters, digits and hyphens, starting with a letter, at most 63 characters"
@@ -215,7 +211,7 @@ class Port25(_Strict):
     outbound: Literal["auto", "direct", "relay"] = "auto"
     relay: Optional[Relay] = None
     # Hosts the boot-time probe tries on TCP 25; MX hosts of large mailbox providers.
-    probe_hosts: list[Annotated[str, _parsed(_host_or_ip)]] = Field(
+    probe_hosts: list[Annotated[str, AfterValidator(_host_or_ip)]] = Field(
         default_factory=lambda: ["gmail-smtp-in.l.google.com", "mx1.mail.yahoo.com",
                                  "outlook-com.olc.protection.outlook.com"],
         min_length=1, max_length=10)
@@ -236,7 +232,7 @@ class KumoMta(_Strict):
         "starting with a digit (like 2025.03.19-1fbb1b18)")]] = None
     # A host laid out like KumoMTA's repository host (files/*.repo, files/*.list,
     # kumomta-ubuntu-22/public.gpg ...), e.g. a private mirror.
-    repo_url: Annotated[str, _parsed(lambda v: _repo_url(v))] = DEFAULT_REPO_URL
+    repo_url: Annotated[str, AfterValidator(lambda v: _repo_url(v))] = DEFAULT_REPO_URL
     relay_cidrs: RelayCidrs = Field(default_factory=list)
     # The OpenPGP fingerprint of the repository's signing key, for a private mirror signed
     # with its own key; unset: KumoMTA's published key. Checked before the key is trusted.
@@ -321,7 +317,8 @@ class OsUpdates(_Strict):
     # only on stop/start, but interrupts delivery). 'window' reboots when an update needs it,
     # at reboot_time (UTC, HH:MM).
     reboot: Literal["never", "window"] = "never"
-    reboot_time: Annotated[str, _form(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]", "a UTC time of day as HH:MM (like 03:30)")] = "03:30"
+    reboot_time: Annotated[str, _form(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]",
+                                      "a UTC time of day as HH:MM (like 03:30)")] = "03:30"
 
 
 class Dkim(_Strict):
@@ -330,7 +327,8 @@ class Dkim(_Strict):
     # names the key file on the node (/opt/kumomta/etc/dkim/<domain>/<selector>.key).
     selector: Annotated[str, _form(
         r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?",
-        "a DKIM selector: one DNS label of 1-63 lowercase letters, digits and inner hyphens (like kumo or s2026)")] = "kumo"
+        "a DKIM selector: one DNS label of 1-63 lowercase letters, digits and inner hyphens "
+        "(like kumo or s2026)")] = "kumo"
 
     @field_validator("domains")
     @classmethod
@@ -382,7 +380,7 @@ class AzureSection(_Strict):
                                            re.IGNORECASE)]] = None
     subnet_id: Optional[Annotated[str, _form(_AZURE_SUBNET_ID, f"a subnet resource id (like "
                                              f"{_AZURE_ID_EXAMPLE}/subnets/mail)", re.IGNORECASE)]] = None
-    ssh_public_key: Optional[Annotated[str, _parsed(lambda v: _ssh_public_key(v))]] = None
+    ssh_public_key: Optional[Annotated[str, AfterValidator(lambda v: _ssh_public_key(v))]] = None
     # Set when the marketplace terms of a planned image (e.g. Rocky Linux) were accepted
     # in this subscription, once (az vm image terms accept ...).
     marketplace_terms_accepted: bool = False
@@ -407,7 +405,8 @@ class GcpSection(_Strict):
     subnetwork: Optional[Annotated[str, _form(
         rf"{_GCP_NAME}|{_GCP_API}projects/{_GCP_PROJECT}/regions/[a-z]+-[a-z]+[0-9]{{1,2}}/subnetworks/{_GCP_NAME}",
         f"a subnetwork name ({_GCP_NAME_FORM}) or projects/PROJECT/regions/REGION/subnetworks/NAME")]] = None
-    dns_managed_zone: Optional[Annotated[str, _form(_GCP_NAME, f"a Cloud DNS managed zone name ({_GCP_NAME_FORM})")]] = None
+    dns_managed_zone: Optional[Annotated[str, _form(
+        _GCP_NAME, f"a Cloud DNS managed zone name ({_GCP_NAME_FORM})")]] = None
     subnet_cidr: GcpSubnetCidr = "10.42.0.0/24"
 
 

@@ -135,9 +135,10 @@ GCP = {"cloud": "gcp", "region": "us-central1", "os": "alma9",
        "port25": {"outbound": "relay", "relay": {"host": "smtp.relay.example.net", "username": "u"}}}
 VNET = ("/subscriptions/6f1c1e7a-3b2d-4c5e-8f90-1a2b3c4d5e6f/resourceGroups/net-rg/providers/"
         "Microsoft.Network/virtualNetworks/mail-net")
+GCP_API = "https://www.googleapis.com/compute/v1"
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINj9KOaAzhaYUcAaG9+8mDX1dJFtI6zauD5C1V0adTdM"
-ECDSA = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBNJipAZQ9psDGtE8YZsTyZT0ozp1OHBWkvbFlCp"
-         "BQdCczBxDH/nYuZrQhgwvwp3xlLux4xAriPuRG4S1L4iHcjA=")
+ECDSA = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBNJipAZQ9psDGtE8YZsTyZT0"
+         "ozp1OHBWkvbFlCpBQdCczBxDH/nYuZrQhgwvwp3xlLux4xAriPuRG4S1L4iHcjA=")
 
 
 def _rsa_key(bits: int) -> str:
@@ -188,9 +189,9 @@ def at(raw: dict, path: str):
     (deployment(**AZURE, azure={"ssh_public_key": f"  {ED25519}  "}), "azure.ssh_public_key", ED25519),
     (deployment(**GCP, gcp={"project": "my-kumo-project", "zone": "us-central1-f"}), "gcp.zone", "us-central1-f"),
     (deployment(**GCP, gcp={"project": "my-kumo-project",
-                            "network": "https://www.googleapis.com/compute/v1/projects/host-proj/global/networks/shared",
+                            "network": f"{GCP_API}/projects/host-proj/global/networks/shared",
                             "subnetwork": "projects/host-proj/regions/us-central1/subnetworks/mail"}),
-     "gcp.network", "https://www.googleapis.com/compute/v1/projects/host-proj/global/networks/shared"),
+     "gcp.network", f"{GCP_API}/projects/host-proj/global/networks/shared"),
     (deployment(**GCP, gcp={"project": "my-kumo-project", "dns_managed_zone": "example-com"}), "gcp.dns_managed_zone",
      "example-com"),
 ])
