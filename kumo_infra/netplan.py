@@ -83,7 +83,7 @@ def firewall_rules(deployment: Deployment) -> list[Rule]:
                           "KumoMTA HTTP API (TLS, basic auth) from the API clients' networks"))
     for port in smtp_egress_ports(deployment):
         name = SMTP_EGRESS_NAMES[port]
-        rules.append(Rule(f"out-{name}", "egress", "tcp", port, world, f"outbound {name} ({port})"))
+        rules.append(Rule(f"out-{name}", "egress", "tcp", port, world, f"outbound {name}"))
     for name, protocol, port in SUPPORT_EGRESS:
         rules.append(Rule(f"out-{name}", "egress", protocol, port, world, f"outbound {name}"))
     return rules
