@@ -313,7 +313,8 @@ def test_no_admin_cidrs_no_management_ports():
 
 def _ingress_rules(r):
     """Every ingress rule: the rule resources, and any inline rule of a security group."""
-    return [x.inputs for x in r.of_type(INGRESS)] + [rule for sg in r.of_type(SG) for rule in sg.inputs.get("ingress", [])]
+    inline = [rule for sg in r.of_type(SG) for rule in sg.inputs.get("ingress", [])]
+    return [x.inputs for x in r.of_type(INGRESS)] + inline
 
 
 def _opens(rule, port):

@@ -60,6 +60,8 @@ def openssh_ed25519(seed: int = 7, comment: str = "ops@example") -> str:
 
 
 OPERATOR_KEY = openssh_ed25519()
+VNET_ID = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/Microsoft.Network/"
+           "virtualNetworks/net")
 TRUSTED_LAUNCH = {"encryptionAtHost": True, "securityType": "TrustedLaunch",
                   "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}}
 
@@ -469,7 +471,7 @@ def test_three_nodes():
 
 
 def test_existing_resource_group_and_subnet_are_used():
-    vnet = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/net"
+    vnet = VNET_ID
     subnet = f"{vnet}/subnets/mail"
     result = run(dep(azure={"resource_group": "mail-rg", "vnet_id": vnet, "subnet_id": subnet}))
     assert not result.of_type(RG) and not result.of_type(VNET) and not result.of_type(SUBNET)
@@ -480,7 +482,7 @@ def test_existing_resource_group_and_subnet_are_used():
 
 
 def test_vnet_without_subnet_is_refused(recorders):
-    vnet = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/net"
+    vnet = VNET_ID
     refused_before_any_resource(recorders, dep(azure={"vnet_id": vnet}), r"kumo:deployment\.azure\.subnet_id")
 
 
@@ -883,7 +885,7 @@ def test_custom_data_too_big_is_refused_before_any_resource(recorders, monkeypat
 
 
 def test_given_subnet_is_the_one_the_vault_admits():
-    vnet = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/net"
+    vnet = VNET_ID
     subnet = f"{vnet}/subnets/mail"
     result = run(dep(azure={"resource_group": "mail-rg", "vnet_id": vnet, "subnet_id": subnet}))
     acls = result.one(VAULT).inputs["properties"]["networkAcls"]
@@ -966,8 +968,10 @@ def test_api_output_names_the_vault_secret_and_how_to_read_it():
     result = run(d)
     api = result.outputs["api"]
     vault = azure_vault_name(parse_deployment(d))
-    assert api["endpoints"] == [{"hostname": "mta.example.com", "url": f"https://{result.outputs['public_ips'][0]}:8443"}]
+    url = f"https://{result.outputs['public_ips'][0]}:8443"
+    assert api["endpoints"] == [{"hostname": "mta.example.com", "url": url}]
     assert api["secret_name"] == "api-password" and api["user"] == "kumo-api"
-    assert api["read_password"] == f"az keyvault secret show --vault-name {vault} --name api-password --query value -o tsv"
+    assert api["read_password"] == (f"az keyvault secret show --vault-name {vault} --name api-password "
+                                    "--query value -o tsv")
     assert "network-rule" in api["note"] and "Key Vault Secrets User" in api["note"]
     assert run(dep()).outputs["api"] is None

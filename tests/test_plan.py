@@ -121,11 +121,14 @@ def test_plan_masks_generated_passwords(stack, password):
     assert "offline-generated-password" not in result.stdout
 
 
+API_STACK = ("config:\n  kumo:deployment: {cloud: gcp, region: us-central1, name: kumo-api, hostname: mta.example.com,"
+             " gcp: {project: my-project}, network: {api_cidrs: [198.51.100.0/24]},"
+             " port25: {outbound: relay, relay: {host: smtp.example.net, username: kumo}}}\n")
+
+
 def test_plan_masks_the_api_password_and_shows_how_to_reach_the_api(tmp_path):
     f = tmp_path / "Pulumi.api.yaml"
-    f.write_text("config:\n  kumo:deployment: {cloud: gcp, region: us-central1, name: kumo-api, hostname: mta.example.com,"
-                 " gcp: {project: my-project}, network: {api_cidrs: [198.51.100.0/24]},"
-                 " port25: {outbound: relay, relay: {host: smtp.example.net, username: kumo}}}\n")
+    f.write_text(API_STACK)
     result = kumo("plan", "--config", str(f), "--json")
     assert result.returncode == 0, result.stderr
     assert "offline-generated-password" not in result.stdout + result.stderr
@@ -139,12 +142,11 @@ def test_plan_masks_the_api_password_and_shows_how_to_reach_the_api(tmp_path):
 
 def test_plan_table_shows_how_to_reach_the_api(tmp_path):
     f = tmp_path / "Pulumi.api.yaml"
-    f.write_text("config:\n  kumo:deployment: {cloud: gcp, region: us-central1, name: kumo-api, hostname: mta.example.com,"
-                 " gcp: {project: my-project}, network: {api_cidrs: [198.51.100.0/24]},"
-                 " port25: {outbound: relay, relay: {host: smtp.example.net, username: kumo}}}\n")
+    f.write_text(API_STACK)
     result = kumo("plan", "--config", str(f))
     assert result.returncode == 0, result.stderr
-    assert "HTTP API (from 198.51.100.0/24): user kumo-api, password in the secret kumo-api-api-password" in result.stdout
+    assert ("HTTP API (from 198.51.100.0/24): user kumo-api, password in the secret kumo-api-api-password"
+            in result.stdout)
     assert "  mta.example.com: https://192.0.2." in result.stdout
     no_api = kumo("plan", "--stack", "gcp-dev")
     assert "HTTP API" not in no_api.stdout

@@ -100,7 +100,8 @@ def test_port25_command_bad_input():
 def test_relay_report_says_the_firewall_allows_only_the_relays_port(port):
     d = parse_deployment(deployment(port25={"outbound": "relay", "relay": {**RELAY, "port": port}}))
     does = report(d, plan_for(d))["kumo_infra_does"]
-    assert f"allows outbound mail in the firewall only to port {port} (no outbound 25: the probe reports blocked)" in does
+    assert (f"allows outbound mail in the firewall only to port {port} (no outbound 25: the probe reports blocked)"
+            in does)
     assert "allows outbound 25 in the firewall" not in does
 
 

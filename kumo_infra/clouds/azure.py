@@ -359,7 +359,8 @@ def vault_network_rules(subnet_id: pulumi.Input[str]) -> keyvault.NetworkRuleSet
     ignored), rather than leaving nodes that cannot fetch their secrets."""
     return keyvault.NetworkRuleSetArgs(
         default_action="Deny", bypass="None",
-        virtual_network_rules=[keyvault.VirtualNetworkRuleArgs(id=subnet_id, ignore_missing_vnet_service_endpoint=False)])
+        virtual_network_rules=[keyvault.VirtualNetworkRuleArgs(id=subnet_id,
+                                                               ignore_missing_vnet_service_endpoint=False)])
 
 
 def os_profile(parent: pulumi.Resource, prefix: str, cp: ComponentPlan, az: AzureSection, hostname: str,

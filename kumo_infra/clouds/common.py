@@ -309,8 +309,8 @@ def api_access(cp: ComponentPlan, public_ips: pulumi.Output[list[str]]) -> Optio
     }
     if d.cloud == "azure":
         access["note"] = ("the Key Vault accepts data-plane reads only from the nodes' subnet: to read the password "
-                          "from your machine, allow its public address for a while (az keyvault network-rule add) and give "
-                          "yourself the role Key Vault Secrets User on the secret")
+                          "from your machine, allow its public address for a while (az keyvault network-rule add) "
+                          "and give yourself the role Key Vault Secrets User on the secret")
     return public_ips.apply(lambda ips: {
         **access,
         "endpoints": [{"hostname": host, "url": f"https://{ip}:{API_TLS_PORT}"} for host, ip in zip(hostnames, ips)],
