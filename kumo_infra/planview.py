@@ -107,7 +107,8 @@ def format_plan(doc: dict[str, Any]) -> str:
     if api:
         lines += ["", f"HTTP API (from {', '.join(api['allowed_from'])}): user {api['user']}, password in the secret "
                       f"{api['secret_name']} ({api['read_password']}); {api['tls']}"]
-        lines += [f"  {e['hostname']}: {e['url']}" for e in api["endpoints"]]
+        lines += [f"  {e['hostname']}: {e['url']} (by address: {e['ip_url']})" for e in api["endpoints"]]
+        lines.append(f"  certificate to trust: the api output's ca_certificate; pin: {api['pinned_public_key']}")
     lines += ["", "Values only a cloud can know (image ids, addresses) are placeholders "
                   "(192.0.2.x, '(placeholder)'); secrets show as [secret]."]
     return "\n".join(lines)

@@ -2,15 +2,16 @@
 
 Safe by construction: relaying only from loopback and ``kumomta.relay_cidrs`` (an
 all-addresses entry is refused at validation); the HTTP API trusts loopback only and is
-reachable from ``network.api_cidrs`` only through TLS and HTTP basic auth; no message is
-ever refused because of its headers (signing problems are logged, and the message is
-sent unsigned).
+reachable from ``network.api_cidrs`` only through TLS (with the deployment's generated
+certificate) and HTTP basic auth; no message is ever refused because of its headers
+(signing problems are logged, and the message is sent unsigned).
 """
 
 from __future__ import annotations
 
 from ..config import Deployment
-from ..secretspec import API_PASSWORD_PATH, API_USER, RELAY_PASSWORD_PATH, secret_specs
+from ..secretspec import (API_PASSWORD_PATH, API_TLS_CERT_PATH, API_TLS_KEY_PATH, API_USER, RELAY_PASSWORD_PATH,
+                          secret_specs)
 
 SPOOL_DIR = "/var/spool/kumomta"
 LOG_DIR = "/var/log/kumomta"
@@ -38,16 +39,19 @@ def render_api_listener(deployment: Deployment, hostname: str) -> str:
         return ""
     return f"""
   -- The API for network.api_cidrs (the cloud firewall opens {API_TLS_PORT} to them, never {HTTP_PORT}):
-  -- TLS, and HTTP basic auth checked by http_server_validate_auth_basic below. Without
-  -- tls_certificate/tls_private_key KumoMTA makes a self-signed certificate for `hostname` at
-  -- every start (crates/kumo-server-common/src/tls_helpers.rs make_server_config, called by
-  -- HttpListenerParams::tls_config in crates/kumo-server-common/src/http_server/mod.rs).
+  -- TLS, and HTTP basic auth checked by http_server_validate_auth_basic below. The key and the
+  -- certificate kumo-infra generated for the deployment (clients trust that certificate), fetched
+  -- at boot; plain strings are file paths (KeySource, crates/data-loader/src/lib.rs). They are read
+  -- when the listener starts (HttpListenerParams::start -> tls_helpers.rs make_server_config), so
+  -- a new pair needs a restart, which kumo-bootstrap does when a fetched secret changed.
   -- trusted_hosts stays loopback: a trusted peer needs no credentials at all
   -- (crates/kumo-server-common/src/http_server/auth.rs auth_middleware).
   kumo.start_http_listener {{
     listen = '0.0.0.0:{API_TLS_PORT}',
     hostname = {lua_str(hostname)},
     use_tls = true,
+    tls_certificate = {lua_str(API_TLS_CERT_PATH)},
+    tls_private_key = {lua_str(API_TLS_KEY_PATH)},
     trusted_hosts = {lua_list(LOOPBACK)},
   }}
 """

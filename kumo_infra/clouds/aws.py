@@ -252,9 +252,11 @@ class AwsKumoMta(KumoMtaComponent):
                 tags={**tags, "Name": s.name},
                 opts=child(self, protect=cp.deployment.lifecycle.protect))
             # secret_string is a Pulumi secret (NodeSecret.value, and the SDK marks it again).
-            ready.append(aws.secretsmanager.SecretVersion(
+            version = aws.secretsmanager.SecretVersion(
                 f"{name}-secret-{s.spec.key}-version", secret_id=secret.id, secret_string=s.value,
-                region=cp.deployment.region, opts=child(self)))
+                region=cp.deployment.region, opts=child(self))
+            if s.machines_wait:  # not the API certificate: it names the Elastic IPs (NodeSecret.machines_wait)
+                ready.append(version)
             arns.append(secret.arn)
         if secrets:
             # Exact ARNs (Secrets Manager adds a random suffix to each), no wildcard. The secrets use

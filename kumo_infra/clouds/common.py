@@ -7,10 +7,12 @@ outputs, so a program can switch clouds by switching the class.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypedDict
 
 import pulumi
 
@@ -20,8 +22,11 @@ from ..bootstrap.policy import API_TLS_PORT
 from ..config import Deployment, parse_deployment
 from ..errors import ConfigError
 from ..netplan import Rule, firewall_rules
-from ..secretspec import (API_PASSWORD, API_USER, RELAY_PASSWORD, SecretSpec, azure_vault_name, reference,
-                          secret_specs, store_name)
+from ..secretspec import (API_PASSWORD, API_TLS_CERT, API_TLS_KEY, API_USER, RELAY_PASSWORD, SecretSpec,
+                          azure_vault_name, reference, secret_specs, store_name)
+
+if TYPE_CHECKING:
+    import pulumi_tls
 from ..sizing import Plan
 from ..stackconfig import needs_relay_password, plan_for
 
@@ -48,6 +53,9 @@ class KumoMtaComponent(pulumi.ComponentResource):
     secret_names: pulumi.Output[list[str]]  # names in the cloud's secret store, never values
     deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
     api: Optional[pulumi.Output[dict]]  # how to reach the HTTP API (api_access); None without network.api_cidrs
+    # The API's key and certificate (secrets_for makes them with network.api_cidrs); _publish gives
+    # the certificate the nodes' addresses, which the certificate waits for until then.
+    _api_tls: Optional["ApiTls"] = None
 
     def _publish(self, cp: "ComponentPlan", node_outputs: list[pulumi.Output[dict]],
                  public_ips: list[pulumi.Input[str]], secrets: list["NodeSecret"],
@@ -59,7 +67,9 @@ class KumoMtaComponent(pulumi.ComponentResource):
         self.sizing = pulumi.Output.from_input(cp.plan.to_dict())
         self.secret_names = pulumi.Output.from_input([s.name for s in secrets])
         self.deliverability_records = deliverability_records(cp, self.public_ips, dkim_public)
-        self.api = api_access(cp, self.public_ips)
+        if self._api_tls is not None:
+            self._api_tls.name_addresses(self.public_ips)  # the certificate's IP SANs: every node's address
+        self.api = api_access(cp, self.public_ips, self._api_tls)
         for key, value in extra.items():
             setattr(self, key, value)
         self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips, "dns_records": self.dns_records,
@@ -190,6 +200,11 @@ class NodeSecret:
     spec: SecretSpec
     name: str  # the name in the store (secretspec.store_name)
     value: pulumi.Output[str]  # always a Pulumi secret
+    # False when the value is made from the machines themselves (the API certificate names the
+    # nodes' public addresses, which on AWS exist only once each machine does): the machines must not
+    # wait for it, or neither would ever be created; the node's boot-time fetch retries until it is
+    # stored (kumo-bootstrap step_secrets, up to KUMO_SECRET_WAIT_S).
+    machines_wait: bool = True
 
 
 # The API's basic-auth password: letters and digits only (no character a shell, a URL or the
@@ -208,30 +223,44 @@ def generated_password(parent: pulumi.Resource, resource_name: str, cp: Componen
     return pulumi.Output.secret(password.result)
 
 
-def secrets_for(parent: pulumi.Resource, name: str, cp: ComponentPlan, args: KumoMtaArgs) -> tuple[
+def secrets_for(parent: KumoMtaComponent, name: str, cp: ComponentPlan, args: KumoMtaArgs) -> tuple[
         list[NodeSecret], dict[str, pulumi.Output[str]]]:
     """The deployment's secrets as Pulumi secrets, and each DKIM domain's public key (PEM).
 
-    The relay password comes from the caller (a Pulumi secret); each DKIM key pair and the
-    API password are generated here and kept only in Pulumi's encrypted state and the cloud's
-    secret store.
+    The relay password comes from the caller (a Pulumi secret); each DKIM key pair, the API
+    password and the API's TLS key are generated here and kept only in Pulumi's encrypted state
+    and the cloud's secret store. The API certificate names the nodes' public addresses, which
+    the component creates later: ``_publish`` hands them over (ApiTls.name_addresses).
     """
     import pulumi_tls as tls  # imported here: only deployments that store secrets need it
 
     secrets: list[NodeSecret] = []
     dkim_public: dict[str, pulumi.Output[str]] = {}
+    api_tls = api_tls_for(parent, name, cp) if cp.deployment.network.api_cidrs else None
+    parent._api_tls = api_tls
     for spec in secret_specs(cp.deployment):
+        machines_wait = True
         if spec.key == RELAY_PASSWORD:
             value = pulumi.Output.secret(args["relay_password"])  # prepare() refused its absence
         elif spec.key == API_PASSWORD:
             value = generated_password(parent, f"{name}-{spec.key}", cp, length=API_PASSWORD_LENGTH,
                                        special=False, min_upper=1, min_lower=1, min_numeric=1)
+        elif spec.key in (API_TLS_KEY, API_TLS_CERT):
+            assert api_tls is not None  # both specs exist exactly when network.api_cidrs does
+            if spec.key == API_TLS_KEY:
+                # PKCS#8 ("PRIVATE KEY"), the form of the key KumoMTA makes for itself (PrivatePkcs8KeyDer in
+                # crates/kumo-server-common/src/tls_helpers.rs); its PrivateKeyDer::from_pem_slice reads SEC1
+                # and PKCS#1 too (rustls/pki-types src/lib.rs, impl PemObject for PrivateKeyDer).
+                value = pulumi.Output.secret(api_tls.key.private_key_pem_pkcs8)
+            else:
+                value = pulumi.Output.secret(api_tls.certificate.cert_pem)  # public; stored like the key
+                machines_wait = cp.deployment.cloud not in ADDRESS_AFTER_MACHINE
         else:
             key = tls.PrivateKey(f"{name}-{spec.key}", algorithm="RSA", rsa_bits=2048,
                                  opts=child(parent, protect=cp.deployment.lifecycle.protect))
             value = pulumi.Output.secret(key.private_key_pem)
             dkim_public[spec.dkim_domain or ""] = key.public_key_pem
-        secrets.append(NodeSecret(spec, store_name(cp.deployment, spec), value))
+        secrets.append(NodeSecret(spec, store_name(cp.deployment, spec), value, machines_wait))
     return secrets, dkim_public
 
 
@@ -269,10 +298,78 @@ def deliverability_records(cp: ComponentPlan, public_ips: pulumi.Output[list[str
     return pulumi.Output.all(public_ips, *keys).apply(build)
 
 
-# KumoMTA's HTTP listener with use_tls and no tls_certificate "dynamically allocate[s] a self-signed
-# certificate" (KumoCorp/kumomta docs/reference/kumo/start_http_listener/tls_certificate.md).
-API_TLS_NOTE = ("TLS with a self-signed certificate that KumoMTA generates itself: no public CA vouches for it, "
-                "so a client must be told to trust it (or to skip verification knowingly)")
+# -- the HTTP API's TLS certificate ---------------------------------------------------------
+
+# Clouds where a node's public address exists only once its machine does (AWS: the Elastic IP is
+# associated as it is created, Eip(instance=...)); elsewhere the address comes first.
+ADDRESS_AFTER_MACHINE = frozenset({"aws"})
+# ECDSA P-256 with SHA-256, what KumoMTA makes for itself without a certificate (rcgen's default key
+# pair in tls_helpers.rs make_server_config) and what every TLS client accepts.
+API_TLS_ALGORITHM = "ECDSA"
+API_TLS_CURVE = "P256"
+API_TLS_VALIDITY_HOURS = 3 * 365 * 24
+# The provider replaces the certificate when a plan runs this close to its expiry
+# (terraform-provider-tls internal/provider/common_cert.go modifyPlanIfCertificateReadyForRenewal).
+API_TLS_EARLY_RENEWAL_HOURS = 180 * 24
+# An ECDSA key signs (digital_signature); key_encipherment is RSA key transport, not for this key.
+API_TLS_USES = ("server_auth", "digital_signature")
+
+
+@dataclass
+class ApiTls:
+    """The API listener's key and self-signed certificate, and how the certificate learns the
+    nodes' public addresses (created after the secrets on every cloud)."""
+
+    key: "pulumi_tls.PrivateKey"
+    certificate: "pulumi_tls.SelfSignedCert"
+    name_addresses: Callable[[pulumi.Output[list[str]]], None]
+
+
+def api_tls_for(parent: pulumi.Resource, name: str, cp: ComponentPlan) -> ApiTls:
+    """A key and a self-signed certificate for every node's hostname (DNS SANs) and public address
+    (IP SANs), so a client that trusts this one certificate can verify any node by either name."""
+    import pulumi_tls as tls
+
+    addresses, name_addresses = pulumi.deferred_output()
+    # Protected like the DKIM keys: a new key changes what clients pinned. The certificate is not:
+    # renewal and a changed set of nodes replace it, which protection would refuse.
+    key = tls.PrivateKey(f"{name}-{API_TLS_KEY}", algorithm=API_TLS_ALGORITHM, ecdsa_curve=API_TLS_CURVE,
+                         opts=child(parent, protect=cp.deployment.lifecycle.protect))
+    certificate = tls.SelfSignedCert(
+        f"{name}-{API_TLS_CERT}",
+        private_key_pem=key.private_key_pem,
+        subject=tls.SelfSignedCertSubjectArgs(common_name=cp.nodes[0].hostname,
+                                              organization=f"kumo-infra {name}"),
+        dns_names=[node.hostname for node in cp.nodes],
+        ip_addresses=addresses,
+        allowed_uses=list(API_TLS_USES),
+        validity_period_hours=API_TLS_VALIDITY_HOURS,
+        early_renewal_hours=API_TLS_EARLY_RENEWAL_HOURS,
+        opts=child(parent))
+    return ApiTls(key, certificate, name_addresses)
+
+
+def public_key_pin(public_key_pem: str) -> str:
+    """curl's --pinnedpubkey form of a PEM public key: sha256// and the base64 SHA-256 of its DER
+    SubjectPublicKeyInfo. It names the key, so it survives the certificate's renewal."""
+    body = "".join(line.strip() for line in public_key_pem.strip().splitlines() if "-----" not in line)
+    return "sha256//" + base64.b64encode(hashlib.sha256(base64.b64decode(body)).digest()).decode()
+
+
+API_TLS_NOTE = ("TLS with a certificate kumo-infra generated for this deployment, self-signed (no public CA "
+                "vouches for it): save it (pulumi stack output api --json | jq -r .ca_certificate > api-ca.pem) "
+                "and give it to the client (curl --cacert api-ca.pem); or pin pinned_public_key, which survives "
+                "renewal (curl --pinnedpubkey checks the pin even with --insecure)")
+API_ACCESS_NOTE = ("The hostname URLs need the nodes' forward A records (dns_records lists the ones to publish); "
+                   "until they resolve, use ip_url: the certificate names every node's hostname and public "
+                   "address. With KumoMTA's default ACL (assets/acls/default.toml) the API user may only inject "
+                   "(POST /api/inject/v1); admin endpoints (bounce, suspend, metrics) answer only on each node's "
+                   "loopback listener (kcli on the node), and /api/check-liveness answers anyone.")
+API_RENEWAL_NOTE = (f"The certificate is valid {API_TLS_VALIDITY_HOURS // (365 * 24)} years; the first pulumi up "
+                    f"in its last {API_TLS_EARLY_RENEWAL_HOURS // 24} days replaces it, as does a change of the "
+                    "nodes' names or addresses. Nodes serve a new certificate once kumo-bootstrap runs again: "
+                    "sudo /usr/local/sbin/kumo-bootstrap all on each node (on GCP a reboot also runs it). Clients "
+                    "then need the new ca_certificate; pinned_public_key stays the same (the key is kept).")
 
 
 def api_password_spec(deployment: Deployment) -> Optional[SecretSpec]:
@@ -291,14 +388,21 @@ def read_password_command(deployment: Deployment, spec: SecretSpec) -> str:
     return f"gcloud secrets versions access latest --secret={name} --project={project}"
 
 
-def api_access(cp: ComponentPlan, public_ips: pulumi.Output[list[str]]) -> Optional[pulumi.Output[dict]]:
-    """How to reach the HTTP API from network.api_cidrs: one URL per node, the user, where the
-    password is kept (never the password). None when the API listens on loopback only."""
+def api_access(cp: ComponentPlan, public_ips: pulumi.Output[list[str]],
+               api_tls: Optional[ApiTls]) -> Optional[pulumi.Output[dict]]:
+    """How to reach the HTTP API from network.api_cidrs: one URL per node (by hostname, as the
+    certificate names it, and by address), the user, where the password is kept (never the
+    password), the certificate to trust. None when the API listens on loopback only."""
     d = cp.deployment
     spec = api_password_spec(d)
-    if spec is None:
+    if spec is None or api_tls is None:
         return None
     hostnames = [node.hostname for node in cp.nodes]
+    note = API_ACCESS_NOTE
+    if d.cloud == "azure":
+        note += (" The Key Vault accepts data-plane reads only from the nodes' subnet: to read the password "
+                 "from your machine, allow its public address for a while (az keyvault network-rule add) "
+                 "and give yourself the role Key Vault Secrets User on the secret.")
     access: dict[str, Any] = {
         "user": API_USER,
         "secret_name": store_name(d, spec),
@@ -306,15 +410,24 @@ def api_access(cp: ComponentPlan, public_ips: pulumi.Output[list[str]]) -> Optio
         "read_password": read_password_command(d, spec),
         "allowed_from": list(d.network.api_cidrs),
         "tls": API_TLS_NOTE,
+        "example": (f'curl --cacert api-ca.pem -u {API_USER}:"$PASSWORD" '
+                    f"https://{hostnames[0]}:{API_TLS_PORT}/api/inject/v1 -H 'Content-Type: application/json' "
+                    "-d @message.json"),
+        "note": note,
+        "certificate_renewal": API_RENEWAL_NOTE,
     }
-    if d.cloud == "azure":
-        access["note"] = ("the Key Vault accepts data-plane reads only from the nodes' subnet: to read the password "
-                          "from your machine, allow its public address for a while (az keyvault network-rule add) "
-                          "and give yourself the role Key Vault Secrets User on the secret")
-    return public_ips.apply(lambda ips: {
-        **access,
-        "endpoints": [{"hostname": host, "url": f"https://{ip}:{API_TLS_PORT}"} for host, ip in zip(hostnames, ips)],
-    })
+
+    def build(resolved: list[Any]) -> dict:
+        ips, certificate, public_key = resolved
+        return {
+            **access,
+            "endpoints": [{"hostname": host, "url": f"https://{host}:{API_TLS_PORT}",
+                           "ip_url": f"https://{ip}:{API_TLS_PORT}"} for host, ip in zip(hostnames, ips)],
+            "ca_certificate": certificate,
+            "pinned_public_key": public_key_pin(public_key),
+        }
+
+    return pulumi.Output.all(public_ips, api_tls.certificate.cert_pem, api_tls.key.public_key_pem).apply(build)
 
 
 def subnet_cidr(network_block: str) -> str:
