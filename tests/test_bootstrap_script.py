@@ -505,7 +505,8 @@ case "$1" in
       done <"$conf"
       value=$( { for f in "$conf.first" "${files[@]}" "$conf"; do cat "$f" 2>/dev/null; done; } \
         | awk 'tolower($1) == "passwordauthentication" { print tolower($2); exit }')
-      echo "passwordauthentication ${value:-yes}" ;;
+      # Like sshd: the answer among many more lines (written after a reader could have gone).
+      echo "passwordauthentication ${value:-yes}"; sleep 0.2; seq -f "setting%g value" 1 2000 ;;
 esac
 """
 

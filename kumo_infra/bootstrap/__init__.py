@@ -109,9 +109,10 @@ def spool_device_paths(cloud: str, spool_storage: str, spool_volume_id: str | No
     if cloud == "aws":
         paths = []
         if spool_volume_id:
-            # Nitro: the NVMe controller's serial number is the volume id without its hyphen, and
-            # udev links it as nvme-Amazon_Elastic_Block_Store_<serial> (AWS docs, "Amazon EBS and
-            # NVMe": "The EBS volume ID is the serial number of the device", e.g. vol01234567890abcdef).
+            # Nitro: the NVMe controller's serial number is the volume id without its hyphen and its
+            # model "Amazon Elastic Block Store" (AWS docs, "Amazon EBS and NVMe", nvme-ebs-volumes.html:
+            # "sn : vol01234567890abcdef / mn : Amazon Elastic Block Store"); udev's persistent-storage
+            # rules link it as by-id/nvme-<model>_<serial>, spaces turned into underscores.
             paths.append(f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{spool_volume_id.replace('-', '')}")
         # Xen instance types (t2): the component attaches the volume as /dev/sdf, which the
         # Xen block front-end names xvdf.

@@ -43,7 +43,8 @@ def standin_debs(tmp_path_factory: pytest.TempPathFactory) -> StandinDebs:
 
 @pytest.fixture(scope="session")
 def apt_mirror(standin_debs: StandinDebs) -> Iterator[MirrorFactory]:
-    """Factory: ``apt_mirror()`` serves all stand-in debs, ``apt_mirror(debs)`` others.
+    """Factory: ``apt_mirror()`` serves all stand-in debs, ``apt_mirror(debs)`` others;
+    ``extra_debs=`` adds Debian packages (both channels' repositories carry them).
 
     Each call starts a new mirror (own port, own request log) that is stopped
     at the end of the session; a test may also call ``.stop()`` itself.
@@ -53,8 +54,19 @@ def apt_mirror(standin_debs: StandinDebs) -> Iterator[MirrorFactory]:
             pytest.skip(f"{tool} is not installed")
     with contextlib.ExitStack() as stack:
 
-        def start(debs: Iterable[Path] | None = None) -> AptMirror:
+        def start(debs: Iterable[Path] | None = None, extra_debs: Iterable[Path] = ()) -> AptMirror:
             chosen = list(standin_debs.values()) if debs is None else list(debs)
-            return stack.enter_context(AptMirror(chosen))
+            return stack.enter_context(AptMirror(chosen, extra_debs=extra_debs))
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def node_mirror(vm_rootfs: RootImage, apt_mirror: MirrorFactory) -> MirrorFactory:
+    """Factory for what a booted node needs: the stand-in debs and the Debian packages the
+    bootstrap installs for automatic OS updates (downloaded with the guest image)."""
+
+    def start(debs: Iterable[Path] | None = None) -> AptMirror:
+        return apt_mirror(debs, extra_debs=vm_rootfs.os_update_debs)
+
+    return start

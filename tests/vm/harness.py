@@ -58,6 +58,7 @@ REQUIRED_DEBIAN_PACKAGES: list[str] = [
     "apt-utils",  # apt-ftparchive writes Packages and Release
     "gnupg",  # throwaway key that signs the mirror's InRelease
     "lua5.4",  # luac5.4, so the stand-in kumod --validate checks syntax on the host
+    "xfsprogs",  # mkfs.xfs: the foreign XFS disk the spool must never touch
 ]
 
 # Executables needed to build and boot, with the package that provides each.
@@ -71,6 +72,7 @@ _HOST_TOOLS: dict[str, str] = {
     "apt-ftparchive": "apt-utils",
     "gpg": "gnupg",
     "gpgconf": "gnupg",
+    "mkfs.xfs": "xfsprogs",
 }
 
 #: Where the guest reaches the host's mirror: qemu's guestfwd answers here.
@@ -90,8 +92,8 @@ GUEST_PACKAGES: tuple[str, ...] = (
     # boot, init and cloud-init
     "systemd", "systemd-sysv", "udev", "dbus", "cloud-init", "linux-image-cloud-amd64",
     "kmod", "qemu-guest-agent",
-    # network (Debian 12 cloud images use ifupdown + dhclient)
-    "ifupdown", "isc-dhcp-client", "netbase", "iproute2", "iptables",
+    # network (Debian 12 cloud images use ifupdown + dhclient); time sync as on a cloud image
+    "ifupdown", "isc-dhcp-client", "netbase", "iproute2", "iptables", "systemd-timesyncd",
     # storage
     "xfsprogs", "e2fsprogs", "mdadm", "nvme-cli", "fdisk",
     # fetching and verifying packages
@@ -109,9 +111,15 @@ GUEST_PACKAGES: tuple[str, ...] = (
 )
 # fmt: on
 
+#: Packages the bootstrap installs from a repository (automatic OS updates), left out
+#: of the image on purpose: their .debs (with every dependency the image lacks) are
+#: downloaded when the image is built and served by the test mirror, so the guest
+#: installs them the way a node does.
+OS_UPDATE_PACKAGES: tuple[str, ...] = ("unattended-upgrades",)
+
 # Bump when the customisation in _customise_rootfs changes: it is hashed into
 # the cache key together with the package list.
-_IMAGE_RECIPE = "kumo-vm-image-v2"
+_IMAGE_RECIPE = "kumo-vm-image-v3"
 _DISK_SIZE = "4G"
 _CACHE_ENV = "KUMO_VM_CACHE"
 _DEFAULT_CACHE = Path("/var/cache/kumo-infra-vm")
@@ -139,6 +147,11 @@ class RootImage:
     key: str
     packages: tuple[str, ...]
 
+    @property
+    def os_update_debs(self) -> list[Path]:
+        """The .debs of OS_UPDATE_PACKAGES and their missing dependencies (for the mirror)."""
+        return sorted((self.directory / "os-update-debs").glob("*.deb"))
+
 
 def cache_root() -> Path:
     return Path(os.environ.get(_CACHE_ENV) or _DEFAULT_CACHE)
@@ -150,6 +163,7 @@ def _image_key(packages: Sequence[str], mirror: str) -> str:
             "recipe": _IMAGE_RECIPE,
             "suite": DEBIAN_SUITE,
             "packages": sorted(packages),
+            "os_update_packages": sorted(OS_UPDATE_PACKAGES),
             "mirror": mirror,
             "disk": _DISK_SIZE,
         },
@@ -283,6 +297,7 @@ def _build_image_into(build: Path, packages: Sequence[str], mirror: str, archive
             mirror,
         ]
     )
+    _download_os_update_debs(rootfs, build / "os-update-debs")
     _customise_rootfs(rootfs)
 
     boot = rootfs / "boot"
@@ -309,6 +324,28 @@ def _build_image_into(build: Path, packages: Sequence[str], mirror: str, archive
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (build / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _download_os_update_debs(rootfs: Path, out: Path) -> None:
+    """Download OS_UPDATE_PACKAGES and exactly the dependencies the image lacks.
+
+    apt inside the fresh root filesystem (still pointed at the Debian mirror
+    debootstrap used) resolves them against what is installed there.
+    """
+    archives = rootfs / "var/cache/apt/archives"
+    for stale in archives.glob("*.deb"):
+        stale.unlink()
+    _run(["chroot", rootfs, "apt-get", "update", "-q"])
+    _run(["chroot", rootfs, "apt-get", "install", "-y", "-q", "--download-only", "--no-install-recommends",
+          *OS_UPDATE_PACKAGES])
+    out.mkdir()
+    debs = sorted(archives.glob("*.deb"))
+    if not any(d.name.startswith(f"{name}_") for name in OS_UPDATE_PACKAGES for d in debs):
+        raise VmHarnessError(f"apt downloaded no {OS_UPDATE_PACKAGES} into {archives}: {debs}")
+    for deb in debs:
+        shutil.move(deb, out / deb.name)
+        (out / deb.name).chmod(0o644)
+    out.chmod(0o755)
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -440,30 +477,54 @@ class MirrorRequest:
     status: int
 
 
+def generate_signing_key(gnupg_home: Path, name: str = "kumo-infra test mirror") -> str:
+    """Make an ed25519 signing key in ``gnupg_home`` (a throwaway keyring) and return its fingerprint."""
+    gnupg_home.mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "GNUPGHOME": str(gnupg_home)}
+    gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    uid = f"{name} <mirror@kumo-infra.invalid>"
+    try:
+        _run([*gpg, "--quick-gen-key", uid, "ed25519", "sign", "never"], env=env)
+        listing = _run([*gpg, "--with-colons", "--fingerprint", uid], env=env).stdout
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, capture_output=True)
+    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+
 class AptMirror:
     """A signed apt repository on 127.0.0.1, laid out like KumoMTA's openrepo.
 
-    Layout (the paths upstream's install instructions fetch)::
+    Layout (upstream's: the dev channel in ``kumomta-ubuntu-22``, the stable one in
+    ``kumomta-ubuntu-22-stable``, suite ``stable``, component ``main``; the signing key as
+    ``public.gpg``)::
 
-        files/kumomta-ubuntu22.list
-        kumomta-ubuntu-22/public.gpg
-        kumomta-ubuntu-22/dists/jammy/{InRelease,Release,Release.gpg,main/binary-amd64/Packages[.gz]}
-        kumomta-ubuntu-22/pool/main/*.deb
+        kumomta-ubuntu-22{,-stable}/public.gpg
+        kumomta-ubuntu-22{,-stable}/dists/stable/{InRelease,Release,Release.gpg,main/binary-amd64/Packages[.gz]}
+        kumomta-ubuntu-22{,-stable}/pool/main/*.deb
+        files/kumomta-ubuntu22.list      (both repositories, for hand-written user-data)
+
+    ``kumomta`` goes to the stable repository, ``kumomta-dev`` to the dev one, and the
+    ``extra_debs`` (Debian packages a bootstrap installs, like unattended-upgrades) to both.
+    Everything is signed with one throwaway key whose fingerprint is ``fingerprint``.
 
     The guest reaches it at :data:`GUEST_MIRROR_URL` through qemu's guestfwd:
     pass ``mirror.port`` to :class:`Vm`. Every request is recorded in
-    ``requests``; :meth:`stop` stops answering (a "mirror unreachable" test).
+    ``requests``; :meth:`stop` stops answering (a "mirror unreachable" test) and
+    :meth:`serve_again` answers again on the same port.
     """
 
     repo_name = "kumomta-ubuntu-22"
     list_name = "kumomta-ubuntu22.list"
-    codename = "jammy"
+    suite = "stable"
     component = "main"
 
-    def __init__(self, debs: Iterable[Path], guest_base_url: str = GUEST_MIRROR_URL) -> None:
+    def __init__(self, debs: Iterable[Path], guest_base_url: str = GUEST_MIRROR_URL,
+                 extra_debs: Iterable[Path] = ()) -> None:
         self.debs = [Path(d) for d in debs]
+        self.extra_debs = [Path(d) for d in extra_debs]
         self.guest_base_url = guest_base_url.rstrip("/")
         self.requests: list[MirrorRequest] = []
+        self.fingerprint = ""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -485,6 +546,11 @@ class AptMirror:
 
     @property
     def repo_dir(self) -> Path:
+        """The stable channel's repository (where ``kumomta`` is)."""
+        return self.root / f"{self.repo_name}-stable"
+
+    @property
+    def dev_repo_dir(self) -> Path:
         return self.root / self.repo_name
 
     def __enter__(self) -> Self:
@@ -510,20 +576,40 @@ class AptMirror:
             self._tmp = None
 
     def _build(self, gnupg_home: Path) -> None:
-        repo = self.repo_dir
+        # A throwaway key in its own GNUPGHOME: nothing touches the user's keyring.
+        self.fingerprint = generate_signing_key(gnupg_home)
+        env = {**os.environ, "GNUPGHOME": str(gnupg_home)}
+        gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+        stable = [d for d in self.debs if not d.name.startswith("kumomta-dev_")]
+        dev = [d for d in self.debs if d.name.startswith("kumomta-dev_")]
+        try:
+            armored = _run([*gpg, "--armor", "--export", self.fingerprint], env=env).stdout
+            for repo, debs in ((self.repo_dir, stable), (self.dev_repo_dir, dev)):
+                self._build_repo(repo, [*debs, *self.extra_debs], gpg, env)
+                (repo / "public.gpg").write_text(armored)
+        finally:
+            # gpg left an agent running for this GNUPGHOME; stop exactly that one.
+            subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, capture_output=True)
+
+        files = self.root / "files"
+        files.mkdir()
+        (files / self.list_name).write_text("".join(
+            f"deb [signed-by=/usr/share/keyrings/kumomta.gpg] {self.guest_base_url}/{name}/ {self.suite} "
+            f"{self.component}\n" for name in (self.repo_name, f"{self.repo_name}-stable")))
+
+    def _build_repo(self, repo: Path, debs: list[Path], gpg: list[str], env: dict[str, str]) -> None:
         pool = repo / "pool" / self.component
         pool.mkdir(parents=True)
-        for deb in self.debs:
+        for deb in debs:
             shutil.copy2(deb, pool / deb.name)
-
-        index_dir = repo / "dists" / self.codename / self.component / "binary-amd64"
+        index_dir = repo / "dists" / self.suite / self.component / "binary-amd64"
         index_dir.mkdir(parents=True)
         # Run from the repository root so Filename: fields are relative to it.
         packages = _run(["apt-ftparchive", "packages", "pool"], cwd=repo).stdout
         (index_dir / "Packages").write_text(packages)
         with gzip.open(index_dir / "Packages.gz", "wt") as handle:
             handle.write(packages)
-        dist = repo / "dists" / self.codename
+        dist = repo / "dists" / self.suite
         release = _run(
             [
                 "apt-ftparchive",
@@ -532,9 +618,9 @@ class AptMirror:
                 "-o",
                 "APT::FTPArchive::Release::Label=kumomta-standin",
                 "-o",
-                f"APT::FTPArchive::Release::Suite={self.codename}",
+                f"APT::FTPArchive::Release::Suite={self.suite}",
                 "-o",
-                f"APT::FTPArchive::Release::Codename={self.codename}",
+                f"APT::FTPArchive::Release::Codename={self.suite}",
                 "-o",
                 "APT::FTPArchive::Release::Architectures=amd64",
                 "-o",
@@ -545,37 +631,10 @@ class AptMirror:
             cwd=dist,
         ).stdout
         (dist / "Release").write_text(release)
-
-        # A throwaway key in its own GNUPGHOME: nothing touches the user's keyring.
-        gnupg_home.mkdir(mode=0o700)
-        env = {**os.environ, "GNUPGHOME": str(gnupg_home)}
-        gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
-        try:
-            _run(
-                [
-                    *gpg,
-                    "--quick-gen-key",
-                    "kumo-infra test mirror <mirror@kumo-infra.invalid>",
-                    "ed25519",
-                    "sign",
-                    "never",
-                ],
-                env=env,
-            )
-            _run([*gpg, "--yes", "--clearsign", "-o", dist / "InRelease", dist / "Release"], env=env)
-            _run([*gpg, "--yes", "-abs", "-o", dist / "Release.gpg", dist / "Release"], env=env)
-            armored = _run([*gpg, "--armor", "--export"], env=env).stdout
-        finally:
-            # gpg left an agent running for this GNUPGHOME; stop exactly that one.
-            subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, capture_output=True)
-        (repo / "public.gpg").write_text(armored)
-
-        files = self.root / "files"
-        files.mkdir()
-        (files / self.list_name).write_text(
-            f"deb [signed-by=/usr/share/keyrings/kumomta.gpg] "
-            f"{self.guest_base_url}/{self.repo_name} {self.codename} {self.component}\n"
-        )
+        _run([*gpg, "--yes", "--local-user", self.fingerprint, "--clearsign", "-o", dist / "InRelease",
+              dist / "Release"], env=env)
+        _run([*gpg, "--yes", "--local-user", self.fingerprint, "-abs", "-o", dist / "Release.gpg", dist / "Release"],
+             env=env)
 
     def _serve(self) -> None:
         mirror = self
@@ -594,11 +653,17 @@ class AptMirror:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # requests are recorded above; keep pytest output clean
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # Port 0 the first time; the same port again after stop() (serve_again).
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="kumo-apt-mirror", daemon=True)
         self._thread.start()
+
+    def serve_again(self) -> None:
+        """Answer again, on the same port (a VM's guestfwd points at it), after :meth:`stop`."""
+        if self._server is None:
+            self._serve()
 
     def stop(self) -> None:
         """Stop answering: the guest then sees connections to the mirror fail."""
@@ -664,6 +729,37 @@ def _size_bytes(size: int | str) -> int:
     return int(match.group(1)) * (1 << (10 * exponent))
 
 
+def make_xfs_disk(path: Path, files: dict[str, bytes], label: str, size: str = "512M") -> Path:
+    """A raw disk image holding an XFS filesystem (no partition table) with ``files`` in its root.
+
+    Built unprivileged with mkfs.xfs's prototype file (-p): no loop device, no mount.
+    """
+    path = Path(path)
+    content = path.parent / f"{path.name}.content"
+    content.mkdir()
+    proto = ["kumo-infra", "0 0", "d--755 0 0"]
+    for name, data in files.items():
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise ValueError(f"file name {name!r}: letters, digits, '.', '_' and '-' only")
+        (content / name).write_bytes(data)
+        proto.append(f"{name} ---644 0 0 {content / name}")
+    proto.append("$")
+    (content / "proto").write_text("\n".join(proto) + "\n")
+    with open(path, "wb") as handle:
+        handle.truncate(_size_bytes(size))
+    _run(["mkfs.xfs", "-q", "-L", label, "-p", content / "proto", path])
+    shutil.rmtree(content)
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class GuestAgentError(VmHarnessError):
     """qemu-guest-agent answered with an error or not at all."""
 
@@ -726,7 +822,9 @@ class Vm:
 
     The root disk is a qcow2 overlay on the cached image, so the cache is never
     written. ``nvme_sizes`` gives one NVMe namespace per entry (serials
-    ``kumonvme0``, ``kumonvme1``, ...), each backed by a sparse file. The guest
+    ``kumonvme0``, ``kumonvme1``, ...), each backed by a sparse file;
+    ``extra_disks`` attaches disk images the caller prepared (and keeps, to
+    inspect afterwards) as further NVMe namespaces (``kumoextra0``, ...). The guest
     can reach only the mirror (``http://10.0.2.100`` via guestfwd); the host
     reaches the guest's ports 25 and 8000 at ``127.0.0.1:smtp_port`` and
     ``127.0.0.1:http_port``. Every file lives in a temporary directory removed
@@ -743,6 +841,7 @@ class Vm:
         network_config: str | None = None,
         mirror_port: int | None = None,
         nvme_sizes: Sequence[int | str] = ("2G",),
+        extra_disks: Sequence[Path] = (),
         memory_mb: int = 2048,
         cpus: int = 2,
         extra_forwards: dict[int, int] | None = None,
@@ -757,6 +856,7 @@ class Vm:
         self.network_config = network_config
         self.mirror_port = mirror_port
         self.nvme_sizes = list(nvme_sizes)
+        self.extra_disks = [Path(d) for d in extra_disks]
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.extra_forwards = dict(extra_forwards or {})
@@ -899,6 +999,16 @@ class Vm:
                 f"file={backing},format=raw,if=none,id=nvme{index},cache=unsafe",
                 "-device",
                 f"nvme,drive=nvme{index},serial=kumonvme{index}",
+            ]
+        for index, disk in enumerate(self.extra_disks):
+            # Disks the caller made (and keeps): more NVMe namespaces, serials kumoextra0, ...
+            if "," in str(disk.resolve()):
+                raise VmHarnessError(f"qemu options cannot hold a comma: {disk}")
+            argv += [
+                "-drive",
+                f"file={disk.resolve()},format=raw,if=none,id=extra{index}",
+                "-device",
+                f"nvme,drive=extra{index},serial=kumoextra{index}",
             ]
         (work / "qemu-argv.json").write_text(json.dumps(argv, indent=1))
         self._agent = _GuestAgent(work / "qga.sock")

@@ -1,16 +1,24 @@
 """The rendered bootstrap on a real booted machine.
 
-A Debian 12 guest under qemu (real kernel, real cloud-init, real systemd, a real
-NVMe controller) receives exactly the user-data kumo-infra renders for a
-``debian12`` node, installs a stand-in ``kumomta`` package from a signed local
-apt mirror laid out like KumoMTA's repository host, and must end healthy. The
-guest's network is isolated (qemu ``restrict=on``): the only way out is the
-mirror, and the outbound port 25 probe targets a documentation address only.
+A Debian 12 guest under qemu (real kernel, real cloud-init, real systemd, real
+NVMe controllers) receives exactly the user-data kumo-infra renders for a
+``debian12`` node, installs a stand-in ``kumomta`` package (and unattended-upgrades)
+from a signed local apt mirror laid out like KumoMTA's repository host, trusting
+its key only by the pinned fingerprint, and must end healthy. Beside the spool
+device(s) sits a foreign unpartitioned disk holding an XFS filesystem with a
+file: it must come out byte-identical. The guest's network is isolated (qemu
+``restrict=on``): the only way out is the mirror, and the outbound port 25 probe
+targets a documentation address only.
+
+Boots (each several minutes under TCG): one node end to end (rerun, wiped NVMe,
+reboot), one striped over two NVMe devices, one whose repository is first
+unreachable and then signed by another key.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,7 +27,7 @@ from kumo_infra.bootstrap import Timeouts, render_user_data
 from kumo_infra.config import parse_deployment
 from kumo_infra.stackconfig import plan_for
 
-from .harness import GUEST_MIRROR_URL, Vm
+from .harness import GUEST_MIRROR_URL, Vm, generate_signing_key, make_xfs_disk, sha256_of
 
 pytestmark = pytest.mark.vm
 
@@ -50,14 +58,15 @@ config:
 """
 
 
-def node_user_data(repository_s: int = 120, instance_type: str | None = None) -> tuple[str, dict]:
+def node_user_data(repo_key_fingerprint: str, repository_s: int = 120,
+                   instance_type: str | None = None) -> tuple[str, dict]:
     deployment = parse_deployment({
         "cloud": "aws", "region": "us-east-1", "name": "kumo-vm", "hostname": HOSTNAME, "os": "debian12",
         "spool": {"storage": "local_nvme"},
         "sizing": {"instance_type": instance_type} if instance_type else {},
-        # The host reaches the API through qemu's forward, seen in the guest as 10.0.2.2.
-        "network": {"admin_cidrs": ["10.0.2.2/32"]},
-        "kumomta": {"repo_url": GUEST_MIRROR_URL},
+        # No ssh_cidrs / api_cidrs: the API stays on the node's loopback (checked below).
+        # The mirror is plain http inside qemu, so its signing key is pinned by fingerprint.
+        "kumomta": {"repo_url": GUEST_MIRROR_URL, "repo_key_fingerprint": repo_key_fingerprint},
         # Documentation address (RFC 5737): nothing real is ever probed from a test.
         "port25": {"outbound": "direct", "probe_hosts": ["192.0.2.1"], "probe_timeout_s": 3},
     })
@@ -78,27 +87,56 @@ def steps(st: dict) -> dict[str, dict]:
     return {s["name"]: s for s in st["steps"]}
 
 
-def test_bootstrap_installs_tunes_starts_and_survives_rerun_and_wiped_nvme(vm_rootfs, apt_mirror):
-    mirror = apt_mirror()
-    user_data, _ = node_user_data()
-    with Vm(vm_rootfs, user_data, hostname="mta-vm", network_config=NETWORK_CONFIG, mirror_port=mirror.port, nvme_sizes=["2G"]) as vm:
+def disks_by_serial(vm: Vm) -> dict[str, str]:
+    """/dev path of each disk by its NVMe serial (the kernel may number controllers in any order)."""
+    out = vm.exec(["lsblk", "-dn", "-o", "NAME,SERIAL"], check=True).stdout
+    return {serial: f"/dev/{name}" for name, serial in (line.split() for line in out.splitlines() if len(line.split()) == 2)}
+
+
+def foreign_disk(tmp_path: Path) -> Path:
+    """An old spool someone attached to drain it: unpartitioned, XFS, a message on it."""
+    return make_xfs_disk(tmp_path / "old-spool.img", {"queued-0001.eml": b"From: a@example.com\r\n\r\nkeep me\r\n"},
+                         label="oldspool")
+
+
+def assert_refused_foreign(facts: dict, device: str) -> None:
+    (refusal,) = [r for r in facts["spool_devices_refused"] if r.startswith(device + " ")]
+    assert "holds xfs labelled oldspool, not made by kumo-infra" in refusal
+
+
+def test_bootstrap_installs_tunes_starts_and_survives_rerun_and_wiped_nvme(vm_rootfs, node_mirror, tmp_path):
+    mirror = node_mirror()
+    foreign = foreign_disk(tmp_path)
+    foreign_before = sha256_of(foreign)
+    user_data, doc = node_user_data(mirror.fingerprint)
+    with Vm(vm_rootfs, user_data, hostname="mta-vm", network_config=NETWORK_CONFIG, mirror_port=mirror.port,
+            nvme_sizes=["2G"], extra_disks=[foreign]) as vm:
         result = vm.wait_for_console(RESULT, timeout=1200)
         console = vm.console_text()
         assert result.group(1) == "OK", vm.console_tail()
+        disks = disks_by_serial(vm)
+        spool_device, foreign_device = disks["kumonvme0"], disks["kumoextra0"]
 
-        # From outside the guest: SMTP banner on 25 and liveness on the API.
+        # From outside the guest: SMTP banner on 25. The API answers on the node's loopback
+        # only: the forwarded port 8000 finds nothing listening outside it.
         banner = vm.smtp_banner()
         assert banner.startswith("220 ") and HOSTNAME in banner
-        assert vm.http_get("/api/check-liveness/v1")[0] == 200
+        live = vm.exec(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8000/api/check-liveness/v1"])
+        assert live.stdout == "200"
+        with pytest.raises(ConnectionResetError):
+            vm.http_get("/api/check-liveness/v1")
 
         st = status(vm)
         assert st["result"] == "ok" and st["failed_step"] is None and st["hostname"] == HOSTNAME
         by_name = steps(st)
-        for name in ("network", "other_mtas", "install", "spool", "tuning", "policy", "start", "health"):
+        for name in ("network", "other_mtas", "time_sync", "ssh", "install", "updates", "spool", "tuning", "policy",
+                     "start", "health"):
             assert by_name[name]["status"] == "ok", by_name[name]
         facts = st["facts"]
-        # The spool is the NVMe namespace, xfs, noatime, kumod-owned (the ownership trap avoided).
-        assert facts["spool_source"] == "/dev/nvme0n1"
+        # The spool is the spool NVMe namespace, xfs, noatime, kumod-owned (the ownership trap
+        # avoided); the foreign XFS disk beside it was looked at and refused.
+        assert facts["spool_source"] == spool_device and facts["spool_devices"] == [spool_device]
+        assert_refused_foreign(facts, foreign_device)
         assert facts["spool_fstype"] == "xfs" and "noatime" in facts["spool_options"]
         assert (facts["spool_owner"], facts["spool_mode"]) == ("kumod:kumod", "2770")
         assert "LABEL=kumospool /var/spool/kumomta xfs noatime,nofail" in vm.read_file("/etc/fstab").decode()
@@ -117,10 +155,49 @@ def test_bootstrap_installs_tunes_starts_and_survives_rerun_and_wiped_nvme(vm_ro
         assert facts["outbound_25"] == "blocked" and facts["deliverability"] == "failed"
         assert by_name["probe25"]["status"] == "failed"
         assert "deliverability=FAILED" in console
-        # The package came from the mirror the upstream way (key + list + signed index).
-        assert mirror.served("kumomta-ubuntu-22/public.gpg") and mirror.served("files/kumomta-ubuntu22.list")
         policy = vm.read_file("/opt/kumomta/etc/policy/init.lua").decode()
         assert f"hostname = '{HOSTNAME}'" in policy and "relay_hosts = { '127.0.0.1', '::1' }" in policy
+
+        # Supply chain: the key was trusted by its pinned fingerprint, the list is the rendered
+        # one (never the repository host's), and apt verified the signed index with that key.
+        assert facts["repo_key_fingerprint"] == mirror.fingerprint
+        keyring = vm.exec(["gpg", "--batch", "--with-colons", "--show-keys", "/usr/share/keyrings/kumomta.gpg"],
+                          check=True).stdout
+        assert [line.split(":")[9] for line in keyring.splitlines() if line.startswith("fpr:")][0] == mirror.fingerprint
+        rendered_list = next(f["content"] for f in doc["write_files"] if f["path"] == "/etc/kumo-infra/kumomta.list")
+        assert vm.read_file("/etc/apt/sources.list.d/kumomta.list").decode() == rendered_list
+        assert mirror.served("kumomta-ubuntu-22/public.gpg")
+        assert mirror.served("kumomta-ubuntu-22-stable/dists/stable/InRelease")
+        assert not mirror.served("files/kumomta-ubuntu22.list")
+
+        # OS updates: unattended-upgrades installed from the repository, security origins only,
+        # no reboot, apt's timers enabled; unattended-upgrade itself reads those origins.
+        assert facts["os_updates"] == {
+            "automatic": "security", "reboot": "never", "tool": "unattended-upgrades",
+            "config": "/etc/apt/apt.conf.d/52kumo-infra-os-updates",
+            "units": {"apt-daily.timer": "enabled", "apt-daily-upgrade.timer": "enabled"}}
+        assert "installed unattended-upgrades" in by_name["updates"]["changes"]
+        for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+            assert vm.exec(["systemctl", "is-active", timer]).stdout.strip() == "active"
+        apt = vm.exec(["apt-config", "dump"], check=True).stdout.splitlines()
+        assert 'APT::Periodic::Unattended-Upgrade "1";' in apt
+        assert 'Unattended-Upgrade::Automatic-Reboot "false";' in apt
+        assert [line for line in apt if line.startswith("Unattended-Upgrade::Origins-Pattern:: ")] == [
+            'Unattended-Upgrade::Origins-Pattern:: "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";',
+            'Unattended-Upgrade::Origins-Pattern:: "origin=Debian,codename=${distro_codename},label=Debian-Security";']
+        dry = vm.exec(["unattended-upgrade", "--dry-run", "--debug"], timeout=600)
+        allowed = next(line for line in (dry.stdout + dry.stderr).splitlines() if "Allowed origins are:" in line)
+        assert allowed.split("Allowed origins are: ", 1)[1].split(", ") == [
+            "origin=Debian,codename=bookworm-security,label=Debian-Security",
+            "origin=Debian,codename=bookworm,label=Debian-Security"], allowed
+        # Time sync: the image's systemd-timesyncd runs (nothing to sync with in here).
+        assert facts["time_sync"]["service"] == "systemd-timesyncd" and facts["time_sync"]["active"] is True
+        assert facts["time_sync"]["synchronized"] in ("yes", "no")
+        # SSH: Debian's sshd allows passwords by default; the bootstrap turned them off.
+        assert facts["ssh_password_authentication"] == "no"
+        assert "SSH password authentication turned off" in by_name["ssh"]["changes"]
+        assert "passwordauthentication no" in vm.exec(["sshd", "-T"], check=True).stdout.splitlines()
+        assert vm.exec(["systemctl", "is-active", "ssh"]).stdout.strip() == "active"
 
         # Idempotent: a second run changes nothing and ends healthy.
         rerun = vm.exec(["/usr/local/sbin/kumo-bootstrap", "all"], timeout=600)
@@ -130,23 +207,33 @@ def test_bootstrap_installs_tunes_starts_and_survives_rerun_and_wiped_nvme(vm_ro
         assert again["result"] == "ok" and again["changed"] is False
         assert vm.smtp_banner().startswith("220 ")
 
-        # The cloud wipes local NVMe on stop/start: at the next boot the spool is re-created.
-        wipe = vm.exec(["bash", "-c", "systemctl stop kumomta && umount /var/spool/kumomta && wipefs -a /dev/nvme0n1"])
+        # The cloud wipes local NVMe on stop/start: at the next boot the spool is re-created,
+        # on the spool device again, never on the foreign disk.
+        wipe = vm.exec(["bash", "-c", f"systemctl stop kumomta && umount /var/spool/kumomta && wipefs -a {spool_device}"])
         assert wipe.returncode == 0, wipe.stderr
         vm.reboot()
         assert vm.smtp_banner(timeout=300).startswith("220 ")
+        disks = disks_by_serial(vm)
         spool = status(vm, "spool-status.json")
         assert spool["result"] == "ok" and steps(spool)["spool"]["changed"] is True
-        assert spool["facts"]["spool_source"] == "/dev/nvme0n1"
+        assert spool["facts"]["spool_source"] == disks["kumonvme0"]
+        assert_refused_foreign(spool["facts"], disks["kumoextra0"])
         assert spool["facts"]["spool_owner"] == "kumod:kumod"
         assert vm.exec(["findmnt", "-no", "FSTYPE", "/var/spool/kumomta"]).stdout.strip() == "xfs"
+    # Two full bootstraps and a spool re-creation later, not one byte of the foreign disk changed.
+    assert sha256_of(foreign) == foreign_before
 
 
-def test_unreachable_repository_fails_loudly_naming_the_step(vm_rootfs, apt_mirror):
-    mirror = apt_mirror()
+def test_unreachable_or_wrongly_signed_repository_fails_loudly_naming_the_step(vm_rootfs, node_mirror, tmp_path):
+    mirror = node_mirror()
+    # The node pins a key that is not the one the mirror signs with.
+    pinned = generate_signing_key(tmp_path / "gnupg", "a key the mirror does not use")
+    assert pinned != mirror.fingerprint
     mirror.stop()
-    user_data, _ = node_user_data(repository_s=20)
-    with Vm(vm_rootfs, user_data, hostname="mta-vm", network_config=NETWORK_CONFIG, mirror_port=mirror.port, nvme_sizes=["1G"]) as vm:
+    user_data, _ = node_user_data(pinned, repository_s=20)
+    with Vm(vm_rootfs, user_data, hostname="mta-vm", network_config=NETWORK_CONFIG, mirror_port=mirror.port,
+            nvme_sizes=["1G"]) as vm:
+        # 1. The repository does not answer.
         result = vm.wait_for_console(RESULT, timeout=900)
         assert result.group(1) == "FAILED", vm.console_tail()
         assert "step=install" in result.group(0) and "repository unreachable" in result.group(0)
@@ -157,22 +244,45 @@ def test_unreachable_repository_fails_loudly_naming_the_step(vm_rootfs, apt_mirr
         assert "spool" not in steps(st)  # nothing after the failed step ran
         assert vm.exec(["systemctl", "is-active", "kumomta"]).stdout.strip() != "active"
 
+        # 2. It answers, signed with another key than the pinned one: refused before any trust.
+        mirror.serve_again()
+        mark = vm.console_mark()
+        rerun = vm.exec(["/usr/local/sbin/kumo-bootstrap", "all"], timeout=600)
+        assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+        line = vm.wait_for_console(RESULT, timeout=60, since=mark).group(0)
+        assert line.startswith("KUMO-BOOTSTRAP FAILED step=install ")
+        assert f"expected {pinned}" in line and f"is {mirror.fingerprint}" in line, line
+        st = status(vm)
+        assert st["failed_step"] == "install" and "fingerprint mismatch" in steps(st)["install"]["detail"]
+        # Nothing of the repository was trusted or used: no keyring, no list, no index fetched.
+        for path in ("/usr/share/keyrings/kumomta.gpg", "/etc/apt/sources.list.d/kumomta.list"):
+            assert vm.exec(["test", "-e", path]).returncode != 0, path
+        assert mirror.served("kumomta-ubuntu-22/public.gpg")
+        assert not mirror.served("InRelease") and not mirror.served(".deb")
+        assert vm.exec(["dpkg-query", "-W", "kumomta"]).returncode != 0
 
-def test_several_nvme_devices_are_striped(vm_rootfs, apt_mirror):
+
+def test_several_nvme_devices_are_striped_and_a_foreign_disk_left_alone(vm_rootfs, node_mirror, tmp_path):
     # i4i.8xlarge has two instance-store NVMe devices: the plan asks for both.
-    user_data, doc = node_user_data(instance_type="i4i.8xlarge")
+    mirror = node_mirror()
+    user_data, doc = node_user_data(mirror.fingerprint, instance_type="i4i.8xlarge")
     assert "KUMO_SPOOL_DEVICES=2" in next(f["content"] for f in doc["write_files"] if f["path"].endswith("bootstrap.env"))
-    mirror = apt_mirror()
+    foreign = foreign_disk(tmp_path)
+    foreign_before = sha256_of(foreign)
     with Vm(vm_rootfs, user_data, hostname="mta-vm", network_config=NETWORK_CONFIG, mirror_port=mirror.port,
-            nvme_sizes=["1G", "1G"]) as vm:
+            nvme_sizes=["1G", "1G"], extra_disks=[foreign]) as vm:
         result = vm.wait_for_console(RESULT, timeout=1200)
         assert result.group(1) == "OK", vm.console_tail()
+        disks = disks_by_serial(vm)
         facts = status(vm)["facts"]
-        assert sorted(facts["spool_devices"]) == ["/dev/nvme0n1", "/dev/nvme1n1"]
+        assert sorted(facts["spool_devices"]) == sorted([disks["kumonvme0"], disks["kumonvme1"]])
+        assert_refused_foreign(facts, disks["kumoextra0"])
         assert facts["spool_source"].startswith("/dev/md")
         detail = vm.exec(["mdadm", "--detail", facts["spool_source"]]).stdout
         assert "raid0" in detail and "Raid Devices : 2" in detail
+        assert disks["kumoextra0"] not in detail
         assert (facts["spool_owner"], facts["spool_mode"]) == ("kumod:kumod", "2770")
         # Both devices serve the spool: about 2 GB, not 1.
         assert int(facts["spool_size_bytes"]) > 1.9e9
         assert vm.smtp_banner().startswith("220 ")
+    assert sha256_of(foreign) == foreign_before

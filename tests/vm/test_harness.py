@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import MirrorFactory, StandinDebs
-from .harness import GUEST_MIRROR_URL, GUEST_NIC_NAME, RootImage, Vm
+from .harness import GUEST_MIRROR_URL, GUEST_NIC_NAME, RootImage, Vm, make_xfs_disk, sha256_of
 
 # --------------------------------------------------------------------------
 # Without a VM
@@ -95,38 +96,64 @@ def test_standin_deb_contents(standin_debs: StandinDebs, tmp_path: Path) -> None
 
 def test_mirror_layout_and_signature(apt_mirror: MirrorFactory, tmp_path: Path) -> None:
     mirror = apt_mirror()
-    repo = mirror.repo_dir
-    packages = (repo / "dists/jammy/main/binary-amd64/Packages").read_text()
-    assert "Package: kumomta\n" in packages
-    assert "Package: kumomta-dev\n" in packages
+    stable, dev = mirror.repo_dir, mirror.dev_repo_dir
+    assert (stable.name, dev.name) == ("kumomta-ubuntu-22-stable", "kumomta-ubuntu-22")
+    packages = (stable / "dists/stable/main/binary-amd64/Packages").read_text()
+    assert "Package: kumomta\n" in packages and "Package: kumomta-dev\n" not in packages
     assert "Filename: pool/main/kumomta_2026.11.01-standin_all.deb" in packages
-    assert (repo / "dists/jammy/main/binary-amd64/Packages.gz").is_file()
+    assert "Package: kumomta-dev\n" in (dev / "dists/stable/main/binary-amd64/Packages").read_text()
+    assert (stable / "dists/stable/main/binary-amd64/Packages.gz").is_file()
     assert (mirror.root / "files/kumomta-ubuntu22.list").read_text() == (
-        f"deb [signed-by=/usr/share/keyrings/kumomta.gpg] {GUEST_MIRROR_URL}/kumomta-ubuntu-22 jammy main\n"
+        f"deb [signed-by=/usr/share/keyrings/kumomta.gpg] {GUEST_MIRROR_URL}/kumomta-ubuntu-22/ stable main\n"
+        f"deb [signed-by=/usr/share/keyrings/kumomta.gpg] {GUEST_MIRROR_URL}/kumomta-ubuntu-22-stable/ stable main\n"
     )
 
-    # Verify InRelease the way apt does: gpgv against the dearmored public.gpg.
-    key = (repo / "public.gpg").read_text()
-    assert key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    # Verify InRelease the way apt does: gpgv against the dearmored public.gpg, whose
+    # fingerprint is the one the mirror announces.
+    key = (dev / "public.gpg").read_text()
+    assert key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----") and (stable / "public.gpg").read_text() == key
     keyring = tmp_path / "kumomta.gpg"
     env = {**os.environ, "GNUPGHOME": tempfile.mkdtemp(dir=tmp_path)}
-    subprocess.run(["gpg", "--batch", "--dearmor", "-o", str(keyring), str(repo / "public.gpg")], check=True, env=env)
-    subprocess.run(
-        ["gpgv", "--keyring", str(keyring), str(repo / "dists/jammy/InRelease")],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    subprocess.run(["gpg", "--batch", "--dearmor", "-o", str(keyring), str(dev / "public.gpg")], check=True, env=env)
+    shown = subprocess.run(["gpg", "--batch", "--with-colons", "--show-keys", str(dev / "public.gpg")],
+                           check=True, env=env, capture_output=True, text=True).stdout
+    assert [line.split(":")[9] for line in shown.splitlines() if line.startswith("fpr:")][0] == mirror.fingerprint
+    for repo in (stable, dev):
+        subprocess.run(["gpgv", "--keyring", str(keyring), str(repo / "dists/stable/InRelease")],
+                       check=True, env=env, capture_output=True)
     subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
 
-    # Served over HTTP, with the request logged.
-    url = f"{mirror.host_url}/kumomta-ubuntu-22/dists/jammy/InRelease"
+    # Served over HTTP, with the request logged; stopped and served again on the same port.
+    url = f"{mirror.host_url}/kumomta-ubuntu-22-stable/dists/stable/InRelease"
     with urllib.request.urlopen(url, timeout=10) as response:
-        assert b"Codename: jammy" in response.read()
-    assert mirror.served("/dists/jammy/InRelease")
+        assert b"Codename: stable" in response.read()
+    assert mirror.served("-stable/dists/stable/InRelease")
     mirror.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=5)
+    port = mirror.port
+    mirror.serve_again()
+    assert mirror.port == port
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_mirror_carries_extra_debian_packages(apt_mirror: MirrorFactory, standin_debs: StandinDebs) -> None:
+    mirror = apt_mirror([standin_debs["kumomta"]], extra_debs=[standin_debs["kumomta-dev"]])
+    for repo in (mirror.repo_dir, mirror.dev_repo_dir):
+        assert "Package: kumomta-dev\n" in (repo / "dists/stable/main/binary-amd64/Packages").read_text()
+
+
+def test_xfs_disk_image_holds_its_files(tmp_path: Path) -> None:
+    if shutil.which("mkfs.xfs") is None:
+        pytest.skip("mkfs.xfs (Debian package xfsprogs) is not installed")
+    disk = make_xfs_disk(tmp_path / "old-spool.img", {"letter.eml": b"queued mail\n"}, label="oldspool")
+    probe = subprocess.run(["blkid", "-p", "-o", "export", str(disk)], capture_output=True, text=True, check=True)
+    assert "TYPE=xfs" in probe.stdout and "LABEL=oldspool" in probe.stdout and "PTTYPE" not in probe.stdout
+    if shutil.which("xfs_db"):
+        listing = subprocess.run(["xfs_db", "-r", "-c", "ls /", str(disk)], capture_output=True, text=True).stdout
+        assert "letter.eml" in listing
+    assert sha256_of(disk) == hashlib.sha256(disk.read_bytes()).hexdigest()
 
 
 def _standin_kumod(standin_debs: StandinDebs, tmp_path: Path) -> Path:

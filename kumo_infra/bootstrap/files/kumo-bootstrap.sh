@@ -128,9 +128,15 @@ installed_version() {
   esac
 }
 
+# A cloud image's own apt-daily may hold apt's locks at first boot: wait for them (dnf and
+# yum wait by themselves).
+APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
+
+apt_update() { apt-get "${APT_LOCK_WAIT[@]}" update -q; }
+
 pkg_install() {
   case "$KUMO_PKG_FAMILY" in
-    apt) DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold "$@" ;;
+    apt) DEBIAN_FRONTEND=noninteractive apt-get "${APT_LOCK_WAIT[@]}" install -y -q -o Dpkg::Options::=--force-confold "$@" ;;
     dnf) dnf install -y -q "$@" ;;
     yum) yum install -y -q "$@" ;;
   esac
@@ -138,7 +144,7 @@ pkg_install() {
 
 pkg_remove() {
   case "$KUMO_PKG_FAMILY" in
-    apt) DEBIAN_FRONTEND=noninteractive apt-get remove -y -q "$@" ;;
+    apt) DEBIAN_FRONTEND=noninteractive apt-get "${APT_LOCK_WAIT[@]}" remove -y -q "$@" ;;
     dnf) dnf remove -y -q "$@" ;;
     yum) yum remove -y -q "$@" ;;
   esac
@@ -228,12 +234,12 @@ step_install() {
     apt)
       local base=()
       for p in curl gnupg ca-certificates; do [ -n "$(installed_version "$p")" ] || base+=("$p"); done
-      [ ${#base[@]} -eq 0 ] || { apt-get update -q; pkg_install "${base[@]}"; }
+      [ ${#base[@]} -eq 0 ] || { apt_update; pkg_install "${base[@]}"; }
       wait_for_repository
       trust_repo_key "$WORK/repo-key" "$KUMO_REPO_KEY_FINGERPRINT" "$APT_KEYRING"
       # The list kumo-infra rendered (signed-by that one key), never one fetched from the repository host.
       install -m 0644 "$CONF_DIR/kumomta.list" /etc/apt/sources.list.d/kumomta.list
-      apt-get update -q || die "apt-get update failed with the KumoMTA repository"
+      apt_update || die "apt-get update failed with the KumoMTA repository"
       [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE=$KUMO_VERSION"
       ;;
     dnf | yum)
@@ -629,7 +635,7 @@ step_updates() {
     fi
   else
     if [ -z "$(installed_version "$tool")" ]; then
-      if [ "$KUMO_PKG_FAMILY" = apt ]; then apt-get update -q || die "apt-get update failed"; fi
+      if [ "$KUMO_PKG_FAMILY" = apt ]; then apt_update || die "apt-get update failed"; fi
       pkg_install "$tool" || die "installing $tool failed (see $LOG)"
       changed "installed $tool"
     fi
@@ -680,7 +686,8 @@ step_time_sync() {
   [ -n "$active" ] || detail "no time sync service (chrony or systemd-timesyncd) is installed: this machine's clock is not kept in sync"
 }
 
-sshd_setting() { "$SSHD" -T 2>/dev/null | awk -v key="$1" '$1 == key { print $2; exit }'; }
+# awk reads to the end: leaving early would kill sshd -T with SIGPIPE, and pipefail fail the step.
+sshd_setting() { "$SSHD" -T 2>/dev/null | awk -v key="$1" '$1 == key && !seen { print $2; seen = 1 }'; }
 
 # SSH logins by key only: password authentication off, checked with sshd's effective
 # configuration (sshd -T), and turned off where an image left it on.
