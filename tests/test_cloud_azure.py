@@ -9,6 +9,7 @@ import re
 import uuid
 
 import pulumi
+import pulumi_tls
 import pytest
 import yaml
 from pulumi.runtime.sync_await import _sync_await
@@ -21,6 +22,7 @@ from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
 from kumo_infra.netplan import management_ports
 from kumo_infra.secretspec import azure_vault_name, reference, secret_specs
+from tests import api_tls_checks
 from tests.conftest import ROOT, merged
 
 T = "azure-native"
@@ -938,10 +940,13 @@ def test_every_trusted_launch_image_is_a_project_image():
 API_PW = "offline-generated-password-of-kumo-t-api-password"
 
 
+API_STORES = ["api-password", "api-tls-key", "api-tls-cert"]
+
+
 def test_api_password_in_the_vault_readable_only_by_each_vm():
     d = dep(nodes=2, network={"api_cidrs": ["198.51.100.0/24"]})
     result, seen = run_component(d)
-    assert seen["secret_names"] == ["relay-password", "api-password"]
+    assert seen["secret_names"] == ["relay-password", *API_STORES]
     api_secret = next(s for s in result.of_type(SECRET) if s.inputs["secretName"] == "api-password")
     assert secret_inputs(api_secret)["value"] == API_PW
     readers = [r for r in result.of_type(ROLE) if r.inputs["scope"] == f"{api_secret.name}-id"]
@@ -964,14 +969,86 @@ def test_api_password_value_is_only_in_its_vault_secret():
 
 
 def test_api_output_names_the_vault_secret_and_how_to_read_it():
-    d = dep(network={"api_cidrs": ["198.51.100.0/24"]})
+    d = dep(nodes=2, network={"api_cidrs": ["198.51.100.0/24"]})
     result = run(d)
     api = result.outputs["api"]
     vault = azure_vault_name(parse_deployment(d))
-    url = f"https://{result.outputs['public_ips'][0]}:8443"
-    assert api["endpoints"] == [{"hostname": "mta.example.com", "url": url}]
+    assert [e["url"] for e in api["endpoints"]] == ["https://mta1.example.com:8443", "https://mta2.example.com:8443"]
+    api_tls_checks.assert_api_output_names_hosts_and_certificate(api, result, "kumo-t")
     assert api["secret_name"] == "api-password" and api["user"] == "kumo-api"
     assert api["read_password"] == (f"az keyvault secret show --vault-name {vault} --name api-password "
                                     "--query value -o tsv")
     assert "network-rule" in api["note"] and "Key Vault Secrets User" in api["note"]
     assert run(dep()).outputs["api"] is None
+
+
+# -- the HTTP API's TLS certificate (issue 8, point 6) -----------------------------------------
+
+def test_api_certificate_names_every_node_hostname_and_address():
+    result = run(dep(nodes=3, network={"api_cidrs": ["198.51.100.0/24"]}))
+    api_tls_checks.assert_certificate_names_every_node(result, "kumo-t")
+
+
+def test_api_tls_key_and_certificate_in_the_vault_readable_only_by_each_vm(monkeypatch):
+    vms: list = []
+    original = azure.compute.VirtualMachine
+
+    class Spy(original):
+        def __init__(self, resource_name, *args, opts=None, **kwargs):
+            super().__init__(resource_name, *args, opts=opts, **kwargs)
+            vms.append(opts)
+
+    monkeypatch.setattr(azure.compute, "VirtualMachine", Spy)
+    d = dep(nodes=2, network={"api_cidrs": ["198.51.100.0/24"]})
+    result, seen = run_component(d)
+    secrets = {s.inputs["secretName"]: s for s in result.of_type(SECRET)}
+    assert secret_inputs(secrets["api-tls-key"])["value"] == api_tls_checks.key_pkcs8("kumo-t")
+    assert secret_inputs(secrets["api-tls-cert"])["value"] == api_tls_checks.certificate_pem("kumo-t")
+    vault = azure_vault_name(parse_deployment(d))
+    for store in ("api-tls-key", "api-tls-cert"):
+        secret = secrets[store]
+        assert secret.inputs["vaultName"] == vault
+        readers = [r for r in result.of_type(ROLE) if r.inputs["scope"] == f"{secret.name}-id"]
+        assert sorted(r.inputs["principalId"] for r in readers) == sorted(seen["identity_principal_ids"])
+        assert {r.inputs["roleDefinitionId"] for r in readers} == {SECRETS_USER}
+    for vm in result.of_type(VM):
+        listing = {f["path"]: f["content"] for f in yaml.safe_load(decoded_custom_data(vm))["write_files"]}[
+            "/etc/kumo-infra/secrets.list"].splitlines()
+        for store in ("api-tls-key", "api-tls-cert"):
+            assert f"azure:https://{vault}.vault.azure.net:{store}\t/opt/kumomta/etc/secrets/{store}" in listing
+    # The public IPs exist before the VMs: each VM waits for both values.
+    tls_secrets = [s for s, kv in seen["mta"].secrets if s.spec.key in ("api-tls-key", "api-tls-cert")]
+    assert len(tls_secrets) == 2 and all(s.machines_wait for s in tls_secrets)
+    kv_ids = {id(kv) for s, kv in seen["mta"].secrets if s.spec.key in ("api-tls-key", "api-tls-cert")}
+    assert len(vms) == 2 and all(kv_ids <= set(map(id, opts.depends_on)) for opts in vms)
+
+
+def test_api_tls_private_key_is_only_in_its_vault_secret():
+    result = run(dep(nodes=2, network={"api_cidrs": ["198.51.100.0/24"]}))
+    api_tls_checks.assert_private_key_confined(result, "kumo-t", "kumo-t-api-tls-key",
+                                               [decoded_custom_data(vm) for vm in result.of_type(VM)])
+
+
+def test_api_tls_key_follows_lifecycle_protect_and_the_certificate_stays_replaceable(monkeypatch):
+    made: dict = {}
+    for cls_name in ("PrivateKey", "SelfSignedCert"):
+        original = getattr(pulumi_tls, cls_name)
+
+        def make(original=original):
+            class Spy(original):
+                def __init__(self, resource_name, *args, opts=None, **kwargs):
+                    super().__init__(resource_name, *args, opts=opts, **kwargs)
+                    made[resource_name] = opts
+            return Spy
+
+        monkeypatch.setattr(pulumi_tls, cls_name, make())
+    for protect in (True, False):
+        run(dep(network={"api_cidrs": ["198.51.100.0/24"]}, lifecycle={"protect": protect}))
+        assert made["kumo-t-api-tls-key"].protect is protect
+        assert not made["kumo-t-api-tls-cert"].protect
+
+
+def test_no_api_cidrs_no_api_tls_key_or_certificate():
+    result = run(dep())
+    assert result.of_type(api_tls_checks.CERT) == [] and result.of_type(TLS_KEY) == []
+    assert [s.inputs["secretName"] for s in result.of_type(SECRET)] == ["relay-password"]

@@ -20,6 +20,7 @@ from kumo_infra.errors import ConfigError
 from kumo_infra.netplan import firewall_rules, is_world
 from kumo_infra.secretspec import dkim_key
 from kumo_infra.stackconfig import plan_for
+from tests import api_tls_checks
 from tests.conftest import ROOT, merged
 
 INSTANCE = "gcp:compute/instance:Instance"
@@ -676,7 +677,7 @@ def test_api_password_is_generated_stored_and_readable_only_by_the_nodes(engine)
     generated = result.one(RANDOM_PASSWORD)
     assert generated.name == "kumo-test-api-password" and generated.parent == "kumo-test"
     assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
-    stores = ["kumo-test-relay-password", "kumo-test-api-password"]
+    stores = ["kumo-test-relay-password", *API_STORES]
     _assert_store_access(result, stores, "test-project")
     version = next(v for v in result.of_type(SECRET_VERSION) if v.name == "kumo-test-api-password-version")
     assert _secret_value(version.inputs["secretData"]) == API_PW
@@ -690,15 +691,79 @@ def test_api_password_is_generated_stored_and_readable_only_by_the_nodes(engine)
 def test_api_output_names_the_urls_user_and_secret(engine):
     result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}))
     api = result.outputs["api"]
-    assert [e["url"] for e in api["endpoints"]] == [f"https://{ip}:8443" for ip in result.outputs["public_ips"]]
+    assert [e["url"] for e in api["endpoints"]] == ["https://mta1.example.com:8443", "https://mta2.example.com:8443"]
+    assert [e["ip_url"] for e in api["endpoints"]] == [f"https://{ip}:8443" for ip in result.outputs["public_ips"]]
     assert [e["hostname"] for e in api["endpoints"]] == ["mta1.example.com", "mta2.example.com"]
     assert api["user"] == "kumo-api" and api["secret_name"] == "kumo-test-api-password"
     assert api["read_password"] == ("gcloud secrets versions access latest --secret=kumo-test-api-password "
                                     "--project=test-project")
     assert api["allowed_from"] == API_CIDRS
+    api_tls_checks.assert_api_output_names_hosts_and_certificate(api, result, "kumo-test")
 
 
 def test_no_api_cidrs_no_api_password(engine):
     result = run(gcp_deployment())
     assert result.outputs["api"] is None and result.of_type(RANDOM_PASSWORD) == []
     assert "kumo-test-api-password" not in [s.inputs["secretId"] for s in result.of_type(SECRET)]
+
+
+# -- the HTTP API's TLS certificate (issue 8, point 6) -----------------------------------------
+
+API_STORES = ["kumo-test-api-password", "kumo-test-api-tls-key", "kumo-test-api-tls-cert"]
+
+
+def test_api_certificate_names_every_node_hostname_and_address(engine):
+    result = run(gcp_deployment(nodes=3, network={"api_cidrs": API_CIDRS}))
+    cert = api_tls_checks.assert_certificate_names_every_node(result, "kumo-test")
+    # The addresses are the static ones the instances use: the certificate waits for them.
+    assert {f"kumo-test-node{i}-ip" for i in (1, 2, 3)} <= set(engine[(api_tls_checks.CERT, cert.name)].dependencies)
+
+
+def test_api_tls_key_and_certificate_are_stored_and_readable_only_by_the_nodes(engine):
+    result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}), password=RELAY_PW)
+    _assert_store_access(result, ["kumo-test-relay-password", *API_STORES], "test-project")
+    versions = {v.name: v for v in result.of_type(SECRET_VERSION)}
+    key = versions["kumo-test-api-tls-key-version"]
+    cert = versions["kumo-test-api-tls-cert-version"]
+    # The PKCS#8 form of the key ("PRIVATE KEY"), which KumoMTA reads; the certificate's PEM.
+    assert _secret_value(key.inputs["secretData"]) == api_tls_checks.key_pkcs8("kumo-test")
+    assert _secret_value(cert.inputs["secretData"]) == api_tls_checks.certificate_pem("kumo-test")
+    for vm in result.of_type(INSTANCE):
+        listing = decoded_files(startup_script(vm))["/etc/kumo-infra/secrets.list"].splitlines()
+        assert "gcp:test-project:kumo-test-api-tls-key\t/opt/kumomta/etc/secrets/api-tls-key" in listing
+        assert "gcp:test-project:kumo-test-api-tls-cert\t/opt/kumomta/etc/secrets/api-tls-cert" in listing
+        # The address exists before the machine: the machine waits for both values and grants.
+        assert {key.name, cert.name, "kumo-test-api-tls-key-access", "kumo-test-api-tls-cert-access"} <= set(
+            engine[(INSTANCE, vm.name)].dependencies)
+
+
+def test_api_tls_private_key_is_only_in_its_secret_version(engine):
+    result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}))
+    machines = []
+    for vm in result.of_type(INSTANCE):
+        script = startup_script(vm)
+        machines += [script, *decoded_files(script).values()]
+    api_tls_checks.assert_private_key_confined(result, "kumo-test", "kumo-test-api-tls-key-version", machines)
+
+
+def test_api_tls_key_follows_lifecycle_protect_and_the_certificate_stays_replaceable(engine):
+    for protect in (True, False):
+        engine.clear()
+        run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}, lifecycle={"protect": protect}))
+        assert engine[(TLS_KEY, "kumo-test-api-tls-key")].protect is protect
+        # Renewal and a changed set of nodes replace the certificate: protection would refuse that.
+        assert engine[(api_tls_checks.CERT, "kumo-test-api-tls-cert")].protect is False
+
+
+def test_preview_with_api_tls_completes_with_the_addresses_unknown():
+    result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}), preview=True)
+    assert len(result.of_type(api_tls_checks.CERT)) == 1 and len(result.of_type(SECRET_VERSION)) == 4
+
+
+def test_no_api_cidrs_no_api_tls_key_or_certificate(engine):
+    result = run(gcp_deployment(dkim={"domains": ["example.com"]}))
+    assert result.of_type(api_tls_checks.CERT) == []
+    assert [k.name for k in result.of_type(TLS_KEY)] == ["kumo-test-dkim-example-com-kumo"]
+    assert not [s for s in result.of_type(SECRET) if "api" in s.inputs["secretId"]]
+    listing = decoded_files(startup_script(result.one(INSTANCE)))["/etc/kumo-infra/secrets.list"]
+    assert "api-" not in listing

@@ -137,7 +137,23 @@ def test_plan_masks_the_api_password_and_shows_how_to_reach_the_api(tmp_path):
     assert version["inputs"]["secretData"] == "[secret]"
     api = doc["outputs"]["api"]
     assert api["secret_name"] == "kumo-api-api-password" and api["user"] == "kumo-api"
-    assert api["endpoints"][0]["url"].startswith("https://192.0.2.") and api["endpoints"][0]["url"].endswith(":8443")
+    assert api["endpoints"][0]["url"] == "https://mta.example.com:8443"
+    ip_url = api["endpoints"][0]["ip_url"]
+    assert ip_url.startswith("https://192.0.2.") and ip_url.endswith(":8443")
+    assert api["ca_certificate"].startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_plan_never_shows_the_api_tls_private_key(tmp_path):
+    f = tmp_path / "Pulumi.api.yaml"
+    f.write_text(API_STACK)
+    result = kumo("plan", "--config", str(f), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "private key of" not in result.stdout + result.stderr  # neither offline form of any key
+    doc = json.loads(result.stdout)
+    resources = {r["name"]: r for r in doc["resources"]}
+    assert resources["kumo-api-api-tls-key-version"]["inputs"]["secretData"] == "[secret]"
+    assert resources["kumo-api-api-tls-cert"]["inputs"]["privateKeyPem"] == "[secret]"
+    assert resources["kumo-api-api-tls-cert"]["inputs"]["dnsNames"] == ["mta.example.com"]
 
 
 def test_plan_table_shows_how_to_reach_the_api(tmp_path):
@@ -147,6 +163,7 @@ def test_plan_table_shows_how_to_reach_the_api(tmp_path):
     assert result.returncode == 0, result.stderr
     assert ("HTTP API (from 198.51.100.0/24): user kumo-api, password in the secret kumo-api-api-password"
             in result.stdout)
-    assert "  mta.example.com: https://192.0.2." in result.stdout
+    assert "  mta.example.com: https://mta.example.com:8443 (by address: https://192.0.2." in result.stdout
+    assert "certificate to trust: the api output's ca_certificate; pin: sha256//" in result.stdout
     no_api = kumo("plan", "--stack", "gcp-dev")
     assert "HTTP API" not in no_api.stdout

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from kumo_infra.bootstrap.policy import API_TLS_PORT, HTTP_PORT, lua_str, render_policy
 from kumo_infra.config import parse_deployment
-from kumo_infra.secretspec import API_PASSWORD_PATH, API_USER, RELAY_PASSWORD_PATH
+from kumo_infra.secretspec import (API_PASSWORD_PATH, API_TLS_CERT, API_TLS_CERT_PATH, API_TLS_KEY, API_TLS_KEY_PATH,
+                                  API_USER, RELAY_PASSWORD_PATH, SECRETS_DIR, secret_specs)
 from kumo_infra.stackconfig import load_file, stack_path
 from tests.conftest import STACKS, deployment
 from tests.policy_lua import calls, lua, run_lua, run_policy, write_file
@@ -176,9 +177,32 @@ def test_api_cidrs_add_a_tls_listener_and_trust_stays_loopback(tmp_path, network
     assert calls(result, "start_http_listener") == [
         {"listen": f"127.0.0.1:{HTTP_PORT}", "trusted_hosts": LOOPBACK},
         {"listen": f"0.0.0.0:{API_TLS_PORT}", "hostname": "mta.example.com", "use_tls": True,
-         "trusted_hosts": LOOPBACK},
+         "tls_certificate": API_TLS_CERT_PATH, "tls_private_key": API_TLS_KEY_PATH, "trusted_hosts": LOOPBACK},
     ]
     assert "http_server_validate_auth_basic" in result["events"]
+
+
+def test_api_listener_serves_the_generated_certificate_and_only_it_names_tls_files(tmp_path):
+    d = parse_deployment(deployment(network={"api_cidrs": ["198.51.100.0/24"], "submission_ports": [587]}))
+    result = run_policy(render_policy(d, "mta.example.com"), tmp_path)
+    listeners = calls(result, "start_http_listener") + calls(result, "start_esmtp_listener")
+    with_tls_files = [x for x in listeners if {"tls_certificate", "tls_private_key"} & set(x)]
+    assert [x["listen"] for x in with_tls_files] == [f"0.0.0.0:{API_TLS_PORT}"]
+    (api,) = with_tls_files
+    # Plain strings: KeySource file paths, the very files kumo-bootstrap fetches the generated
+    # key and certificate into (secrets.list lines of the api-tls-* specs).
+    fetched = {s.key: s.machine_path for s in secret_specs(d)}
+    assert api["tls_certificate"] == fetched[API_TLS_CERT] == API_TLS_CERT_PATH
+    assert api["tls_private_key"] == fetched[API_TLS_KEY] == API_TLS_KEY_PATH
+    assert api["use_tls"] is True
+    assert API_TLS_KEY_PATH.startswith(f"{SECRETS_DIR}/") and API_TLS_CERT_PATH.startswith(f"{SECRETS_DIR}/")
+
+
+def test_without_api_cidrs_no_tls_files_are_named_or_fetched(tmp_path):
+    d = parse_deployment(deployment(network={"ssh_cidrs": ["203.0.113.0/24"]}))
+    policy = render_policy(d, "mta.example.com")
+    assert "tls_certificate" not in policy and "tls_private_key" not in policy
+    assert not {API_TLS_KEY, API_TLS_CERT} & {s.key for s in secret_specs(d)}
 
 
 def test_ssh_cidrs_alone_open_no_api(tmp_path):

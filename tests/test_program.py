@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pulumi
 import pytest
 import yaml
@@ -95,9 +97,12 @@ def test_program_exports_how_to_reach_the_api_and_no_private_key():
     result = offline.run(program.run, values, stack="gcp-dev", secret_keys=["kumo:relayPassword"])
     api = result.outputs["api"]
     assert api["user"] == "kumo-api" and api["secret_name"] == "kumo-gcpdev-api-password"
-    assert [e["url"] for e in api["endpoints"]] == [f"https://{ip}:8443" for ip in result.outputs["public_ips"]]
+    assert [e["url"] for e in api["endpoints"]] == [f"https://{n['hostname']}:8443" for n in result.outputs["nodes"]]
+    assert [e["ip_url"] for e in api["endpoints"]] == [f"https://{ip}:8443" for ip in result.outputs["public_ips"]]
+    assert api["ca_certificate"].startswith("-----BEGIN CERTIFICATE-----")  # public, exported plainly
     assert "ssh_private_key" not in result.outputs
     assert "offline-generated-password" not in str(result.outputs)
+    assert "PRIVATE KEY" not in json.dumps(result.outputs)
 
 
 def test_program_exports_a_null_api_without_api_cidrs():

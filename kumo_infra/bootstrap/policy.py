@@ -37,15 +37,16 @@ def render_api_listener(deployment: Deployment, hostname: str) -> str:
     """The authenticated API listener and its basic-auth check, only with network.api_cidrs."""
     if not deployment.network.api_cidrs:
         return ""
+    # tls_certificate/tls_private_key as plain strings are file paths (KeySource, crates/data-loader/
+    # src/lib.rs), read when the listener starts (HttpListenerParams::start -> tls_helpers.rs
+    # make_server_config in crates/kumo-server-common): a new pair needs the restart kumo-bootstrap
+    # does when a fetched secret changed. The Lua comment stays short: it counts against AWS's
+    # 16 KiB of user data.
     return f"""
   -- The API for network.api_cidrs (the cloud firewall opens {API_TLS_PORT} to them, never {HTTP_PORT}):
-  -- TLS, and HTTP basic auth checked by http_server_validate_auth_basic below. The key and the
-  -- certificate kumo-infra generated for the deployment (clients trust that certificate), fetched
-  -- at boot; plain strings are file paths (KeySource, crates/data-loader/src/lib.rs). They are read
-  -- when the listener starts (HttpListenerParams::start -> tls_helpers.rs make_server_config), so
-  -- a new pair needs a restart, which kumo-bootstrap does when a fetched secret changed.
-  -- trusted_hosts stays loopback: a trusted peer needs no credentials at all
-  -- (crates/kumo-server-common/src/http_server/auth.rs auth_middleware).
+  -- TLS with the certificate kumo-infra generated (clients trust it), and HTTP basic auth checked
+  -- by http_server_validate_auth_basic below. trusted_hosts stays loopback: a trusted peer needs
+  -- no credentials at all (crates/kumo-server-common/src/http_server/auth.rs auth_middleware).
   kumo.start_http_listener {{
     listen = '0.0.0.0:{API_TLS_PORT}',
     hostname = {lua_str(hostname)},

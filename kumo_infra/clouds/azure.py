@@ -294,7 +294,7 @@ class AzureKumoMta(KumoMtaComponent):
             # The VM fetches its secrets at boot: they must exist first.
             vm_opts = pulumi.ResourceOptions.merge(
                 machine_options(self, cp, BOOTSTRAP_PATHS, CREATE_ONLY_PATHS,
-                                depends_on=[kv for _, kv in self.secrets]),
+                                depends_on=[kv for s, kv in self.secrets if s.machines_wait]),
                 pulumi.ResourceOptions(delete_before_replace=True))
             vm = compute.VirtualMachine(
                 f"{name}-{node.key}-vm",

@@ -101,8 +101,10 @@ class GcpKumoMta(KumoMtaComponent):
         # -- secrets -------------------------------------------------------
         secrets, dkim_public = secrets_for(self, name, cp, args)
         self.secrets = [self._secret(name, project, labels, s) for s in secrets]
-        # The nodes fetch their secrets at first boot: the versions and the grants come first.
-        secret_deps: list[pulumi.Resource] = [r for _, version, access in self.secrets for r in (version, access)]
+        # The nodes fetch their secrets at first boot: the versions and the grants come first (every
+        # value here can: the addresses the API certificate names exist before the instances).
+        secret_deps: list[pulumi.Resource] = [r for s, (_, version, access) in zip(secrets, self.secrets)
+                                              for r in ((version, access) if s.machines_wait else (access,))]
 
         image = compute.get_image_output(family=d.os_spec.gcp.family, project=d.os_spec.gcp.project,
                                          opts=pulumi.InvokeOutputOptions(parent=self))
