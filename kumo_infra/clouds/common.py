@@ -330,6 +330,8 @@ def api_tls_for(parent: pulumi.Resource, name: str, cp: ComponentPlan) -> ApiTls
     (IP SANs), so a client that trusts this one certificate can verify any node by either name."""
     import pulumi_tls as tls
 
+    # An Output resolved later from another, carrying its resources as dependencies (pulumi/pulumi#17793,
+    # in every SDK pyproject's pulumi>=3.200 admits).
     addresses, name_addresses = pulumi.deferred_output()
     # Protected like the DKIM keys: a new key changes what clients pinned. The certificate is not:
     # renewal and a changed set of nodes replace it, which protection would refuse.
