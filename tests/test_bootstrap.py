@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from kumo_infra import oses
-from kumo_infra.bootstrap import (AWS_USER_DATA_LIMIT, FILES, bootstrap_script, compressed, python_without_comments,
-                                  render_startup_script, render_user_data, spool_device_paths)
+from kumo_infra.bootstrap import (AWS_USER_DATA_LIMIT, FILES, bootstrap_script, compressed, lua_without_comments,
+                                  python_without_comments, render_startup_script, render_user_data, spool_device_paths)
 from kumo_infra.bootstrap.policy import render_policy
 from kumo_infra.config import parse_deployment
 from kumo_infra.stackconfig import plan_for
@@ -153,6 +153,38 @@ def test_delivered_python_has_the_same_syntax_tree(source):
     assert delivered.startswith("#!/usr/bin/env python3\n")
     assert _without_docstrings(ast.parse(source)) == ast.dump(ast.parse(delivered))
     assert len(delivered) < len(source)
+
+
+def _bytecode(lua: str, tmp_path: Path, name: str) -> bytes:
+    source, out = tmp_path / f"{name}.lua", tmp_path / f"{name}.luac"
+    source.write_text(lua)
+    subprocess.run([tool("luac5.4"), "-s", "-o", str(out), str(source)], check=True)  # -s: no line numbers
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("stack", ["aws-prod", "aws-dev", "azure-dev", "gcp-dev"])
+def test_delivered_policy_compiles_to_the_same_bytecode(stack, tmp_path):
+    from kumo_infra.stackconfig import load_file, stack_path
+    sc = load_file(stack_path(stack), stack)
+    policy = render_policy(sc.deployment, "mta.example.com")
+    delivered = lua_without_comments(policy)
+    assert _bytecode(delivered, tmp_path, "delivered") == _bytecode(policy, tmp_path, "rendered")
+    assert delivered.startswith(policy.split("\n", 1)[0])  # the header stays
+    assert len(delivered) < len(policy)
+    # Lines are emptied, not removed: kumod's line numbers stay those of the rendered policy.
+    assert delivered.count("\n") == policy.count("\n")
+    # A policy with a long string or comment, which a line could be inside, is left whole.
+    tricky = "-- head\nlocal s = [[\n-- kept\n]]\n  -- dropped\nreturn s\n"
+    assert lua_without_comments(tricky) == tricky
+    assert lua_without_comments("-- head\nlocal s = 1\n  -- dropped\nreturn s\n") == "-- head\nlocal s = 1\n\nreturn s\n"
+
+
+def test_delivered_sysctl_settings_are_the_same_settings(tmp_path):
+    from kumo_infra.bootstrap.tuning import sysctl_wanted
+    settings = lambda text: [line for line in text.splitlines() if line and not line.startswith("#")]  # noqa: E731
+    assert settings(sysctl_wanted(with_reasons=False)) == settings(sysctl_wanted())
+    d, plan = build("aws", "rocky9", "block")
+    assert _node_file(d, plan, "/etc/kumo-infra/sysctl.wanted") == sysctl_wanted(with_reasons=False)
 
 
 def test_script_and_settings_agree_on_every_variable(tmp_path):

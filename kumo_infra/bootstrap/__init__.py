@@ -80,6 +80,26 @@ def python_without_comments(source: str) -> str:
                    or (number not in drop and line.strip()))
 
 
+def lua_without_comments(policy: str) -> str:
+    """The policy as the node receives it: its header comment kept, every other comment line emptied.
+
+    The reasons stay in kumo_infra/bootstrap/policy.py; on AWS every byte of user data counts.
+    Lines are emptied, not removed, so kumod's messages name the same line numbers. Only whole
+    ``--`` lines go, and nothing at all in a policy holding a long bracket (``[[``, ``[=``), whose
+    lines could be inside a long string or comment; tests/test_bootstrap.py proves luac5.4
+    compiles both to the same bytecode.
+    """
+    if "[[" in policy or "[=" in policy:
+        return policy
+    lines = policy.splitlines(keepends=True)
+    header = 0
+    while header < len(lines) and lines[header].startswith("--"):
+        header += 1
+    body = ["\n" if line.lstrip().startswith("--") and not line.lstrip().startswith("--[") else line
+            for line in lines[header:]]
+    return "".join(lines[:header] + body)
+
+
 @functools.cache
 def bootstrap_script() -> str:
     """kumo-bootstrap as the node receives it: without comment lines, indentation or blank lines.
@@ -192,9 +212,9 @@ def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Time
     files = [
         NodeFile("/etc/kumo-infra/bootstrap.env",
                  settings_env(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)),
-        NodeFile("/etc/kumo-infra/init.lua", render_policy(deployment, hostname), "0600"),
+        NodeFile("/etc/kumo-infra/init.lua", lua_without_comments(render_policy(deployment, hostname)), "0600"),
         NodeFile("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
-        NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted()),
+        NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted(with_reasons=False)),
         NodeFile("/etc/kumo-infra/secrets.list", secrets_list(deployment)),
         NodeFile("/usr/local/sbin/kumo-bootstrap", bootstrap_script(), "0755"),
         NodeFile("/usr/local/sbin/kumo-fetch-secret", _fetch_secret_script(), "0755"),

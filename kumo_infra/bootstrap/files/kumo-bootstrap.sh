@@ -447,8 +447,10 @@ step_spool() {
           device_is_blank "$dev" || die "$dev is not blank ($(device_signatures "$dev" | paste -sd, -)); refusing to build the spool RAID over it"
         done
         # RAID0 across every local NVMe device: the spool is as fast as all of them. No --run:
-        # mdadm then asks before writing over anything that looks like data, and with stdin
-        # closed the answer is no ("create aborted").
+        # mdadm then asks before writing over what it recognises as data, and with stdin closed
+        # the answer is no ("create aborted"). It recognises only ext2/3/4, reiserfs, RAID members
+        # and partition tables (Create.c: check_ext2/check_reiser/check_raid/check_partitions),
+        # not XFS or LVM: the wipefs check above is the guard, mdadm's question a second net.
         mdadm --create "$target" --name="$SPOOL_LABEL" --level=0 --raid-devices=${#devs[@]} "${devs[@]}" </dev/null
       fi
       changed "assembled RAID0 $target"
