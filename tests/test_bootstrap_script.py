@@ -540,3 +540,67 @@ run_step ssh step_ssh; run_step again step_ssh; write_status ok; cat "$STATUS"
     else:
         assert conf.read_text().splitlines()[1] == "PasswordAuthentication no"
     assert "systemctl reload ssh" in (tmp_path / "systemctl.log").read_text()
+
+
+# -- point 8: the updates step drives each family's tool -----------------------------------
+
+UPDATES_STUBS = r"""
+T={tmp}
+KUMO_PKG_FAMILY={family} KUMO_OS_UPDATES={automatic} KUMO_OS_REBOOT={reboot}
+installed_version() {{ [ -e "$T/installed.$1" ] && echo 1.0-1; return 0; }}
+pkg_install() {{ echo "install $*" >>"$T/log"; for p in "$@"; do : >"$T/installed.$p"; done; }}
+install_config() {{ echo "config $1 -> $2" >>"$T/log"; changed "$2"; }}
+systemctl() {{
+  echo "systemctl $*" >>"$T/log"
+  case "$1" in
+    is-enabled) [ -e "$T/enabled.${{*: -1}}" ] && {{ echo enabled; return 0; }}; echo disabled; return 1 ;;
+    is-active) return 1 ;;
+    enable) : >"$T/enabled.$2" ;;
+    disable) rm -f "$T/enabled.$3" ;;
+  esac
+}}
+{setup}
+run_step updates step_updates; write_status ok; cat "$STATUS"
+"""
+
+
+def run_updates(tmp_path: Path, family: str, automatic: str, reboot: str = "never", setup: str = "") -> tuple[dict, list[str]]:
+    body = UPDATES_STUBS.format(tmp=tmp_path, family=family, automatic=automatic, reboot=reboot, setup=setup)
+    result = bash(body, tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    log = (tmp_path / "log").read_text().splitlines() if (tmp_path / "log").exists() else []
+    return status, log
+
+
+@pytest.mark.parametrize("family, tool, config, unit", [
+    ("dnf", "dnf-automatic", "/etc/dnf/automatic.conf", "dnf-automatic.timer"),
+    ("yum", "yum-cron", "/etc/yum/yum-cron.conf", "yum-cron.service"),
+])
+def test_updates_installs_configures_and_enables_the_familys_tool(family, tool, config, unit, tmp_path):
+    status, log = run_updates(tmp_path, family, "security")
+    assert status["steps"][0]["status"] == "ok", status
+    assert f"install {tool}" in log
+    assert f"config /etc/kumo-infra/os-updates.conf -> {config}" in log
+    assert f"systemctl enable {unit}" in log and f"systemctl start {unit}" in log
+    assert "systemctl enable kumo-os-reboot.timer" not in log  # reboot: never
+    assert status["facts"]["os_updates"]["units"] == {unit: "enabled", "kumo-os-reboot.timer": "disabled"}
+
+
+def test_updates_reboot_window_enables_the_reboot_timer(tmp_path):
+    status, log = run_updates(tmp_path, "dnf", "security", "window")
+    assert "install dnf-plugins-core" in log  # needs-restarting -r
+    assert "systemctl enable kumo-os-reboot.timer" in log and "systemctl start kumo-os-reboot.timer" in log
+    assert status["facts"]["os_updates"]["units"]["kumo-os-reboot.timer"] == "enabled"
+
+
+def test_updates_off_installs_nothing_and_disables_the_tool(tmp_path):
+    setup = 'T={tmp}; : >"$T/installed.dnf-automatic"; : >"$T/enabled.dnf-automatic.timer"'.format(tmp=tmp_path)
+    status, log = run_updates(tmp_path, "dnf", "off", setup=setup)
+    assert not any(line.startswith("install ") or line.startswith("config ") for line in log), log
+    assert "systemctl disable --now dnf-automatic.timer" in log
+    assert status["facts"]["os_updates"]["units"]["dnf-automatic.timer"] == "disabled"
+    # apt: the configuration itself says Unattended-Upgrade "0"; nothing is installed.
+    (tmp_path / "log").unlink()
+    status, log = run_updates(tmp_path, "apt", "off")
+    assert [line for line in log if not line.startswith("systemctl is-")] == [
+        "config /etc/kumo-infra/os-updates.conf -> /etc/apt/apt.conf.d/52kumo-infra-os-updates"]
