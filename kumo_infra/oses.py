@@ -64,7 +64,7 @@ class OsSpec:
         return getattr(self, cloud)
 
 
-_UBUNTU22_REPO = dict(repo_dir="kumomta-ubuntu-22")
+_UBUNTU22_REPO = {"repo_dir": "kumomta-ubuntu-22"}
 
 SUPPORTED: dict[str, OsSpec] = {
     spec.key: spec

@@ -19,8 +19,17 @@ import pytest
 import yaml
 
 from kumo_infra import oses
-from kumo_infra.bootstrap import (AWS_USER_DATA_LIMIT, FILES, bootstrap_script, compressed, lua_without_comments,
-                                  python_without_comments, render_startup_script, render_user_data, spool_device_paths)
+from kumo_infra.bootstrap import (
+    AWS_USER_DATA_LIMIT,
+    FILES,
+    bootstrap_script,
+    compressed,
+    lua_without_comments,
+    python_without_comments,
+    render_startup_script,
+    render_user_data,
+    spool_device_paths,
+)
 from kumo_infra.bootstrap.policy import render_policy
 from kumo_infra.config import parse_deployment
 from kumo_infra.stackconfig import plan_for
@@ -181,7 +190,7 @@ def test_delivered_policy_compiles_to_the_same_bytecode(stack, tmp_path):
 
 def test_delivered_sysctl_settings_are_the_same_settings(tmp_path):
     from kumo_infra.bootstrap.tuning import sysctl_wanted
-    settings = lambda text: [line for line in text.splitlines() if line and not line.startswith("#")]  # noqa: E731
+    settings = lambda text: [line for line in text.splitlines() if line and not line.startswith("#")]
     assert settings(sysctl_wanted(with_reasons=False)) == settings(sysctl_wanted())
     d, plan = build("aws", "rocky9", "block")
     assert _node_file(d, plan, "/etc/kumo-infra/sysctl.wanted") == sysctl_wanted(with_reasons=False)

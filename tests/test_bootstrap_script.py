@@ -594,9 +594,9 @@ def test_updates_reboot_window_enables_the_reboot_timer(tmp_path):
 
 
 def test_updates_off_installs_nothing_and_disables_the_tool(tmp_path):
-    setup = 'T={tmp}; : >"$T/installed.dnf-automatic"; : >"$T/enabled.dnf-automatic.timer"'.format(tmp=tmp_path)
+    setup = f'T={tmp_path}; : >"$T/installed.dnf-automatic"; : >"$T/enabled.dnf-automatic.timer"'
     status, log = run_updates(tmp_path, "dnf", "off", setup=setup)
-    assert not any(line.startswith("install ") or line.startswith("config ") for line in log), log
+    assert not any(line.startswith(("install ", "config ")) for line in log), log
     assert "systemctl disable --now dnf-automatic.timer" in log
     assert status["facts"]["os_updates"]["units"]["dnf-automatic.timer"] == "disabled"
     # apt: the configuration itself says Unattended-Upgrade "0"; nothing is installed.

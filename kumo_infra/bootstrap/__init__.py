@@ -26,8 +26,8 @@ import yaml
 
 from .. import __version__
 from ..config import Deployment
-from ..sizing import Plan
 from ..secretspec import secrets_list
+from ..sizing import Plan
 from . import packages
 from .policy import HTTP_PORT, render_policy
 from .tuning import sysctl_wanted

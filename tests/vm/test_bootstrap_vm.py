@@ -163,7 +163,7 @@ def test_bootstrap_installs_tunes_starts_and_survives_rerun_and_wiped_nvme(vm_ro
         assert facts["repo_key_fingerprint"] == mirror.fingerprint
         keyring = vm.exec(["gpg", "--batch", "--with-colons", "--show-keys", "/usr/share/keyrings/kumomta.gpg"],
                           check=True).stdout
-        assert [line.split(":")[9] for line in keyring.splitlines() if line.startswith("fpr:")][0] == mirror.fingerprint
+        assert next(line.split(":")[9] for line in keyring.splitlines() if line.startswith("fpr:")) == mirror.fingerprint
         rendered_list = next(f["content"] for f in doc["write_files"] if f["path"] == "/etc/kumo-infra/kumomta.list")
         assert vm.read_file("/etc/apt/sources.list.d/kumomta.list").decode() == rendered_list
         assert mirror.served("kumomta-ubuntu-22/public.gpg")

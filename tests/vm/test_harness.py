@@ -117,7 +117,7 @@ def test_mirror_layout_and_signature(apt_mirror: MirrorFactory, tmp_path: Path) 
     subprocess.run(["gpg", "--batch", "--dearmor", "-o", str(keyring), str(dev / "public.gpg")], check=True, env=env)
     shown = subprocess.run(["gpg", "--batch", "--with-colons", "--show-keys", str(dev / "public.gpg")],
                            check=True, env=env, capture_output=True, text=True).stdout
-    assert [line.split(":")[9] for line in shown.splitlines() if line.startswith("fpr:")][0] == mirror.fingerprint
+    assert next(line.split(":")[9] for line in shown.splitlines() if line.startswith("fpr:")) == mirror.fingerprint
     for repo in (stable, dev):
         subprocess.run(["gpgv", "--keyring", str(keyring), str(repo / "dists/stable/InRelease")],
                        check=True, env=env, capture_output=True)
@@ -151,7 +151,8 @@ def test_xfs_disk_image_holds_its_files(tmp_path: Path) -> None:
     probe = subprocess.run(["blkid", "-p", "-o", "export", str(disk)], capture_output=True, text=True, check=True)
     assert "TYPE=xfs" in probe.stdout and "LABEL=oldspool" in probe.stdout and "PTTYPE" not in probe.stdout
     if shutil.which("xfs_db"):
-        listing = subprocess.run(["xfs_db", "-r", "-c", "ls /", str(disk)], capture_output=True, text=True).stdout
+        listing = subprocess.run(["xfs_db", "-r", "-c", "ls /", str(disk)], capture_output=True, text=True,
+                                 check=True).stdout
         assert "letter.eml" in listing
     assert sha256_of(disk) == hashlib.sha256(disk.read_bytes()).hexdigest()
 
