@@ -230,12 +230,13 @@ class KumoMta(_Strict):
         r"(?=.{1,64}$)[0-9][0-9A-Za-z]*(?:[.+~_-][0-9A-Za-z]+)*",
         "a package version of at most 64 letters and digits, separated by single '.', '+', '~', '_' or '-', "
         "starting with a digit (like 2025.03.19-1fbb1b18)")]] = None
-    # A host laid out like KumoMTA's repository host (files/*.repo, files/*.list,
-    # kumomta-ubuntu-22/public.gpg ...), e.g. a private mirror.
+    # A host laid out like KumoMTA's repository host (per OS <dir>/ for dev, <dir>-stable/ for
+    # stable, and the signing key at <dir>/public.gpg), e.g. a private mirror.
     repo_url: Annotated[str, AfterValidator(lambda v: _repo_url(v))] = DEFAULT_REPO_URL
     relay_cidrs: RelayCidrs = Field(default_factory=list)
-    # The OpenPGP fingerprint of the repository's signing key, for a private mirror signed
-    # with its own key; unset: KumoMTA's published key. Checked before the key is trusted.
+    # The OpenPGP fingerprint the repository's signing key must have, checked before the key is
+    # trusted. Unset: KumoMTA publishes none, so each node trusts the key served over https on
+    # first use and pins it (a warning says so); required for a mirror over http.
     repo_key_fingerprint: Optional[str] = None
 
     @field_validator("repo_key_fingerprint")

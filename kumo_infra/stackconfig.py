@@ -126,6 +126,10 @@ def warnings_for(deployment: Deployment) -> list[str]:
     if deployment.network.admin_cidrs:
         warnings.append(f"{ROOT}.network.admin_cidrs is deprecated: it sets both network.ssh_cidrs (SSH) and "
                         "network.api_cidrs (the KumoMTA HTTP API); write those keys instead")
+    if deployment.kumomta.repo_key_fingerprint is None:
+        warnings.append(f"{ROOT}.kumomta.repo_key_fingerprint is unset: KumoMTA publishes no fingerprint of its "
+                        "signing key, so each node trusts the key served over https on first use and pins it "
+                        "(status.json: repo_key_fingerprint); set it to that fingerprint to pin the whole fleet")
     return warnings
 
 

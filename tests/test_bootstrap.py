@@ -355,7 +355,7 @@ def test_rpm_repository_checks_packages_and_metadata_with_the_checked_key(os_key
 
 def test_no_fingerprint_is_invented_for_kumomtas_key(tmp_path):
     # KumoMTA publishes none (see kumo_infra/bootstrap/packages.py): the node gets an empty one
-    # and refuses to trust any key (tests/test_bootstrap_script.py) until the operator pins it.
+    # and trusts the https key on first use, then pins it (tests/test_bootstrap_script.py).
     from kumo_infra.bootstrap import packages
     assert packages.KUMOMTA_SIGNING_KEY_FINGERPRINT is None
     d, plan = build("aws", "rocky9", "block")

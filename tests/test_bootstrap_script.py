@@ -404,11 +404,12 @@ def test_install_of_another_version_goes_to_the_repository(tmp_path):
     assert "curl" in (tmp_path / "pkg.log").read_text()
 
 
-def test_install_refuses_without_a_fingerprint(tmp_path):
-    result = bash(INSTALL_STUBS.format(tmp=tmp_path, version="2027.01.01", fpr=""), tmp_path)
+def test_install_without_a_fingerprint_over_http_is_refused(tmp_path):
+    # Trust on first use needs verified https; config refuses http without a fingerprint too.
+    result = bash(INSTALL_STUBS.format(tmp=tmp_path, version="2027.01.01", fpr="''"), tmp_path)
     status = json.loads(result.stdout[result.stdout.index("{"):])
     assert status["steps"][0]["status"] == "failed"
-    assert "set kumomta.repo_key_fingerprint" in status["steps"][0]["detail"]
+    assert "is not https: set kumomta.repo_key_fingerprint" in status["steps"][0]["detail"]
     assert not (tmp_path / "pkg.log").exists()  # nothing fetched, nothing installed
 
 
@@ -604,3 +605,62 @@ def test_updates_off_installs_nothing_and_disables_the_tool(tmp_path):
     status, log = run_updates(tmp_path, "apt", "off")
     assert [line for line in log if not line.startswith("systemctl is-")] == [
         "config /etc/kumo-infra/os-updates.conf -> /etc/apt/apt.conf.d/52kumo-infra-os-updates"]
+
+
+# -- trust on first use: KumoMTA publishes no fingerprint, so without a configured one the key
+# served over https is trusted once and pinned on the node ------------------------------------
+
+FIRST_USE_STUBS = r"""
+T={tmp}
+KUMO_PKG_FAMILY=apt KUMO_PACKAGE=kumomta KUMO_OTHER_PACKAGE=kumomta-dev KUMO_VERSION=2027.01.01
+KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=1 KUMO_REPO_KEY_URL=https://openrepo.example.net/k/public.gpg
+KUMO_REPO_KEY_FINGERPRINT='' KUMO_REPO_WAIT_S=0 APT_KEYRING=$T/kumomta.gpg CONF_DIR=$T
+dpkg-query() {{ case "${{*: -1}}" in kumomta|curl|gnupg|ca-certificates) echo "ii 2026.03.04-1fbb1b18" ;; esac; }}
+command() {{ [ "$2" = mkfs.xfs ] || builtin command "$@"; }}
+apt-get() {{ echo "apt-get $*" >>"$T/pkg.log"; }}
+curl() {{ cp {key} "$WORK/repo-key"; }}
+install() {{ echo "install $*" >>"$T/install.log"; }}
+id() {{ :; }}
+run_step install step_install; write_status ok; cat "$STATUS"
+"""
+
+
+def install_serving(tmp_path: Path, key: Path) -> dict:
+    result = bash(FIRST_USE_STUBS.format(tmp=tmp_path, key=key), tmp_path)
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_first_use_trusts_the_one_key_served_over_https_and_pins_it(two_keys, tmp_path):
+    fpr, key = two_keys["mirror"]
+    status = install_serving(tmp_path, key)
+    (install,) = status["steps"]
+    assert install["status"] == "ok", install
+    assert status["facts"]["repo_key_trust"] == "first-use"
+    assert status["facts"]["repo_key_fingerprint"] == fpr
+    assert (tmp_path / "state" / "repo-key.fingerprint").read_text().strip() == fpr
+    assert f"pinned repository key {fpr} (trusted on first use)" in install["changes"]
+    _, release = two_keys["signed"]
+    ok = subprocess.run(["gpgv", "--keyring", str(tmp_path / "kumomta.gpg"), f"{release}.gpg", str(release)],
+                        capture_output=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_after_first_use_another_key_is_refused_naming_both(two_keys, tmp_path):
+    pinned, key = two_keys["mirror"]
+    assert install_serving(tmp_path, key)["steps"][0]["status"] == "ok"
+    keyring = (tmp_path / "kumomta.gpg").read_bytes()
+    served, other = two_keys["other"]
+    (install,) = install_serving(tmp_path, other)["steps"]
+    assert install["status"] == "failed"
+    assert f"expected {pinned}" in install["detail"] and f"is {served}" in install["detail"]
+    assert (tmp_path / "kumomta.gpg").read_bytes() == keyring  # the trusted key is untouched
+    again = install_serving(tmp_path, key)
+    assert again["steps"][0]["status"] == "ok" and again["facts"]["repo_key_trust"] == "pinned-at-first-use"
+
+
+def test_first_use_refuses_a_file_with_two_keys(two_keys, tmp_path):
+    both = tmp_path / "both.asc"
+    both.write_text(two_keys["mirror"][1].read_text() + two_keys["other"][1].read_text())
+    (install,) = install_serving(tmp_path, both)["steps"]
+    assert install["status"] == "failed" and "holds 2 keys" in install["detail"]
+    assert not (tmp_path / "state" / "repo-key.fingerprint").exists()

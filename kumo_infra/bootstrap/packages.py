@@ -22,9 +22,11 @@ from ..config import Deployment
 # KumoMTA publishes no fingerprint of its repository signing key: not in its documentation
 # (docs/userguide/installation/*.md), its source, or the repository files it kept in
 # assets/; the CI signs with a key held only in a GitHub secret (OPENREPO_GPG_PUBLIC,
-# .github/workflows/reusable-kumomta-build.yml). A fingerprint taken from the same host that
-# serves the key would prove nothing, so there is no default: the bootstrap refuses to trust
-# any key until the operator verifies it and sets kumomta.repo_key_fingerprint.
+# .github/workflows/reusable-kumomta-build.yml; checked at KumoCorp/kumomta 3ebc1e85). A
+# fingerprint taken from the same host that serves the key would prove nothing, so none is
+# invented here. Without kumomta.repo_key_fingerprint the node trusts the one key served over
+# verified https on first use (what KumoMTA's install guide does) and pins it: later runs
+# refuse any other key (kumo-bootstrap, step install). Set the fingerprint to pin a fleet.
 KUMOMTA_SIGNING_KEY_FINGERPRINT: str | None = None
 
 APT_KEYRING = "/usr/share/keyrings/kumomta.gpg"
@@ -47,7 +49,8 @@ def repo_key_url(deployment: Deployment) -> str:
 
 
 def repo_key_fingerprint(deployment: Deployment) -> str:
-    """The fingerprint the key must have: the operator's, else KumoMTA's (none published: '')."""
+    """The fingerprint the key must have: the operator's, else KumoMTA's (none published: '',
+    which the node reads as trust on first use, then pinned)."""
     return deployment.kumomta.repo_key_fingerprint or KUMOMTA_SIGNING_KEY_FINGERPRINT or ""
 
 

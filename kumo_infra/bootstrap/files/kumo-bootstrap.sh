@@ -188,15 +188,21 @@ wait_for_repository() {
 }
 
 # trust_repo_key KEYFILE EXPECTED_FPR OUT [--armor]: write to OUT the one OpenPGP key in KEYFILE,
-# only if KEYFILE holds exactly one primary key and its fingerprint is EXPECTED_FPR. The key is
-# read in a throwaway keyring (gpg 2.0 on Amazon Linux 2 has no --show-keys), and only that
-# key is exported: nothing else the file carries is ever trusted.
+# only if KEYFILE holds exactly one primary key and its fingerprint is EXPECTED_FPR (an empty
+# EXPECTED_FPR: trust on first use, whichever single key it is). The key is read in a throwaway
+# keyring (gpg 2.0 on Amazon Linux 2 has no --show-keys), and only that key is exported:
+# nothing else the file carries is ever trusted. Sets REPO_KEY_TRUSTED to its fingerprint.
+REPO_KEY_TRUSTED=""
 trust_repo_key() {
-  local file=$1 want=$2 out=$3 armor=${4:-} home fprs=() rc=0
+  local file=$1 want=$2 out=$3 armor=${4:-} home fprs=() rc=0 first_use=false
   home=$(mktemp -d "$WORK/gnupg.XXXXXX")
   gpg --homedir "$home" --batch --quiet --import "$file" >/dev/null 2>&1 || rc=$?
   mapfile -t fprs < <(gpg --homedir "$home" --batch --with-colons --fingerprint 2>/dev/null \
     | awk -F: '$1 == "pub" { want_fpr = 1; next } $1 == "fpr" && want_fpr { print $10; want_fpr = 0 }')
+  if [ -z "$want" ] && [ ${#fprs[@]} -eq 1 ]; then
+    want=${fprs[0]}
+    first_use=true
+  fi
   if [ ${#fprs[@]} -eq 1 ] && [ "${fprs[0]}" = "$want" ]; then
     gpg --homedir "$home" --batch ${armor:+--armor} --export "$want" >"$out.kumo-new"
     chmod 0644 "$out.kumo-new"
@@ -207,7 +213,13 @@ trust_repo_key() {
   [ ${#fprs[@]} -gt 0 ] || die "repository signing key $KUMO_REPO_KEY_URL is not an OpenPGP key (gpg exit $rc); expected fingerprint $want"
   [ ${#fprs[@]} -eq 1 ] || die "repository signing key $KUMO_REPO_KEY_URL holds ${#fprs[@]} keys (${fprs[*]}); expected exactly one, fingerprint $want"
   [ "${fprs[0]}" = "$want" ] || die "repository signing key fingerprint mismatch: expected $want, the key at $KUMO_REPO_KEY_URL is ${fprs[0]}; refusing to trust it (set kumomta.repo_key_fingerprint only to a key you verified)"
+  REPO_KEY_TRUSTED=$want
+  [ "$first_use" = false ] || say "trusted repository key $want on first use"
 }
+
+# The fingerprint this node pinned when it first trusted the repository key without a
+# configured one: later runs refuse any other key.
+repo_key_pin() { printf '%s' "$STATE_DIR/repo-key.fingerprint"; }
 
 spool_tools() {
   local need=()
@@ -229,14 +241,25 @@ step_install() {
     fact kumomta_version "$(json_str "$current")"
     return 0
   fi
-  [ -n "$KUMO_REPO_KEY_FINGERPRINT" ] || die "no fingerprint to check KumoMTA's repository signing key against: KumoMTA publishes none that kumo-infra could verify; check the key at $KUMO_REPO_KEY_URL yourself and set kumomta.repo_key_fingerprint"
+  local key_fpr=$KUMO_REPO_KEY_FINGERPRINT key_trust=configured
+  if [ -z "$key_fpr" ]; then
+    # KumoMTA publishes no fingerprint of its signing key (kumo_infra/bootstrap/packages.py).
+    # Without a configured one the key served over verified https is trusted on first use, as
+    # KumoMTA's own install guide does, and pinned on this node: a later run refuses another key.
+    [[ "$KUMO_REPO_KEY_URL" == https://* ]] || die "no repository key fingerprint, and $KUMO_REPO_KEY_URL is not https: set kumomta.repo_key_fingerprint"
+    key_trust=first-use
+    if [ -s "$(repo_key_pin)" ]; then
+      key_fpr=$(cat "$(repo_key_pin)")
+      key_trust=pinned-at-first-use
+    fi
+  fi
   case "$KUMO_PKG_FAMILY" in
     apt)
       local base=()
       for p in curl gnupg ca-certificates; do [ -n "$(installed_version "$p")" ] || base+=("$p"); done
       [ ${#base[@]} -eq 0 ] || { apt_update; pkg_install "${base[@]}"; }
       wait_for_repository
-      trust_repo_key "$WORK/repo-key" "$KUMO_REPO_KEY_FINGERPRINT" "$APT_KEYRING"
+      trust_repo_key "$WORK/repo-key" "$key_fpr" "$APT_KEYRING"
       # The list kumo-infra rendered (signed-by that one key), never one fetched from the repository host.
       install -m 0644 "$CONF_DIR/kumomta.list" /etc/apt/sources.list.d/kumomta.list
       apt_update || die "apt-get update failed with the KumoMTA repository"
@@ -245,13 +268,18 @@ step_install() {
     dnf | yum)
       command -v gpg >/dev/null || pkg_install gnupg2
       wait_for_repository
-      trust_repo_key "$WORK/repo-key" "$KUMO_REPO_KEY_FINGERPRINT" "$RPM_KEY" --armor
+      trust_repo_key "$WORK/repo-key" "$key_fpr" "$RPM_KEY" --armor
       install -m 0644 "$CONF_DIR/kumomta.repo" /etc/yum.repos.d/kumomta.repo
       pkg_install ca-certificates
       [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE-$KUMO_VERSION"
       ;;
   esac
-  fact repo_key_fingerprint "$(json_str "$KUMO_REPO_KEY_FINGERPRINT")"
+  if [ "$key_trust" = first-use ]; then
+    printf '%s\n' "$REPO_KEY_TRUSTED" >"$(repo_key_pin)"
+    changed "pinned repository key $REPO_KEY_TRUSTED (trusted on first use)"
+  fi
+  fact repo_key_fingerprint "$(json_str "$REPO_KEY_TRUSTED")"
+  fact repo_key_trust "$(json_str "$key_trust")"
   # The stable and dev packages conflict: switching channel removes the other one first.
   if [ -n "$(installed_version "$KUMO_OTHER_PACKAGE")" ]; then pkg_remove "$KUMO_OTHER_PACKAGE"; fi
   pkg_install "$want" ${tools[@]+"${tools[@]}"} || die "installing $want failed (see $LOG)"
