@@ -43,7 +43,8 @@ ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 KEY_PAIR = "tls:index/privateKey:PrivateKey"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 COMPONENT = "kumo:index:AwsKumoMta"
-NOT_TAGGABLE = {RTA, ATTACH, PTR, RECORD, VERSION, ROLE_POLICY, KEY_PAIR, RANDOM_PASSWORD}
+NOT_TAGGABLE = {RTA, ATTACH, PTR, RECORD, VERSION, ROLE_POLICY, KEY_PAIR, RANDOM_PASSWORD,
+                "tls:index/selfSignedCert:SelfSignedCert"}
 TAGS = {"managed-by": "kumo-infra"}
 
 
@@ -638,7 +639,8 @@ def test_api_password_is_generated_and_stored_like_the_other_secrets(spy):
     assert generated.name == "kumo-test-api-password" and generated.parent == "kumo-test"
     assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
     secrets = {x.inputs["name"]: x for x in r.of_type(SECRET)}
-    assert sorted(secrets) == [API_STORE]
+    # the password, and the API listener's certificate and key (tests/test_api_tls_aws.py)
+    assert sorted(secrets) == [API_STORE, "kumo-infra/kumo-test/api-tls-cert", "kumo-infra/kumo-test/api-tls-key"]
     assert secret_value(by_name(r, VERSION)[API_VERSION]) == API_PW
     # The role reads it by its exact ARN, like the DKIM key; nothing else grants it.
     (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
@@ -669,7 +671,8 @@ def test_api_output_says_how_to_reach_the_api(spy):
     api = r.outputs["api"]
     nodes = r.outputs["nodes"]
     assert len(nodes) == 2
-    assert api["endpoints"] == [{"hostname": n["hostname"], "url": f"https://{n['public_ip']}:8443"} for n in nodes]
+    assert api["endpoints"] == [{"hostname": n["hostname"], "url": f"https://{n['hostname']}:8443",
+                                 "ip_url": f"https://{n['public_ip']}:8443"} for n in nodes]
     assert api["user"] == "kumo-api"
     assert api["secret_name"] == API_STORE
     assert api["secret_reference"] == f"aws:us-east-1:{API_STORE}"

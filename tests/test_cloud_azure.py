@@ -511,8 +511,6 @@ def test_admin_password_is_only_in_the_vm_and_sent_as_a_secret():
     assert len(values) == 2  # one per VM
 
 
-@pytest.mark.xfail(strict=True, reason="the bootstrap (not this component) is to add ssh_pwauth: false to the "
-                                        "cloud-config; strict: passes, and so fails here, once it does")
 def test_no_ssh_vm_gets_sshd_password_authentication_off_from_the_user_data():
     text = decoded_custom_data(run(dep()).one(VM))
     assert yaml.safe_load(text).get("ssh_pwauth") is False

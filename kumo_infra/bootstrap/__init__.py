@@ -264,6 +264,10 @@ def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts
         "fqdn": hostname,
         "hostname": hostname.split(".", 1)[0],
         "prefer_fqdn_over_hostname": True,
+        # Azure's datasource turns SSH password login on for a VM created with a password (the
+        # generated admin password of a VM without SSH); user-data config overrides the
+        # datasource's, so password login stays off on every cloud (the ssh step checks it too).
+        "ssh_pwauth": False,
         "write_files": [
             {"path": f.path, "owner": "root:root", "permissions": f.permissions, "content": _Literal(f.content)}
             for f in node_files(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)
