@@ -464,3 +464,14 @@ def test_reboot_helper_reboots_only_when_an_update_needs_it(needs_restarting_rc,
         (tools / name).chmod(0o755)
     subprocess.run(["sh", str(FILES / "kumo-reboot-if-needed.sh")], env={"PATH": f"{tools}:/usr/bin:/bin"}, check=True)
     assert ((tmp_path / "reboot").exists() and (tmp_path / "reboot").read_text().strip() == "reboot") is rebooted
+
+
+def test_kumod_never_starts_without_the_spool_kumo_infra_accepted():
+    # Parsed as systemd reads a unit file (configparser's INI subset suffices for this one).
+    import configparser
+    from kumo_infra.bootstrap import FILES
+    unit = configparser.ConfigParser(strict=False)
+    unit.read_string((FILES / "kumomta-dropin.conf").read_text())
+    assert unit["Unit"]["RequiresMountsFor"] == "/var/spool/kumomta"
+    assert unit["Unit"]["Requires"] == "kumo-spool.service"
+    assert unit["Unit"]["After"] == "kumo-spool.service"

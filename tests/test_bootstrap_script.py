@@ -664,3 +664,87 @@ def test_first_use_refuses_a_file_with_two_keys(two_keys, tmp_path):
     (install,) = install_serving(tmp_path, both)["steps"]
     assert install["status"] == "failed" and "holds 2 keys" in install["detail"]
     assert not (tmp_path / "state" / "repo-key.fingerprint").exists()
+
+
+def test_first_use_pin_is_written_before_the_repository_is_used(two_keys, tmp_path):
+    # apt-get update fails after the key was trusted: the pin must already be there, or the next
+    # run would trust whatever key it is then served.
+    fpr, key = two_keys["mirror"]
+    body = FIRST_USE_STUBS.format(tmp=tmp_path, key=key).replace(
+        'apt-get() {', 'apt-get() { case "$*" in *update*) return 1 ;; esac;', 1)
+    result = bash(body, tmp_path)
+    (install,) = json.loads(result.stdout[result.stdout.index("{"):])["steps"]
+    assert install["status"] == "failed" and "apt-get update failed" in install["detail"]
+    assert (tmp_path / "state" / "repo-key.fingerprint").read_text().strip() == fpr
+
+
+@pytest.mark.parametrize("wanted", ["2026.03.0", "2026", "2026.03.04-1fbb1b1"])
+def test_install_never_takes_a_version_prefix_for_the_wanted_version(wanted, tmp_path):
+    # Installed: 2026.03.04-1fbb1b18. Only that exact version, or it without its release suffix,
+    # is the wanted one; anything else goes to the repository.
+    result = bash(INSTALL_STUBS.format(tmp=tmp_path, version=wanted, fpr="A" * 40), tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    assert status["steps"][0]["status"] == "failed"  # the stubbed repository does not answer
+    assert "curl" in (tmp_path / "pkg.log").read_text()
+
+
+def test_al2023_updates_follow_new_releases(tmp_path):
+    releasever = tmp_path / "vars" / "releasever"
+    setup = f"KUMO_OS=al2023 DNF_RELEASEVER={releasever}"
+    status, _ = run_updates(tmp_path, "dnf", "security", setup=setup)
+    assert status["steps"][0]["status"] == "ok", status
+    assert releasever.read_text() == "latest\n"
+    # Rocky, Alma: their repositories follow the minor release by themselves; nothing written.
+    other = tmp_path / "other"
+    other.mkdir()
+    status, _ = run_updates(other, "dnf", "security", setup=f"KUMO_OS=rocky9 DNF_RELEASEVER={other}/releasever")
+    assert status["steps"][0]["status"] == "ok" and not (other / "releasever").exists()
+
+
+MOUNTED_SPOOL_STUBS = r"""
+T={tmp}
+KUMO_SPOOL_STORAGE={storage} KUMO_SPOOL_DEVICE_PATHS="$T/by-id/vol0abc $T/xvdf" SPOOL=$T/spool DEVDIR=$T/dev SYSFS=$T/sys
+mkdir -p "$SPOOL" "$T/dev" "$T/by-id" "$T/sys/block/nvme2n1/device"
+: >"$T/dev/nvme1n1"; : >"$T/dev/nvme2n1"; ln -sf "$T/dev/nvme1n1" "$T/by-id/vol0abc"
+echo "Amazon Elastic Block Store" >"$T/sys/block/nvme2n1/device/model"
+id() {{ :; }}; mountpoint() {{ return 0; }}; chown() {{ :; }}; chmod() {{ :; }}
+findmnt() {{ case "$*" in *SOURCE*) echo "$T/dev/{mounted}" ;; *) echo x ;; esac; }}
+run_step spool step_spool; write_status ok; cat "$STATUS"
+"""
+
+
+@pytest.mark.parametrize("storage, mounted, ours", [
+    ("block", "nvme1n1", True),        # the exact volume the component attached
+    ("block", "nvme2n1", False),       # another kumo-infra spool, attached to drain it, same label
+    ("local_nvme", "nvme2n1", False),  # an EBS volume is never a local NVMe spool
+])
+def test_an_already_mounted_spool_must_be_this_nodes_device(storage, mounted, ours, tmp_path):
+    result = bash(MOUNTED_SPOOL_STUBS.format(tmp=tmp_path, storage=storage, mounted=mounted), tmp_path)
+    (spool,) = json.loads(result.stdout[result.stdout.index("{"):])["steps"]
+    if ours:
+        assert spool["status"] == "ok", spool
+    else:
+        assert spool["status"] == "failed"
+        assert "not this node's spool device" in spool["detail"] and mounted in spool["detail"]
+
+
+SECRETS_STUBS = r"""
+T={tmp}
+CONF_DIR=$T KUMO_SECRET_WAIT_S=600
+printf 'aws:us-east-1:kumo-infra/x/relay-password\t%s/secrets/relay-password\n' "$T" >"$T/secrets.list"
+python_bin() {{ echo "$T/fake-python"; }}
+printf '#!/bin/sh\necho "kumo-fetch-secret: {message}" >&2\nexit {code}\n' >"$T/fake-python"; chmod +x "$T/fake-python"
+install() {{ :; }}; sleep() {{ echo "sleep $*" >>"$T/sleep.log"; SECONDS=$((SECONDS + 700)); }}
+run_step secrets step_secrets; write_status ok; cat "$STATUS"
+"""
+
+
+@pytest.mark.parametrize("code, retried", [(2, False), (1, True)])
+def test_secrets_step_retries_only_what_waiting_can_fix(code, retried, tmp_path):
+    # Exit 1 (a grant still propagating, the service down) is retried until the deadline; exit 2
+    # (a malformed reference, a refused environment) fails at once.
+    body = SECRETS_STUBS.format(tmp=tmp_path, code=code, message=f"failure {code}")
+    result = bash(body, tmp_path)
+    (step,) = json.loads(result.stdout[result.stdout.index("{"):])["steps"]
+    assert step["status"] == "failed" and f"failure {code}" in step["detail"]
+    assert (tmp_path / "sleep.log").exists() is retried

@@ -501,3 +501,34 @@ def test_script_stays_compatible_with_python_3_6():
             pytest.fail("PEP 604 union in the script")
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in ("dict", "list"):
             pytest.fail("PEP 585 generic in the script")
+
+
+class GarbledCloud(FakeCloud):
+    """The metadata service answers garbage, or the instance has no role."""
+
+    mode = "garbled"
+
+    def do_GET(self):  # noqa: N802
+        self.requests.append(("GET", self.path, dict(self.headers)))
+        if self.path.endswith("/security-credentials/") and self.mode == "no-role":
+            return self.reply(200, "", "text/plain")
+        if self.path.startswith("/latest/meta-data/iam/security-credentials/kumo-role"):
+            return self.reply(200, "{not json", "text/plain")
+        if self.path.startswith("/computeMetadata/v1/instance/service-accounts/default/token"):
+            return self.reply(200, json.dumps({"access_token": "gcp-token"}))
+        if self.path.endswith(":access"):
+            return self.reply(200, json.dumps({"payload": {"data": "%%%not-base64"}}))
+        return super().do_GET()
+
+
+@pytest.mark.parametrize("mode, reference, says", [
+    ("garbled", AWS_REF, "JSONDecodeError"),
+    ("no-role", AWS_REF, "no IAM role"),
+])
+def test_a_garbled_answer_or_a_missing_identity_is_a_retryable_failure_not_bad_input(mode, reference, says, standins):
+    # Exit 2 means "this reference or environment is wrong" (retrying cannot help); a garbled
+    # answer from the service or an instance without its role is exit 1, never a traceback.
+    cloud = standins(type("Cloud", (GarbledCloud,), {"mode": mode}))
+    result = fetch(reference, cloud)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert says in result.stderr and "Traceback" not in result.stderr

@@ -26,6 +26,7 @@ SYSCTL_FILE=/etc/sysctl.d/90-kumomta.conf
 FSTAB=/etc/fstab
 APT_KEYRING=/usr/share/keyrings/kumomta.gpg
 RPM_KEY=/etc/pki/rpm-gpg/RPM-GPG-KEY-kumomta
+DNF_RELEASEVER=/etc/dnf/vars/releasever
 SSHD_CONFIG=/etc/ssh/sshd_config
 SSHD_DROPIN=/etc/ssh/sshd_config.d/01-kumo-infra.conf
 SYSFS=/sys
@@ -221,6 +222,14 @@ trust_repo_key() {
 # configured one: later runs refuse any other key.
 repo_key_pin() { printf '%s' "$STATE_DIR/repo-key.fingerprint"; }
 
+# Pinned together with the keyring, before any package manager uses it: a failure later in the
+# step must not leave a trusted key without its pin.
+pin_first_use_key() {
+  [ "$1" = first-use ] || return 0
+  printf '%s\n' "$REPO_KEY_TRUSTED" >"$(repo_key_pin)"
+  changed "pinned repository key $REPO_KEY_TRUSTED (trusted on first use)"
+}
+
 spool_tools() {
   local need=()
   case "$KUMO_SPOOL_FS" in
@@ -236,7 +245,7 @@ step_install() {
   local current want="$KUMO_PACKAGE" tools=()
   mapfile -t tools < <(spool_tools)
   current=$(installed_version "$KUMO_PACKAGE")
-  if [ -n "$current" ] && { [ -z "$KUMO_VERSION" ] || [[ "$current" == "$KUMO_VERSION"* ]]; } && [ ${#tools[@]} -eq 0 ]; then
+  if [ -n "$current" ] && { [ -z "$KUMO_VERSION" ] || { [ "$current" = "$KUMO_VERSION" ] || [[ "$current" == "$KUMO_VERSION"-* ]]; }; } && [ ${#tools[@]} -eq 0 ]; then
     detail "$KUMO_PACKAGE $current already installed"
     fact kumomta_version "$(json_str "$current")"
     return 0
@@ -260,6 +269,7 @@ step_install() {
       [ ${#base[@]} -eq 0 ] || { apt_update; pkg_install "${base[@]}"; }
       wait_for_repository
       trust_repo_key "$WORK/repo-key" "$key_fpr" "$APT_KEYRING"
+      pin_first_use_key "$key_trust"
       # The list kumo-infra rendered (signed-by that one key), never one fetched from the repository host.
       install -m 0644 "$CONF_DIR/kumomta.list" /etc/apt/sources.list.d/kumomta.list
       apt_update || die "apt-get update failed with the KumoMTA repository"
@@ -269,15 +279,12 @@ step_install() {
       command -v gpg >/dev/null || pkg_install gnupg2
       wait_for_repository
       trust_repo_key "$WORK/repo-key" "$key_fpr" "$RPM_KEY" --armor
+      pin_first_use_key "$key_trust"
       install -m 0644 "$CONF_DIR/kumomta.repo" /etc/yum.repos.d/kumomta.repo
       pkg_install ca-certificates
       [ -n "$KUMO_VERSION" ] && want="$KUMO_PACKAGE-$KUMO_VERSION"
       ;;
   esac
-  if [ "$key_trust" = first-use ]; then
-    printf '%s\n' "$REPO_KEY_TRUSTED" >"$(repo_key_pin)"
-    changed "pinned repository key $REPO_KEY_TRUSTED (trusted on first use)"
-  fi
   fact repo_key_fingerprint "$(json_str "$REPO_KEY_TRUSTED")"
   fact repo_key_trust "$(json_str "$key_trust")"
   # The stable and dev packages conflict: switching channel removes the other one first.
@@ -439,10 +446,33 @@ mount_spool() {
   [ "$source" = "$want" ] || die "$SPOOL is mounted from $source, not the spool device $want"
 }
 
+# mounted_spool_is_ours SOURCE: may the spool mount come from SOURCE? Block: only the exact
+# volume the component attached; local NVMe: the RAID set kumo-infra made, or an NVMe disk that
+# is not an EBS volume. Another kumo-infra spool (an old volume attached to drain it) carries
+# the same label, and systemd may mount it by that label.
+mounted_spool_is_ours() {
+  local source=$1 dev paths=()
+  case "$KUMO_SPOOL_STORAGE" in
+    block)
+      read -r -a paths <<<"$KUMO_SPOOL_DEVICE_PATHS"
+      for dev in ${paths[@]+"${paths[@]}"}; do
+        [ -e "$dev" ] && [ "$(readlink -f "$dev")" = "$source" ] && return 0
+      done
+      ;;
+    local_nvme)
+      [ -e "/dev/md/$SPOOL_LABEL" ] && [ "$(readlink -f "/dev/md/$SPOOL_LABEL")" = "$source" ] && return 0
+      [[ "$source" == "$DEVDIR"/nvme*n* ]] && [[ "$(nvme_model "$source")" != "Amazon Elastic Block Store" ]] && return 0
+      ;;
+  esac
+  return 1
+}
+
 step_spool() {
-  local devs=() target fstype label line
+  local devs=() target fstype label line source
   id kumod >/dev/null 2>&1 || die "user kumod does not exist: KumoMTA is not installed"
   if mountpoint -q "$SPOOL"; then
+    source=$(readlink -f "$(findmnt -no SOURCE "$SPOOL")")
+    mounted_spool_is_ours "$source" || die "$SPOOL is mounted from $source, which is not this node's spool device (another kumo-infra spool, attached to drain it, carries the same label); unmount it and detach or relabel that disk"
     ensure_spool_ownership
     spool_facts
     return 0
@@ -550,13 +580,16 @@ python_bin() {
 }
 
 step_secrets() {
-  local ref path py count=0 deadline=$((SECONDS + KUMO_SECRET_WAIT_S))
+  local ref path py rc count=0 deadline=$((SECONDS + KUMO_SECRET_WAIT_S))
   py=$(python_bin) || die "no python3 on this machine to fetch secrets with"
   while IFS=$'\t' read -r ref path; do
     [ -z "$ref" ] || [[ "$ref" == \#* ]] && continue
     install -d -o root -g kumod -m 0750 "$(dirname "$path")"
     # The machine's read grant may still be propagating (Azure RBAC takes minutes): retry.
     until "$py" /usr/local/sbin/kumo-fetch-secret "$ref" >"$WORK/secret" 2>"$WORK/fetch.err"; do
+      rc=$?
+      # Exit 2: the reference or the environment is wrong, and waiting cannot change that.
+      [ "$rc" -ne 2 ] || die "cannot fetch secret $ref: $(tail -n 1 "$WORK/fetch.err")"
       [ "$SECONDS" -lt "$deadline" ] || die "cannot fetch secret $ref: $(tail -n 1 "$WORK/fetch.err")"
       sleep 10
     done
@@ -670,6 +703,14 @@ step_updates() {
       changed "installed $tool"
     fi
     install_config "$CONF_DIR/os-updates.conf" "$config" "$config (automatic $KUMO_OS_UPDATES updates)"
+    if [ "$KUMO_OS" = al2023 ] && [ "$(cat "$DNF_RELEASEVER" 2>/dev/null)" != latest ]; then
+      # Each AL2023 image is locked to its own release, and security fixes ship in later
+      # releases: dnf-automatic sees them only with releasever=latest (AWS, AL2023 user guide,
+      # "Deterministic upgrades through versioned repositories", /etc/dnf/vars/releasever).
+      mkdir -p "$(dirname "$DNF_RELEASEVER")"
+      printf 'latest\n' >"$DNF_RELEASEVER"
+      changed "$DNF_RELEASEVER set to latest: updates follow new AL2023 releases"
+    fi
     for unit in "${units[@]}"; do
       enable_unit "$unit"
       start_unit "$unit"

@@ -23,6 +23,7 @@ Kept compatible with Python 3.6: Rocky and Alma 8 have only their platform pytho
 """
 
 import base64
+import binascii
 import datetime
 import hashlib
 import hmac
@@ -55,6 +56,10 @@ AZURE_SECRET_NAME = re.compile(r"[A-Za-z0-9-]{1,127}\Z")
 # GCP project ids: 6-30 lower-case letters, digits and hyphens, starting with a letter, not ending with a hyphen.
 GCP_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
 GCP_SECRET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}\Z")
+
+
+class NoIdentity(OSError):
+    """The machine has no identity to read the store with (no instance role): retrying may help."""
 
 
 class EnvironmentRefused(ValueError):
@@ -156,7 +161,10 @@ def fetch_aws(region: str, name: str) -> str:
     token = _request(f"{imds}/latest/api/token", method="PUT",
                      headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}).decode()
     auth = {"X-aws-ec2-metadata-token": token}
-    role = _request(f"{imds}/latest/meta-data/iam/security-credentials/", headers=auth).decode().split()[0]
+    roles = _request(f"{imds}/latest/meta-data/iam/security-credentials/", headers=auth).decode().split()
+    if not roles:
+        raise NoIdentity("this instance has no IAM role (instance profile) to read Secrets Manager with")
+    role = roles[0]
     creds = json.loads(_request(f"{imds}/latest/meta-data/iam/security-credentials/{role}", headers=auth))
     url = endpoint("KUMO_AWS_SECRETS_URL", f"https://secretsmanager.{region}.amazonaws.com/")
     body = json.dumps({"SecretId": name}).encode()
@@ -216,9 +224,6 @@ def main(argv: List[str]) -> int:
     try:
         check_environment()
         value = fetch(argv[1])
-    except ValueError as exc:
-        print(f"kumo-fetch-secret: {exc}", file=sys.stderr)
-        return 2
     except urllib.error.HTTPError as exc:
         print(f"kumo-fetch-secret: {argv[1]}: HTTP {exc.code} {exc.reason} (does this machine's identity have "
               "read access to the secret yet? new grants can take minutes to apply)", file=sys.stderr)
@@ -226,9 +231,14 @@ def main(argv: List[str]) -> int:
     except RedirectRefused as exc:
         print(f"kumo-fetch-secret: {argv[1]}: {exc.reason}", file=sys.stderr)
         return 1
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
+    # Garbled answers (JSONDecodeError, UnicodeDecodeError and binascii.Error are ValueErrors)
+    # are the service's fault, not the reference's: exit 1, retried, before the ValueError below.
+    except (OSError, KeyError, IndexError, json.JSONDecodeError, UnicodeDecodeError, binascii.Error) as exc:
         print(f"kumo-fetch-secret: {argv[1]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"kumo-fetch-secret: {exc}", file=sys.stderr)
+        return 2
     sys.stdout.write(value)
     return 0
 
