@@ -733,7 +733,8 @@ def test_naming_the_volume_does_not_replace_existing_machines(monkeypatch, regis
     from kumo_infra.clouds import common
 
     monkeypatch.setattr(aws_component, "render_user_data",
-                        lambda dep, plan, index, spool_volume_id=None: common.render_user_data(dep, plan, index))
+                        lambda dep, plan, index, spool_volume_id=None, node_files_from=None: common.render_user_data(
+                            dep, plan, index))
     old = run(d)
     assert sorted((x.type, x.name) for x in old.resources) == sorted((x.type, x.name) for x in new.resources)
     for before in old.resources:
@@ -776,7 +777,8 @@ def too_many_dkim_domains(count: int = 150) -> list[str]:
 def test_user_data_above_16_kib_is_refused_by_plan_with_exit_2(tmp_path):
     from tests.test_cli import assert_bad_input, kumo
 
-    d = deployment(dkim={"domains": too_many_dkim_domains()})
+    # So many that even the per-node part (the policy's key table, secrets.list) does not fit.
+    d = deployment(dkim={"domains": too_many_dkim_domains(400)})
     config = tmp_path / "Pulumi.big.yaml"
     config.write_text(yaml.safe_dump({"config": {"kumo:deployment": d}}))
     result = kumo("plan", "--config", str(config))
@@ -787,10 +789,50 @@ def test_user_data_above_16_kib_is_refused_by_plan_with_exit_2(tmp_path):
 @pytest.mark.parametrize("spool", ["block", "local_nvme"])
 def test_user_data_above_16_kib_is_refused_before_any_resource(recorders, spool):
     extra = {} if spool == "block" else {"sizing": {"profile": "performance"}}
-    d = deployment(dkim={"domains": too_many_dkim_domains()}, **extra)
+    d = deployment(dkim={"domains": too_many_dkim_domains(400)}, **extra)
     with pytest.raises(pulumi.RunError, match=r"AWS accepts at most 16384 bytes of user data"):
         run(d)
     assert recorders and recorders[-1].resources == []
+
+
+def test_a_bootstrap_too_big_for_the_user_data_takes_its_shared_files_from_secrets_manager(registrations, spy):
+    import hashlib
+
+    from kumo_infra.bootstrap import PER_NODE_FILES, node_files_bundle
+    d = deployment(nodes=2, dkim={"domains": too_many_dkim_domains(60)})
+    r = run_secrets(d, spy, password=None)
+    bundle_secret = by_name(r, SECRET)["kumo-test-secret-node-files"]
+    assert bundle_secret.inputs["name"] == "kumo-infra/kumo-test/node-files"
+    stored = secret_value(by_name(r, VERSION)["kumo-test-secret-node-files-version"])
+    expected = node_files_bundle(parse_deployment(d), plan_of(d))
+    assert stored == expected.text
+    # The role may read it (exact ARN), like the deployment's secrets.
+    policy = json.loads(by_name(r, ROLE_POLICY)["kumo-test-secrets-read"].inputs["policy"])
+    assert r.outputs["secret_arns"]["kumo-test-secret-node-files"] in policy["Statement"][0]["Resource"]
+    # Not one of the deployment's secrets: the output that lists those does not name it.
+    assert "kumo-infra/kumo-test/node-files" not in r.outputs["secret_names"]
+    for vm in r.of_type(INSTANCE):
+        packed = base64.b64decode(vm.inputs["userDataBase64"])
+        assert len(packed) <= aws_component.AWS_USER_DATA_LIMIT
+        doc = yaml.safe_load(gzip.decompress(packed))
+        # Fetched and checked first, as data (an argument list, no shell), then the bootstrap.
+        assert doc["runcmd"] == [["/usr/local/sbin/kumo-node-files", "aws:us-east-1:kumo-infra/kumo-test/node-files",
+                                  hashlib.sha256(stored.encode()).hexdigest()],
+                                 ["/usr/local/sbin/kumo-bootstrap", "all"]]
+        carried = {f["path"] for f in doc["write_files"]}
+        assert carried == {*PER_NODE_FILES, "/usr/local/sbin/kumo-node-files"}
+        assert not carried & set(expected.paths)
+        # The machine boots only once the bundle is stored and readable.
+        assert "kumo-test-secret-node-files-version" in registrations[vm.name]["dependencies"]
+        assert "kumo-test-secrets-read" in registrations[vm.name]["dependencies"]
+
+
+def test_a_bootstrap_that_fits_carries_every_file_and_stores_none():
+    r = run(deployment(dkim={"domains": ["example.com"]}))
+    assert "kumo-test-secret-node-files" not in by_name(r, SECRET)
+    doc = yaml.safe_load(user_data_of(r.one(INSTANCE)))
+    assert doc["runcmd"] == [["/usr/local/sbin/kumo-bootstrap", "all"]]
+    assert "/usr/local/sbin/kumo-bootstrap" in {f["path"] for f in doc["write_files"]}
 
 
 def test_user_data_limit_is_aws_16_kib():

@@ -15,9 +15,11 @@ import ast
 import base64
 import functools
 import gzip
+import hashlib
 import io
 import re
 import shlex
+import tarfile
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +237,42 @@ def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Time
     return files
 
 
+# What stays in the user data when the other node files come from the secret store: the files
+# that differ per node, and what fetches the rest.
+PER_NODE_FILES = ("/etc/kumo-infra/bootstrap.env", "/etc/kumo-infra/init.lua", "/etc/kumo-infra/secrets.list",
+                  "/usr/local/sbin/kumo-fetch-secret")
+NODE_FILES_FETCHER = "/usr/local/sbin/kumo-node-files"
+
+
+@dataclass(frozen=True)
+class NodeFilesBundle:
+    """The node files every node of a deployment shares, as the secret store keeps them."""
+
+    text: str  # base64 of a deterministic tar.gz: the value stored in the secret
+    sha256: str  # of ``text``: the user data pins it, so the store can only deliver exactly this
+    paths: tuple[str, ...]
+
+
+def node_files_bundle(deployment: Deployment, plan: Plan, timeouts: Timeouts = Timeouts()) -> NodeFilesBundle:
+    """The shared node files as one archive (AWS, when the user data cannot carry them all).
+
+    Deterministic (sorted, mtime 0, root-owned), so the stored value changes only when a file does.
+    """
+    hostname = _hostname_for(deployment, plan, 0)
+    shared = [f for f in node_files(deployment, plan, hostname, timeouts) if f.path not in PER_NODE_FILES]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for f in sorted(shared, key=lambda f: f.path):
+            data = f.content.encode()
+            info = tarfile.TarInfo(f.path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), int(f.permissions, 8), 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    text = base64.b64encode(gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)).decode()
+    return NodeFilesBundle(text, hashlib.sha256(text.encode()).hexdigest(), tuple(f.path for f in shared))
+
+
 @functools.cache
 def _fetch_secret_script() -> str:
     return python_without_comments(_file("kumo-fetch-secret.py"))
@@ -253,13 +291,24 @@ def _header(hostname: str, node: int, plan: Plan) -> str:
 
 
 def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts(),
-                     *, spool_volume_id: str | None = None) -> str:
+                     *, spool_volume_id: str | None = None, node_files_from: tuple[str, str] | None = None) -> str:
     """The cloud-config for node ``node`` (0-based), exactly as the machine receives it (AWS, Azure).
 
     ``spool_volume_id``: the id of the node's block spool volume on AWS (``vol-...``), known
     once the volume exists; without it an AWS block spool is found only by its Xen names.
+    ``node_files_from``: ``(secret reference, sha256)`` of the deployment's ``node_files_bundle``
+    in the cloud's secret store; the user data then carries only the per-node files and
+    ``kumo-node-files``, which puts the rest in place (checked against the sha256) first.
     """
     hostname = _hostname_for(deployment, plan, node)
+    files = node_files(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)
+    runcmd = [["/usr/local/sbin/kumo-bootstrap", "all"]]
+    if node_files_from is not None:
+        reference, sha256 = node_files_from
+        files = [f for f in files if f.path in PER_NODE_FILES]
+        files.append(NodeFile(NODE_FILES_FETCHER, _file("kumo-node-files.sh"), "0755"))
+        # As an argument list, never a shell line: the reference and the hash are data.
+        runcmd.insert(0, [NODE_FILES_FETCHER, reference, sha256])
     doc = {
         "fqdn": hostname,
         "hostname": hostname.split(".", 1)[0],
@@ -270,9 +319,9 @@ def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts
         "ssh_pwauth": False,
         "write_files": [
             {"path": f.path, "owner": "root:root", "permissions": f.permissions, "content": _Literal(f.content)}
-            for f in node_files(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)
+            for f in files
         ],
-        "runcmd": [["/usr/local/sbin/kumo-bootstrap", "all"]],
+        "runcmd": runcmd,
     }
     return ("#cloud-config\n" + _header(hostname, node, plan)
             + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True))

@@ -22,10 +22,11 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
-from ..bootstrap import AWS_USER_DATA_LIMIT, compressed, render_user_data
+from ..bootstrap import AWS_USER_DATA_LIMIT, compressed, node_files_bundle, render_user_data
 from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
+from ..secretspec import SecretSpec, reference, store_name
 from .common import (KumoMtaComponent, ComponentPlan, KumoMtaArgs, NodePlan, NodeSecret, child, machine_options,
                      node_output, prepare, secrets_for, subnet_cidr, base_tags)
 
@@ -53,19 +54,26 @@ EC2_ASSUME_ROLE_POLICY = {
         "Action": "sts:AssumeRole",
     }],
 }
+# When the user data cannot carry every node file, the files all nodes share are kept in Secrets
+# Manager (64 KiB per value) and fetched first by kumo-node-files, checked against the sha256 in
+# the user data. Not secret, but the store already has the node's identity, grant and fetcher.
+NODE_FILES_SPEC = SecretSpec("node-files", "", "kumo-infra's node files shared by every node (not secret)")
 # The one thing a node may do with the secret store: read its own deployment's secrets.
 SECRET_READ_ACTION = "secretsmanager:GetSecretValue"
 # Days AWS keeps a deleted secret restorable (7..30); its name stays taken meanwhile.
 SECRET_RECOVERY_DAYS = 7
 
 
-def user_data_base64(node: NodePlan, spool_volume_id: Optional[str] = None, *, reserve: int = 0) -> str:
+def user_data_base64(node: NodePlan, spool_volume_id: Optional[str] = None, *, reserve: int = 0,
+                     node_files_from: Optional[tuple[str, str]] = None) -> str:
     """The node's cloud-config, gzip-compressed (cloud-init inflates it) and base64-encoded.
 
     AWS refuses user data above 16 KiB (the limit applies to the raw bytes, before base64); a
-    bootstrap that does not fit, with ``reserve`` bytes to spare, is refused naming what makes it grow."""
-    text = (node.user_data if spool_volume_id is None else
-            render_user_data(node.deployment, node.plan, node.index, spool_volume_id=spool_volume_id))
+    bootstrap that does not fit, with ``reserve`` bytes to spare, is refused naming what makes it grow.
+    ``node_files_from``: the shared node files' (reference, sha256) in Secrets Manager (node_files_in_store)."""
+    text = (node.user_data if spool_volume_id is None and node_files_from is None else
+            render_user_data(node.deployment, node.plan, node.index, spool_volume_id=spool_volume_id,
+                             node_files_from=node_files_from))
     packed = compressed(text)
     if len(packed) > AWS_USER_DATA_LIMIT - reserve:
         room = f" ({reserve} of them kept for the spool volume's id)" if reserve else ""
@@ -75,15 +83,28 @@ def user_data_base64(node: NodePlan, spool_volume_id: Optional[str] = None, *, r
     return base64.b64encode(packed).decode()
 
 
-def check_user_data_fits(cp: ComponentPlan) -> None:
-    """Refuse, before any resource, a bootstrap AWS would refuse (with a block spool, the user data
-    carries the volume's id, known only once the volume exists: checked with an id of the same shape)."""
+def node_files_in_store(cp: ComponentPlan) -> Optional[tuple[str, str]]:
+    """Where the nodes get their shared files: None (in the user data) when every node's bootstrap
+    fits AWS's limit, else (reference, sha256) of the bundle kept in Secrets Manager. Refuses, before
+    any resource, a bootstrap that fits neither way (with a block spool, the user data carries the
+    volume's id, known only once the volume exists: checked with an id of the same shape)."""
     block = cp.plan.spool_storage == "block"
-    for node in cp.nodes:
-        if block:
-            user_data_base64(node, VOLUME_ID_EXAMPLE, reserve=VOLUME_ID_SLACK)
-        else:
-            user_data_base64(node)
+
+    def check(node_files_from: Optional[tuple[str, str]]) -> None:
+        for node in cp.nodes:
+            if block:
+                user_data_base64(node, VOLUME_ID_EXAMPLE, reserve=VOLUME_ID_SLACK, node_files_from=node_files_from)
+            else:
+                user_data_base64(node, node_files_from=node_files_from)
+
+    try:
+        check(None)
+        return None
+    except ConfigError:
+        bundle = node_files_bundle(cp.deployment, cp.plan)
+        from_store = (reference(cp.deployment, NODE_FILES_SPEC), bundle.sha256)
+        check(from_store)  # raises when even the per-node part does not fit
+        return from_store
 
 
 def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
@@ -114,7 +135,7 @@ class AwsKumoMta(KumoMtaComponent):
         cfg = cp.deployment.aws or AwsSection()
         owners, filters = ami_filters(cp)
         created_subnet_cidr = None if cfg.subnet_id else subnet_cidr(cfg.vpc_cidr)
-        check_user_data_fits(cp)
+        node_files_from = node_files_in_store(cp)
 
         super().__init__(TYPE, name, {"deployment": args["deployment"]}, opts)
         tags = base_tags(name)
@@ -169,7 +190,11 @@ class AwsKumoMta(KumoMtaComponent):
         # The relay password and the DKIM keys live in Secrets Manager, never in the user data;
         # kumo-bootstrap fetches each one at boot with the instance role, by secretspec.reference.
         secrets, dkim_public = secrets_for(self, name, cp, args)
-        secrets_ready = self._secrets(name, cp, secrets, tags)
+        stored = list(secrets)
+        if node_files_from is not None:
+            stored.append(NodeSecret(NODE_FILES_SPEC, store_name(cp.deployment, NODE_FILES_SPEC),
+                                     pulumi.Output.from_input(node_files_bundle(cp.deployment, cp.plan).text)))
+        secrets_ready = self._secrets(name, cp, stored, tags)
 
         ami = aws.ec2.get_ami_output(owners=owners, most_recent=True, filters=filters,
                                      opts=pulumi.InvokeOutputOptions(parent=self))
@@ -185,11 +210,12 @@ class AwsKumoMta(KumoMtaComponent):
                 # The volume exists before the machine, so the machine's bootstrap can name it by its id:
                 # the node then takes exactly this volume for its spool, never another one attached to it.
                 spool = self._spool_volume(prefix, cp, zone, tags)
-                user_data = spool.id.apply(lambda volume_id, node=node: user_data_base64(node, volume_id))
+                user_data = spool.id.apply(lambda volume_id, node=node: user_data_base64(
+                    node, volume_id, node_files_from=node_files_from))
             else:
                 # local_nvme: the d-types' instance store is attached automatically (block device
                 # mappings do not matter); kumo-bootstrap finds it by its model name and RAIDs it.
-                user_data = user_data_base64(node)
+                user_data = user_data_base64(node, node_files_from=node_files_from)
             # ENA networking comes with the AMI and the instance type: no switch on Instance.
             instance = aws.ec2.Instance(
                 f"{prefix}-instance",
