@@ -59,7 +59,7 @@ config:
 
 
 def node_user_data(repo_key_fingerprint: str, repository_s: int = 120,
-                   instance_type: str | None = None) -> tuple[str, dict]:
+                   instance_type: str | None = None, ssh_pwauth_from_cloud_init: bool = True) -> tuple[str, dict]:
     deployment = parse_deployment({
         "cloud": "aws", "region": "us-east-1", "name": "kumo-vm", "hostname": HOSTNAME, "os": "debian12",
         "spool": {"storage": "local_nvme"},
@@ -73,6 +73,10 @@ def node_user_data(repo_key_fingerprint: str, repository_s: int = 120,
     plan = plan_for(deployment)
     user_data = render_user_data(deployment, plan, 0, Timeouts(network_s=120, repository_s=repository_s, health_s=180))
     doc = yaml.safe_load(user_data)
+    assert doc["ssh_pwauth"] is False
+    if not ssh_pwauth_from_cloud_init:
+        # An image or datasource that leaves SSH password login on: the ssh step must turn it off.
+        del doc["ssh_pwauth"]
     # Where a package puts its unit (an admin unit in /etc cannot be masked).
     doc["write_files"].append({"path": "/usr/lib/systemd/system/postfix.service", "content": FAKE_POSTFIX})
     doc["runcmd"] = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "postfix"], *doc["runcmd"]]
@@ -193,9 +197,11 @@ def test_bootstrap_installs_tunes_starts_and_survives_rerun_and_wiped_nvme(vm_ro
         # Time sync: the image's systemd-timesyncd runs (nothing to sync with in here).
         assert facts["time_sync"]["service"] == "systemd-timesyncd" and facts["time_sync"]["active"] is True
         assert facts["time_sync"]["synchronized"] in ("yes", "no")
-        # SSH: Debian's sshd allows passwords by default; the bootstrap turned them off.
+        # SSH: Debian's sshd allows passwords by default; the cloud-config's ssh_pwauth: false had
+        # cloud-init turn them off before the bootstrap, whose ssh step then finds nothing to do
+        # (the step itself is proven in the repository-failure boot, without ssh_pwauth).
         assert facts["ssh_password_authentication"] == "no"
-        assert "SSH password authentication turned off" in by_name["ssh"]["changes"]
+        assert by_name["ssh"]["status"] == "ok" and by_name["ssh"]["changes"] == []
         assert "passwordauthentication no" in vm.exec(["sshd", "-T"], check=True).stdout.splitlines()
         assert vm.exec(["systemctl", "is-active", "ssh"]).stdout.strip() == "active"
 
@@ -230,7 +236,7 @@ def test_unreachable_or_wrongly_signed_repository_fails_loudly_naming_the_step(v
     pinned = generate_signing_key(tmp_path / "gnupg", "a key the mirror does not use")
     assert pinned != mirror.fingerprint
     mirror.stop()
-    user_data, _ = node_user_data(pinned, repository_s=20)
+    user_data, _ = node_user_data(pinned, repository_s=20, ssh_pwauth_from_cloud_init=False)
     with Vm(vm_rootfs, user_data, hostname="mta-vm", network_config=NETWORK_CONFIG, mirror_port=mirror.port,
             nvme_sizes=["1G"]) as vm:
         # 1. The repository does not answer.
@@ -239,6 +245,12 @@ def test_unreachable_or_wrongly_signed_repository_fails_loudly_naming_the_step(v
         assert "step=install" in result.group(0) and "repository unreachable" in result.group(0)
         assert "KUMO-BOOTSTRAP OK" not in vm.console_text()
         st = status(vm)
+        # The ssh step ran before install: without ssh_pwauth in the cloud-config, Debian's sshd
+        # allowed passwords, and the step turned them off with a drop-in and a reload.
+        assert steps(st)["ssh"]["status"] == "ok"
+        assert "SSH password authentication turned off" in steps(st)["ssh"]["changes"]
+        assert st["facts"]["ssh_password_authentication"] == "no"
+        assert "passwordauthentication no" in vm.exec(["sshd", "-T"], check=True).stdout.splitlines()
         assert st["result"] == "failed" and st["failed_step"] == "install"
         assert steps(st)["install"]["status"] == "failed"
         assert "spool" not in steps(st)  # nothing after the failed step ran
