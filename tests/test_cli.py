@@ -166,3 +166,14 @@ def test_size_flag_values_have_the_stack_keys_forms():
 @pytest.mark.parametrize("name", ["", "../aws-dev", ".hidden", "aws dev", "aws-dev\n", "a" * 101, "aws-dév"])
 def test_stack_names_are_pulumi_stack_names(name):
     assert_bad_input(kumo("validate", "--stack", name), "--stack", "is not a stack name")
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    # kumo-infra render ... | head: the reader closes the pipe early (here at once); the command stops quietly.
+    import subprocess
+    import sys
+    from pathlib import Path
+    exe = Path(sys.executable).parent / "kumo-infra"
+    result = subprocess.run(f"'{exe}' render --stack aws-prod | true", shell=True,
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
