@@ -22,7 +22,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
-from ..bootstrap import AWS_USER_DATA_LIMIT, compressed, node_files_bundle, render_user_data
+from ..bootstrap import AWS_USER_DATA_LIMIT, NodeFilesBundle, compressed, node_files_bundle, render_user_data
 from ..config import AwsSection
 from ..errors import ConfigError
 from ..netplan import Rule
@@ -83,9 +83,9 @@ def user_data_base64(node: NodePlan, spool_volume_id: Optional[str] = None, *, r
     return base64.b64encode(packed).decode()
 
 
-def node_files_in_store(cp: ComponentPlan) -> Optional[tuple[str, str]]:
+def node_files_in_store(cp: ComponentPlan) -> Optional[tuple[str, NodeFilesBundle]]:
     """Where the nodes get their shared files: None (in the user data) when every node's bootstrap
-    fits AWS's limit, else (reference, sha256) of the bundle kept in Secrets Manager. Refuses, before
+    fits AWS's limit, else the bundle to keep in Secrets Manager and its reference there. Refuses, before
     any resource, a bootstrap that fits neither way (with a block spool, the user data carries the
     volume's id, known only once the volume exists: checked with an id of the same shape)."""
     block = cp.plan.spool_storage == "block"
@@ -102,9 +102,9 @@ def node_files_in_store(cp: ComponentPlan) -> Optional[tuple[str, str]]:
         return None
     except ConfigError:
         bundle = node_files_bundle(cp.deployment, cp.plan)
-        from_store = (reference(cp.deployment, NODE_FILES_SPEC), bundle.sha256)
-        check(from_store)  # raises when even the per-node part does not fit
-        return from_store
+        ref = reference(cp.deployment, NODE_FILES_SPEC)
+        check((ref, bundle.sha256))  # raises when even the per-node part does not fit
+        return ref, bundle
 
 
 def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
@@ -135,7 +135,8 @@ class AwsKumoMta(KumoMtaComponent):
         cfg = cp.deployment.aws or AwsSection()
         owners, filters = ami_filters(cp)
         created_subnet_cidr = None if cfg.subnet_id else subnet_cidr(cfg.vpc_cidr)
-        node_files_from = node_files_in_store(cp)
+        in_store = node_files_in_store(cp)
+        node_files_from = (in_store[0], in_store[1].sha256) if in_store else None
 
         super().__init__(TYPE, name, {"deployment": args["deployment"]}, opts)
         tags = base_tags(name)
@@ -191,9 +192,9 @@ class AwsKumoMta(KumoMtaComponent):
         # kumo-bootstrap fetches each one at boot with the instance role, by secretspec.reference.
         secrets, dkim_public = secrets_for(self, name, cp, args)
         stored = list(secrets)
-        if node_files_from is not None:
+        if in_store is not None:
             stored.append(NodeSecret(NODE_FILES_SPEC, store_name(cp.deployment, NODE_FILES_SPEC),
-                                     pulumi.Output.from_input(node_files_bundle(cp.deployment, cp.plan).text)))
+                                     pulumi.Output.from_input(in_store[1].text)))
         secrets_ready = self._secrets(name, cp, stored, tags)
 
         ami = aws.ec2.get_ami_output(owners=owners, most_recent=True, filters=filters,
