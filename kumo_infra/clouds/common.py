@@ -264,10 +264,14 @@ def secrets_for(parent: KumoMtaComponent, name: str, cp: ComponentPlan, args: Ku
     return secrets, dkim_public
 
 
+def pem_body(pem: str) -> str:
+    """The base64 body of a PEM block on one line (for a public key: its DER SubjectPublicKeyInfo)."""
+    return "".join(line.strip() for line in pem.strip().splitlines() if "-----" not in line)
+
+
 def dkim_txt_value(public_key_pem: str) -> str:
     """The DKIM TXT value for a PEM public key (SubjectPublicKeyInfo, base64 on one line)."""
-    body = "".join(line.strip() for line in public_key_pem.strip().splitlines() if "-----" not in line)
-    return f"v=DKIM1; k=rsa; p={body}"
+    return f"v=DKIM1; k=rsa; p={pem_body(public_key_pem)}"
 
 
 def deliverability_records(cp: ComponentPlan, public_ips: pulumi.Output[list[str]],
@@ -354,8 +358,7 @@ def api_tls_for(parent: pulumi.Resource, name: str, cp: ComponentPlan) -> ApiTls
 def public_key_pin(public_key_pem: str) -> str:
     """curl's --pinnedpubkey form of a PEM public key: sha256// and the base64 SHA-256 of its DER
     SubjectPublicKeyInfo. It names the key, so it survives the certificate's renewal."""
-    body = "".join(line.strip() for line in public_key_pem.strip().splitlines() if "-----" not in line)
-    return "sha256//" + base64.b64encode(hashlib.sha256(base64.b64decode(body)).digest()).decode()
+    return "sha256//" + base64.b64encode(hashlib.sha256(base64.b64decode(pem_body(public_key_pem))).digest()).decode()
 
 
 API_TLS_NOTE = ("TLS with a certificate kumo-infra generated for this deployment, self-signed (no public CA "
