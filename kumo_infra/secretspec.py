@@ -58,7 +58,7 @@ def secret_specs(deployment: Deployment) -> list[SecretSpec]:
         specs.append(SecretSpec(API_PASSWORD, API_PASSWORD_PATH,
                                 f"password of the KumoMTA HTTP API user {API_USER} (generated)"))
         # Last: on AWS the certificate names the nodes' Elastic IPs, so its value is stored only
-        # once the machines exist, and the node's fetch waits for it (clouds/common.api_tls_secrets).
+        # once the machines exist, and the node's fetch waits for it (clouds/common.NodeSecret.machines_wait).
         specs.append(SecretSpec(API_TLS_KEY, API_TLS_KEY_PATH,
                                 "private key of the KumoMTA HTTP API's TLS certificate (generated)"))
         specs.append(SecretSpec(API_TLS_CERT, API_TLS_CERT_PATH,

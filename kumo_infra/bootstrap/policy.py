@@ -1,7 +1,7 @@
 """Render KumoMTA's policy, ``/opt/kumomta/etc/policy/init.lua``, from the deployment.
 
-Safe by construction: relaying only from loopback and ``kumomta.relay_cidrs`` (an
-all-addresses entry is refused at validation); the HTTP API trusts loopback only and is
+Safe by construction: relaying only from loopback and ``kumomta.relay_cidrs`` (whose
+coverage of public addresses is bounded at validation, kumo_infra/addresses.py); the HTTP API trusts loopback only and is
 reachable from ``network.api_cidrs`` only through TLS (with the deployment's generated
 certificate) and HTTP basic auth; no message is ever refused because of its headers
 (signing problems are logged, and the message is sent unsigned).
