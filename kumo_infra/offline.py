@@ -58,6 +58,7 @@ class RecordedResource:
     parent: str | None
     inputs: dict[str, Any]
     custom: bool
+    urn: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -125,7 +126,12 @@ class _ParentRecordingMonitor(_mocks.MockMonitor):
         if parent and request.parent.split("::")[-2].endswith("pulumi:pulumi:Stack"):
             parent = None
         self._recorder._pending_parents[(request.type, request.name)] = parent
-        return super().RegisterResource(request)
+        response = super().RegisterResource(request)
+        for recorded in reversed(self._recorder.resources):
+            if (recorded.type, recorded.name) == (request.type, request.name):
+                recorded.urn = response.urn
+                break
+        return response
 
 
 def _fill(template: Any, n: int, name: str) -> Any:
