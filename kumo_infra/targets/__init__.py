@@ -1,0 +1,135 @@
+"""Deployment targets as plug-ins: one package per target, one registry, no branch on a name.
+
+A target is where KumoMTA nodes run: a cloud kumo-infra creates machines on (aws, azure,
+gcp) or machines that already exist (ssh). Each package ``kumo_infra/targets/<name>/``
+declares one :class:`Target` named ``TARGET`` holding every fact that differs between
+targets; the core (config, sizing, secrets, port 25, the bootstrap renderer, the offline
+engine, the CLI) asks :func:`get` and never compares a target's name. A new target is a new
+package and one line in :data:`PACKAGES`.
+
+Pure: no Pulumi import. The component class is named as ``module:Class`` and imported only
+when a program builds it, so ``kumo-infra validate`` never loads a cloud SDK.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from ..config import Deployment
+    from ..secretspec import SecretSpec
+    from ..sizing import Plan
+
+# The registry: every target kumo-infra knows, in the order the CLI lists them.
+PACKAGES = ("aws", "azure", "gcp")
+
+
+@dataclass(frozen=True)
+class SecretStore:
+    """Where the target keeps the deployment's secrets and how a node reads them.
+
+    ``backend`` names the node-side fetch in kumo-fetch-secret's backend table (the reference's
+    prefix); ``delivered`` means the component writes each secret onto the node itself (the
+    ssh target, over the SSH connection) and the node fetches nothing.
+    """
+
+    title: str  # "AWS Secrets Manager"
+    backend: str
+    store_name: Callable[["Deployment", "SecretSpec"], str]  # the secret's name in the store
+    reference: Callable[["Deployment", "SecretSpec"], str]  # "<backend>:..." the node fetches by
+    read_command: Callable[["Deployment", "SecretSpec"], str]  # prints the value, operator's credentials
+
+
+@dataclass(frozen=True)
+class Port25Facts:
+    """What the target allows on outbound port 25, and what the operator must do about it."""
+
+    # (possible, why not): whether direct delivery can ever work here.
+    direct_allowed: Callable[["Deployment"], tuple[bool, str]]
+    # Adds the target's own keys (situation, operator_must, documentation, request ...) to the
+    # report port25.report builds; receives (deployment, plan, hostnames, ips, report).
+    describe: Callable[["Deployment", "Plan", list[str], list[str], dict[str, Any]], None]
+    # True when outbound: auto is not allowed (kumo-infra cannot know the network).
+    must_be_stated: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # the value of kumo:deployment.cloud, and the key of its config section
+    title: str  # "Amazon Web Services (EC2)"
+    creates: str  # one line for the README's Targets table: what the component creates
+    # The config section model (``kumo:deployment.<name>``) and whether it must be present.
+    section: type["BaseModel"]
+    section_required: bool
+    # Cross-field rules of the section: (key path below kumo:deployment, message).
+    check: Callable[["Deployment"], list[tuple[str, str]]]
+    # The instance catalog's file (kumo_infra/catalog/<name>.toml); None: machines exist already.
+    catalog: Optional[str]
+    # The OS image per OS key (oses.SUPPORTED); None: the machine brings its own OS, any supported one.
+    images: Optional[dict[str, Any]]
+    port25: Port25Facts
+    # Whether kumo-infra sets the PTR, given the deployment (after the forward record exists).
+    sets_ptr: Callable[["Deployment"], bool]
+    secrets: SecretStore
+    # Exact device paths a block spool appears as on the target's machines (volume id when the
+    # component knows it); the bootstrap reads them from its settings, never a pattern.
+    spool_device_paths: Callable[["Deployment", str, Optional[str]], list[str]]
+    # Stable names of local NVMe instance storage (globs), tried before a scan of unused NVMe.
+    nvme_device_globs: tuple[str, ...]
+    # An existing network is named by both ids: (given, needed) pairs in the section.
+    network_pairs: tuple[tuple[str, str], ...]
+    # The section key naming the DNS zone kumo-infra writes forward records into; None: none.
+    dns_zone_field: Optional[str]
+    component: str  # "module:Class" of the Pulumi component
+    # Offline engine answers: computed outputs by resource type, data-source look-ups by token.
+    offline_computed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    offline_invokes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # True when the public address exists only once the machine does (AWS Elastic IPs are
+    # associated to the instance): values naming the addresses cannot gate the machine.
+    address_after_machine: bool = False
+    # A note for the api output on how the operator reads the API password from here.
+    api_read_note: str = ""
+
+    def image_for(self, os_key: str) -> Any:
+        """The image of ``os_key`` on this target; None when it has none."""
+        return None if self.images is None else self.images.get(os_key)
+
+    def os_names(self, supported: list[str]) -> list[str]:
+        return list(supported) if self.images is None else [k for k in supported if k in self.images]
+
+    def component_class(self) -> type:
+        module, _, cls = self.component.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+class UnknownTarget(KeyError):
+    pass
+
+
+@functools.cache
+def registry() -> dict[str, Target]:
+    """Every target, by name (imports each package's declaration once)."""
+    found = {}
+    for package in PACKAGES:
+        target = importlib.import_module(f"{__name__}.{package}").TARGET
+        if target.name != package:
+            raise RuntimeError(f"kumo_infra.targets.{package} declares target {target.name!r}")
+        found[package] = target
+    return found
+
+
+def names() -> tuple[str, ...]:
+    return PACKAGES
+
+
+def get(name: str) -> Target:
+    """The target called ``name``; UnknownTarget (naming the known ones) otherwise."""
+    try:
+        return registry()[name]
+    except KeyError:
+        raise UnknownTarget(f"unknown target {name!r}; one of {', '.join(PACKAGES)}") from None
