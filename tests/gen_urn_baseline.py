@@ -5,6 +5,13 @@ Run once, before a change that renames child resources, to keep what existing st
 tests/test_aliases.py replays the same configurations against today's code and proves every
 old URN is today's URN or one of its aliases, with unchanged inputs (nothing replaced).
 The variants cover every child resource the three clouds can create.
+
+``--paths`` writes, for the same runs, one digest per input property path
+(tests/fixtures/urn-paths-before-targets.json): where a resource's inputs differ, the proof
+can then tell a change the engine ignores (ignoreChanges) from one it acts on. Both files were
+recorded at commit 6f5516e, before any rename; ``--paths`` checks that its runs give exactly the
+digests of urns-before-targets.json, so both describe the same inputs. Never regenerate either
+from later code: they are what existing stacks hold.
 """
 
 from __future__ import annotations
@@ -66,6 +73,30 @@ def digest(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # Pulumi's wire form of a secret (rpc._special_sig_key)
+
+
+def flat(inputs: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """Every leaf of recorded inputs by its property path (object keys; a list is one leaf). A secret
+    envelope is looked through, as ignoreChanges paths are (osProfile.customData inside a secret osProfile)."""
+    found: dict[tuple[str, ...], object] = {}
+    for key, value in inputs.items():
+        path = prefix + (key,)
+        if isinstance(value, dict) and SECRET_SIG_KEY in value:
+            value = value.get("value")
+        if isinstance(value, dict) and value:
+            found.update(flat(value, path))
+        else:
+            found[path] = value
+    return found
+
+
+def path_digests(inputs: dict) -> dict[str, str]:
+    """{"a.b.c": digest} per leaf of ``inputs`` (keys joined with "." for the JSON file)."""
+    return {".".join(path): hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+            for path, value in flat(inputs).items()}
+
+
 def record(deployment: dict) -> list[dict]:
     """[{urn, type, inputs}] for every resource the program registers for ``deployment``."""
     config = {"kumo:deployment": deployment}
@@ -88,7 +119,9 @@ def variants() -> dict[str, dict]:
     return found
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    if argv == ["--paths"]:
+        return main_paths()
     out = {}
     for name, dep in variants().items():
         out[name] = {"deployment": dep,
@@ -99,5 +132,24 @@ def main() -> int:
     return 0
 
 
+def main_paths() -> int:
+    from tests.conftest import ROOT
+
+    baseline = json.loads((ROOT / "tests" / "fixtures" / "urns-before-targets.json").read_text())
+    out = {}
+    for name, dep in variants().items():
+        recorded = record(merged(dep))
+        expected = {r["urn"]: r["inputs"] for r in baseline[name]["resources"]}
+        got = {r["urn"]: digest(r["inputs"]) for r in recorded}
+        if got != expected:
+            print(f"{name}: these runs do not give urns-before-targets.json's digests: run at its commit",
+                  file=sys.stderr)
+            return 1
+        out[name] = {r["urn"]: path_digests(r["inputs"]) for r in recorded}
+    json.dump(out, sys.stdout, indent=0, sort_keys=True)
+    print()
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
