@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 # The registry: every target kumo-infra knows, in the order the CLI lists them.
 PACKAGES = ("aws", "azure", "gcp")
+
+# What an offline answer holds where only the target could know the value (an image name, an id).
+OFFLINE_PLACEHOLDER = "(placeholder)"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Port25Facts:
     describe: Callable[["Deployment", "Plan", list[str], list[str], dict[str, Any]], None]
     # True when outbound: auto is not allowed (kumo-infra cannot know the network).
     must_be_stated: bool = False
+    # Lines ``kumo-infra port25`` prints for the target's own keys of the report (after "you must:").
+    format_extra: Callable[[dict[str, Any]], list[str]] = lambda report: []
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,8 @@ class Target:
     section_required: bool
     # Cross-field rules of the section: (key path below kumo:deployment, message).
     check: Callable[["Deployment"], list[tuple[str, str]]]
-    # The instance catalog's file (kumo_infra/catalog/<name>.toml); None: machines exist already.
+    # The instance catalog's file name in kumo_infra/catalog/ ("aws.toml"); None: machines exist
+    # already, and sizing.plan_without_catalog states what each must at least have.
     catalog: Optional[str]
     # The OS image per OS key (oses.SUPPORTED); None: the machine brings its own OS, any supported one.
     images: Optional[dict[str, Any]]
@@ -76,10 +82,13 @@ class Target:
     # Whether kumo-infra sets the PTR, given the deployment (after the forward record exists).
     sets_ptr: Callable[["Deployment"], bool]
     secrets: SecretStore
-    # Exact device paths a block spool appears as on the target's machines (volume id when the
-    # component knows it); the bootstrap reads them from its settings, never a pattern.
+    # Exact device paths a block spool appears as on the target's machines, called as
+    # (deployment, spool_storage, volume_id): volume_id when the component knows it (already checked
+    # as letters, digits and hyphens by the caller); [] for a spool that is not "block". The
+    # bootstrap reads them from its settings (KUMO_SPOOL_DEVICE_PATHS), never a pattern.
     spool_device_paths: Callable[["Deployment", str, Optional[str]], list[str]]
-    # Stable names of local NVMe instance storage (globs), tried before a scan of unused NVMe.
+    # Stable names of local NVMe instance storage (globs, for the bootstrap's settings), tried
+    # before a scan of unused NVMe; () when the target has none.
     nvme_device_globs: tuple[str, ...]
     # An existing network is named by both ids: (given, needed) pairs in the section.
     network_pairs: tuple[tuple[str, str], ...]
@@ -94,13 +103,28 @@ class Target:
     address_after_machine: bool = False
     # A note for the api output on how the operator reads the API password from here.
     api_read_note: str = ""
+    # Whether kumo:deployment.region means something here (a cloud's region). The model takes it
+    # as optional; Deployment.check requires it, naming kumo:deployment.region, where this is True.
+    needs_region: bool = True
+    # The target caps internet-bound traffic of machines below ``internet_cap_below_vcpu`` vCPUs
+    # at this many Gbps whatever their NIC (AWS: 5 Gbps through an internet gateway under 32
+    # vCPUs); sizing.sustained_gbps applies it. None: no such cap.
+    internet_cap_gbps: Optional[float] = None
+    internet_cap_below_vcpu: int = 0
+    # The node count the target dictates (ssh: one node per configured host), or None: the
+    # planner decides, or kumo:deployment.nodes does. stackconfig.workload_for reads it.
+    node_count: Optional[Callable[["Deployment"], int]] = None
 
     def image_for(self, os_key: str) -> Any:
-        """The image of ``os_key`` on this target; None when it has none."""
+        """The image of ``os_key`` on this target; None when it has none (or the target takes
+        machines as they are: ``images`` None)."""
         return None if self.images is None else self.images.get(os_key)
 
-    def os_names(self, supported: list[str]) -> list[str]:
-        return list(supported) if self.images is None else [k for k in supported if k in self.images]
+    def os_names(self, supported: Iterable[str]) -> list[str]:
+        """The OS keys of ``supported`` this target can run: every one when it has no images."""
+        if self.images is None:
+            return list(supported)
+        return [k for k in supported if self.images.get(k) is not None]
 
     def component_class(self) -> type:
         module, _, cls = self.component.partition(":")
@@ -108,7 +132,10 @@ class Target:
 
 
 class UnknownTarget(KeyError):
-    pass
+    """A target name no package declares; the message names the known ones."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted, as a key
+        return str(self.args[0]) if self.args else ""
 
 
 @functools.cache
