@@ -14,86 +14,33 @@ import re
 import urllib.parse
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, create_model, field_validator, model_validator
 
-from . import addresses, oses
+from . import addresses, oses, targets
 from .errors import ConfigError, Problem, shown
+# The string forms live in kumo_infra/forms.py (the targets' sections use them too); these names
+# stay importable from here.
+from .forms import LABEL as _LABEL
+from .forms import SSH_KEY_FORM, Hostname
+from .forms import REGION as _REGION_FORM
+from .forms import Strict as _Strict
+from .forms import form as _form
+from .forms import host_or_ip as _host_or_ip
+from .forms import hostname as _hostname
+from .forms import network_block as _network_block
+from .forms import ssh_public_key as _ssh_public_key
+
+__all__ = ["ROOT", "RELAY_PASSWORD_KEY", "Deployment", "parse_deployment", "direct_allowed", "Hostname",
+           "SSH_KEY_FORM", "_form", "_hostname", "_host_or_ip", "_network_block", "_ssh_public_key"]
 
 ROOT = "kumo:deployment"
 # Secrets are separate top-level keys so Pulumi keeps them encrypted end to end
 # (a secret leaf inside a structured object comes back as plain text).
 RELAY_PASSWORD_KEY = "kumo:relayPassword"
 
-Cloud = Literal["aws", "azure", "gcp"]
-
 DEFAULT_REPO_URL = "https://openrepo.kumomta.com"
 
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-# fullmatch everywhere, and ASCII classes: "$" alone also matches before a trailing newline.
-_HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})+", re.ASCII)
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,18}[a-z0-9]", re.ASCII)
-
-
-# -- the allowed form of every string --------------------------------------
-# Treat every value as hostile: each string field has one of these, so nothing but the
-# listed characters ever reaches a file, a command line, Lua or a cloud API. The error
-# shows the allowed form in words.
-
-def _form(pattern: str, form: str, flags: int = 0) -> AfterValidator:
-    compiled = re.compile(pattern, re.ASCII | flags)
-
-    def check(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise ValueError(f"{shown(value)} is not {form}")
-        return value
-    return AfterValidator(check)
-
-
-def _hostname(value: str) -> str:
-    name = value.lower().rstrip(".") if value.isascii() else value
-    if len(name) > 253 or not _HOSTNAME_RE.fullmatch(name):
-        raise ValueError(f"{shown(value)} is not a fully qualified DNS name (like mta.example.com): "
-                         "labels of letters, digits and inner hyphens, each at most 63 characters, 253 in all")
-    return name
-
-
-def _host_or_ip(value: str) -> str:
-    """A DNS name or an IP address literal (without an IPv6 scope id, which carries any text)."""
-    if re.fullmatch(r"[0-9A-Fa-f.:]+", value, re.ASCII):
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            pass
-    try:
-        return _hostname(value)
-    except ValueError:
-        raise ValueError(f"{shown(value)} is neither a fully qualified DNS name (like mx1.example.net) nor an IP "
-                         "address (like 192.0.2.25 or 2001:db8::25)") from None
-
-
-Hostname = Annotated[str, AfterValidator(_hostname)]
-# GCP resource names (RFC 1035 labels): networks, subnetworks, managed zones.
-_GCP_NAME = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_GCP_NAME_FORM = "lowercase letters, digits and hyphens, starting with a letter, at most 63 characters"
-_GCP_PROJECT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
-_GCP_API = r"(?:https://www\.googleapis\.com/compute/(?:v1|beta)/)?"
-# Azure resource group names (1-90: letters, digits, _ - . ( ), not ending in a period). Azure also
-# accepts non-ASCII letters; kumo-infra takes ASCII only.
-_AZURE_RG = r"[A-Za-z0-9_.()-]{0,89}[A-Za-z0-9_()-]"
-_AZURE_RG_FORM = ("an Azure resource group name: 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending "
-                  "in '.'")
-_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-# Virtual network names: 2-64 characters; subnet names: 1-80. Letters, digits, '_', '.', '-';
-# starting with a letter or digit, ending with a letter, digit or '_'.
-_AZURE_VNET_ID = (rf"/subscriptions/{_GUID}/resourceGroups/{_AZURE_RG}/providers/Microsoft\.Network/"
-                  r"virtualNetworks/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])")
-_AZURE_SUBNET_ID = rf"{_AZURE_VNET_ID}/subnets/[A-Za-z0-9](?:[A-Za-z0-9_.-]{{0,78}}[A-Za-z0-9_])?"
-_AZURE_ID_EXAMPLE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/net-rg/providers/"
-                     "Microsoft.Network/virtualNetworks/net")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Sizing(_Strict):
@@ -337,85 +284,12 @@ class Dkim(_Strict):
         return _no_repeats(value)
 
 
-def _network_block(value: str, what: str, largest: int, smallest: int) -> str:
-    """A created network's IPv4 address block, within the sizes its cloud accepts."""
-    try:
-        net = ipaddress.ip_network(value)
-    except ValueError:
-        raise ValueError(f"{shown(value)} is not a CIDR block (like 10.42.0.0/16)") from None
-    if net.version != 4 or not largest <= net.prefixlen <= smallest:
-        raise ValueError(f"{shown(value)}: {what} needs an IPv4 block between /{largest} and /{smallest}")
-    return str(net)
+class DeploymentBase(_Strict):
+    """Every key of ``kumo:deployment`` but the targets' own sections (``Deployment`` adds those)."""
 
-
-VpcCidr = Annotated[str, AfterValidator(lambda v: _network_block(v, "an AWS VPC", 16, 28))]
-VnetCidr = Annotated[str, AfterValidator(lambda v: _network_block(v, "an Azure VNet", 8, 29))]
-GcpSubnetCidr = Annotated[str, AfterValidator(lambda v: _network_block(v, "a GCP subnet", 8, 29))]
-
-
-class AwsSection(_Strict):
-    # EC2 ids: the prefix and 8 (older) or 17 hexadecimal digits.
-    vpc_id: Optional[Annotated[str, _form(r"vpc-[0-9a-f]{1,17}", "a VPC id (like vpc-0a1b2c3d4e5f67890)")]] = None
-    subnet_id: Optional[Annotated[str, _form(r"subnet-[0-9a-f]{1,17}",
-                                             "a subnet id (like subnet-0a1b2c3d4e5f67890)")]] = None
-    # EC2 takes up to 255 ASCII characters; kumo-infra takes the usual subset (no spaces, quotes
-    # or shell characters): import the key under such a name if yours has others.
-    key_name: Optional[Annotated[str, _form(
-        r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,254}",
-        "an EC2 key pair name of up to 255 letters, digits and . _ + = , @ - (like ops-2026)")]] = None
-    # Checked against the region in Deployment.check.
-    availability_zone: Optional[Annotated[str, _form(
-        r"[a-z]{2}(?:-[a-z0-9]+)+", "an availability zone name (like us-east-1a or us-east-1-bos-1a)")]] = None
-    route53_zone_id: Optional[Annotated[str, _form(
-        r"Z[A-Z0-9]{1,32}", "a Route 53 hosted zone id (like Z0123456789ABCDEFGHIJ; without /hostedzone/)")]] = None
-    vpc_cidr: VpcCidr = "10.42.0.0/16"
-
-
-class AzureSection(_Strict):
-    resource_group: Optional[Annotated[str, _form(_AZURE_RG, _AZURE_RG_FORM)]] = None
-    # What decides whether outbound port 25 can ever be open (see docs "Troubleshoot
-    # outbound SMTP connectivity problems in Azure").
-    subscription_type: Literal["ea", "mca-e", "dev-test", "pay-as-you-go", "csp", "msdn", "free", "other"] = "pay-as-you-go"
-    # ARM resource ids; the subnet must be inside the virtual network (Deployment.check).
-    vnet_id: Optional[Annotated[str, _form(_AZURE_VNET_ID, f"a virtual network resource id (like {_AZURE_ID_EXAMPLE})",
-                                           re.IGNORECASE)]] = None
-    subnet_id: Optional[Annotated[str, _form(_AZURE_SUBNET_ID, f"a subnet resource id (like "
-                                             f"{_AZURE_ID_EXAMPLE}/subnets/mail)", re.IGNORECASE)]] = None
-    ssh_public_key: Optional[Annotated[str, AfterValidator(lambda v: _ssh_public_key(v))]] = None
-    # Set when the marketplace terms of a planned image (e.g. Rocky Linux) were accepted
-    # in this subscription, once (az vm image terms accept ...).
-    marketplace_terms_accepted: bool = False
-    dns_zone_resource_group: Optional[Annotated[str, _form(_AZURE_RG, _AZURE_RG_FORM)]] = None
-    vnet_cidr: VnetCidr = "10.42.0.0/16"
-
-
-class GcpSection(_Strict):
-    # The project id (not its display name). Domain-scoped ids (example.com:proj) are refused:
-    # the node's secret references are colon-separated (gcp:PROJECT:NAME).
-    project: Annotated[str, _form(
-        _GCP_PROJECT, "a GCP project id: 6-30 lowercase letters, digits and hyphens, starting with a letter and "
-                      "not ending with a hyphen (like my-kumo-project)")]
-    # Checked against the region in Deployment.check.
-    zone: Optional[Annotated[str, _form(r"[a-z]+-[a-z]+[0-9]{1,2}-[a-z]", "a GCP zone (like us-central1-a)")]] = None
-    # A name, or a self-link (full or from projects/...) for a network of another project (Shared VPC):
-    # forms the provider parses (terraform-provider-google, google/tpgresource/field_helpers.go,
-    # ParseGlobalFieldValue / ParseRegionalFieldValue), which gcp.py hands these to unchanged.
-    network: Optional[Annotated[str, _form(
-        rf"{_GCP_NAME}|{_GCP_API}projects/{_GCP_PROJECT}/global/networks/{_GCP_NAME}",
-        f"a VPC network name ({_GCP_NAME_FORM}) or projects/PROJECT/global/networks/NAME")]] = None
-    subnetwork: Optional[Annotated[str, _form(
-        rf"{_GCP_NAME}|{_GCP_API}projects/{_GCP_PROJECT}/regions/[a-z]+-[a-z]+[0-9]{{1,2}}/subnetworks/{_GCP_NAME}",
-        f"a subnetwork name ({_GCP_NAME_FORM}) or projects/PROJECT/regions/REGION/subnetworks/NAME")]] = None
-    dns_managed_zone: Optional[Annotated[str, _form(
-        _GCP_NAME, f"a Cloud DNS managed zone name ({_GCP_NAME_FORM})")]] = None
-    subnet_cidr: GcpSubnetCidr = "10.42.0.0/24"
-
-
-class Deployment(_Strict):
-    cloud: Cloud
-    region: Annotated[str, _form(r"[a-z][a-z0-9-]{1,38}[a-z0-9]",
-                                 "a region name of lowercase letters, digits and hyphens (like us-east-1, "
-                                 "westeurope or us-central1)")]
+    cloud: str  # a target's name: checked against the registry (kumo_infra.targets)
+    # Required by the check for targets that have regions (Target.needs_region).
+    region: Optional[Annotated[str, _REGION_FORM]] = None
     name: str
     hostname: str
     os: str = "rocky9"
@@ -430,9 +304,13 @@ class Deployment(_Strict):
     dkim: Dkim = Field(default_factory=Dkim)
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     os_updates: OsUpdates = Field(default_factory=OsUpdates)
-    aws: Optional[AwsSection] = None
-    azure: Optional[AzureSection] = None
-    gcp: Optional[GcpSection] = None
+
+    @field_validator("cloud")
+    @classmethod
+    def _cloud(cls, value: str) -> str:
+        if value not in targets.registry():
+            raise ValueError(f"unknown target {shown(value)}; one of {', '.join(targets.names())}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -463,6 +341,21 @@ class Deployment(_Strict):
 
     # -- derived values ----------------------------------------------------
     @property
+    def target(self) -> targets.Target:
+        """Everything that differs where the nodes run (kumo_infra/targets/<cloud>/)."""
+        return targets.get(self.cloud)
+
+    @property
+    def section(self) -> Any:
+        """The target's own section (``kumo:deployment.<cloud>``), None when not given."""
+        return getattr(self, self.cloud, None)
+
+    @property
+    def image(self) -> Any:
+        """The OS image on the target (its ``images`` table's entry); None when it has none."""
+        return self.target.image_for(self.os)
+
+    @property
     def spool_storage(self) -> str:
         return spool_storage_for(self.sizing, self.spool)
 
@@ -491,32 +384,28 @@ class Deployment(_Strict):
         def bad(path: str, message: str) -> None:
             problems.append(Problem(f"{ROOT}.{path}" if path else ROOT, message))
 
-        # Exactly the cloud's own section may be present.
-        for other in ("aws", "azure", "gcp"):
-            if other != self.cloud and getattr(self, other) is not None:
+        target = self.target
+        # Exactly the target's own section may be present.
+        for other in targets.registry():
+            if other != self.cloud and getattr(self, other, None) is not None:
                 bad(other, f"this section is for cloud '{other}' but cloud is '{self.cloud}'; remove it")
-        if self.cloud == "gcp" and self.gcp is None:
-            bad("gcp.project", "a GCP deployment needs the project id (gcp: {project: my-project})")
+        if target.needs_region and self.region is None:
+            bad("region", REQUIRED)
+        # The target's own rules (its required section, zones in the region, ...).
+        own = target.check(self)
+        if target.section_required and self.section is None and not any(
+                path.split(".")[0] == self.cloud for path, _ in own):
+            bad(self.cloud, f"a {target.title} deployment needs this section (see the README's configuration table)")
 
-        spec = self.os_spec
-        if spec.image_for(self.cloud) is None:
+        if target.images is not None and target.image_for(self.os) is None:
             bad("os", f"'{self.os}' has no image on {self.cloud}; choose one of {', '.join(oses.names_for(self.cloud))}")
-        elif self.cloud == "azure" and spec.azure and spec.azure.needs_plan and not (
-                self.azure and self.azure.marketplace_terms_accepted):
-            urn = f"{spec.azure.publisher}:{spec.azure.offer}:{spec.azure.sku}:latest"
-            bad("azure.marketplace_terms_accepted",
-                f"{spec.title} on Azure is the marketplace image {urn}, whose terms must be accepted once per "
-                f"subscription (azure-native cannot): run 'az vm image terms accept --urn {urn}', then set "
-                "marketplace_terms_accepted: true; or choose alma9 or ubuntu22, which need no terms")
+        for path, message in own:
+            bad(path, message)
 
         net = self.network
         if net.admin_cidrs and ("ssh_cidrs" in net.model_fields_set or "api_cidrs" in net.model_fields_set):
             bad("network.admin_cidrs", "admin_cidrs is the old key for both ssh_cidrs and api_cidrs; with the new "
                                        "keys present, move its entries into them and remove admin_cidrs")
-        if self.cloud == "azure" and net.ssh_cidrs and not (self.azure and self.azure.ssh_public_key):
-            bad("azure.ssh_public_key", "network.ssh_cidrs opens SSH, which needs your OpenSSH public key "
-                                        "(ssh-ed25519 AAAA... or ssh-rsa AAAA...): kumo-infra never generates "
-                                        "a private key into Pulumi state; or remove ssh_cidrs for no SSH at all")
         km = self.kumomta
         if not km.repo_url.startswith("https://") and km.repo_key_fingerprint is None:
             bad("kumomta.repo_url", f"'{km.repo_url}' is not https: packages would come over a channel anyone on "
@@ -534,62 +423,52 @@ class Deployment(_Strict):
         if p25.outbound == "direct" and not direct_ok:
             bad("port25.outbound", f"direct delivery on port 25 is impossible here: {direct_why}; use outbound: "
                                    "relay with an authenticated smarthost")
-        if p25.outbound == "auto" and p25.relay is None and not direct_ok:
+        if p25.outbound == "auto" and target.port25.must_be_stated:
+            bad("port25.outbound", f"on {target.title} kumo-infra cannot know whether the network lets port 25 "
+                                   "out: state outbound: direct (it does) or outbound: relay with relay: {host, "
+                                   "port, username} and the secret kumo:relayPassword")
+        elif p25.outbound == "auto" and p25.relay is None and not direct_ok:
             bad("port25.relay", f"outbound: auto resolves to relay because {direct_why}, and no relay "
                                 "is configured: add relay: {host, port, username} and the secret kumo:relayPassword")
 
-        # Sections of other clouds were refused above: only the deployment's own can be set.
-        section = getattr(self, self.cloud)
+        # Sections of other targets were refused above: only the deployment's own can be set.
+        section = self.section
         # An existing network is named by both ids (GCP: a subnetwork needs its network, not the reverse).
-        pairs = {"aws": [("subnet_id", "vpc_id"), ("vpc_id", "subnet_id")],
-                 "azure": [("subnet_id", "vnet_id"), ("vnet_id", "subnet_id")],
-                 "gcp": [("subnetwork", "network")]}[self.cloud]
-        for given, needed in pairs:
+        for given, needed in target.network_pairs:
             if section is not None and getattr(section, given) and not getattr(section, needed):
                 bad(f"{self.cloud}.{needed}", f"{given} is given without {needed}; give both or neither")
-        for path, message in _placement_problems(self):
-            bad(path, message)
         if self.dns.zone and not (self.hostname == self.dns.zone or self.hostname.endswith("." + self.dns.zone)):
             bad("dns.zone", f"hostname '{self.hostname}' is not inside zone '{self.dns.zone}'")
-        zone_field = {"aws": "route53_zone_id", "azure": "dns_zone_resource_group", "gcp": "dns_managed_zone"}[self.cloud]
-        if self.dns.zone and (section is None or not getattr(section, zone_field)):
+        zone_field = target.dns_zone_field
+        if self.dns.zone and zone_field is None:
+            bad("dns.zone", f"kumo-infra writes no DNS records on {target.title}: remove dns.zone and publish the "
+                            "records kumo-infra lists (the dns_records output)")
+        elif self.dns.zone and (section is None or not getattr(section, zone_field)):
             bad(f"{self.cloud}.{zone_field}", f"dns.zone is set, so kumo-infra creates the forward records and "
                                               f"needs the zone's {zone_field}")
         return problems
 
 
-def _placement_problems(d: Deployment) -> list[tuple[str, str]]:
-    """Zones and given networks that are not in the deployment's region (or network)."""
-    found = []
-    if d.aws and d.aws.availability_zone:
-        zone = d.aws.availability_zone
-        rest = zone[len(d.region):] if zone.startswith(d.region) else None
-        if rest is None or not re.fullmatch(r"[a-z]|-[a-z0-9-]*[a-z0-9]", rest, re.ASCII):
-            found.append(("aws.availability_zone", f"{shown(zone)} is not a zone of region {d.region} "
-                                                   f"(like {d.region}a)"))
-    if d.gcp and d.gcp.zone and not re.fullmatch(rf"{re.escape(d.region)}-[a-z]", d.gcp.zone, re.ASCII):
-        found.append(("gcp.zone", f"{shown(d.gcp.zone)} is not a zone of region {d.region} (like {d.region}-a)"))
-    if d.gcp and d.gcp.subnetwork and "/regions/" in d.gcp.subnetwork:
-        region = d.gcp.subnetwork.split("/regions/")[1].split("/")[0]
-        if region != d.region:
-            found.append(("gcp.subnetwork", f"the subnetwork is in region {region}, the deployment in {d.region}"))
-    if d.azure and d.azure.vnet_id and d.azure.subnet_id and not d.azure.subnet_id.lower().startswith(
-            d.azure.vnet_id.lower().rstrip("/") + "/subnets/"):
-        found.append(("azure.subnet_id", "the subnet is not in the virtual network azure.vnet_id; give a subnet "
-                                         "of that network (vnet_id + /subnets/NAME)"))
-    return found
+REQUIRED = "required key is missing"
+
+# The deployment model: the shared keys plus one optional section per registered target
+# (``kumo:deployment.<name>``, the target's ``section`` model), in the registry's order.
+Deployment = create_model(
+    "Deployment", __base__=DeploymentBase, __module__=__name__,
+    **{name: (Optional[target.section], None) for name, target in targets.registry().items()})
 
 
-def direct_allowed(deployment: Deployment) -> tuple[bool, str]:
-    """Whether this cloud and account can ever deliver on outbound port 25, and why not."""
-    if deployment.cloud == "gcp":
-        return False, "GCP blocks outbound port 25 for every project and has no exemption process"
-    if deployment.cloud == "azure":
-        kind = (deployment.azure.subscription_type if deployment.azure else "pay-as-you-go")
-        if kind not in ("ea", "mca-e", "dev-test"):
-            return False, (f"Azure blocks outbound port 25 on '{kind}' subscriptions with no exemption "
-                           "(only EA, MCA-E and, after the portal self-service, Enterprise Dev/Test can send)")
-    return True, ""
+def __getattr__(name: str) -> Any:
+    """The targets' section models by class name (AwsSection ...), where older code imports them from here."""
+    for target in targets.registry().values():
+        if target.section.__name__ == name:
+            return target.section
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def direct_allowed(deployment: DeploymentBase) -> tuple[bool, str]:
+    """Whether this target and account can ever deliver on outbound port 25, and why not."""
+    return deployment.target.port25.direct_allowed(deployment)
 
 
 def _no_repeats(values: list[str]) -> list[str]:
@@ -599,37 +478,7 @@ def _no_repeats(values: list[str]) -> list[str]:
     return values
 
 
-# Azure accepts RSA keys of 2048 bits or more and Ed25519 keys ("Supported SSH key formats",
-# learn.microsoft.com/azure/virtual-machines/linux/create-ssh-keys-detailed); ECDSA is refused there.
-# The comment is kept (it names the key in authorized_keys) but only of plain words: Azure's
-# agent writes it into a file on the machine, so no quotes, '$', ';' or control characters.
-_SSH_KEY_LINE = re.compile(r"(ssh-ed25519|ssh-rsa) (AAAA[A-Za-z0-9+/]+={0,2})"
-                           r"(?: ((?=.{1,100}$)[A-Za-z0-9._@+=:,-]+(?: [A-Za-z0-9._@+=:,-]+)*))?", re.ASCII)
-SSH_KEY_FORM = ("an OpenSSH public key on one line: ssh-ed25519 AAAA... or ssh-rsa AAAA... (2048 bits or more), "
-                "optionally followed by a comment of up to 100 letters, digits, spaces and . _ @ + = : , - "
-                "(the contents of ~/.ssh/id_ed25519.pub)")
-
-
-def _ssh_public_key(value: str) -> str:
-    """The key as Azure writes it to authorized_keys: parsed, so only a real key (and a plain comment) passes."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-
-    line = _SSH_KEY_LINE.fullmatch(value.strip(" "))
-    if not line:
-        raise ValueError(f"{shown(value)} is not {SSH_KEY_FORM}")
-    kind, body, comment = line.groups()
-    try:
-        key = load_ssh_public_key(f"{kind} {body}".encode())
-    except (ValueError, TypeError):  # cryptography raises both for damaged keys
-        raise ValueError(f"{shown(value)} does not decode as an OpenSSH {kind} public key; paste the whole line "
-                         "of the .pub file") from None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
-        raise ValueError(f"the RSA key has {key.key_size} bits; Azure needs 2048 or more (ssh-keygen -t ed25519 "
-                         "makes a better one)")
-    if not isinstance(key, (rsa.RSAPublicKey, ed25519.Ed25519PublicKey)):
-        raise ValueError(f"{shown(value)} is not {SSH_KEY_FORM}")
-    return " ".join(p for p in (kind, body, comment) if p)
+_FIELD_ORDER = {name: i for i, name in enumerate(Deployment.model_fields)}
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -653,8 +502,16 @@ def parse_deployment(raw: Any) -> Deployment:
             if err["type"] == "extra_forbidden":
                 msg = "unknown key; check the spelling against the README's configuration table"
             elif err["type"] == "missing":
-                msg = "required key is missing"
+                msg = REQUIRED
             problems.append(Problem(_format_loc(tuple(err["loc"])), msg))
+        # The model takes region as optional (not every target has one); name it missing beside
+        # the other errors, where the check would have, for a target that needs it.
+        cloud = raw.get("cloud")
+        target = targets.registry().get(cloud) if isinstance(cloud, str) else None
+        if target is not None and target.needs_region and "region" not in raw:
+            problems.append(Problem(f"{ROOT}.region", REQUIRED))
+        problems.sort(key=lambda p: _FIELD_ORDER.get(p.path.removeprefix(ROOT + ".").split(".")[0].split("[")[0],
+                                                     len(_FIELD_ORDER)))
         raise ConfigError(problems) from None
     problems = deployment.check()
     if problems:

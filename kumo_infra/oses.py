@@ -1,47 +1,28 @@
 """Operating systems kumo-infra can install KumoMTA on.
 
-One table drives validation (which OS on which cloud), the bootstrap renderer
-(package manager, repository file) and the image look-ups of each cloud
-component, so the three can never disagree.
+One table of OS facts drives validation and the bootstrap renderer (package
+manager, repository file). The image of each OS on each target is the target's
+own: one exhaustive ``images`` table in kumo_infra/targets/<name>/images.py,
+keyed by the OS keys here (tests/test_targets.py keeps them in step).
 
 Sources: KumoMTA's installation docs (docs/userguide/installation/linux.md) for
-packages and repositories; each cloud's image documentation for image names
-(see shared/reference/clouds.md).
+packages and repositories.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+from . import targets
 
 
 class Support(str, Enum):
     OFFICIAL = "official"  # upstream builds packages for this OS
     COMMUNITY = "community"  # works through another OS's packages; upstream does not test it
     END_OF_LIFE = "end-of-life"  # still installable, but the OS or its packages are end of life
-
-
-@dataclass(frozen=True)
-class AwsImage:
-    owner: str
-    name_pattern: str  # ``{arch}`` is replaced by the AMI architecture name
-    arch_names: dict[str, str] = field(default_factory=lambda: {"x86_64": "x86_64"})
-
-
-@dataclass(frozen=True)
-class AzureImage:
-    publisher: str
-    offer: str
-    sku: str
-    # Marketplace images published by third parties need a purchase plan on the
-    # VM and a one-time terms acceptance per subscription.
-    needs_plan: bool = False
-
-
-@dataclass(frozen=True)
-class GcpImage:
-    project: str
-    family: str
 
 
 @dataclass(frozen=True)
@@ -56,12 +37,17 @@ class OsSpec:
     repo_dir: str
     arches: frozenset[str] = frozenset({"x86_64"})
     warning: str = ""
-    aws: AwsImage | None = None
-    azure: AzureImage | None = None
-    gcp: GcpImage | None = None
 
-    def image_for(self, cloud: str) -> AwsImage | AzureImage | GcpImage | None:
-        return getattr(self, cloud)
+    def image_for(self, target: str) -> Any:
+        """This OS's image on ``target`` (the target's images table); None when it has none."""
+        return targets.get(target).image_for(self.key)
+
+    def __getattr__(self, name: str) -> Any:
+        # spec.<target> as the image, for code written before the images moved into the targets
+        # (Deployment.image is the way to ask).
+        if not name.startswith("_") and name in targets.registry():
+            return self.image_for(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 _UBUNTU22_REPO = {"repo_dir": "kumomta-ubuntu-22"}
@@ -69,72 +55,37 @@ _UBUNTU22_REPO = {"repo_dir": "kumomta-ubuntu-22"}
 SUPPORTED: dict[str, OsSpec] = {
     spec.key: spec
     for spec in [
-        OsSpec(
-            "rocky8", "Rocky Linux 8", "dnf", Support.OFFICIAL, "kumomta-rockylinux-8",
-            aws=AwsImage("792107900819", "Rocky-8-EC2-Base-8.*{arch}"),
-            azure=AzureImage("resf", "rockylinux-x86_64", "8-base", needs_plan=True),
-            gcp=GcpImage("rocky-linux-cloud", "rocky-linux-8"),
-        ),
-        OsSpec(
-            "rocky9", "Rocky Linux 9", "dnf", Support.OFFICIAL, "kumomta-rockylinux-9",
-            aws=AwsImage("792107900819", "Rocky-9-EC2-Base-9.*{arch}"),
-            azure=AzureImage("resf", "rockylinux-x86_64", "9-base", needs_plan=True),
-            gcp=GcpImage("rocky-linux-cloud", "rocky-linux-9"),
-        ),
-        OsSpec(
-            "alma8", "AlmaLinux 8", "dnf", Support.OFFICIAL, "kumomta-rockylinux-8",
-            aws=AwsImage("764336703387", "AlmaLinux OS 8*{arch}"),
-            azure=AzureImage("almalinux", "almalinux-x86_64", "8-gen2"),
-            gcp=GcpImage("almalinux-cloud", "almalinux-8"),
-        ),
-        OsSpec(
-            "alma9", "AlmaLinux 9", "dnf", Support.OFFICIAL, "kumomta-rockylinux-9",
-            aws=AwsImage("764336703387", "AlmaLinux OS 9*{arch}"),
-            azure=AzureImage("almalinux", "almalinux-x86_64", "9-gen2"),
-            gcp=GcpImage("almalinux-cloud", "almalinux-9"),
-        ),
+        OsSpec("rocky8", "Rocky Linux 8", "dnf", Support.OFFICIAL, "kumomta-rockylinux-8"),
+        OsSpec("rocky9", "Rocky Linux 9", "dnf", Support.OFFICIAL, "kumomta-rockylinux-9"),
+        OsSpec("alma8", "AlmaLinux 8", "dnf", Support.OFFICIAL, "kumomta-rockylinux-8"),
+        OsSpec("alma9", "AlmaLinux 9", "dnf", Support.OFFICIAL, "kumomta-rockylinux-9"),
         OsSpec(
             "ubuntu20", "Ubuntu 20.04 LTS", "apt", Support.END_OF_LIFE,
             repo_dir="kumomta-ubuntu-20",
             warning="Ubuntu 20.04 left standard support in May 2025; plan a move to ubuntu22.",
-            aws=AwsImage("099720109477", "ubuntu/images/hvm-ssd/ubuntu-focal-20.04-{arch}-server-*", {"x86_64": "amd64"}),
-            azure=AzureImage("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-gen2"),
-            gcp=GcpImage("ubuntu-os-cloud", "ubuntu-2004-lts"),
         ),
         OsSpec(
             "ubuntu22", "Ubuntu 22.04 LTS", "apt", Support.OFFICIAL, **_UBUNTU22_REPO,
             arches=frozenset({"x86_64", "arm64"}),
-            aws=AwsImage("099720109477", "ubuntu/images/hvm-ssd*/ubuntu-jammy-22.04-{arch}-server-*",
-                         {"x86_64": "amd64", "arm64": "arm64"}),
-            azure=AzureImage("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"),
-            gcp=GcpImage("ubuntu-os-cloud", "ubuntu-2204-lts"),
         ),
         OsSpec(
             "ubuntu24", "Ubuntu 24.04 LTS", "apt", Support.COMMUNITY, **_UBUNTU22_REPO,
             warning="KumoMTA publishes no Ubuntu 24.04 repository; kumo-infra installs the Ubuntu 22.04 "
                     "package, as community installers do. Upstream does not test this combination.",
-            aws=AwsImage("099720109477", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*", {"x86_64": "amd64"}),
-            azure=AzureImage("Canonical", "ubuntu-24_04-lts", "server"),
-            gcp=GcpImage("ubuntu-os-cloud", "ubuntu-2404-lts-amd64"),
         ),
         OsSpec(
             "debian12", "Debian 12", "apt", Support.COMMUNITY, **_UBUNTU22_REPO,
             warning="KumoMTA publishes no Debian repository; kumo-infra installs the Ubuntu 22.04 "
                     "package. Upstream does not test this combination.",
-            aws=AwsImage("136693071363", "debian-12-{arch}-*", {"x86_64": "amd64"}),
-            azure=AzureImage("Debian", "debian-12", "12-gen2"),
-            gcp=GcpImage("debian-cloud", "debian-12"),
         ),
         OsSpec(
             "al2023", "Amazon Linux 2023", "dnf", Support.OFFICIAL, "kumomta-amazonlinux-2023",
             arches=frozenset({"x86_64", "arm64"}),
-            aws=AwsImage("amazon", "al2023-ami-2023.*-kernel-6.1-{arch}", {"x86_64": "x86_64", "arm64": "arm64"}),
         ),
         OsSpec(
             "al2", "Amazon Linux 2", "yum", Support.END_OF_LIFE, "kumomta-amazonlinux-2",
             warning="Amazon Linux 2 reached end of support on 2026-06-30 and KumoMTA no longer builds "
                     "packages for it: you get the last published build and no fixes. Move to al2023.",
-            aws=AwsImage("amazon", "amzn2-ami-hvm-*-{arch}-gp2"),
         ),
     ]
 }
@@ -150,6 +101,15 @@ REFUSED: dict[str, str] = {
 }
 
 
-def names_for(cloud: str) -> list[str]:
-    """The OS keys that have an image on ``cloud``."""
-    return [key for key, spec in SUPPORTED.items() if spec.image_for(cloud) is not None]
+def names_for(target: str) -> list[str]:
+    """The OS keys ``target`` can run (those with an image there; all when it takes machines as they are)."""
+    return targets.get(target).os_names(SUPPORTED)
+
+
+def __getattr__(name: str) -> Any:
+    """A target's image class (AwsImage ...), where older code imports it from here."""
+    for package in targets.names():
+        found = getattr(importlib.import_module(f"{targets.__name__}.{package}"), name, None)
+        if isinstance(found, type):
+            return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,7 @@ def test_performance_profile_defaults_to_local_nvme():
     (deployment(sizing={"messages_per_hour": 0}), "kumo:deployment.sizing.messages_per_hour", "greater than or equal to 1"),
     (deployment(sizing={"avg_message_kb": -1}), "kumo:deployment.sizing.avg_message_kb", "greater than 0"),
     (deployment(sizing={"profile": "turbo"}), "kumo:deployment.sizing.profile", "'minimal' or 'performance'"),
-    (deployment(cloud="oracle"), "kumo:deployment.cloud", "'aws', 'azure' or 'gcp'"),
+    (deployment(cloud="oracle"), "kumo:deployment.cloud", "unknown target 'oracle'; one of aws, azure, gcp"),
     (deployment(colud="aws"), "kumo:deployment.colud", "unknown key"),
     (deployment(sizing={"mesages_per_hour": 5}), "kumo:deployment.sizing.mesages_per_hour", "unknown key"),
     (deployment(os="centos7"), "kumo:deployment.os", "end of life"),

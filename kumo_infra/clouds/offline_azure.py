@@ -1,23 +1,8 @@
-"""Offline answers for Azure (see kumo_infra.offline): computed outputs and look-ups."""
+"""Moved to kumo_infra/targets/azure/offline.py (TARGET.offline_computed, TARGET.offline_invokes).
 
+A re-export until kumo_infra/offline.py reads the answers from the target registry (issue 9).
+"""
 
-COMPUTED = {
-    "azure-native:network:PublicIPAddress": {"ipAddress": "192.0.2.{n}"},
-    # Azure names auto-named resources (name plus a random suffix); offline they keep the resource name.
-    "azure-native:resources:ResourceGroup": {"name": "{name}"},
-    "azure-native:network:VirtualNetwork": {"name": "{name}"},
-    # The private address Azure allocates on the NIC, and the VM identity's principal. ipConfigurations
-    # and identity are also inputs, so these nested answers need kumo_infra.offline to fill nested keys
-    # the inputs leave unset.
-    "azure-native:network:NetworkInterface": {"ipConfigurations": [{"privateIPAddress": "192.0.2.{n}"}]},
-    "azure-native:compute:VirtualMachine": {"identity": {"principalId": "00000000-0000-0000-0000-{n:012d}",
-                                                         "tenantId": "00000000-0000-0000-0000-000000000000"}},
-}
+from ..targets.azure.offline import COMPUTED, INVOKES
 
-INVOKES = {
-    # The Key Vault's tenant and the subscription of the "Key Vault Secrets User" role definition.
-    "azure-native:authorization:getClientConfig": {"tenantId": "00000000-0000-0000-0000-000000000000",
-                                                   "subscriptionId": "00000000-0000-0000-0000-000000000000",
-                                                   "objectId": "00000000-0000-0000-0000-000000000000",
-                                                   "clientId": "00000000-0000-0000-0000-000000000000"},
-}
+__all__ = ["COMPUTED", "INVOKES"]

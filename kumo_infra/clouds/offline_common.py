@@ -2,7 +2,7 @@
 
 from pulumi.runtime import rpc as _rpc
 
-PLACEHOLDER = "(placeholder)"
+from ..targets import OFFLINE_PLACEHOLDER as PLACEHOLDER
 
 
 def secret(value: str) -> dict:

@@ -1,19 +1,8 @@
-"""Offline answers for GCP (see kumo_infra.offline): computed outputs and look-ups."""
+"""Moved to kumo_infra/targets/gcp/offline.py (TARGET.offline_computed, TARGET.offline_invokes).
 
-from .offline_common import PLACEHOLDER
-COMPUTED = {
-    "gcp:compute/address:Address": {"address": "192.0.2.{n}"},
-    # GCP derives both from account_id and the project; offline they name the resource instead.
-    "gcp:serviceaccount/account:Account": {
-        "email": "{name}@placeholder.iam.gserviceaccount.com",
-        "member": "serviceAccount:{name}@placeholder.iam.gserviceaccount.com",
-    },
-    # The internal address GCP allocates on the first NIC. networkInterfaces is also an input,
-    # so this nested answer needs kumo_infra.offline to fill nested keys the inputs leave unset.
-    "gcp:compute/instance:Instance": {"networkInterfaces": [{"networkIp": "192.0.2.{n}"}]},
-}
+A re-export until kumo_infra/offline.py reads the answers from the target registry (issue 9).
+"""
 
-INVOKES = {
-    "gcp:compute/getImage:getImage": {"selfLink": "projects/placeholder/global/images/placeholder",
-                                      "name": PLACEHOLDER},
-}
+from ..targets.gcp.offline import COMPUTED, INVOKES
+
+__all__ = ["COMPUTED", "INVOKES"]
