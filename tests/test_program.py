@@ -134,3 +134,94 @@ def test_offline_engine_answers_a_generated_password_as_a_secret():
 
     offline.run(prog, {}, stack="t")
     assert seen == {"secret": True, "value": "offline-generated-password-of-pw", "hash_secret": True}
+
+
+# -- what the offline engine records besides inputs -------------------------------------------------
+
+def test_recorded_resources_carry_their_options_and_dependencies():
+    import pulumi_aws as aws
+
+    def prog():
+        parent = pulumi.ComponentResource("test:index:Thing", "thing")
+        vol = aws.ebs.Volume("vol", availability_zone="zone-a", size=8,
+                             opts=pulumi.ResourceOptions(parent=parent, protect=True, retain_on_delete=True))
+        aws.ec2.VolumeAttachment("att", device_name="/dev/sdf", volume_id=vol.id, instance_id="i-1",
+                                 opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True,
+                                                             ignore_changes=["instanceId"],
+                                                             replace_on_changes=["deviceName"],
+                                                             additional_secret_outputs=["volumeId"]))
+        aws.ec2.Eip("eip", domain="vpc", opts=pulumi.ResourceOptions(depends_on=[vol]))
+
+    r = offline.run(prog, {}, stack="t")
+    vol, att, eip = r.named("vol"), r.named("att"), r.named("eip")
+    assert (vol.protect, vol.retain_on_delete, vol.delete_before_replace) == (True, True, False)
+    assert (att.protect, att.retain_on_delete, att.delete_before_replace) == (False, False, True)
+    assert att.ignore_changes == ["instanceId"] and att.replace_on_changes == ["deviceName"]
+    assert att.additional_secret_outputs == ["volumeId"]
+    assert att.dependencies == [vol.urn] and att.depends_on_names == ["vol"]  # from the volume_id input
+    assert eip.depends_on_names == ["vol"]  # explicit depends_on
+    assert vol.parent == "thing" and vol.parent_urn == r.named("thing").urn
+    assert eip.parent is None and eip.parent_urn is None
+    # The engine's URNs: a child of the stack has no parent type, a grandchild its parents' types.
+    assert vol.urn == "urn:pulumi:t::kumo-infra::test:index:Thing$aws:ebs/volume:Volume::vol"
+    assert eip.urn == "urn:pulumi:t::kumo-infra::aws:ec2/eip:Eip::eip"
+
+
+def test_assets_are_recorded_as_their_content():
+    import pulumi_aws as aws
+
+    def prog():
+        aws.s3.BucketObjectv2("text", bucket="b", key="k", source=pulumi.StringAsset("hello"))
+        aws.s3.BucketObjectv2("file", bucket="b", key="f", source=pulumi.FileAsset("/etc/hostname"))
+        aws.lambda_.Function("fn", role="r", runtime="python3.12", handler="h.main",
+                             code=pulumi.AssetArchive({"h.py": pulumi.StringAsset("def main(): pass"),
+                                                       "lib": pulumi.FileArchive("/tmp")}))
+
+    r = offline.run(prog, {}, stack="t")
+    assert r.named("text").inputs["source"] == {"asset": {"text": "hello"}}
+    assert r.named("file").inputs["source"] == {"asset": {"path": "/etc/hostname"}}
+    assert r.named("fn").inputs["code"] == {"archive": {"assets": {
+        "h.py": {"asset": {"text": "def main(): pass"}}, "lib": {"archive": {"path": "/tmp"}}}}}
+
+
+def test_own_aliases_are_recorded_and_the_sdks_dropped():
+    import pulumi_azure_native as azure_native
+
+    def prog():
+        azure_native.resources.ResourceGroup("rg", location="westeurope",
+                                             opts=pulumi.ResourceOptions(aliases=[pulumi.Alias(name="old-rg")]))
+
+    rg = offline.run(prog, {}, stack="t").one("azure-native:resources:ResourceGroup")
+    assert rg.alias_names == ["old-rg"]
+    assert len(rg.aliases) == 1  # not azure-native's ~25 type aliases
+
+
+def test_prior_urns_keep_every_alias_as_a_full_urn_and_hand_over_the_state():
+    """With prior_urns the SDK computes each alias URN itself (the monitor refuses alias specs), and
+    a resource whose alias names a prior URN gets that resource's id and computed outputs."""
+    import pulumi_aws as aws
+
+    # Children of a component, as kumo-infra's are.
+    prefix = "urn:pulumi:t::kumo-infra::test:index:Thing$aws:ec2/eip:Eip::"
+
+    def program(*eips: tuple[str, list[str]]):
+        def prog():
+            parent = pulumi.ComponentResource("test:index:Thing", "thing")
+            made = [aws.ec2.Eip(name, domain="vpc", opts=pulumi.ResourceOptions(
+                parent=parent, aliases=[pulumi.Alias(name=a) for a in aliases])) for name, aliases in eips]
+            aws.ec2.EipDomainName("ptr", allocation_id=made[0].allocation_id, domain_name="mta.example.com",
+                                  opts=pulumi.ResourceOptions(parent=parent))
+        return prog
+
+    renamed = program(("new-ip", ["old-eip"]), ("other", ["never-was"]))
+    adopted = offline.run(renamed, {}, stack="t", prior_urns=[prefix + "old-eip"])
+    assert adopted.named("new-ip").aliases == [prefix + "old-eip"]
+    assert adopted.named("other").aliases == [prefix + "never-was"]
+    normal = offline.run(renamed, {}, stack="t")
+    assert normal.named("new-ip").alias_names == ["old-eip"]
+    assert isinstance(normal.named("new-ip").aliases[0], dict)  # a spec: the engine computes the URN
+    # The PTR reads the allocation id the engine keeps from the old Elastic IP.
+    before = offline.run(program(("old-eip", [])), {}, stack="t")
+    assert before.named("old-eip").urn == prefix + "old-eip"
+    assert adopted.named("ptr").inputs["allocationId"] == before.named("ptr").inputs["allocationId"]
+    assert normal.named("ptr").inputs["allocationId"] != before.named("ptr").inputs["allocationId"]
