@@ -1,8 +1,9 @@
 """The curated instance-type catalog: data files in ``kumo_infra/catalog/``.
 
 Figures (vCPU, memory, sustained and burst network, local NVMe, price) live in
-one TOML file per cloud so they can be reviewed and refreshed without touching
-code. This module only loads and checks them.
+one TOML file per target that creates machines (Target.catalog names it) so they
+can be reviewed and refreshed without touching code. This module only loads and
+checks them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-CLOUDS = ("aws", "azure", "gcp")
+from . import targets
+
+# The targets with a catalog, in the registry's order (a target of existing machines has none).
+CLOUDS = tuple(name for name, target in targets.registry().items() if target.catalog)
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 
 
@@ -128,9 +132,17 @@ def parse(cloud: str, data: dict) -> Catalog:
     )
 
 
+class NoCatalog(CatalogError):
+    """The target takes machines as they are: there is no catalog to choose from."""
+
+
 @cache
 def load(cloud: str) -> Catalog:
-    if cloud not in CLOUDS:
+    target = targets.registry().get(cloud)
+    if target is None:
         raise CatalogError(f"unknown cloud '{cloud}'")
-    with open(CATALOG_DIR / f"{cloud}.toml", "rb") as f:
+    if target.catalog is None:
+        raise NoCatalog(f"{target.title} has no instance catalog: kumo-infra installs on machines that exist "
+                        "already, so there are no types to list or choose from")
+    with open(CATALOG_DIR / target.catalog, "rb") as f:
         return parse(cloud, tomllib.load(f))

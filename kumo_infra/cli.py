@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from . import catalog, config, sizing
+from . import catalog, config, sizing, targets
 from .errors import ConfigError, Problem
 from .stackconfig import StackConfig, load_file, stack_path
 
@@ -51,7 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     stack = load_stack(args)
     _warn(stack)
     d, p = stack.deployment, stack.plan
-    print(f"stack {stack.stack}: valid ({d.cloud} {d.region}, {p.nodes} x {p.instance_type}, os {d.os}, "
+    where = " ".join(part for part in (d.cloud, d.region) if part)
+    print(f"stack {stack.stack}: valid ({where}, {p.nodes} x {p.instance_type}, os {d.os}, "
           f"spool on {p.spool_storage}, outbound port 25: {d.outbound_mode})")
     return 0
 
@@ -59,7 +60,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_size(args: argparse.Namespace) -> int:
     if args.list:
         if not args.cloud:
-            raise ConfigError(Problem("--cloud", "--list needs --cloud aws|azure|gcp"))
+            raise ConfigError(Problem("--cloud", f"--list needs --cloud {'|'.join(catalog.CLOUDS)}"))
         return _list_catalog(args.cloud, args.json)
     if args.stack or args.config:
         stack = load_stack(args)
@@ -78,11 +79,22 @@ def cmd_size(args: argparse.Namespace) -> int:
         nodes = _from_flags(_NodesFlag, nodes=args.nodes).nodes
         if config.storage_conflict(workload, spool):
             raise ConfigError(Problem("--storage", config.PERFORMANCE_NEEDS_NVME))
-        plan = sizing.plan(sizing.Workload(
+        flags = sizing.Workload(
             cloud=args.cloud, messages_per_hour=workload.messages_per_hour, avg_message_kb=workload.avg_message_kb,
             profile=workload.profile, storage=config.spool_storage_for(workload, spool),
             instance_type=workload.instance_type, nodes=nodes, headroom=workload.headroom,
-        ), catalog.load(args.cloud))
+        )
+        target = targets.get(args.cloud)
+        if target.catalog is None:
+            if args.instance_type:
+                raise ConfigError(Problem("--instance-type", f"{target.title} has no instance catalog: the "
+                                                             "machines exist already"))
+            if nodes is None:
+                raise ConfigError(Problem("--nodes", f"{target.title} takes machines that exist already: give "
+                                                     "their number with --nodes"))
+            plan = sizing.plan_without_catalog(flags)
+        else:
+            plan = sizing.plan(flags, catalog.load(args.cloud))
         for w in plan.warnings:
             print(f"warning: {w}", file=sys.stderr)
     if args.json:
@@ -107,6 +119,8 @@ def _from_flags(model: type[BaseModel], **flags: Any) -> Any:
 
 
 def format_plan(plan: sizing.Plan) -> str:
+    if plan.instance_type == sizing.EXISTING:
+        return _format_minimum(plan)
     rows = [
         ("cloud", plan.cloud),
         ("instance type", plan.instance_type),
@@ -128,7 +142,30 @@ def format_plan(plan: sizing.Plan) -> str:
     return "\n".join(lines)
 
 
+def _format_minimum(plan: sizing.Plan) -> str:
+    """A plan for machines that exist already: what each must at least have (nothing to buy)."""
+    rows = [
+        ("cloud", plan.cloud),
+        ("machines", f"{plan.nodes} existing (no catalog: the minimum each must have)"),
+        ("per node", f"at least {plan.vcpu} vCPU, {plan.memory_gib:g} GiB, {plan.arch}"),
+        ("network", f"at least {plan.sustained_gbps:g} Gbps sustained"),
+        ("required", f"{plan.required_mbps:,.1f} Mbps with headroom ({plan.required_mbps_per_node:,.1f} per node)"),
+        ("capacity", f"{plan.capacity_per_node_per_hour:,} messages/h per node at that size"),
+        ("spool", f"{plan.spool_storage.replace('_', ' ')}, {plan.spool_gb_per_node:,} GB per node"),
+        ("OS disk", f"{plan.os_disk_gb} GB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += ["", "why:"] + [f"  - {r}" for r in plan.reasons]
+    return "\n".join(lines)
+
+
 def _list_catalog(cloud: str, as_json: bool) -> int:
+    target = targets.get(cloud)
+    if target.catalog is None:
+        raise ConfigError(Problem("--cloud", f"{target.title} has no instance catalog to list: kumo-infra installs "
+                                             "on machines that exist already; size a workload for them with "
+                                             f"--cloud {cloud} --nodes N --messages-per-hour ... --avg-message-kb ..."))
     cat = catalog.load(cloud)
     if as_json:
         print(json.dumps([t.__dict__ for t in cat.types], indent=2))
@@ -183,7 +220,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kumo-infra", description="Run KumoMTA on AWS, Azure and GCP with Pulumi.")
+    parser = _Parser(prog="kumo-infra", description="Run KumoMTA with Pulumi on: " + ", ".join(
+        target.title for target in targets.registry().values()) + ".")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("validate", help="validate a stack configuration")
@@ -203,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("size", help="size machines for a workload")
     _add_stack_source(p, required=False)  # or the workload as flags
-    p.add_argument("--cloud", choices=catalog.CLOUDS)
+    p.add_argument("--cloud", choices=targets.names(), help="the target (kumo:deployment.cloud)")
     p.add_argument("--messages-per-hour", type=int, metavar="N")
     p.add_argument("--avg-message-kb", type=float, metavar="K")
     p.add_argument("--profile", choices=("minimal", "performance"), default="minimal")
@@ -211,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-type")
     p.add_argument("--nodes", type=int)
     p.add_argument("--headroom", type=float, default=1.5)
-    p.add_argument("--list", action="store_true", help="list the cloud's catalog")
+    p.add_argument("--list", action="store_true", help="list the target's instance catalog")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 

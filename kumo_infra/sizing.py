@@ -1,10 +1,13 @@
 """The sizing planner: from a mail workload to an instance type and a node count.
 
-Pure Python, no Pulumi. Every candidate type in the cloud's catalog is checked
+Pure Python, no Pulumi. Every candidate type in the target's catalog is checked
 against hard constraints (memory and disk floors, profile, architecture, local
 NVMe) and then given the smallest node count that carries the workload
 (message rate, sustained bandwidth, spool capacity). The cheapest fleet wins;
 the plan says which constraint ruled out the next cheaper type.
+
+A target of machines that exist already has no catalog: ``plan_without_catalog``
+states what each of its machines must at least have for the workload.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from . import targets
 from .catalog import Catalog, InstanceType
 from .errors import ConfigError, Problem
 
@@ -19,9 +23,6 @@ MIN_MEMORY_GIB = 4.0
 MIN_DISK_GB = 20
 PERFORMANCE_MIN_VCPU = 4
 PERFORMANCE_MIN_NIC_GBPS = 10.0
-# AWS caps traffic through an internet gateway at 5 Gbps for instances under 32 vCPUs.
-AWS_INTERNET_CAP_GBPS = 5.0
-AWS_INTERNET_CAP_BELOW_VCPU = 32
 # KumoMTA reserves this much per message in the spool beyond its body.
 SPOOL_OVERHEAD_BYTES = 512
 # define_spool refuses new mail below 10% free space by default.
@@ -65,9 +66,11 @@ def node_capacity_per_hour(t: InstanceType) -> float:
 
 
 def sustained_gbps(t: InstanceType) -> float:
-    """Sustained internet-bound bandwidth: the baseline, capped where the cloud caps it."""
-    if t.cloud == "aws" and t.vcpu < AWS_INTERNET_CAP_BELOW_VCPU:
-        return min(t.baseline_gbps, AWS_INTERNET_CAP_GBPS)
+    """Sustained internet-bound bandwidth: the baseline, capped where the target caps it
+    (Target.internet_cap_gbps)."""
+    target = targets.get(t.cloud)
+    if target.internet_cap_gbps is not None and t.vcpu < target.internet_cap_below_vcpu:
+        return min(t.baseline_gbps, target.internet_cap_gbps)
     return t.baseline_gbps
 
 
@@ -268,4 +271,69 @@ def plan(w: Workload, catalog: Catalog, price_path: str = "") -> Plan:
         price_usd_hour=t.price_with(w.storage), total_price_usd_hour=round(best.nodes * t.price_with(w.storage), 4),
         price_region=catalog.price_region, price_taken=catalog.price_taken,
         decided_by=decided_by, reasons=reasons, warnings=warnings,
+    )
+
+
+# The instance type of a plan for machines that exist already (a target without a catalog).
+EXISTING = "existing"
+
+
+def vcpu_needed(messages_per_hour: float) -> int:
+    """The fewest vCPUs whose published throughput carries ``messages_per_hour``; the largest measured
+    count when none does (published_throughput is flat beyond it)."""
+    largest = PUBLISHED_THROUGHPUT[-1][0]
+    return next((v for v in range(1, largest + 1) if published_throughput(v) >= messages_per_hour), largest)
+
+
+def plan_without_catalog(w: Workload) -> Plan:
+    """The plan for ``w.nodes`` machines that exist already: what each must at least have.
+
+    No type is chosen (instance_type is EXISTING, no price): ``vcpu``, ``memory_gib`` and
+    ``required_mbps_per_node`` (with ``sustained_gbps`` the same figure in Gbps) are the minimum
+    a node needs for its share of the workload, as the planner would choose a type, so the node
+    can compare its real facts with them. Raises ConfigError without a node count.
+    """
+    if w.nodes is None:
+        raise ConfigError(Problem("kumo:deployment.nodes", "machines that exist already are sized by their "
+                                  "number: give the node count (one node per machine)"))
+    nodes = w.nodes
+    need_mbps = bandwidth_mbps(w.messages_per_hour, w.avg_message_kb)
+    rate_per_node = w.messages_per_hour * w.headroom / nodes
+    vcpu = vcpu_needed(rate_per_node)
+    if w.profile == "performance":
+        vcpu = max(vcpu, PERFORMANCE_MIN_VCPU)
+    mbps_per_node = need_mbps * w.headroom / nodes
+    gbps = round(mbps_per_node / 1000, 3)
+    if w.profile == "performance":
+        gbps = max(gbps, PERFORMANCE_MIN_NIC_GBPS)
+    spool_gb = w.spool_size_gb or math.ceil(max(MIN_DISK_GB, _spool_need_gb(w, nodes)))
+    os_disk_gb = _os_disk_gb(w, nodes)
+    capacity = published_throughput(vcpu)
+    reasons = [
+        f"workload: {w.messages_per_hour:,} messages/h x {w.avg_message_kb:g} kB = {need_mbps:,.1f} Mbps mean; "
+        f"planned with {w.headroom:g}x headroom",
+        f"{nodes} existing machine(s), no catalog: each carries {rate_per_node:,.0f} messages/h and "
+        f"{mbps_per_node:,.1f} Mbps",
+        f"each needs at least {vcpu} vCPU ({capacity:,.0f} messages/h from KumoMTA's published measurements), "
+        f"{MIN_MEMORY_GIB:g} GiB memory, {gbps:g} Gbps sustained, {os_disk_gb} GB on the OS disk and "
+        f"{spool_gb:,} GB for the spool",
+    ]
+    warnings = []
+    if capacity < rate_per_node:
+        warnings.append(f"{rate_per_node:,.0f} messages/h per machine is beyond KumoMTA's largest published "
+                        f"measurement ({capacity:,.0f} at {vcpu} vCPU): add machines")
+    if w.storage == "local_nvme":
+        warnings.append("the spool is on local NVMe: queued mail on a node is lost if that machine is stopped "
+                        "or replaced; drain a node before stopping it")
+    if w.spool_size_gb and w.storage == "block" and w.spool_size_gb < _spool_need_gb(w, nodes):
+        warnings.append(f"spool.size_gb {w.spool_size_gb} is below the {_spool_need_gb(w, nodes):.0f} GB needed "
+                        f"to hold {w.hold_hours:g} h of traffic")
+    return Plan(
+        cloud=w.cloud, instance_type=EXISTING, nodes=nodes, vcpu=vcpu, memory_gib=MIN_MEMORY_GIB,
+        arch=" or ".join(sorted(w.arches)), local_nvme_gb=0, nvme_count=0, nvme_attach="none",
+        baseline_gbps=gbps, burst_gbps=gbps, sustained_gbps=gbps, required_mbps=round(need_mbps * w.headroom, 3),
+        required_mbps_per_node=round(mbps_per_node, 3), messages_per_hour=w.messages_per_hour,
+        capacity_per_node_per_hour=int(capacity), spool_storage=w.storage, spool_gb_per_node=spool_gb,
+        os_disk_gb=os_disk_gb, price_usd_hour=0.0, total_price_usd_hour=0.0, price_region="", price_taken="",
+        decided_by="existing machines", reasons=reasons, warnings=warnings,
     )

@@ -134,6 +134,7 @@ def warnings_for(deployment: Deployment) -> list[str]:
 
 
 def workload_for(deployment: Deployment) -> sizing.Workload:
+    node_count = deployment.target.node_count
     return sizing.Workload(
         cloud=deployment.cloud,
         messages_per_hour=deployment.sizing.messages_per_hour,
@@ -145,11 +146,14 @@ def workload_for(deployment: Deployment) -> sizing.Workload:
         log_retention_days=deployment.logs.retention_days,
         arches=deployment.os_spec.arches,
         instance_type=deployment.sizing.instance_type,
-        nodes=deployment.nodes,
+        nodes=node_count(deployment) if node_count else deployment.nodes,
         spool_size_gb=deployment.spool.size_gb,
     )
 
 
 def plan_for(deployment: Deployment) -> sizing.Plan:
-    """The sizing plan of a validated deployment (raises ConfigError when nothing fits)."""
+    """The sizing plan of a validated deployment (raises ConfigError when nothing fits): chosen from the
+    target's catalog, or, for machines that exist already, what each must at least have."""
+    if deployment.target.catalog is None:
+        return sizing.plan_without_catalog(workload_for(deployment))
     return sizing.plan(workload_for(deployment), catalog.load(deployment.cloud))

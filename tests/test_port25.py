@@ -9,7 +9,8 @@ import pytest
 from kumo_infra import planview
 from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
-from kumo_infra.port25 import AWS_FORM, report
+from kumo_infra.port25 import report
+from kumo_infra.targets.aws import FORM as AWS_FORM
 from kumo_infra.stackconfig import from_values, plan_for
 from tests.conftest import STACKS, deployment
 from tests.test_cli import assert_bad_input, kumo

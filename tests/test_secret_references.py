@@ -13,8 +13,8 @@ import pytest
 
 from kumo_infra.bootstrap import FILES
 from kumo_infra.config import parse_deployment
-from kumo_infra.secretspec import (API_TLS_CERT, API_TLS_KEY, azure_vault_name, reference, secret_specs,
-                                   store_name)
+from kumo_infra.secretspec import API_TLS_CERT, API_TLS_KEY, reference, secret_specs, store_name
+from kumo_infra.targets.azure import vault_name as azure_vault_name
 from tests.conftest import deployment
 
 RELAY = {"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "kumo"}}
