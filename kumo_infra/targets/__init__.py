@@ -114,6 +114,9 @@ class Target:
     # The node count the target dictates (ssh: one node per configured host), or None: the
     # planner decides, or kumo:deployment.nodes does. stackconfig.workload_for reads it.
     node_count: Optional[Callable[["Deployment"], int]] = None
+    # A small valid kumo:deployment for this target (as a stack file's value): the contract tests
+    # (tests/test_targets.py) run every target's facts on it, so a new target is tested by registering.
+    example: dict[str, Any] = field(default_factory=dict)
 
     def image_for(self, os_key: str) -> Any:
         """The image of ``os_key`` on this target; None when it has none (or the target takes

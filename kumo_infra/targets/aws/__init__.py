@@ -144,4 +144,5 @@ TARGET = Target(
     address_after_machine=True,
     internet_cap_gbps=5.0,  # through an internet gateway, for instances under 32 vCPUs
     internet_cap_below_vcpu=32,
+    example={"cloud": "aws", "region": "us-east-1", "name": "kumo-example", "hostname": "mta.example.com"},
 )

@@ -139,4 +139,8 @@ TARGET = Target(
     offline_computed=offline.COMPUTED,
     offline_invokes=offline.INVOKES,
     api_read_note=API_READ_NOTE,
+    # Pay-as-you-go subscriptions send through a smarthost; Ubuntu needs no marketplace terms.
+    example={"cloud": "azure", "region": "westeurope", "name": "kumo-example", "hostname": "mta.example.com",
+             "os": "ubuntu22", "port25": {"outbound": "relay", "relay": {"host": "smtp.example.net",
+                                                                         "username": "kumo"}}},
 )

@@ -102,4 +102,8 @@ TARGET = Target(
     component="kumo_infra.clouds.gcp:GcpKumoMta",
     offline_computed=offline.COMPUTED,
     offline_invokes=offline.INVOKES,
+    # GCP blocks outbound 25: mail leaves through a smarthost.
+    example={"cloud": "gcp", "region": "us-central1", "name": "kumo-example", "hostname": "mta.example.com",
+             "gcp": {"project": "my-kumo-project"},
+             "port25": {"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "kumo"}}},
 )
