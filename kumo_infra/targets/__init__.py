@@ -117,6 +117,19 @@ class Target:
     # A small valid kumo:deployment for this target (as a stack file's value): the contract tests
     # (tests/test_targets.py) run every target's facts on it, so a new target is tested by registering.
     example: dict[str, Any] = field(default_factory=dict)
+    # Secret stack config keys the target's component takes, {component argument: config key}
+    # (ssh: {"ssh_private_key": "kumo:sshPrivateKey"}): the program passes each one set as a
+    # Pulumi secret; stackconfig accepts them only encrypted and warns when one is unset.
+    secret_config: dict[str, str] = field(default_factory=dict)
+    # What the operator should know about a valid deployment here (stackconfig.warnings_for adds
+    # them; each names its key path).
+    warnings: Callable[["Deployment"], list[str]] = lambda deployment: []
+    # The nodes' hostnames when the target names its machines itself (ssh: each host's own
+    # hostname, if given), else None: Deployment.node_hostname numbers kumo:deployment.hostname.
+    node_hostnames: Optional[Callable[["Deployment"], list[str]]] = None
+    # Where the spool lives when the target decides it (ssh: "block" on the disk each host names,
+    # "directory" on the OS disk without one), else None: spool.storage, or the profile's default.
+    spool_storage: Optional[Callable[["Deployment"], str]] = None
 
     def image_for(self, os_key: str) -> Any:
         """The image of ``os_key`` on this target; None when it has none (or the target takes
