@@ -71,6 +71,15 @@ def test_size_list_catalog():
     assert result.returncode == 0 and "Standard_L8s_v3" in result.stdout
 
 
+def test_size_cloud_choices_are_the_registered_targets():
+    from kumo_infra import cli, targets
+
+    size = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["size"]._actions
+                if "--cloud" in a.option_strings)
+    assert tuple(size.choices) == targets.names()
+    assert_bad_input(kumo("size", "--list"), "--cloud: --list needs --cloud aws|azure|gcp")
+
+
 @pytest.mark.parametrize("args, fragments", [
     ((), ["the following arguments are required"]),
     (("size",), ["--cloud"]),

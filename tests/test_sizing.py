@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -298,3 +299,50 @@ def test_catalog_schema_is_enforced():
             catalog.parse("aws", bad)
     with pytest.raises(catalog.CatalogError, match="duplicate"):
         catalog.parse("aws", {"source": good["source"], "types": good["types"] * 2})
+
+
+# -- the internet cap is the target's fact; machines that exist already ---------------------------
+
+def test_the_internet_cap_is_the_targets_fact(monkeypatch):
+    from kumo_infra import targets
+
+    small = catalog.load("aws").get("c6id.4xlarge")
+    assert sizing.sustained_gbps(small) == targets.get("aws").internet_cap_gbps < small.baseline_gbps
+    # Without the fact, the same type is planned at its baseline: nothing in sizing knows the target.
+    monkeypatch.setitem(targets.registry(), "aws", dataclasses.replace(targets.get("aws"), internet_cap_gbps=None))
+    assert sizing.sustained_gbps(small) == small.baseline_gbps
+
+
+def test_vcpu_needed_is_the_fewest_that_carry_the_rate():
+    for rate in (1, 1_000_000, 2_700_000, 2_700_001, 4_450_000, 6_000_000):
+        v = sizing.vcpu_needed(rate)
+        assert sizing.published_throughput(v) >= rate and (v == 1 or sizing.published_throughput(v - 1) < rate)
+    assert sizing.vcpu_needed(10 ** 9) == sizing.PUBLISHED_THROUGHPUT[-1][0]  # beyond what was measured
+
+
+@pytest.mark.parametrize("profile", ["minimal", "performance"])
+def test_plan_without_catalog_states_the_minimum_per_machine(profile):
+    w = workload(cloud="bare-metal", messages_per_hour=6_000_000, avg_message_kb=80, nodes=3, profile=profile,
+                 storage="local_nvme" if profile == "performance" else "block")
+    plan = sizing.plan_without_catalog(w)
+    assert plan.instance_type == sizing.EXISTING and plan.nodes == 3 and plan.price_usd_hour == 0
+    per_node_mbps = sizing.bandwidth_mbps(6_000_000, 80) * 1.5 / 3
+    assert plan.required_mbps_per_node == pytest.approx(per_node_mbps, abs=0.001)
+    assert plan.memory_gib == sizing.MIN_MEMORY_GIB and plan.os_disk_gb >= sizing.MIN_DISK_GB
+    assert plan.capacity_per_node_per_hour >= 6_000_000 * 1.5 / 3
+    if profile == "performance":
+        assert plan.vcpu >= sizing.PERFORMANCE_MIN_VCPU and plan.sustained_gbps >= sizing.PERFORMANCE_MIN_NIC_GBPS
+    else:
+        assert plan.vcpu == sizing.vcpu_needed(2_000_000 * 1.5)
+        assert plan.sustained_gbps == pytest.approx(per_node_mbps / 1000, abs=0.001)
+
+
+def test_plan_without_catalog_warns_beyond_the_published_measurements():
+    plan = sizing.plan_without_catalog(workload(messages_per_hour=30_000_000, nodes=1))
+    assert any("beyond KumoMTA's largest published measurement" in w for w in plan.warnings)
+
+
+def test_plan_without_catalog_needs_the_node_count():
+    with pytest.raises(ConfigError) as info:
+        sizing.plan_without_catalog(workload(nodes=None))
+    assert info.value.problems[0].path == "kumo:deployment.nodes"
