@@ -31,7 +31,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from kumo_infra import cli
+from kumo_infra import cli, targets
 from kumo_infra.bootstrap import node_files, render_startup_script, render_user_data
 from kumo_infra.config import ROOT, Deployment
 from kumo_infra.stackconfig import load_file
@@ -151,6 +151,10 @@ BASES = {
         "subnetwork": "projects/my-kumo-project/regions/us-central1/subnetworks/mail",
         "dns_managed_zone": "example-com", "subnet_cidr": "10.42.0.0/24"}),
 }
+# A target registered later is walked too (its section is in the model): its own example deployment
+# (Target.example) is the base of its section's fields.
+BASES.update({name: copy.deepcopy(target.example) for name, target in targets.registry().items()
+              if name not in BASES})
 # admin_cidrs is refused beside ssh_cidrs/api_cidrs: it gets a base of its own.
 BASES["aws-admin"] = copy.deepcopy(BASES["aws"])
 BASES["aws-admin"]["network"] = {"admin_cidrs": ["203.0.113.0/24"]}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -349,3 +351,11 @@ def test_the_allow_list_names_existing_files():
     for rel in STILL_BRANCHING:
         assert (REPO / rel).is_file(), rel
     assert Path(NODE_SCRIPTS).is_dir()
+
+
+def test_the_registry_and_the_config_model_load_no_pulumi():
+    # validate, size and port25 run without any cloud SDK: the targets name their components as text.
+    probe = ("import sys; from kumo_infra import targets, stackconfig, port25, cli; targets.registry(); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('pulumi')))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result
