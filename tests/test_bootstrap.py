@@ -9,10 +9,12 @@ from __future__ import annotations
 import ast
 import base64
 import gzip
+import io
 import json
 import re
 import shutil
 import subprocess
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,9 @@ from kumo_infra.bootstrap import (
     FILES,
     bootstrap_script,
     compressed,
+    fetch_secret_script,
     lua_without_comments,
-    python_without_comments,
+    python_for_node,
     render_startup_script,
     render_user_data,
     spool_device_paths,
@@ -141,27 +144,80 @@ def test_delivered_script_is_the_source_without_comments(tmp_path):
     assert len(bootstrap_script()) < 0.8 * len((FILES / "kumo-bootstrap.sh").read_text())
 
 
-def _without_docstrings(tree: ast.AST) -> str:
+def _without_docstrings_and_annotations(tree: ast.AST) -> str:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and len(body) > 1
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
                 and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
                 and isinstance(body[0].value.value, str)):
-            node.body = body[1:]
+            node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, ast.FunctionDef):
+            node.returns = None
+        if isinstance(node, ast.arg):
+            node.annotation = None
     return ast.dump(tree)
 
 
 @pytest.mark.parametrize("source", [
     (FILES / "kumo-fetch-secret.py").read_text(),
-    # Comment-like and blank lines inside a string stay; a body's only docstring stays.
+    # Comment-like and blank lines inside a string stay; a body's only docstring becomes pass.
     '#!/usr/bin/env python3\n"""Doc."""\n\nX = """a\n# not a comment\n\nb"""  # trailing\n'
-    'def f():\n    """Only statement."""\n\n\ndef g():\n    """Doc."""\n    # note\n    return X\n',
+    'def f(a: int, *r: str, k: "x" = 1, **kw: dict) -> None:\n    """Only statement."""\n\n\n'
+    'class C:\n    """Only statement."""\n\n\ndef g():\n    """Doc."""\n    # note\n    return X\n',
 ])
 def test_delivered_python_has_the_same_syntax_tree(source):
-    delivered = python_without_comments(source)
+    delivered = python_for_node(source)
     assert delivered.startswith("#!/usr/bin/env python3\n")
-    assert _without_docstrings(ast.parse(source)) == ast.dump(ast.parse(delivered))
+    assert _without_docstrings_and_annotations(ast.parse(source)) == ast.dump(ast.parse(delivered))
+    comments = [t.string for t in tokenize.generate_tokens(io.StringIO(delivered).readline)
+                if t.type == tokenize.COMMENT]
+    assert comments == ["#!/usr/bin/env python3"]  # a "#" inside a string stays; no comment does
     assert len(delivered) < len(source)
+
+
+def test_delivered_python_refuses_what_it_cannot_strip_safely():
+    # An annotated assignment would need its value kept and its annotation dropped: the node
+    # scripts use type comments instead, and the renderer refuses rather than guess.
+    with pytest.raises(ValueError, match="annotated assignment"):
+        python_for_node("X: int = 1\n")
+
+
+BACKEND_REFERENCES = {"aws": "aws:eu-west-1:kumo-infra/kumo/relay-password",
+                      "azure": "azure:https://kumo-abc123.vault.azure.net:relay-password",
+                      "gcp": "gcp:my-proj:kumo-relay-password", "delivered": "delivered:relay-password"}
+
+
+def _delivered_fetcher(backend: str, tmp_path: Path):
+    import importlib.util
+    script = tmp_path / f"kumo-fetch-secret-{backend}.py"
+    script.write_text(fetch_secret_script(backend))
+    spec = importlib.util.spec_from_file_location(f"fetch_{backend}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_REFERENCES))
+def test_a_node_gets_only_its_targets_secret_store(backend, tmp_path):
+    delivered = fetch_secret_script(backend)
+    ast.parse(delivered, feature_version=(3, 6))  # Rocky/Alma 8's platform python
+    module = _delivered_fetcher(backend, tmp_path)
+    assert set(module.BACKENDS) == {backend}
+    others = set(BACKEND_REFERENCES) - {backend}
+    for other in others:
+        with pytest.raises(ValueError, match=f"unknown secret store '{other}' \\(known: {backend}\\)"):
+            module.fetch(BACKEND_REFERENCES[other])
+    # Every store's code but its own is gone, not only its table entry.
+    names = {n.name for n in ast.walk(ast.parse(delivered)) if isinstance(n, ast.FunctionDef)}
+    assert {f"_{other}" for other in others}.isdisjoint(names) and f"_{backend}" in names
+
+
+def test_every_targets_secret_backend_is_in_the_fetcher():
+    from kumo_infra import targets
+    for target in targets.registry().values():
+        fetch_secret_script(target.secrets.backend)  # raises for a backend without its section
+    with pytest.raises(ValueError, match="no backend 'oracle'"):
+        fetch_secret_script("oracle")
 
 
 def _bytecode(lua: str, tmp_path: Path, name: str) -> bytes:
@@ -281,7 +337,7 @@ def test_policy_relay_and_admin_networks(tmp_path):
 def test_block_spool_is_found_by_its_exact_identity(cloud, volume_id, paths, tmp_path):
     os_key = "rocky9"
     d, plan = build(cloud, os_key, "block")
-    assert spool_device_paths(cloud, "block", volume_id) == paths
+    assert spool_device_paths(d, "block", volume_id) == paths
     renderer = render_startup_script if cloud == "gcp" else render_user_data
     rendered = renderer(d, plan, spool_volume_id=volume_id)
     env_text = (write_files(rendered)["/etc/kumo-infra/bootstrap.env"] if cloud != "gcp"
@@ -293,17 +349,19 @@ def test_block_spool_is_found_by_its_exact_identity(cloud, volume_id, paths, tmp
 
 
 def test_local_nvme_carries_no_exact_paths():
-    assert spool_device_paths("aws", "local_nvme", "vol-0123456789abcdef0") == []
+    d, _ = build("aws", "rocky9", "local_nvme")
+    assert spool_device_paths(d, "local_nvme", "vol-0123456789abcdef0") == []
 
 
-@pytest.mark.parametrize("bad", ["vol-1 x", "vol-1/../x", "vol-$(id)", ""])
+@pytest.mark.parametrize("bad", ["vol-1 x", "vol-1/../x", "vol-$(id)", "vol-1/./x", "vol-*", ""])
 def test_spool_volume_id_must_be_an_id(bad):
+    d, _ = build("aws", "rocky9", "block")
     if bad == "":
         # An empty id is "unknown yet" (Xen names only), not an error.
-        assert spool_device_paths("aws", "block", bad) == ["/dev/xvdf", "/dev/sdf"]
+        assert spool_device_paths(d, "block", bad) == ["/dev/xvdf", "/dev/sdf"]
         return
     with pytest.raises(ValueError, match="spool_volume_id"):
-        spool_device_paths("aws", "block", bad)
+        spool_device_paths(d, "block", bad)
 
 
 def _startup_file(script: str, path: str) -> str:
@@ -475,3 +533,55 @@ def test_kumod_never_starts_without_the_spool_kumo_infra_accepted():
     assert unit["Unit"]["RequiresMountsFor"] == "/var/spool/kumomta"
     assert unit["Unit"]["Requires"] == "kumo-spool.service"
     assert unit["Unit"]["After"] == "kumo-spool.service"
+
+
+# -- issue 9: target facts reach the node through its settings ---------------------------------
+
+@pytest.mark.parametrize("cloud", ["aws", "azure", "gcp"])
+@pytest.mark.parametrize("storage", ["block", "local_nvme"])
+def test_settings_carry_the_targets_device_facts(cloud, storage, tmp_path):
+    from kumo_infra import targets
+    d, plan = build(cloud, "ubuntu22", storage)
+    target = targets.get(cloud)
+    env = source_env(write_files(render_user_data(d, plan))["/etc/kumo-infra/bootstrap.env"], tmp_path)
+    assert env["KUMO_SPOOL_DEVICE_PATHS"].split() == target.spool_device_paths(d, storage, None)
+    expected_globs = list(target.nvme_device_globs) if storage == "local_nvme" else []
+    assert env["KUMO_NVME_DEVICE_GLOBS"].split() == expected_globs
+    assert not (storage == "local_nvme" and not expected_globs)  # every cloud names its NVMe
+
+
+def test_every_targets_nvme_names_are_single_words():
+    # The settings carry them separated by spaces, and the node reads them as words.
+    from kumo_infra import targets
+    for target in targets.registry().values():
+        assert all(glob.startswith("/dev/") and not re.search(r"\s", glob) for glob in target.nvme_device_globs)
+
+
+def test_settings_carry_the_minimums_and_the_plans_needs_per_node(tmp_path):
+    from kumo_infra.sizing import MIN_DISK_GB, MIN_MEMORY_GIB
+    d, plan = build("aws", "debian12", "block")
+    env = source_env(write_files(render_user_data(d, plan))["/etc/kumo-infra/bootstrap.env"], tmp_path)
+    assert float(env["KUMO_MIN_MEMORY_GIB"]) == MIN_MEMORY_GIB and int(env["KUMO_MIN_DISK_GB"]) == MIN_DISK_GB
+    assert int(env["KUMO_PLAN_VCPU"]) == plan.vcpu
+    assert float(env["KUMO_PLAN_MEMORY_GIB"]) == plan.memory_gib
+    assert float(env["KUMO_PLAN_MBPS_PER_NODE"]) == pytest.approx(plan.required_mbps_per_node, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["kumo-spool.service", "kumomta-dropin.conf", "kumo-log-retention.service",
+                                  "kumo-log-retention.timer", "kumo-os-reboot.service"])
+def test_delivered_units_are_the_same_units_without_comments(name):
+    import configparser
+
+    from kumo_infra.bootstrap import unit_without_comments
+
+    def parsed(text: str) -> dict:
+        unit = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
+        unit.optionxform = str  # systemd keys are case-sensitive
+        unit.read_string(text)
+        return {section: dict(unit[section]) for section in unit.sections()}
+
+    source = (FILES / name).read_text()
+    delivered = unit_without_comments(source)
+    assert parsed(delivered) == parsed(source) and parsed(source)
+    assert delivered.splitlines()[0] == source.splitlines()[0]  # who wrote it
+    assert not any(line.startswith(("#", ";")) for line in delivered.splitlines()[1:])

@@ -8,6 +8,7 @@ mistakes are subtle: JSON the status file is made of, number comparison beyond
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -62,9 +63,9 @@ def test_spool_tools_prints_nothing_when_nothing_is_missing(tmp_path):
         (tools / name).write_text("#!/bin/sh\n")
         (tools / name).chmod(0o755)
     env = {"PATH": f"{tools}:/usr/bin:/bin"}
-    out = bash('KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=2; mapfile -t t < <(spool_tools); echo "${#t[@]}"', tmp_path, env)
+    out = bash('KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=2; mapfile -t t < <(spool_tools); echo "${#t[@]}"', tmp_path, env)
     assert out.stdout.strip() == "0"
-    missing = bash('KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=2; spool_tools', tmp_path, {"PATH": "/nonexistent:/bin"})
+    missing = bash('KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=2; spool_tools', tmp_path, {"PATH": "/nonexistent:/bin"})
     assert missing.stdout.split() == ["xfsprogs", "mdadm"] or missing.stdout.split() == ["mdadm"]
 
 
@@ -218,7 +219,8 @@ cat "$T/found"; echo ---; cat "$WORK/spool-refused"
             {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in refused.splitlines()})
 
 
-LOCAL_AWS = "KUMO_SPOOL_STORAGE=local_nvme KUMO_CLOUD=aws KUMO_SPOOL_DEVICES={n} KUMO_SPOOL_DEVICE_PATHS=''\n"
+LOCAL_AWS = ("KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_DEVICES={n} KUMO_SPOOL_DEVICE_PATHS='' "
+             "KUMO_NVME_DEVICE_GLOBS=''\n")
 
 
 @pytest.mark.parametrize("meta, reason", [
@@ -261,7 +263,7 @@ def test_local_nvme_never_takes_an_ebs_volume_or_more_than_the_plan(tmp_path):
 
 def test_block_spool_is_only_its_exact_paths_never_a_scan(tmp_path):
     make_disks(tmp_path, {"nvme1n1": {}, "nvme2n1": {}})
-    settings = "KUMO_SPOOL_STORAGE=block KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=1 " \
+    settings = "KUMO_SPOOL_STORAGE=block KUMO_SPOOL_DEVICES=1 " \
                f"KUMO_SPOOL_DEVICE_PATHS='{tmp_path}/dev/by-id-absent {tmp_path}/dev/xvdf'\n"
     # Free, blank disks exist, but none at the volume's own paths: nothing is taken.
     assert find_devices(tmp_path, settings) == ([], {})
@@ -272,7 +274,7 @@ def test_block_spool_is_only_its_exact_paths_never_a_scan(tmp_path):
 def test_block_volume_holding_foreign_data_is_refused_at_once(tmp_path):
     make_disks(tmp_path, {"xvdf": {"sigs": "xfs", "label": "somebodys"}})
     body = DISK_STUBS.format(tmp=tmp_path) + f"""
-KUMO_SPOOL_STORAGE=block KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=1 KUMO_SPOOL_DEVICE_PATHS={tmp_path}/dev/xvdf
+KUMO_SPOOL_STORAGE=block KUMO_SPOOL_DEVICES=1 KUMO_SPOOL_DEVICE_PATHS={tmp_path}/dev/xvdf
 KUMO_SPOOL_FS=xfs KUMO_DEVICE_WAIT_S=600
 id() {{ :; }}; mountpoint() {{ return 1; }}; sleep() {{ echo slept >>"$T/slept"; }}
 run_step spool step_spool; write_status failed; cat "$STATUS"
@@ -285,7 +287,8 @@ run_step spool step_spool; write_status failed; cat "$STATUS"
 
 
 RAID_BODY = r"""
-KUMO_SPOOL_STORAGE=local_nvme KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=2 KUMO_SPOOL_DEVICE_PATHS='' KUMO_SPOOL_FS=xfs
+KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_DEVICES=2 KUMO_SPOOL_DEVICE_PATHS='' KUMO_NVME_DEVICE_GLOBS=''
+KUMO_SPOOL_FS=xfs
 KUMO_DEVICE_WAIT_S=0
 id() { :; }; mountpoint() { return 1; }; udevadm() { :; }
 mdadm() {
@@ -337,7 +340,8 @@ wipefs() {
 mkfs.xfs() { echo "$*" >>"$T/mkfs.log"; }
 """
     body = stubs + """
-KUMO_SPOOL_STORAGE=local_nvme KUMO_CLOUD=aws KUMO_SPOOL_DEVICES=1 KUMO_SPOOL_DEVICE_PATHS='' KUMO_SPOOL_FS=xfs
+KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_DEVICES=1 KUMO_SPOOL_DEVICE_PATHS='' KUMO_NVME_DEVICE_GLOBS=''
+KUMO_SPOOL_FS=xfs
 KUMO_DEVICE_WAIT_S=0
 id() { :; }; mountpoint() { return 1; }; udevadm() { :; }
 run_step spool step_spool; write_status failed; cat "$STATUS"
@@ -374,7 +378,7 @@ run_step fstab ensure_spool_fstab; run_step again ensure_spool_fstab; write_stat
 INSTALL_STUBS = r"""
 T={tmp}
 KUMO_PKG_FAMILY=apt KUMO_PACKAGE=kumomta KUMO_OTHER_PACKAGE=kumomta-dev KUMO_VERSION={version}
-KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=1 KUMO_REPO_KEY_URL=http://192.0.2.1/k KUMO_REPO_KEY_FINGERPRINT={fpr}
+KUMO_SPOOL_STORAGE=block KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=1 KUMO_REPO_KEY_URL=http://192.0.2.1/k KUMO_REPO_KEY_FINGERPRINT={fpr}
 KUMO_REPO_WAIT_S=0
 dpkg-query() {{ case "${{*: -1}}" in kumomta) echo "ii 2026.03.04-1fbb1b18" ;; esac; }}
 command() {{ [ "$2" = mkfs.xfs ] || builtin command "$@"; }}
@@ -613,7 +617,7 @@ def test_updates_off_installs_nothing_and_disables_the_tool(tmp_path):
 FIRST_USE_STUBS = r"""
 T={tmp}
 KUMO_PKG_FAMILY=apt KUMO_PACKAGE=kumomta KUMO_OTHER_PACKAGE=kumomta-dev KUMO_VERSION=2027.01.01
-KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=1 KUMO_REPO_KEY_URL=https://openrepo.example.net/k/public.gpg
+KUMO_SPOOL_STORAGE=block KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=1 KUMO_REPO_KEY_URL=https://openrepo.example.net/k/public.gpg
 KUMO_REPO_KEY_FINGERPRINT='' KUMO_REPO_WAIT_S=0 APT_KEYRING=$T/kumomta.gpg CONF_DIR=$T
 dpkg-query() {{ case "${{*: -1}}" in kumomta|curl|gnupg|ca-certificates) echo "ii 2026.03.04-1fbb1b18" ;; esac; }}
 command() {{ [ "$2" = mkfs.xfs ] || builtin command "$@"; }}
@@ -748,3 +752,293 @@ def test_secrets_step_retries_only_what_waiting_can_fix(code, retried, tmp_path)
     (step,) = json.loads(result.stdout[result.stdout.index("{"):])["steps"]
     assert step["status"] == "failed" and f"failure {code}" in step["detail"]
     assert (tmp_path / "sleep.log").exists() is retried
+
+
+# -- issue 9: target facts come from the settings, never from KUMO_CLOUD ----------------------
+
+def test_local_nvme_stable_names_are_the_settings_globs_expanded_one_by_one(tmp_path):
+    make_disks(tmp_path, {"nvme1n1": {}, "nvme2n1": {}, "nvme3n1": {}})
+    links = tmp_path / "by-id"
+    links.mkdir()
+    # A match with a blank in its name stays one word; a pattern with no match adds nothing.
+    (links / "store_b").symlink_to(tmp_path / "dev/nvme2n1")
+    (links / "store a").symlink_to(tmp_path / "dev/nvme1n1")
+    (links / "store_a-part1").symlink_to(tmp_path / "dev/nvme3n1")  # a partition's name is skipped
+    marker = tmp_path / "marker"
+    globs = f"{links}/store* {tmp_path}/absent/* $(touch${{IFS}}{marker})*"
+    settings = f"KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_DEVICES=3 KUMO_SPOOL_DEVICE_PATHS='' KUMO_NVME_DEVICE_GLOBS='{globs}'\n"
+    # Found through the globs (in their sorted order), so the scan of every NVMe disk never runs:
+    # nvme3n1, free and blank, is not taken.
+    assert find_devices(tmp_path, settings) == (["nvme1n1", "nvme2n1"], {})
+    assert not marker.exists()
+
+
+def test_the_script_decides_nothing_by_the_cloud():
+    # KUMO_CLOUD is information for status.json only: a new target changes no condition here.
+    lines = [line.strip() for line in SCRIPT.read_text().splitlines() if "KUMO_CLOUD" in line]
+    code = [line for line in lines if not line.startswith("#")]
+    assert code == ['"$(json_str "$MODE")" "$(json_str "$KUMO_HOSTNAME")" "$(json_str "$KUMO_CLOUD")" '
+                    '"$(json_str "$KUMO_OS")" "$result" \\']
+    assert not re.search(r"\b(case|if|elif|while|until)\b[^\n]*\bKUMO_CLOUD|\[\[?[^\n]*KUMO_CLOUD", SCRIPT.read_text())
+
+
+# -- issue 9: the machine's own size ---------------------------------------------------------
+
+MACHINE_STUBS = r"""
+T={tmp}
+PROC=$T/proc SYSFS=$T/sys SPOOL=/var/spool/kumomta
+mkdir -p "$PROC" "$SYSFS/class/net/eth0"
+printf 'MemTotal:       {mem_kb} kB\nMemFree:        1000 kB\n' >"$PROC/meminfo"
+for i in $(seq 0 $(({cpus} - 1))); do printf 'processor\t: %s\nmodel name\t: x\n\n' "$i"; done >"$PROC/cpuinfo"
+{speed_setup}
+ip() {{ echo "default via 192.0.2.1 dev eth0 proto dhcp src 192.0.2.10 metric 100"; }}
+# df -Pk PATH: the root filesystem, and /var on a filesystem of its own when $T/var-fs says so.
+df() {{
+  local path=${{*: -1}}
+  echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
+  if [[ "$path" == /var* ]] && [ -s "$T/var-fs" ]; then echo "/dev/sdb1 $(cat "$T/var-fs") 0 0 0% /var"
+  else echo "/dev/sda1 {root_kb} 0 0 0% /"; fi
+}}
+KUMO_MIN_MEMORY_GIB=4 KUMO_MIN_DISK_GB=20 KUMO_SPOOL_STORAGE={storage}
+KUMO_PLAN_VCPU={plan_vcpu} KUMO_PLAN_MEMORY_GIB={plan_gib} KUMO_PLAN_MBPS_PER_NODE={plan_mbps}
+{setup}
+run_step machine step_machine; write_status ok; cat "$STATUS"
+"""
+
+GIB_KB = 1024 * 1024
+GB_KB = 10**9 / 1024  # one GB (10^9 bytes) in KiB
+
+
+def machine(tmp_path: Path, *, mem_kb: int = 8 * GIB_KB, cpus: int = 2, root_kb: int = int(30 * GB_KB),
+            speed: str | None = "10000", storage: str = "block", plan_vcpu: int = 2, plan_gib: float = 4,
+            plan_mbps: float = 16.7, setup: str = "") -> dict:
+    speed_setup = "" if speed is None else f"echo '{speed}' >\"$SYSFS/class/net/eth0/speed\""
+    body = MACHINE_STUBS.format(tmp=tmp_path, mem_kb=mem_kb, cpus=cpus, root_kb=root_kb, speed_setup=speed_setup,
+                                storage=storage, plan_vcpu=plan_vcpu, plan_gib=plan_gib, plan_mbps=plan_mbps,
+                                setup=setup)
+    result = bash(body, tmp_path)
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_machine_facts_are_recorded(tmp_path):
+    status = machine(tmp_path, mem_kb=7_864_320, cpus=4, root_kb=int(32 * GB_KB))
+    (step,) = status["steps"]
+    assert step["status"] == "ok" and step["changed"] is False, step
+    facts = status["facts"]
+    assert facts["cpu_count"] == 4 and facts["memory_mib"] == 7680
+    assert facts["filesystem_bytes"] == {"/": int(32 * GB_KB) * 1024}
+    assert facts["nic"] == "eth0" and facts["nic_speed_mbps"] == 10000
+    assert status["warnings"] == []
+
+
+@pytest.mark.parametrize("speed", ["-1", "", None, "unknown"])
+def test_a_virtual_nics_speed_is_unknown_not_slow(speed, tmp_path):
+    status = machine(tmp_path, speed=speed, plan_mbps=100000)
+    assert status["facts"]["nic_speed_mbps"] == "unknown"
+    assert status["warnings"] == []  # no comparison with a speed nobody knows
+
+
+@pytest.mark.parametrize("mem_kb, ok", [
+    (3_670_016, True),        # 3.5 GiB: the least a 4 GiB machine may show (7/8 of it)
+    (3_955_000, True),        # what a 4 GiB cloud machine shows (firmware, kernel, crash kernel)
+    (3_670_015, False),       # one kB less
+    (2 * GIB_KB - 60_000, False),
+])
+def test_memory_under_the_minimum_fails_naming_memory(mem_kb, ok, tmp_path):
+    status = machine(tmp_path, mem_kb=mem_kb, plan_gib=4)
+    (step,) = status["steps"]
+    assert (step["status"] == "ok") is ok, step
+    if not ok:
+        assert step["detail"].startswith("machine too small for KumoMTA; memory ")
+        assert f"memory {mem_kb // 1024} MiB, needs 4 GiB" in step["detail"] and "disk" not in step["detail"]
+    assert status["facts"]["memory_mib"] == mem_kb // 1024  # recorded either way
+
+
+@pytest.mark.parametrize("root_kb, ok", [
+    (17_578_125, True),       # 18 GB as df counts it: what a 20 GB disk keeps after boot partitions
+    (17_578_124, False),
+    (int(16 * GB_KB), False),
+])
+def test_a_root_filesystem_under_the_minimum_fails_naming_the_disk(root_kb, ok, tmp_path):
+    status = machine(tmp_path, root_kb=root_kb)
+    (step,) = status["steps"]
+    assert (step["status"] == "ok") is ok, step
+    if not ok:
+        assert "disk: filesystem / " in step["detail"] and "needs 20 GB" in step["detail"]
+        assert "memory" not in step["detail"]
+
+
+def test_memory_and_disk_are_both_named(tmp_path):
+    (step,) = machine(tmp_path, mem_kb=GIB_KB, root_kb=int(8 * GB_KB))["steps"]
+    assert step["status"] == "failed"
+    assert "memory 1024 MiB, needs 4 GiB" in step["detail"] and "disk: filesystem / 8 GB, needs 20 GB" in step["detail"]
+
+
+def test_a_directory_spool_on_a_small_filesystem_of_its_own_fails(tmp_path):
+    # /var on a 10 GB filesystem of its own: the spool directory would live there.
+    status = machine(tmp_path, storage="directory", setup=f'echo {int(10 * GB_KB)} >"$T/var-fs"')
+    (step,) = status["steps"]
+    assert step["status"] == "failed" and "disk: filesystem /var 10 GB, needs 20 GB" in step["detail"]
+    assert set(status["facts"]["filesystem_bytes"]) == {"/", "/var"}
+    # On the root filesystem, the directory is checked once, with the root.
+    other = tmp_path / "other"
+    other.mkdir()
+    status = machine(other, storage="directory")
+    assert status["steps"][0]["status"] == "ok" and list(status["facts"]["filesystem_bytes"]) == ["/"]
+    # A block spool is not on the OS disk: /var is not checked.
+    third = tmp_path / "third"
+    third.mkdir()
+    status = machine(third, storage="block", setup=f'echo {int(10 * GB_KB)} >"$T/var-fs"')
+    assert status["steps"][0]["status"] == "ok"
+
+
+def test_a_machine_smaller_than_the_plan_warns_and_never_fails(tmp_path):
+    status = machine(tmp_path, cpus=2, mem_kb=4 * GIB_KB, speed="1000", plan_vcpu=8, plan_gib=16, plan_mbps=2500)
+    (step,) = status["steps"]
+    assert step["status"] == "ok"
+    assert status["warnings"] == ["2 CPUs, the plan sizes nodes for 8",
+                                  "memory 4096 MiB, the plan sizes nodes for 16 GiB",
+                                  "eth0 at 1000 Mbit/s, the plan needs 2500 Mbit/s per node"]
+    # As large as the plan (memory with the kernel's share counted in): no warning.
+    other = tmp_path / "other"
+    other.mkdir()
+    status = machine(other, cpus=8, mem_kb=15_800_000, speed="2500", plan_vcpu=8, plan_gib=16, plan_mbps=2500)
+    assert status["warnings"] == []
+
+
+def test_warnings_reach_the_console_before_the_result_line(tmp_path):
+    body = """
+step_warns() { warn "first"; warn "second"; }
+run_step w step_warns; console_warnings; result_line "KUMO-BOOTSTRAP OK host=x changed=false"
+"""
+    lines = bash(body, tmp_path).stdout.splitlines()
+    assert lines[-3:] == ["KUMO-BOOTSTRAP WARNING: first", "KUMO-BOOTSTRAP WARNING: second",
+                          "KUMO-BOOTSTRAP OK host=x changed=false"]
+
+
+def test_the_result_is_the_last_line_of_the_output():
+    # What a caller over SSH reads (pulumi-command's stdout): main ends with the result line.
+    main = SCRIPT.read_text().split("\nmain() {", 1)[1]
+    assert main.count('result_line "KUMO-BOOTSTRAP OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED') == 1
+    tail = main[main.index('result_line "KUMO-BOOTSTRAP OK'):].splitlines()
+    assert tail[1:3] == ["exit 0", "}"]
+
+
+# -- issue 9: a spool directory on the OS disk ------------------------------------------------
+
+DIRECTORY_SPOOL = r"""
+T={tmp}
+KUMO_SPOOL_STORAGE=directory KUMO_SPOOL_DEVICE_PATHS='' KUMO_NVME_DEVICE_GLOBS='' KUMO_SPOOL_DEVICES=1
+KUMO_SPOOL_FS=xfs KUMO_DEVICE_WAIT_S=0 SPOOL=$T/spool FSTAB=$T/fstab
+echo "/dev/sda1 / ext4 defaults 0 1" >"$FSTAB"
+id() {{ :; }}
+for tool in mkfs.xfs mkfs.ext4 mdadm mount wipefs udevadm; do eval "$tool() {{ echo $tool >>\"$T/touched\"; }}"; done
+findmnt() {{ echo /; }}
+stat() {{ echo "$(cat "$T/owner" 2>/dev/null || echo root:root:755)" | cut -d: -f"$([ "$2" = %U:%G ] && echo 1-2 || echo 1-3)"; }}
+chown() {{ echo "kumod:kumod:2770" >"$T/owner"; echo chown >>"$T/owned"; }}; chmod() {{ :; }}
+{mounted}
+run_step spool step_spool; run_step again step_spool; write_status ok; cat "$STATUS"
+"""
+
+
+@pytest.mark.parametrize("mounted", ["mountpoint() { return 1; }", "mountpoint() { return 0; }"])
+def test_a_directory_spool_is_never_formatted_or_mounted(mounted, tmp_path):
+    result = bash(DIRECTORY_SPOOL.format(tmp=tmp_path, mounted=mounted), tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    first, again = status["steps"]
+    assert first["status"] == "ok" and again["status"] == "ok", status
+    assert not (tmp_path / "touched").exists()  # no mkfs, mdadm, mount, wipefs
+    assert (tmp_path / "fstab").read_text() == "/dev/sda1 / ext4 defaults 0 1\n"
+    assert (tmp_path / "spool").is_dir()
+    assert first["changed"] is True and again["changed"] is False  # ownership set once
+    assert status["facts"]["spool_mounted"] is False and status["facts"]["spool_filesystem"] == "/"
+    assert status["warnings"] and all("the spool is a directory on the filesystem at /" in w
+                                      for w in status["warnings"])
+
+
+def test_a_directory_spool_needs_no_filesystem_tools(tmp_path):
+    out = bash('KUMO_SPOOL_STORAGE=directory KUMO_SPOOL_FS=xfs KUMO_SPOOL_DEVICES=1; spool_tools', tmp_path,
+               {"PATH": "/nonexistent:/bin"})
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize("signatures", [{"sigs": "ext4", "label": "data"}, {"pttype": "gpt", "sigs": "gpt"},
+                                        {"sigs": "LVM2_member"}])
+def test_an_operators_disk_holding_data_is_refused_never_formatted(signatures, tmp_path):
+    # The ssh target's spool_device: a /dev/disk/by-id/ name the operator gave, as a block spool.
+    make_disks(tmp_path, {"sdb": dict(signatures)})
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    (by_id / "wwn-0x5000c500a1b2c3d4").symlink_to(tmp_path / "dev/sdb")
+    body = DISK_STUBS.format(tmp=tmp_path) + f"""
+KUMO_SPOOL_STORAGE=block KUMO_SPOOL_DEVICES=1 KUMO_SPOOL_DEVICE_PATHS={by_id}/wwn-0x5000c500a1b2c3d4
+KUMO_NVME_DEVICE_GLOBS='' KUMO_SPOOL_FS=xfs KUMO_DEVICE_WAIT_S=600
+id() {{ :; }}; mountpoint() {{ return 1; }}; sleep() {{ echo slept >>"$T/slept"; }}
+mkfs.xfs() {{ echo mkfs >>"$T/mkfs"; }}
+run_step spool step_spool; write_status failed; cat "$STATUS"
+"""
+    result = bash(body, tmp_path)
+    (spool,) = json.loads(result.stdout[result.stdout.index("{"):])["steps"]
+    assert spool["status"] == "failed" and "not made by kumo-infra" in spool["detail"]
+    assert not (tmp_path / "mkfs").exists() and not (tmp_path / "slept").exists()
+
+
+# -- issue 9: delivered secrets ----------------------------------------------------------------
+
+DELIVERED_SECRETS = r"""
+T={tmp}
+CONF_DIR=$T KUMO_SECRET_WAIT_S=600 DELIVERED_DIR=$T/delivered
+printf 'delivered:relay-password\t%s/secrets/relay-password\n' "$T" >"$T/secrets.list"
+printf 'delivered:dkim-example-com-s1\t%s/secrets/dkim.key\n' "$T" >>"$T/secrets.list"
+mkdir -p "$T/secrets"
+python_bin() {{ echo {python}; }}
+# The real kumo-fetch-secret (its delivered backend), whatever path the step names.
+{python}() {{ shift; KUMO_FETCH_SECRET_TEST_MODE=1 KUMO_DELIVERED_DIR="$T/delivered" command {python} {fetcher} "$@"; }}
+install() {{ case "$1" in -d) shift 6; mkdir -p "$1" ;; *) command cp "${{@: -2:1}}" "${{@: -1}}" ;; esac; }}
+sleep() {{ echo "sleep $*" >>"$T/sleep.log"; }}
+{setup}
+run_step secrets step_secrets; write_status ok; cat "$STATUS"
+"""
+
+
+def delivered_secrets(tmp_path: Path, setup: str) -> tuple[dict, subprocess.CompletedProcess]:
+    import sys
+    body = DELIVERED_SECRETS.format(tmp=tmp_path, python=sys.executable,
+                                    fetcher=FILES / "kumo-fetch-secret.py", setup=setup)
+    result = bash(body, tmp_path, {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    return json.loads(result.stdout[result.stdout.index("{"):]), result
+
+
+STAGE_BOTH = ('mkdir -p "$T/delivered"; printf "pw\\0with NUL" >"$T/delivered/relay-password"; '
+              'printf "KEY" >"$T/delivered/dkim-example-com-s1"')
+
+
+def test_delivered_secrets_are_installed_and_their_staged_copies_removed(tmp_path):
+    status, result = delivered_secrets(tmp_path, STAGE_BOTH)
+    (step,) = status["steps"]
+    assert step["status"] == "ok", step
+    assert (tmp_path / "secrets/relay-password").read_bytes() == b"pw\0with NUL"
+    assert (tmp_path / "secrets/dkim.key").read_bytes() == b"KEY"
+    assert not (tmp_path / "delivered").exists()
+    assert status["facts"]["secrets_fetched"] == 2
+    assert "pw" not in result.stdout + result.stderr + (tmp_path / "bootstrap.log").read_text()
+
+
+def test_a_secret_not_delivered_this_run_keeps_the_installed_copy(tmp_path):
+    # kumo-bootstrap run by hand: nothing on standard input, nothing staged; no retry, no change.
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/relay-password").write_text("installed")
+    (tmp_path / "secrets/dkim.key").write_text("installed key")
+    status, _ = delivered_secrets(tmp_path, "")
+    (step,) = status["steps"]
+    assert step["status"] == "ok" and step["changed"] is False, step
+    assert "2 secret(s) not delivered in this run" in step["detail"]
+    assert (tmp_path / "secrets/relay-password").read_text() == "installed"
+    assert not (tmp_path / "sleep.log").exists()
+
+
+def test_a_secret_never_delivered_fails_at_once(tmp_path):
+    status, _ = delivered_secrets(tmp_path, 'mkdir -p "$T/delivered"; printf KEY >"$T/delivered/dkim-example-com-s1"')
+    (step,) = status["steps"]
+    assert step["status"] == "failed" and "relay-password was never delivered" in step["detail"]
+    assert not (tmp_path / "sleep.log").exists()

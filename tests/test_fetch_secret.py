@@ -397,7 +397,8 @@ def offline_script(monkeypatch):
         raise OSError("network disabled in this test")
 
     monkeypatch.setattr(module, "_request", no_network)
-    for name in (*module.ENDPOINT_VARIABLES, module.TEST_CA_VARIABLE, module.TEST_MODE_VARIABLE):
+    for name in (*module.ENDPOINT_VARIABLES, module.TEST_CA_VARIABLE, module.TEST_MODE_VARIABLE,
+                 module.DELIVERED_DIR_VARIABLE):
         monkeypatch.delenv(name, raising=False)
     return module, sent
 
@@ -532,3 +533,51 @@ def test_a_garbled_answer_or_a_missing_identity_is_a_retryable_failure_not_bad_i
     result = fetch(reference, cloud)
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert says in result.stderr and "Traceback" not in result.stderr
+
+
+# -- the backend table and the delivered backend (issue 9) ------------------------------------------------------
+
+
+def test_an_unknown_store_is_refused_naming_the_known_ones(offline_script, capsys):
+    module, sent = offline_script
+    assert set(module.BACKENDS) == {"aws", "azure", "gcp", "delivered"}
+    assert module.main(["kumo-fetch-secret", "oracle:vault:name"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown secret store 'oracle' (known: aws, azure, delivered, gcp)" in err and sent == []
+
+
+def run_delivered(reference: str, staged: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), reference], capture_output=True, env={
+        "PATH": "/usr/bin:/bin", "KUMO_FETCH_SECRET_TEST_MODE": "1", "KUMO_DELIVERED_DIR": str(staged), **env},
+        timeout=60)
+
+
+def test_a_delivered_secret_is_read_from_the_staging_directory_byte_for_byte(tmp_path):
+    value = b"line one\nquote ' \" $(id) \x00 \xff end"
+    (tmp_path / "dkim-example-com-s1").write_bytes(value)
+    result = run_delivered("delivered:dkim-example-com-s1", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == value
+
+
+def test_a_secret_not_delivered_exits_3_and_says_so(tmp_path):
+    result = run_delivered("delivered:relay-password", tmp_path)
+    assert result.returncode == 3 and result.stdout == b""
+    assert b"delivered:relay-password: nothing was delivered in this run" in result.stderr
+
+
+@pytest.mark.parametrize("reference", ["delivered:", "delivered:../etc/shadow", "delivered:/etc/shadow",
+                                       "delivered:Relay", "delivered:a b", "delivered:-x"])
+def test_a_delivered_key_is_a_key_never_a_path(reference, tmp_path):
+    result = run_delivered(reference, tmp_path)
+    assert result.returncode == 2 and b"malformed secret reference" in result.stderr
+    assert b"(delivered:KEY)" in result.stderr
+
+
+def test_the_staging_directory_is_a_test_mode_override_only(offline_script, monkeypatch, tmp_path, capsys):
+    module, _ = offline_script
+    monkeypatch.setenv("KUMO_DELIVERED_DIR", str(tmp_path))
+    assert module.main(["kumo-fetch-secret", "delivered:relay-password"]) == 2
+    assert "KUMO_DELIVERED_DIR is set" in capsys.readouterr().err
+    # Outside test mode the node's own directory is read, whatever the environment says.
+    assert module.endpoint(module.DELIVERED_DIR_VARIABLE, module.DELIVERED_DIR) == "/run/kumo-infra/delivered"

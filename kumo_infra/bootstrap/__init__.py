@@ -20,7 +20,6 @@ import io
 import re
 import shlex
 import tarfile
-import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import yaml
 from .. import __version__
 from ..config import Deployment
 from ..secretspec import secrets_list
-from ..sizing import Plan
+from ..sizing import MIN_DISK_GB, MIN_MEMORY_GIB, Plan
 from . import packages
 from .policy import HTTP_PORT, render_policy
 from .tuning import sysctl_wanted
@@ -55,41 +54,43 @@ def _file(name: str) -> str:
     return (FILES / name).read_text()
 
 
-def python_without_comments(source: str) -> str:
-    """A Python script without its comment lines, docstrings and blank lines, for the user data.
+def python_for_node(source: str) -> str:
+    """A Python script as the node receives it: the same program without comments, docstrings,
+    annotations and blank lines, its shebang kept.
 
-    Lines are dropped only when the tokenizer shows they hold nothing but a comment, a
-    docstring (never a body's only statement) or nothing at all, outside any multi-line
-    string; tests/test_bootstrap.py proves the syntax tree unchanged.
+    Written back from its syntax tree (ast.unparse) with every docstring (a body's only one
+    becomes ``pass``) and every annotation removed: neither changes what the script does (the
+    node scripts never read them). tests/test_bootstrap.py proves the trees equal and the result
+    readable by Python 3.6 (Rocky and Alma 8's platform python).
     """
-    lines = source.splitlines(keepends=True)
     tree = ast.parse(source)
-    drop: set[int] = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and len(body) > 1
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
                 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
                 and isinstance(body[0].value.value, str)):
-            drop.update(range(body[0].lineno, body[0].end_lineno + 1))
-    in_string: set[int] = set()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT and not lines[tok.start[0] - 1][:tok.start[1]].strip():
-            drop.add(tok.start[0])
-        elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
-            in_string.update(range(tok.start[0] + 1, tok.end[0] + 1))
-    return "".join(line for number, line in enumerate(lines, 1)
-                   if number == 1 or number in in_string - drop
-                   or (number not in drop and line.strip()))
+            node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+            arguments = node.args
+            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                        *filter(None, (arguments.vararg, arguments.kwarg))]:
+                arg.annotation = None
+        elif isinstance(node, ast.AnnAssign):
+            raise ValueError(f"line {node.lineno}: an annotated assignment; the node scripts use type comments")
+    shebang = source.split("\n", 1)[0]
+    return (shebang + "\n" if shebang.startswith("#!") else "") + ast.unparse(tree) + "\n"
 
 
 def lua_without_comments(policy: str) -> str:
-    """The policy as the node receives it: its header comment kept, every other comment line emptied.
+    """The policy as the node receives it: its header comment kept, every other comment line
+    emptied, no line indented.
 
     The reasons stay in kumo_infra/bootstrap/policy.py; on AWS every byte of user data counts.
     Lines are emptied, not removed, so kumod's messages name the same line numbers. Only whole
-    ``--`` lines go, and nothing at all in a policy holding a long bracket (``[[``, ``[=``), whose
-    lines could be inside a long string or comment; tests/test_bootstrap.py proves luac5.4
-    compiles both to the same bytecode.
+    ``--`` lines and leading blanks go, and nothing at all in a policy holding a long bracket
+    (``[[``, ``[=``), whose lines could be inside a long string or comment; tests/test_bootstrap.py
+    proves luac5.4 compiles both to the same bytecode.
     """
     if "[[" in policy or "[=" in policy:
         return policy
@@ -97,9 +98,19 @@ def lua_without_comments(policy: str) -> str:
     header = 0
     while header < len(lines) and lines[header].startswith("--"):
         header += 1
-    body = ["\n" if line.lstrip().startswith("--") and not line.lstrip().startswith("--[") else line
+    body = ["\n" if line.lstrip().startswith("--") and not line.lstrip().startswith("--[") else line.lstrip(" \t")
             for line in lines[header:]]
     return "".join(lines[:header] + body)
+
+
+def unit_without_comments(unit: str) -> str:
+    """A systemd unit as the node receives it: its first line (who wrote it) and no other comment.
+
+    systemd reads '#' and ';' only as whole-line comments; the reasons stay in
+    kumo_infra/bootstrap/files, and on AWS every byte of user data counts.
+    """
+    first, *rest = unit.splitlines(keepends=True)
+    return first + "".join(line for line in rest if not line.lstrip().startswith(("#", ";")))
 
 
 @functools.cache
@@ -112,40 +123,30 @@ def bootstrap_script() -> str:
     and values from both.
     """
     shebang, *lines = _file("kumo-bootstrap.sh").splitlines()
-    note = (f"# kumo-bootstrap from kumo-infra {__version__}, without its comments to fit the user-data limit:\n"
-            "# the commented source is kumo_infra/bootstrap/files/kumo-bootstrap.sh in kumo-infra.\n")
+    note = f"# kumo-bootstrap (kumo-infra {__version__}) without comments; source: kumo_infra/bootstrap/files\n"
     kept = [stripped for line in lines if (stripped := line.lstrip()) and not stripped.startswith("#")]
     return shebang + "\n" + note + "\n".join(kept) + "\n"
 
 
-def spool_device_paths(cloud: str, spool_storage: str, spool_volume_id: str | None = None) -> list[str]:
-    """The exact device paths a block spool may appear as on ``cloud``; empty for local NVMe.
+# A device path as the settings carry it (space-separated, read by kumo-bootstrap as words):
+# absolute under /dev, no blank, no shell or glob character, no "." or ".." component.
+_DEVICE_PATH = re.compile(r"/dev(/[A-Za-z0-9_+:@,=.-]+)+")
 
-    Each path names the one volume the component attached, never a pattern that matches every
-    volume: another volume (an old spool attached to drain it) must never be taken.
+
+def spool_device_paths(deployment: Deployment, spool_storage: str, spool_volume_id: str | None = None) -> list[str]:
+    """The exact device paths a block spool may appear as on the deployment's target; empty otherwise.
+
+    The target names them (``Target.spool_device_paths``); each names the one volume the component
+    attached (or the disk the operator named), never a pattern that matches every volume: another
+    volume (an old spool attached to drain it) must never be taken. Every path is checked here, so
+    no target's volume id can steer the bootstrap to another device.
     """
-    if spool_storage != "block":
-        return []
-    if spool_volume_id and not re.fullmatch(r"[A-Za-z0-9-]+", spool_volume_id):
-        raise ValueError(f"spool_volume_id {spool_volume_id!r} is not a volume id (letters, digits, hyphens)")
-    if cloud == "aws":
-        paths = []
-        if spool_volume_id:
-            # Nitro: the NVMe controller's serial number is the volume id without its hyphen and its
-            # model "Amazon Elastic Block Store" (AWS docs, "Amazon EBS and NVMe", nvme-ebs-volumes.html:
-            # "sn : vol01234567890abcdef / mn : Amazon Elastic Block Store"); udev's persistent-storage
-            # rules link it as by-id/nvme-<model>_<serial>, spaces turned into underscores.
-            paths.append(f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{spool_volume_id.replace('-', '')}")
-        # Xen instance types (t2): the component attaches the volume as /dev/sdf, which the
-        # Xen block front-end names xvdf.
-        return paths + ["/dev/xvdf", "/dev/sdf"]
-    if cloud == "azure":
-        # LUN 0 of the data disks; older images without the azure-vm-utils rules name it scsi1/lun0.
-        return ["/dev/disk/azure/data/by-lun/0", "/dev/disk/azure/scsi1/lun0"]
-    if cloud == "gcp":
-        # The component attaches the disk with device_name kumo-spool: Google's udev rules link it so.
-        return ["/dev/disk/by-id/google-kumo-spool"]
-    raise ValueError(f"unknown cloud {cloud!r}")
+    paths = deployment.target.spool_device_paths(deployment, spool_storage, spool_volume_id or None)
+    for path in paths:
+        if not _DEVICE_PATH.fullmatch(path) or any(part in (".", "..") for part in path.split("/")):
+            raise ValueError(f"spool device path {path!r} (spool_volume_id {spool_volume_id!r}) is not an exact "
+                             "device path: /dev/... of letters, digits and _+:@,=.-, without . or .. components")
+    return paths
 
 
 def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts,
@@ -166,7 +167,17 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_SPOOL_STORAGE": plan.spool_storage,
         "KUMO_SPOOL_FS": deployment.spool.filesystem,
         "KUMO_SPOOL_DEVICES": str(max(1, plan.nvme_count) if plan.spool_storage == "local_nvme" else 1),
-        "KUMO_SPOOL_DEVICE_PATHS": " ".join(spool_device_paths(deployment.cloud, plan.spool_storage, spool_volume_id)),
+        "KUMO_SPOOL_DEVICE_PATHS": " ".join(spool_device_paths(deployment, plan.spool_storage, spool_volume_id)),
+        # The target's stable names of local NVMe (globs, expanded on the node one by one).
+        "KUMO_NVME_DEVICE_GLOBS": " ".join(deployment.target.nvme_device_globs)
+                                  if plan.spool_storage == "local_nvme" else "",
+        # The machine's own size is checked against KumoMTA's minimums (a failure) and the plan's
+        # per-node needs (a warning): kumo-bootstrap's machine step.
+        "KUMO_MIN_MEMORY_GIB": f"{MIN_MEMORY_GIB:g}",
+        "KUMO_MIN_DISK_GB": str(MIN_DISK_GB),
+        "KUMO_PLAN_VCPU": str(plan.vcpu),
+        "KUMO_PLAN_MEMORY_GIB": f"{plan.memory_gib:g}",
+        "KUMO_PLAN_MBPS_PER_NODE": f"{plan.required_mbps_per_node:g}",
         "KUMO_LOG_RETENTION_DAYS": str(deployment.logs.retention_days),
         "KUMO_HTTP_PORT": str(HTTP_PORT),
         "KUMO_OUTBOUND_MODE": deployment.outbound_mode,
@@ -180,7 +191,7 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_DEVICE_WAIT_S": str(timeouts.device_s),
         "KUMO_SECRET_WAIT_S": str(timeouts.secret_s),
     }
-    lines = [f"# kumo-bootstrap settings for {hostname}, rendered by kumo-infra {__version__}. No secrets."]
+    lines = [f"# kumo-bootstrap settings for {hostname} (kumo-infra {__version__}); no secrets"]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
@@ -210,20 +221,27 @@ class NodeFile:
 
 def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts = Timeouts(),
                *, spool_volume_id: str | None = None) -> list[NodeFile]:
-    """Every file the bootstrap puts on a node, whichever way the cloud delivers them."""
+    """Every file the bootstrap puts on a node, whichever way the cloud delivers them.
+
+    In the order that compresses smallest (measured: kumo-fetch-secret first and kumo-bootstrap
+    last save ~130 bytes of AWS's 16 KiB user data); nothing depends on it.
+    """
+    backend = deployment.target.secrets.backend
     files = [
+        NodeFile("/usr/local/sbin/kumo-fetch-secret", fetch_secret_script(backend), "0755"),
         NodeFile("/etc/kumo-infra/bootstrap.env",
                  settings_env(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)),
         NodeFile("/etc/kumo-infra/init.lua", lua_without_comments(render_policy(deployment, hostname)), "0600"),
         NodeFile("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
         NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted(with_reasons=False)),
         NodeFile("/etc/kumo-infra/secrets.list", secrets_list(deployment)),
-        NodeFile("/usr/local/sbin/kumo-bootstrap", bootstrap_script(), "0755"),
-        NodeFile("/usr/local/sbin/kumo-fetch-secret", _fetch_secret_script(), "0755"),
-        NodeFile("/etc/systemd/system/kumo-spool.service", _file("kumo-spool.service")),
-        NodeFile("/etc/systemd/system/kumomta.service.d/10-kumo-infra.conf", _file("kumomta-dropin.conf")),
-        NodeFile("/etc/systemd/system/kumo-log-retention.service", _file("kumo-log-retention.service")),
-        NodeFile("/etc/systemd/system/kumo-log-retention.timer", _file("kumo-log-retention.timer")),
+        NodeFile("/etc/systemd/system/kumo-spool.service", unit_without_comments(_file("kumo-spool.service"))),
+        NodeFile("/etc/systemd/system/kumomta.service.d/10-kumo-infra.conf",
+                 unit_without_comments(_file("kumomta-dropin.conf"))),
+        NodeFile("/etc/systemd/system/kumo-log-retention.service",
+                 unit_without_comments(_file("kumo-log-retention.service"))),
+        NodeFile("/etc/systemd/system/kumo-log-retention.timer",
+                 unit_without_comments(_file("kumo-log-retention.timer"))),
         NodeFile(*packages.repository_definition(deployment)),
         NodeFile(packages.OS_UPDATES_CONF, packages.os_updates_config(deployment)),
     ]
@@ -231,10 +249,11 @@ def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Time
         # The maintenance-window reboot of the dnf/yum families (apt: unattended-upgrades' own).
         files += [
             NodeFile("/etc/systemd/system/kumo-os-reboot.timer", packages.reboot_timer(deployment)),
-            NodeFile("/etc/systemd/system/kumo-os-reboot.service", _file("kumo-os-reboot.service")),
+            NodeFile("/etc/systemd/system/kumo-os-reboot.service",
+                     unit_without_comments(_file("kumo-os-reboot.service"))),
             NodeFile("/usr/local/sbin/kumo-reboot-if-needed", _file("kumo-reboot-if-needed.sh"), "0755"),
         ]
-    return files
+    return files + [NodeFile("/usr/local/sbin/kumo-bootstrap", bootstrap_script(), "0755")]
 
 
 # What stays in the user data when the other node files come from the secret store: the files
@@ -273,9 +292,30 @@ def node_files_bundle(deployment: Deployment, plan: Plan, timeouts: Timeouts = T
     return NodeFilesBundle(text, hashlib.sha256(text.encode()).hexdigest(), tuple(f.path for f in shared))
 
 
+_BACKEND_SECTION = re.compile(r"# == backend ([a-z0-9-]+)[: ]")
+
+
 @functools.cache
-def _fetch_secret_script() -> str:
-    return python_without_comments(_file("kumo-fetch-secret.py"))
+def fetch_secret_script(backend: str) -> str:
+    """kumo-fetch-secret as a node receives it: only the secret store ``backend`` of its target.
+
+    The source holds one section per store (``# == backend NAME``, up to the next ``# ==`` line),
+    each adding its entry to BACKENDS; a node can only ever read its own target's store, and
+    each section another target's nodes carried would cost AWS's 16 KiB of user data.
+    tests/test_bootstrap.py proves each copy keeps exactly its own backend.
+    """
+    kept, sections, keep = [], set(), True
+    for line in _file("kumo-fetch-secret.py").splitlines(keepends=True):
+        if line.startswith("# =="):
+            section = _BACKEND_SECTION.match(line)
+            keep = section is None or section.group(1) == backend
+            if section:
+                sections.add(section.group(1))
+        if keep:
+            kept.append(line)
+    if backend not in sections:
+        raise ValueError(f"kumo-fetch-secret has no backend {backend!r}; it has {', '.join(sorted(sections))}")
+    return python_for_node("".join(kept))
 
 
 def _hostname_for(deployment: Deployment, plan: Plan, node: int) -> str:

@@ -58,8 +58,7 @@ def repository_definition(deployment: Deployment) -> tuple[str, str]:
     """(path on the node, content) of the apt list or dnf/yum .repo for the deployment's channel."""
     url = f"{deployment.kumomta.repo_url}/{_channel_dir(deployment)}"
     channel = deployment.kumomta.channel
-    header = (f"# KumoMTA {channel} packages, rendered by kumo-infra: only the key whose fingerprint the\n"
-              f"# bootstrap checked may sign this repository.\n")
+    header = f"# KumoMTA {channel} packages (kumo-infra), signed by the key kumo-bootstrap checked.\n"
     if deployment.os_spec.family == "apt":
         return REPO_LIST, header + f"deb [signed-by={APT_KEYRING}] {url}/ stable main\n"
     return REPO_FILE, header + (

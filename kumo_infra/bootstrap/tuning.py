@@ -31,8 +31,7 @@ SYSCTL: tuple[tuple[str, str, str, str], ...] = (
 def sysctl_wanted(with_reasons: bool = True) -> str:
     """The wanted settings as kumo-bootstrap reads them; the node's copy leaves out the reasons
     (they are here, and every byte of AWS user data counts)."""
-    lines = ["# Wanted kernel settings (kumo-infra): 'key >= value' is raised, never lowered;",
-             "# 'key = value' is set exactly. kumo-bootstrap writes the result to /etc/sysctl.d/90-kumomta.conf."]
+    lines = ["# Wanted kernel settings (kumo-infra): 'key >= value' is raised, never lowered; 'key = value' is set."]
     for key, op, value, why in SYSCTL:
         if with_reasons:
             lines.append(f"# {why}")

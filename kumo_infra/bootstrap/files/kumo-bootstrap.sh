@@ -30,7 +30,11 @@ DNF_RELEASEVER=/etc/dnf/vars/releasever
 SSHD_CONFIG=/etc/ssh/sshd_config
 SSHD_DROPIN=/etc/ssh/sshd_config.d/01-kumo-infra.conf
 SYSFS=/sys
+PROC=/proc
 DEVDIR=/dev
+# Secrets the ssh target's installer read from its standard input (tmpfs, root only); the
+# secrets step installs them and removes the directory (kumo-fetch-secret's delivered backend).
+DELIVERED_DIR=/run/kumo-infra/delivered
 
 say() { printf 'kumo-bootstrap: %s\n' "$*"; }
 
@@ -41,6 +45,9 @@ die() { detail "$*"; exit 1; }
 changed() { printf '%s\n' "$1" >>"$WORK/changed"; }
 # fact KEY JSON: a fact for status.json; the value is already JSON.
 fact() { printf '%s\t%s\n' "$1" "$2" >>"$WORK/facts"; }
+# warn TEXT: worth the operator's attention, never a failure: status.json's warnings, and the
+# console before the result line.
+warn() { printf '%s\n' "$*" >>"$WORK/warnings"; }
 
 json_str() {
   local s=$1
@@ -106,17 +113,20 @@ run_step() {
 }
 
 write_status() {
-  local result=$1 facts="" key value tmp
+  local result=$1 facts="" key value tmp warned=()
   if [ -f "$WORK/facts" ]; then
     while IFS=$'\t' read -r key value; do
       facts+="${facts:+,}$(json_str "$key"):$value"
     done <"$WORK/facts"
   fi
+  mapfile -t warned < <(cat "$WORK/warnings" 2>/dev/null)
   tmp=$(mktemp "$STATE_DIR/.status.XXXXXX")
-  printf '{"schema":1,"mode":%s,"hostname":%s,"cloud":%s,"os":%s,"result":"%s","failed_step":%s,"changed":%s,"started":%s,"finished":%s,"steps":[%s],"facts":{%s}}\n' \
+  # KUMO_CLOUD is information for the reader only: nothing in this script decides by it.
+  printf '{"schema":1,"mode":%s,"hostname":%s,"cloud":%s,"os":%s,"result":"%s","failed_step":%s,"changed":%s,"started":%s,"finished":%s,"steps":[%s],"facts":{%s},"warnings":%s}\n' \
     "$(json_str "$MODE")" "$(json_str "$KUMO_HOSTNAME")" "$(json_str "$KUMO_CLOUD")" "$(json_str "$KUMO_OS")" "$result" \
     "$( [ -n "$FAILED_STEP" ] && json_str "$FAILED_STEP" || echo null)" "$ANY_CHANGED" \
-    "$(json_str "$STARTED")" "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")" "$STEP_JSON" "$facts" >"$tmp"
+    "$(json_str "$STARTED")" "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")" "$STEP_JSON" "$facts" \
+    "$(json_array ${warned[@]+"${warned[@]}"})" >"$tmp"
   chmod 0644 "$tmp"
   mv -f "$tmp" "$STATUS"
 }
@@ -159,6 +169,50 @@ step_network() {
     sleep 2
   done
   fact default_route "$(json_str "$(ip route show default | head -n 1)")"
+}
+
+# -- the machine's own size (every target; an existing machine is whatever the operator has) ----
+# KumoMTA's minimums are KUMO_MIN_MEMORY_GIB of memory and KUMO_MIN_DISK_GB of disk
+# (kumo_infra/sizing.py: 4 GiB, 20 GB). A machine shows less than it has: MemTotal leaves out
+# what firmware, the kernel and a crash kernel reserve (a 4 GiB machine shows 3.6 to 3.9 GiB),
+# and a filesystem is smaller than its disk by the boot partitions and its own metadata (a 20 GB
+# disk holds a root filesystem of 18.4 to 19.6 GB). So a machine has N GiB of memory when MemTotal
+# is at least 7/8 of N GiB (896 MiB a GiB), and N GB of disk when its filesystem holds at least
+# 9/10 of N GB: for the minimums, exactly, MemTotal of at least 3584 MiB (3670016 kB) and a
+# filesystem of at least 18000000000 bytes (17578125 KiB), as df counts its size.
+
+# at_least A B F: is A >= B * F (any of them decimal)?
+at_least() { awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN { exit !(a >= b * f) }'; }
+
+step_machine() {
+  local mem cpus dev speed path size at fs="" bad="" paths=(/)
+  mem=$(awk '$1 == "MemTotal:" { print int($2 / 1024) }' "$PROC/meminfo")
+  cpus=$(grep -c '^processor' "$PROC/cpuinfo") || cpus=$(nproc)
+  dev=$(ip route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
+  # Virtual NICs report -1, or nothing at all: their speed is unknown, not slow.
+  speed=$(cat "$SYSFS/class/net/$dev/speed" 2>/dev/null) || true
+  [[ "$speed" =~ ^[1-9][0-9]*$ ]] || speed='"unknown"'
+  at_least "$mem" "$KUMO_MIN_MEMORY_GIB" 896 || bad+="; memory $mem MiB, needs $KUMO_MIN_MEMORY_GIB GiB"
+  # The root filesystem, and the spool's when the spool is a directory (the filesystem holding
+  # it, or its nearest existing parent before KumoMTA is installed), as df counts their size.
+  [ "$KUMO_SPOOL_STORAGE" != directory ] || paths+=("$SPOOL")
+  for path in "${paths[@]}"; do
+    until [ -e "$path" ]; do path=$(dirname "$path"); done
+    read -r size at < <(df -Pk "$path" | awk 'NR == 2 { print $2, $6 }')
+    fs+=",$(json_str "$at"):$((size * 1024))"
+    at_least "$size" "$KUMO_MIN_DISK_GB" 878906.25 || bad+="; disk: filesystem $at $((size / 976562)) GB, needs $KUMO_MIN_DISK_GB GB"
+  done
+  fact cpu_count "$cpus"
+  fact memory_mib "$mem"
+  fact filesystem_bytes "{${fs#,}}"
+  fact nic "$(json_str "$dev")"
+  fact nic_speed_mbps "$speed"
+  [ -z "$bad" ] || die "machine too small for KumoMTA${bad}"
+  # Smaller than the plan is the operator's choice on an existing machine: a warning only.
+  at_least "$cpus" "$KUMO_PLAN_VCPU" 1 || warn "$cpus CPUs, the plan sizes nodes for $KUMO_PLAN_VCPU"
+  at_least "$mem" "$KUMO_PLAN_MEMORY_GIB" 896 || warn "memory $mem MiB, the plan sizes nodes for $KUMO_PLAN_MEMORY_GIB GiB"
+  [ "$speed" = '"unknown"' ] || at_least "$speed" "$KUMO_PLAN_MBPS_PER_NODE" 1 \
+    || warn "$dev at $speed Mbit/s, the plan needs $KUMO_PLAN_MBPS_PER_NODE Mbit/s per node"
 }
 
 step_other_mtas() {
@@ -232,6 +286,7 @@ pin_first_use_key() {
 
 spool_tools() {
   local need=()
+  [ "$KUMO_SPOOL_STORAGE" != directory ] || return 0
   case "$KUMO_SPOOL_FS" in
     xfs) command -v mkfs.xfs >/dev/null || need+=(xfsprogs) ;;
     ext4) command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs) ;;
@@ -358,16 +413,23 @@ spool_candidate() {
 
 # Print the spool's devices, one per line, at most KUMO_SPOOL_DEVICES of them.
 # Block: only the exact paths of the volume the component attached (KUMO_SPOOL_DEVICE_PATHS),
-# never a scan. Local NVMe: the cloud's stable names for instance storage, else a scan of
-# NVMe disks that are not EBS volumes; each one free and blank or already ours.
+# never a scan. Local NVMe: the target's stable names for instance storage (the globs of
+# KUMO_NVME_DEVICE_GLOBS), else a scan of NVMe disks that are not EBS volumes; each one free
+# and blank or already ours.
 find_spool_devices() {
-  local candidates=() dev seen=" " found=()
+  local candidates=() dev seen=" " found=() globs=() pattern
   : >"$WORK/spool-refused"
-  case "$KUMO_SPOOL_STORAGE:$KUMO_CLOUD" in
-    block:*) read -r -a candidates <<<"$KUMO_SPOOL_DEVICE_PATHS" ;;
-    local_nvme:aws) candidates=(/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*) ;;
-    local_nvme:azure) candidates=(/dev/disk/azure/local/by-serial/* /dev/disk/azure/local/by-index/*) ;;
-    local_nvme:gcp) candidates=(/dev/disk/by-id/google-local-nvme-ssd-*) ;;
+  case "$KUMO_SPOOL_STORAGE" in
+    block) read -r -a candidates <<<"$KUMO_SPOOL_DEVICE_PATHS" ;;
+    local_nvme)
+      read -r -a globs <<<"$KUMO_NVME_DEVICE_GLOBS"
+      for pattern in ${globs[@]+"${globs[@]}"}; do
+        # Pathname expansion only, sorted as the shell sorts it, each match one word: read split
+        # the patterns at blanks, so none is left to split at, and a value is never evaluated.
+        # shellcheck disable=SC2206
+        candidates+=($pattern)
+      done
+      ;;
   esac
   for dev in ${candidates[@]+"${candidates[@]}"}; do
     [[ "$dev" == *-part* ]] && continue
@@ -470,6 +532,20 @@ mounted_spool_is_ours() {
 step_spool() {
   local devs=() target fstype label line source
   id kumod >/dev/null 2>&1 || die "user kumod does not exist: KumoMTA is not installed"
+  if [ "$KUMO_SPOOL_STORAGE" = directory ]; then
+    # No spool device (the ssh target without spool.device): the spool stays a directory on
+    # the filesystem holding it, the OS disk unless the operator mounted one there. Nothing is
+    # formatted, mounted or written to fstab.
+    mkdir -p "$SPOOL"
+    ensure_spool_ownership
+    source=$(findmnt -no TARGET -T "$SPOOL")
+    fact spool_mounted false
+    fact spool_directory "$(json_str "$SPOOL")"
+    fact spool_filesystem "$(json_str "$source")"
+    fact spool_owner "$(json_str "$(stat -c %U:%G "$SPOOL")")"
+    warn "the spool is a directory on the filesystem at $source (no spool_device): mail shares that disk with the OS and the logs"
+    return 0
+  fi
   if mountpoint -q "$SPOOL"; then
     source=$(readlink -f "$(findmnt -no SOURCE "$SPOOL")")
     mounted_spool_is_ours "$source" || die "$SPOOL is mounted from $source, which is not this node's spool device (another kumo-infra spool, attached to drain it, carries the same label); unmount it and detach or relabel that disk"
@@ -580,24 +656,33 @@ python_bin() {
 }
 
 step_secrets() {
-  local ref path py rc count=0 deadline=$((SECONDS + KUMO_SECRET_WAIT_S))
+  local ref path py rc count=0 kept=0 deadline=$((SECONDS + KUMO_SECRET_WAIT_S))
   py=$(python_bin) || die "no python3 on this machine to fetch secrets with"
   while IFS=$'\t' read -r ref path; do
     [ -z "$ref" ] || [[ "$ref" == \#* ]] && continue
     install -d -o root -g kumod -m 0750 "$(dirname "$path")"
-    # The machine's read grant may still be propagating (Azure RBAC takes minutes): retry.
+    # The machine's read grant may still be propagating (Azure RBAC takes minutes): exit 1 is
+    # retried. Exit 2: the reference or the environment is wrong, and waiting cannot change that.
+    # Exit 3: nothing was delivered for it in this run (a delivered secret, kumo-bootstrap run by
+    # hand): the installed copy stands.
+    rc=0
     until "$py" /usr/local/sbin/kumo-fetch-secret "$ref" >"$WORK/secret" 2>"$WORK/fetch.err"; do
       rc=$?
-      # Exit 2: the reference or the environment is wrong, and waiting cannot change that.
-      [ "$rc" -ne 2 ] || die "cannot fetch secret $ref: $(tail -n 1 "$WORK/fetch.err")"
-      [ "$SECONDS" -lt "$deadline" ] || die "cannot fetch secret $ref: $(tail -n 1 "$WORK/fetch.err")"
+      if [ "$rc" -eq 2 ] || [ "$rc" -eq 3 ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
       sleep 10
+      rc=0
     done
-    install_if_changed "$WORK/secret" "$path" 0640 "secret $path"
+    case $rc in
+      0) install_if_changed "$WORK/secret" "$path" 0640 "secret $path"; count=$((count + 1)) ;;
+      3) [ -f "$path" ] || die "secret $path was never delivered: $(tail -n 1 "$WORK/fetch.err")"; kept=$((kept + 1)) ;;
+      *) die "cannot fetch secret $ref: $(tail -n 1 "$WORK/fetch.err")" ;;
+    esac
     rm -f "$WORK/secret"
-    count=$((count + 1))
   done <"$CONF_DIR/secrets.list"
+  # Installed: the staged copies go at once.
+  rm -rf "$DELIVERED_DIR"
   fact secrets_fetched "$count"
+  [ "$kept" -eq 0 ] || detail "$kept secret(s) not delivered in this run: the installed copies stand"
 }
 
 # install_if_changed SRC DST MODE [WHAT]: replace DST (root:kumod, in one step) only when it
@@ -861,6 +946,17 @@ step_probe25() {
 }
 
 # -- main ------------------------------------------------------------------------------
+# The result is the last line of the output (what a caller over SSH reads) and of the console.
+result_line() {
+  printf '%s\n' "$1"
+  printf '%s\n' "$1" >/dev/console 2>/dev/null || true
+}
+
+console_warnings() {
+  local w
+  while IFS= read -r w; do result_line "KUMO-BOOTSTRAP WARNING: $w"; done < <(cat "$WORK/warnings" 2>/dev/null)
+}
+
 main() {
 # shellcheck source=/dev/null
 . "$CONF_DIR/bootstrap.env"
@@ -881,7 +977,7 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo "=== kumo-bootstrap $MODE $STARTED" >>"$LOG"
 
 case "$MODE" in
-  all) STEPS="network:step_network other_mtas:step_other_mtas time_sync:step_time_sync ssh:step_ssh install:step_install updates:step_updates spool:step_spool tuning:step_tuning secrets:step_secrets policy:step_policy start:step_start health:step_health" ;;
+  all) STEPS="network:step_network machine:step_machine other_mtas:step_other_mtas time_sync:step_time_sync ssh:step_ssh install:step_install updates:step_updates spool:step_spool tuning:step_tuning secrets:step_secrets policy:step_policy start:step_start health:step_health" ;;
   spool) STEPS="spool:step_spool" ;;
   *) say "usage: kumo-bootstrap [all|spool]"; exit 2 ;;
 esac
@@ -895,8 +991,8 @@ done
 
 if [ -n "$FAILED_STEP" ]; then
   write_status failed
-  say "FAILED at step $FAILED_STEP: $FAILED_DETAIL"
-  echo "KUMO-BOOTSTRAP FAILED step=$FAILED_STEP host=$KUMO_HOSTNAME: $FAILED_DETAIL" >/dev/console 2>/dev/null || true
+  console_warnings
+  result_line "KUMO-BOOTSTRAP FAILED step=$FAILED_STEP host=$KUMO_HOSTNAME: $FAILED_DETAIL"
   logger -t kumo-bootstrap -p user.err "FAILED step=$FAILED_STEP: $FAILED_DETAIL" 2>/dev/null || true
   exit 1
 fi
@@ -908,8 +1004,8 @@ if [ "$MODE" = all ]; then
   if [ -z "$FAILED_STEP" ]; then DELIVERY="deliverability=ok"; else DELIVERY="deliverability=FAILED ($FAILED_DETAIL)"; FAILED_STEP=""; fi
 fi
 write_status ok
-say "OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED $DELIVERY"
-echo "KUMO-BOOTSTRAP OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED $DELIVERY" >/dev/console 2>/dev/null || true
+console_warnings
+result_line "KUMO-BOOTSTRAP OK host=$KUMO_HOSTNAME changed=$ANY_CHANGED${DELIVERY:+ $DELIVERY}"
 exit 0
 }
 

@@ -6,19 +6,22 @@ Written by kumo-infra. Standard library only (it runs before anything is install
   aws:<region>:<name>            Secrets Manager, with the instance role's credentials from IMDSv2
   azure:<vault url>:<name>       Key Vault, with the VM's managed identity token
   gcp:<project>:<name>           Secret Manager, with the service account token from the metadata server
+  delivered:<key>                a secret kumo-infra sent over SSH, staged in /run/kumo-infra/delivered
 
-No credential is stored on disk; the cloud decides by the machine's identity. Exit 2 on a
-malformed reference or environment, 1 when the secret cannot be fetched (the message says why).
+The reference's prefix chooses the backend from one table (BACKENDS): a new target's store is one
+entry. No credential is stored on disk; the cloud decides by the machine's identity. Exit 2 on a
+malformed reference or environment, 1 when the secret cannot be fetched (the message says why),
+3 when nothing was delivered for it in this run (the installed copy stands).
 
 Every request goes through one opener: no proxy (the *_proxy variables are ignored: metadata
 requests must never leave the machine, and a token must never pass through a proxy), no
 redirect (a redirect would carry the bearer token or signed headers to another host), TLS
 verified against the system's trust store.
 
-Test mode: the KUMO_*_URL endpoint overrides and the KUMO_FETCH_SECRET_TEST_CA bundle exist so
-kumo-infra's tests can stand in for the clouds. They are read only with
-KUMO_FETCH_SECRET_TEST_MODE=1, only for loopback hosts, and the script refuses to run when one
-is set without test mode. Nothing kumo-infra renders sets them.
+Test mode: the KUMO_*_URL endpoint overrides, the KUMO_FETCH_SECRET_TEST_CA bundle and the
+KUMO_DELIVERED_DIR staging directory exist so kumo-infra's tests can stand in for the stores.
+They are read only with KUMO_FETCH_SECRET_TEST_MODE=1, endpoints only for loopback hosts, and the
+script refuses to run when one is set without test mode. Nothing kumo-infra renders sets them.
 Kept compatible with Python 3.6: Rocky and Alma 8 have only their platform python.
 """
 
@@ -36,30 +39,31 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 TIMEOUT = 10
 
 TEST_MODE_VARIABLE = "KUMO_FETCH_SECRET_TEST_MODE"
 TEST_CA_VARIABLE = "KUMO_FETCH_SECRET_TEST_CA"
+DELIVERED_DIR_VARIABLE = "KUMO_DELIVERED_DIR"  # a directory, not an endpoint
 ENDPOINT_VARIABLES = ("KUMO_AWS_METADATA_URL", "KUMO_AWS_SECRETS_URL", "KUMO_AZURE_METADATA_URL",
                       "KUMO_AZURE_VAULT_URL", "KUMO_GCP_METADATA_URL", "KUMO_GCP_SECRETS_URL")
 
-# What kumo-infra's references look like; anything else could steer a token or signed request
-# to another host (a region or vault URL is part of the host name), so it is refused.
-AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+\Z")
-# Secrets Manager names: letters, digits and /_+=.@- (AWS Secrets Manager API reference, CreateSecret Name).
-AWS_SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}\Z")
-# Key Vault: 3-24 letters, digits and hyphens, in Azure's public cloud (the DNS suffix kumo-infra renders).
-AZURE_VAULT_URL = re.compile(r"https://[A-Za-z0-9-]{3,24}\.vault\.azure\.net/?\Z")
-AZURE_SECRET_NAME = re.compile(r"[A-Za-z0-9-]{1,127}\Z")
-# GCP project ids: 6-30 lower-case letters, digits and hyphens, starting with a letter, not ending with a hyphen.
-GCP_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
-GCP_SECRET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}\Z")
+# The backends, by a reference's prefix: (fetch the rest of the reference, or None when it is
+# not of the store's form; that form). Each store's section below adds its own entry, and a
+# node's copy holds only its target's section (kumo_infra/bootstrap.fetch_secret_script: every
+# byte counts in AWS's user data). What a reference may look like is checked strictly: anything
+# else could steer a token or signed request to another host (a region or vault URL is part of
+# the host name), so it is refused.
+BACKENDS = {}  # type: Dict[str, Tuple[Callable[[str], Union[str, bytes, None]], str]]
 
 
 class NoIdentity(OSError):
     """The machine has no identity to read the store with (no instance role): retrying may help."""
+
+
+class NotDelivered(LookupError):
+    """Nothing was delivered for this secret in this run: the installed copy, if any, stands."""
 
 
 class EnvironmentRefused(ValueError):
@@ -83,13 +87,14 @@ def test_mode() -> bool:
 
 
 def check_environment() -> None:
-    overrides = [name for name in ENDPOINT_VARIABLES + (TEST_CA_VARIABLE,) if name in os.environ]
+    overrides = [name for name in ENDPOINT_VARIABLES + (TEST_CA_VARIABLE, DELIVERED_DIR_VARIABLE)
+                 if name in os.environ]
     if overrides and not test_mode():
         raise EnvironmentRefused(
             f"{overrides[0]} is set, but endpoint overrides exist only for kumo-infra's tests "
             f"({TEST_MODE_VARIABLE}=1); unset {', '.join(overrides)}")
     for name in overrides:
-        if name == TEST_CA_VARIABLE:
+        if name in (TEST_CA_VARIABLE, DELIVERED_DIR_VARIABLE):
             continue
         host = urllib.parse.urlsplit(os.environ[name]).hostname or ""
         try:
@@ -102,7 +107,7 @@ def check_environment() -> None:
 
 
 def endpoint(variable: str, default: str) -> str:
-    """The cloud's endpoint; a test's stand-in only in test mode."""
+    """The store's endpoint (or directory); a test's stand-in only in test mode."""
     return os.environ.get(variable, default) if test_mode() else default
 
 
@@ -126,7 +131,12 @@ def _request(url: str, *, method: str = "GET", headers: Optional[Dict[str, str]]
         return response.read()
 
 
-# -- AWS ---------------------------------------------------------------------------------
+# == backend aws: Secrets Manager ==============================================================
+
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+\Z")
+# Secrets Manager names: letters, digits and /_+=.@- (AWS Secrets Manager API reference, CreateSecret Name).
+AWS_SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}\Z")
+
 
 def sigv4_headers(method: str, url: str, region: str, service: str, body: bytes, headers: Dict[str, str],
                   access_key: str, secret_key: str, amz_date: str, session_token: Optional[str] = None) -> Dict[str, str]:
@@ -175,7 +185,20 @@ def fetch_aws(region: str, name: str) -> str:
     return json.loads(_request(url, method="POST", headers=headers, body=body))["SecretString"]
 
 
-# -- Azure -------------------------------------------------------------------------------
+def _aws(rest: str) -> Optional[str]:
+    region, _, name = rest.partition(":")
+    return fetch_aws(region, name) if AWS_REGION.match(region) and AWS_SECRET_NAME.match(name) else None
+
+
+BACKENDS["aws"] = (_aws, "aws:REGION:NAME")
+
+
+# == backend azure: Key Vault ==================================================================
+
+# Key Vault: 3-24 letters, digits and hyphens, in Azure's public cloud (the DNS suffix kumo-infra renders).
+AZURE_VAULT_URL = re.compile(r"https://[A-Za-z0-9-]{3,24}\.vault\.azure\.net/?\Z")
+AZURE_SECRET_NAME = re.compile(r"[A-Za-z0-9-]{1,127}\Z")
+
 
 def fetch_azure(vault_url: str, name: str) -> str:
     imds = endpoint("KUMO_AZURE_METADATA_URL", "http://169.254.169.254")
@@ -187,7 +210,20 @@ def fetch_azure(vault_url: str, name: str) -> str:
     return json.loads(_request(url, headers={"Authorization": f"Bearer {token}"}))["value"]
 
 
-# -- GCP ---------------------------------------------------------------------------------
+def _azure(rest: str) -> Optional[str]:
+    vault, _, name = rest.rpartition(":")
+    return fetch_azure(vault, name) if AZURE_VAULT_URL.match(vault) and AZURE_SECRET_NAME.match(name) else None
+
+
+BACKENDS["azure"] = (_azure, "azure:https://VAULT.vault.azure.net:NAME")
+
+
+# == backend gcp: Secret Manager ===============================================================
+
+# GCP project ids: 6-30 lower-case letters, digits and hyphens, starting with a letter, not ending with a hyphen.
+GCP_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
+GCP_SECRET_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}\Z")
+
 
 def fetch_gcp(project: str, name: str) -> str:
     metadata = endpoint("KUMO_GCP_METADATA_URL", "http://metadata.google.internal")
@@ -199,22 +235,49 @@ def fetch_gcp(project: str, name: str) -> str:
     return base64.b64decode(payload).decode()
 
 
-def fetch(reference: str) -> str:
-    cloud, _, rest = reference.partition(":")
-    if cloud == "aws":
-        region, _, name = rest.partition(":")
-        if AWS_REGION.match(region) and AWS_SECRET_NAME.match(name):
-            return fetch_aws(region, name)
-    elif cloud == "azure":
-        vault, _, name = rest.rpartition(":")
-        if AZURE_VAULT_URL.match(vault) and AZURE_SECRET_NAME.match(name):
-            return fetch_azure(vault, name)
-    elif cloud == "gcp":
-        project, _, name = rest.partition(":")
-        if GCP_PROJECT.match(project) and GCP_SECRET_NAME.match(name):
-            return fetch_gcp(project, name)
-    raise ValueError(f"malformed secret reference '{reference}' (aws:REGION:NAME, "
-                     "azure:https://VAULT.vault.azure.net:NAME, gcp:PROJECT:NAME)")
+def _gcp(rest: str) -> Optional[str]:
+    project, _, name = rest.partition(":")
+    return fetch_gcp(project, name) if GCP_PROJECT.match(project) and GCP_SECRET_NAME.match(name) else None
+
+
+BACKENDS["gcp"] = (_gcp, "gcp:PROJECT:NAME")
+
+
+# == backend delivered: sent over SSH (the ssh target) ==========================================
+
+# Where kumo-infra's SSH installer stages the secrets it read from its standard input (tmpfs,
+# root only); kumo-bootstrap's secrets step installs them and removes the directory.
+DELIVERED_DIR = "/run/kumo-infra/delivered"
+DELIVERED_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,127}\Z")
+
+
+def _delivered(key: str) -> Optional[bytes]:
+    if not DELIVERED_KEY.match(key):
+        return None
+    directory = endpoint(DELIVERED_DIR_VARIABLE, DELIVERED_DIR)
+    try:
+        with open(os.path.join(directory, key), "rb") as staged:
+            return staged.read()
+    except FileNotFoundError:
+        raise NotDelivered(f"delivered:{key}: nothing was delivered in this run ({directory}/{key} is absent)") \
+            from None
+
+
+BACKENDS["delivered"] = (_delivered, "delivered:KEY")
+
+
+# == end of backends ============================================================================
+
+def fetch(reference: str) -> Union[str, bytes]:
+    prefix, _, rest = reference.partition(":")
+    if prefix not in BACKENDS:
+        raise ValueError(f"malformed secret reference '{reference}': unknown secret store '{prefix}' "
+                         f"(known: {', '.join(sorted(BACKENDS))})")
+    backend, form = BACKENDS[prefix]
+    value = backend(rest)
+    if value is None:
+        raise ValueError(f"malformed secret reference '{reference}' ({form})")
+    return value
 
 
 def main(argv: List[str]) -> int:
@@ -228,6 +291,9 @@ def main(argv: List[str]) -> int:
         print(f"kumo-fetch-secret: {argv[1]}: HTTP {exc.code} {exc.reason} (does this machine's identity have "
               "read access to the secret yet? new grants can take minutes to apply)", file=sys.stderr)
         return 1
+    except NotDelivered as exc:
+        print(f"kumo-fetch-secret: {exc}", file=sys.stderr)
+        return 3
     except RedirectRefused as exc:
         print(f"kumo-fetch-secret: {argv[1]}: {exc.reason}", file=sys.stderr)
         return 1
@@ -239,7 +305,10 @@ def main(argv: List[str]) -> int:
     except ValueError as exc:
         print(f"kumo-fetch-secret: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(value)
+    if isinstance(value, bytes):
+        sys.stdout.buffer.write(value)  # delivered as bytes: any byte passes unchanged
+    else:
+        sys.stdout.write(value)
     return 0
 
 
