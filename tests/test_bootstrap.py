@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import tokenize
@@ -585,3 +586,134 @@ def test_delivered_units_are_the_same_units_without_comments(name):
     assert parsed(delivered) == parsed(source) and parsed(source)
     assert delivered.splitlines()[0] == source.splitlines()[0]  # who wrote it
     assert not any(line.startswith(("#", ";")) for line in delivered.splitlines()[1:])
+
+
+# -- issue 9: the ssh target's installer and its secrets payload -------------------------------
+
+def test_delivered_secrets_payload_frames_each_secret_as_base64():
+    from kumo_infra.bootstrap import delivered_secrets_payload
+    from kumo_infra.secretspec import SecretSpec
+    spec = SecretSpec("relay-password", "/opt/kumomta/etc/secrets/relay-password", "relay")
+    payload = delivered_secrets_payload([(spec, "a\nb\0c"), ("dkim-example-com-s1", b"\xff")])
+    assert payload == ("kumo-infra delivered-secrets 1\n"
+                       f"relay-password {base64.b64encode(b'a' + bytes([10]) + b'b' + bytes([0]) + b'c').decode()}\n"
+                       "dkim-example-com-s1 /w==\nend 2\n")
+    assert delivered_secrets_payload([]) == "kumo-infra delivered-secrets 1\nend 0\n"  # never empty: stdin is sent
+
+
+@pytest.mark.parametrize("pairs, says", [
+    ([("relay-password", "a"), ("relay-password", "b")], "given twice"),
+    ([("../etc/shadow", "a")], "is not 1-128 lowercase"),
+    ([("Relay", "a")], "is not 1-128 lowercase"),
+    ([("a b", "a")], "is not 1-128 lowercase"),
+    ([("", "a")], "is not 1-128 lowercase"),
+])
+def test_delivered_secrets_payload_refuses_what_the_node_would(pairs, says):
+    from kumo_infra.bootstrap import delivered_secrets_payload
+    with pytest.raises(ValueError, match=says):
+        delivered_secrets_payload(pairs)
+
+
+def test_node_and_renderer_agree_on_the_delivered_secrets_constants():
+    from kumo_infra import bootstrap
+    library = (FILES / "kumo-ssh-install.sh").read_text()
+    assert f"DELIVERED_SECRETS_HEADER='{bootstrap.DELIVERED_SECRETS_HEADER}'" in library.splitlines()
+    assert f"DELIVERED_DIR={bootstrap.DELIVERED_DIR}" in (FILES / "kumo-bootstrap.sh").read_text().splitlines()
+    assert f'DELIVERED_DIR = "{bootstrap.DELIVERED_DIR}"' in (FILES / "kumo-fetch-secret.py").read_text().splitlines()
+
+
+def test_the_install_command_is_fixed_and_holds_no_value():
+    from kumo_infra.bootstrap import INSTALL_COMMAND, INSTALLER_REMOTE_PATH
+    assert INSTALLER_REMOTE_PATH == "kumo-infra/install.sh"
+    assert INSTALL_COMMAND == ('if [ "$(id -u)" -eq 0 ]; then exec bash kumo-infra/install.sh; '
+                               'else exec sudo -n bash kumo-infra/install.sh; fi')
+    for shell in ("sh", "bash", "dash"):
+        if shutil.which(shell):
+            assert subprocess.run([shell, "-n", "-c", INSTALL_COMMAND]).returncode == 0, shell
+
+
+@pytest.mark.parametrize("uid, ran", [("0", "bash kumo-infra/install.sh"),
+                                      ("1000", "sudo -n bash kumo-infra/install.sh")])
+def test_the_install_command_runs_the_installer_as_root_with_its_standard_input(uid, ran, tmp_path):
+    from kumo_infra.bootstrap import INSTALL_COMMAND
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, body in {"id": f"echo {uid}", "bash": f'echo "bash $*" >{tmp_path}/ran; cat >{tmp_path}/stdin',
+                       "sudo": f'echo "sudo $*" >{tmp_path}/ran; cat >{tmp_path}/stdin'}.items():
+        (tools / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tools / name).chmod(0o755)
+    # As sshd runs it: the user's shell, in the user's home, the secrets on standard input.
+    subprocess.run(["sh", "-c", INSTALL_COMMAND], input=b"kumo-infra delivered-secrets 1\nend 0\n", check=True,
+                   cwd=tmp_path, env={"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert (tmp_path / "ran").read_text().strip() == ran
+    assert (tmp_path / "stdin").read_bytes() == b"kumo-infra delivered-secrets 1\nend 0\n"
+
+
+def _installer_files(installer: str) -> list[tuple[str, str, bytes]]:
+    """(path, mode, content) of every put_file in the installer, in order."""
+    lines, found, i = installer.splitlines(), [], 0
+    while i < len(lines):
+        if lines[i].startswith("put_file "):
+            _, path, mode, _ = shlex.split(lines[i].replace("<<'KUMO_EOF'", "HEREDOC"))
+            end = lines.index("KUMO_EOF", i)
+            found.append((path, mode, base64.b64decode("".join(lines[i + 1:end]))))
+            i = end
+        i += 1
+    return found
+
+
+def test_the_ssh_installer_writes_every_node_file_then_runs_the_bootstrap(tmp_path):
+    from kumo_infra.bootstrap import DELIVERED_DIR, node_files, render_ssh_installer
+    d, plan = build("aws", "debian12", "block", dkim={"domains": ["example.com"]})
+    installer = render_ssh_installer(d, plan, 0)
+    path = tmp_path / "install.sh"
+    path.write_text(installer)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    check = subprocess.run([tool("shellcheck"), "--severity=style", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    expected = [(f.path, f.permissions, f.content.encode()) for f in node_files(d, plan, "mta.example.com")]
+    assert _installer_files(installer) == expected
+    calls = [line for line in installer.splitlines()
+             if line.startswith(("begin_install ", "put_file ", "finish_install "))]
+    # The secrets are read before anything else; the bootstrap runs last.
+    assert calls[0] == f"begin_install mta.example.com {DELIVERED_DIR}"
+    assert calls[-1] == "finish_install mta.example.com" and installer.splitlines()[-1] == calls[-1]
+    assert len([c for c in calls if c.startswith(("begin_install ", "finish_install "))]) == 2
+
+
+def test_the_ssh_installer_run_twice_changes_no_file(tmp_path):
+    # The rendered calls run against a stand-in library that writes under a scratch root.
+    from kumo_infra.bootstrap import node_files, render_ssh_installer
+    d, plan = build("aws", "debian12", "block")
+    installer = render_ssh_installer(d, plan, 0)
+    library = (FILES / "kumo-ssh-install.sh").read_text().split("\n", 1)[1].rstrip("\n")
+    assert library in installer
+    root = tmp_path / "root"
+    stand_in = (f'. {FILES / "kumo-ssh-install.sh"}\n'
+                f'put_file() {{ local p="{root}$1"; install -d "$(dirname "$p")"; base64 -d >"$p.new"; '
+                'chmod "$2" "$p.new"; '
+                'if cmp -s "$p.new" "$p" && [ "$(stat -c %a "$p")" = "$(stat -c %a "$p.new")" ]; then rm -f "$p.new"; '
+                'else mv -f "$p.new" "$p"; echo "wrote $1"; fi; }\n'
+                'begin_install() { echo "begin $*"; }\nfinish_install() { echo "finish $*"; }')
+    script = tmp_path / "install.sh"
+    script.write_text(installer.replace(library, stand_in))
+    first = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True).stdout.splitlines()
+    files = node_files(d, plan, "mta.example.com")
+    assert first == ["begin mta.example.com /run/kumo-infra/delivered"] + [f"wrote {f.path}" for f in files] + [
+        "finish mta.example.com"]
+    for f in files:
+        assert (root / f.path.lstrip("/")).read_text() == f.content
+    again = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert again == ["begin mta.example.com /run/kumo-infra/delivered", "finish mta.example.com"]
+
+
+def test_the_ssh_installer_holds_no_secret_and_quotes_every_value():
+    from kumo_infra.bootstrap import render_ssh_installer
+    d, plan = build("aws", "debian12", "block", dkim={"domains": ["example.com"]},
+                    network={"api_cidrs": ["198.51.100.0/24"]})
+    installer = render_ssh_installer(d, plan, 0)
+    assert "PRIVATE KEY" not in installer
+    # Outside the base64 blocks, every line is the fixed library or a call with quoted values.
+    for line in installer.splitlines():
+        if line.startswith(("begin_install ", "put_file ", "finish_install ")):
+            assert shlex.join(shlex.split(line.replace("<<'KUMO_EOF'", ""))) == line.replace(" <<'KUMO_EOF'", "")

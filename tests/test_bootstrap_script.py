@@ -7,7 +7,9 @@ mistakes are subtle: JSON the status file is made of, number comparison beyond
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -766,7 +768,8 @@ def test_local_nvme_stable_names_are_the_settings_globs_expanded_one_by_one(tmp_
     (links / "store_a-part1").symlink_to(tmp_path / "dev/nvme3n1")  # a partition's name is skipped
     marker = tmp_path / "marker"
     globs = f"{links}/store* {tmp_path}/absent/* $(touch${{IFS}}{marker})*"
-    settings = f"KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_DEVICES=3 KUMO_SPOOL_DEVICE_PATHS='' KUMO_NVME_DEVICE_GLOBS='{globs}'\n"
+    settings = (f"KUMO_SPOOL_STORAGE=local_nvme KUMO_SPOOL_DEVICES=3 KUMO_SPOOL_DEVICE_PATHS='' "
+                f"KUMO_NVME_DEVICE_GLOBS='{globs}'\n")
     # Found through the globs (in their sorted order), so the scan of every NVMe disk never runs:
     # nvme3n1, free and blank, is not taken.
     assert find_devices(tmp_path, settings) == (["nvme1n1", "nvme2n1"], {})
@@ -934,7 +937,9 @@ echo "/dev/sda1 / ext4 defaults 0 1" >"$FSTAB"
 id() {{ :; }}
 for tool in mkfs.xfs mkfs.ext4 mdadm mount wipefs udevadm; do eval "$tool() {{ echo $tool >>\"$T/touched\"; }}"; done
 findmnt() {{ echo /; }}
-stat() {{ echo "$(cat "$T/owner" 2>/dev/null || echo root:root:755)" | cut -d: -f"$([ "$2" = %U:%G ] && echo 1-2 || echo 1-3)"; }}
+stat() {{
+  echo "$(cat "$T/owner" 2>/dev/null || echo root:root:755)" | cut -d: -f"$([ "$2" = %U:%G ] && echo 1-2 || echo 1-3)"
+}}
 chown() {{ echo "kumod:kumod:2770" >"$T/owner"; echo chown >>"$T/owned"; }}; chmod() {{ :; }}
 {mounted}
 run_step spool step_spool; run_step again step_spool; write_status ok; cat "$STATUS"
@@ -1042,3 +1047,173 @@ def test_a_secret_never_delivered_fails_at_once(tmp_path):
     (step,) = status["steps"]
     assert step["status"] == "failed" and "relay-password was never delivered" in step["detail"]
     assert not (tmp_path / "sleep.log").exists()
+
+
+# -- issue 9: the ssh target's installer: secrets on standard input ----------------------------
+
+INSTALL_LIBRARY = FILES / "kumo-ssh-install.sh"
+HOSTILE_VALUES = {
+    "relay-password": "line one\nline two\r\n\"quotes' $(touch /tmp/kumo-pwned) `id` \\ \t end",
+    "dkim-example-com-s1": "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIP\n-----END PRIVATE KEY-----\n",
+    "nul-and-bytes": "a\0b\0\xff\u00e9",  # NUL never cuts a value short: base64 carries it
+    "empty": "",
+    "api-password": "x" * 70_000,  # longer than any line buffer
+}
+
+
+@pytest.fixture
+def staging(tmp_path_factory) -> Path:
+    """A directory on tmpfs (the installer refuses any other), removed afterwards."""
+    import shutil
+    import tempfile
+    if Path("/dev/shm").is_dir() and subprocess.run(["stat", "-f", "-c", "%T", "/dev/shm"], capture_output=True,
+                                                     text=True).stdout.strip() == "tmpfs":
+        base = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="kumo-test-"))
+    else:
+        pytest.fail("no tmpfs at /dev/shm to stage secrets in")
+    yield base / "run-kumo-infra" / "delivered"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def receive(payload: bytes, staging: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    body = f'set -euo pipefail; . {INSTALL_LIBRARY}; receive_delivered_secrets "{staging}"; echo "rc=$?"'
+    return subprocess.run(["bash", "-c", body], input=payload, capture_output=True, timeout=60,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd=tmp_path)
+
+
+def test_secrets_round_trip_through_standard_input_byte_for_byte(staging, tmp_path):
+    from kumo_infra.bootstrap import delivered_secrets_payload
+    payload = delivered_secrets_payload(list(HOSTILE_VALUES.items()))
+    result = receive(payload.encode(), staging, tmp_path)
+    assert result.returncode == 0 and b"rc=0" in result.stdout, result.stderr
+    assert sorted(p.name for p in staging.iterdir()) == sorted(HOSTILE_VALUES)
+    for key, value in HOSTILE_VALUES.items():
+        assert (staging / key).read_bytes() == value.encode(), key
+        assert oct((staging / key).stat().st_mode & 0o777) == "0o600"
+    assert oct(staging.stat().st_mode & 0o777) == "0o700"
+    assert result.stdout.decode().splitlines()[0] == "kumo-infra installer: 5 secret(s) received on standard input"
+    output = result.stdout + result.stderr
+    assert not any(v.encode() in output for v in HOSTILE_VALUES.values() if len(v) > 3)
+    assert not Path("/tmp/kumo-pwned").exists()
+
+
+GOOD = b"kumo-infra delivered-secrets 1\nrelay-password cHc=\nend 1\n"
+
+
+@pytest.mark.parametrize("payload, says", [
+    (b"kumo-infra delivered-secrets 2\nend 0\n", "line 1 is not 'kumo-infra delivered-secrets 1'"),
+    (b"relay-password cHc=\nend 1\n", "line 1 is not"),
+    (b"kumo-infra delivered-secrets 1\nrelay-password cHc=\n",
+     "ended before its end line: the secrets arrived cut short"),
+    (b"kumo-infra delivered-secrets 1\nrelay-password cH", "ended before its end line"),
+    (b"kumo-infra delivered-secrets 1\nrelay-password cHc=\nend 2\n", "its end line counts 2 secrets, 1 came"),
+    (b"kumo-infra delivered-secrets 1\n../etc/shadow cHc=\nend 1\n", "line 2 is not 'KEY BASE64'"),
+    (b"kumo-infra delivered-secrets 1\nrelay-password s3cr3t value\nend 1\n", "line 2 is not 'KEY BASE64'"),
+    (b"kumo-infra delivered-secrets 1\nrelay-password cHc\nend 1\n", "secret relay-password is not base64 (line 2)"),
+    (b"kumo-infra delivered-secrets 1\nrelay-password cHc=\nrelay-password cHc=\nend 2\n", "comes twice (line 3)"),
+    (GOOD + b"api-password cHc=\n", "goes on after its end line (line 4)"),
+    (b"kumo-infra delivered-secrets 1\nrelay-password cHc=\r\nend 1\n", "line 2 is not 'KEY BASE64'"),
+])
+def test_a_garbled_or_cut_secrets_stream_fails_without_showing_it(payload, says, staging, tmp_path):
+    result = receive(payload, staging, tmp_path)
+    assert result.returncode == 1 and b"rc=0" not in result.stdout
+    out = result.stdout.decode()
+    assert out.startswith("KUMO-BOOTSTRAP FAILED step=installer host=unknown: ") and says in out, out
+    assert b"s3cr3t" not in result.stdout + result.stderr and b"cHc" not in result.stdout + result.stderr
+
+
+def test_empty_standard_input_delivers_nothing_and_keeps_the_installed_secrets(staging, tmp_path):
+    result = receive(b"", staging, tmp_path)
+    assert result.returncode == 0 and b"no secrets on standard input; the installed ones stay" in result.stdout
+    assert list(staging.iterdir()) == []
+
+
+def test_secrets_are_never_staged_on_a_disk(tmp_path):
+    # tmp_path is not a tmpfs here (the test needs that to mean something).
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if kind == "tmpfs":
+        pytest.fail("tmp_path is on tmpfs: this test cannot show the refusal")
+    result = receive(GOOD, tmp_path / "delivered", tmp_path)
+    assert result.returncode == 1
+    assert b"is not a tmpfs: refusing to write the deployment's secrets to a disk" in result.stdout
+    assert not (tmp_path / "delivered").exists()
+
+
+def test_stale_staged_secrets_are_replaced_not_merged(staging, tmp_path):
+    staging.mkdir(parents=True)
+    (staging / "old-key").write_text("stale")
+    assert receive(GOOD, staging, tmp_path).returncode == 0
+    assert [p.name for p in staging.iterdir()] == ["relay-password"]
+
+
+def library(body: str, tmp_path: Path, stdin: bytes = b"", path: str = "/usr/sbin:/usr/bin:/sbin:/bin"):
+    script = f"set -euo pipefail\n. {INSTALL_LIBRARY}\n{body}\n"
+    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, timeout=60,
+                          env={"PATH": path}, cwd=tmp_path)
+
+
+def test_put_file_writes_once_and_leaves_an_unchanged_file_alone(tmp_path):
+    target = tmp_path / "etc/kumo-infra/bootstrap.env"
+    content = base64.b64encode(b"KUMO_HOSTNAME=mta.example.com\n")
+    first = library(f"put_file {target} 0600", tmp_path, content)
+    assert first.returncode == 0 and first.stdout.decode() == f"kumo-infra installer: wrote {target}\n"
+    assert target.read_bytes() == b"KUMO_HOSTNAME=mta.example.com\n" and oct(target.stat().st_mode & 0o777) == "0o600"
+    inode = target.stat().st_ino
+    again = library(f"put_file {target} 0600", tmp_path, content)
+    assert again.returncode == 0 and again.stdout == b"" and target.stat().st_ino == inode
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bootstrap.env"]  # no leftover .kumo-new
+    # Another mode alone is a change too.
+    changed = library(f"put_file {target} 0644", tmp_path, content).stdout.decode()
+    assert changed.startswith("kumo-infra installer: wrote")
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_begin_install_refuses_a_user_who_is_not_root(tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "id").write_text("#!/bin/sh\necho 1000\n")
+    (tools / "id").chmod(0o755)
+    result = library("begin_install mta1.example.com /dev/shm/never", tmp_path, GOOD,
+                     f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin")
+    assert result.returncode == 1
+    assert result.stdout.decode() == ("KUMO-BOOTSTRAP FAILED step=installer host=mta1.example.com: not root "
+                                      "(kumo-infra runs it as root, or with sudo -n)\n")
+    assert not Path("/dev/shm/never").exists()
+
+
+def test_begin_install_stages_first_closes_the_stream_and_cleans_up_at_exit(staging, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("begin_install refuses anyone but root")
+    body = (f'begin_install mta1.example.com "{staging}"\n'
+            f'ls "{staging}" >"{tmp_path}/staged"\n'
+            f'cat >"{tmp_path}/rest-of-stdin"\n')
+    result = library(body, tmp_path, GOOD + b"")
+    assert result.returncode == 0, result
+    assert (tmp_path / "staged").read_text() == "relay-password\n"
+    assert (tmp_path / "rest-of-stdin").read_bytes() == b""  # later commands read nothing
+    assert not staging.exists()  # gone when the installer ends, whatever happened
+
+
+def test_finish_install_names_the_machine_once_and_ends_with_kumo_bootstraps_result(tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "hostnamectl").write_text(f'#!/bin/sh\necho "$@" >>{tmp_path}/hostnamectl\n')
+    (tools / "hostnamectl").chmod(0o755)
+    bootstrap = tmp_path / "kumo-bootstrap"
+    bootstrap.write_text("#!/bin/sh\necho \"kumo-bootstrap $*\"\necho 'KUMO-BOOTSTRAP OK host=mta1.example.com "
+                         "changed=false deliverability=ok'\n")
+    bootstrap.chmod(0o755)
+    result = library(f"KUMO_BOOTSTRAP={bootstrap}\nfinish_install mta1.example.com", tmp_path, b"",
+                     f"{tools}:/usr/bin:/bin")
+    lines = result.stdout.decode().splitlines()
+    assert lines[-2:] == ["kumo-bootstrap all",
+                          "KUMO-BOOTSTRAP OK host=mta1.example.com changed=false deliverability=ok"]
+    current = Path("/etc/hostname").read_text().strip() if Path("/etc/hostname").exists() else ""
+    if current != "mta1.example.com":
+        assert (tmp_path / "hostnamectl").read_text() == "set-hostname mta1.example.com\n"
+        assert "kumo-infra installer: hostname set to mta1.example.com" in lines
+
+
+def test_the_installer_library_is_shellcheck_clean():
+    check = subprocess.run(["shellcheck", "--severity=style", str(INSTALL_LIBRARY)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout

@@ -1,12 +1,14 @@
 """Render the machine bootstrap: cloud-init user-data that installs, tunes and starts KumoMTA.
 
-Pure and cloud-neutral: the clouds only carry the text this returns (AWS
-user_data, Azure custom_data, GCP metadata). The work on the machine is done by
-one static, shellcheck-clean script (``files/kumo-bootstrap.sh``) reading a
-rendered settings file, so what runs can be read and re-run by hand.
+Pure and target-neutral: the targets only carry the text this returns (AWS
+user_data, Azure custom_data, GCP metadata, the ssh target's installer). The work
+on the machine is done by one static, shellcheck-clean script
+(``files/kumo-bootstrap.sh``) reading a rendered settings file, so what runs can
+be read and re-run by hand; what differs between targets reaches it as settings.
 
-No secret is ever rendered here: secrets are fetched on the machine with its
-own cloud identity.
+No secret is ever rendered here: a cloud's node fetches each secret with its own
+identity; the ssh target sends them on the installer's standard input
+(``delivered_secrets_payload``), never in a file or on a command line.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import yaml
 
 from .. import __version__
 from ..config import Deployment
-from ..secretspec import secrets_list
+from ..secretspec import SecretSpec, secrets_list
 from ..sizing import MIN_DISK_GB, MIN_MEMORY_GIB, Plan
 from . import packages
 from .policy import HTTP_PORT, render_policy
@@ -384,6 +386,70 @@ def render_startup_script(deployment: Deployment, plan: Plan, node: int = 0, tim
                   f"chmod {f.permissions} {shlex.quote(f.path)}.kumo-new",
                   f"mv -f {shlex.quote(f.path)}.kumo-new {shlex.quote(f.path)}"]
     lines.append("exec /usr/local/sbin/kumo-bootstrap all")
+    return "\n".join(lines) + "\n"
+
+
+# -- machines that already exist (the ssh target): the installer run over SSH ----------------
+
+# Where the installer lands: relative to the SSH user's home, where pulumi-command's CopyToRemote
+# (SFTP) creates it and where sshd starts the command.
+INSTALLER_REMOTE_PATH = "kumo-infra/install.sh"
+# The one command run over SSH, the same for every deployment: no value of the config is ever
+# in it (values travel in the installer's file and on its standard input). As root, or through
+# sudo without a password prompt (-n: fail at once rather than wait for one); either way the
+# standard input, the secrets, reaches the installer.
+INSTALL_COMMAND = (f'if [ "$(id -u)" -eq 0 ]; then exec bash {INSTALLER_REMOTE_PATH}; '
+                   f"else exec sudo -n bash {INSTALLER_REMOTE_PATH}; fi")
+# Where the installer stages the secrets it reads (tmpfs, root only): kumo-fetch-secret's
+# delivered backend reads them there, kumo-bootstrap's secrets step removes them.
+DELIVERED_DIR = "/run/kumo-infra/delivered"
+# The first line of the secrets' framing on standard input; the node refuses any other.
+DELIVERED_SECRETS_HEADER = "kumo-infra delivered-secrets 1"
+_DELIVERED_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def delivered_secrets_payload(pairs: list[tuple[SecretSpec | str, str | bytes]]) -> str:
+    """The secrets as the installer reads them from standard input.
+
+    ``pairs``: (the secret's spec or key, its value). One header line, one ``KEY BASE64`` line per
+    secret and ``end COUNT``: base64 carries any byte (newlines, quotes, NUL) as letters, and the
+    count proves on the node that nothing was cut short. Never logged: the caller keeps it a
+    Pulumi secret.
+    """
+    lines, seen = [DELIVERED_SECRETS_HEADER], set()
+    for spec, value in pairs:
+        key = spec if isinstance(spec, str) else spec.key
+        if not _DELIVERED_KEY.fullmatch(key):
+            raise ValueError(f"secret key {key!r} is not 1-128 lowercase letters, digits and hyphens")
+        if key in seen:
+            raise ValueError(f"secret {key} is given twice")
+        seen.add(key)
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        lines.append(f"{key} {base64.b64encode(data).decode()}")
+    lines.append(f"end {len(seen)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_ssh_installer(deployment: Deployment, plan: Plan, node: int = 0, timeouts: Timeouts = Timeouts(),
+                         *, spool_volume_id: str | None = None) -> str:
+    """kumo-infra/install.sh for node ``node`` of the ssh target: one self-contained bash script.
+
+    Run as root by INSTALL_COMMAND with ``delivered_secrets_payload`` on its standard input, it
+    stages the secrets first (files/kumo-ssh-install.sh), writes every node file (a file already
+    as rendered is left alone), names the machine and runs ``kumo-bootstrap all``, whose last
+    output line is the result (``KUMO-BOOTSTRAP OK host=... changed=...``). Holds no secret.
+    ``spool_volume_id``: the host's spool disk (ssh.hosts[].spool_device), for a block spool.
+    """
+    hostname = _hostname_for(deployment, plan, node)
+    library = _file("kumo-ssh-install.sh").split("\n", 1)[1]
+    lines = ["#!/bin/bash", _header(hostname, node, plan).rstrip("\n"),
+             f"# Run by kumo-infra over SSH, the secrets on standard input: {INSTALL_COMMAND}",
+             "set -euo pipefail", library.rstrip("\n"), "",
+             f"begin_install {shlex.quote(hostname)} {DELIVERED_DIR}"]
+    for f in node_files(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id):
+        lines += [f"put_file {shlex.quote(f.path)} {f.permissions} <<'KUMO_EOF'",
+                  *base64.encodebytes(f.content.encode()).decode().splitlines(), "KUMO_EOF"]
+    lines.append(f"finish_install {shlex.quote(hostname)}")
     return "\n".join(lines) + "\n"
 
 
