@@ -130,6 +130,9 @@ class Target:
     # Where the spool lives when the target decides it (ssh: "block" on the disk each host names,
     # "directory" on the OS disk without one), else None: spool.storage, or the profile's default.
     spool_storage: Optional[Callable[["Deployment"], str]] = None
+    # What node ``index`` receives, as ``kumo-infra render`` prints it and the component sends it
+    # (ssh: the installer script), given (deployment, plan, index); None: the cloud-config user data.
+    render: Optional[Callable[["Deployment", "Plan", int], str]] = None
 
     def image_for(self, os_key: str) -> Any:
         """The image of ``os_key`` on this target; None when it has none (or the target takes
