@@ -219,6 +219,15 @@ def spool_device_paths(d: "Deployment", spool_storage: str, volume_id: Optional[
         return []  # no disk of this target is named otherwise: the bootstrap finds none and fails loudly
 
 
+def render_installer(d: "Deployment", plan: "Plan", index: int) -> str:
+    """Host ``index``'s installer, exactly as the component copies it (its spool disk named)."""
+    from ...bootstrap import render_ssh_installer  # the renderer imports the config, which imports this
+
+    given = hosts(d)
+    device = given[index].spool_device if 0 <= index < len(given) else None
+    return render_ssh_installer(d, plan, index, spool_volume_id=device)
+
+
 def spool_storage(d: "Deployment") -> str:
     """A block spool on the disk each host names, else a directory on the OS disk."""
     return "block" if any(h.spool_device for h in hosts(d)) else "directory"
@@ -227,8 +236,9 @@ def spool_storage(d: "Deployment") -> str:
 TARGET = Target(
     name="ssh",
     title=TITLE,
-    creates=("nothing but what runs on the machines you list: over SSH (host key pinned) it copies the installer "
-             "and runs it, secrets on its standard input; lists the A and PTR records for you to publish"),
+    creates=("no machine, disk, network, firewall or DNS record: on each host you list, an installer copied over "
+             "SSH (host key pinned) and run, the secrets on its standard input; the A and PTR records listed for "
+             "you to publish"),
     section=SshSection,
     section_required=True,
     check=check,
@@ -255,4 +265,5 @@ TARGET = Target(
     warnings=warnings,
     node_hostnames=node_hostnames,
     spool_storage=spool_storage,
+    render=render_installer,
 )
