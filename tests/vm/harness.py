@@ -760,6 +760,76 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# --------------------------------------------------------------------------
+# A machine that already exists, reached over SSH (the ssh target)
+# --------------------------------------------------------------------------
+
+# qemu's restricted user network hands out no router by DHCP; every cloud does, and so does a
+# machine in a rack. A static address with qemu's gateway gives the guest a default route
+# (restrict=on still drops every packet that would leave qemu).
+STATIC_NETWORK_CONFIG = f"""version: 1
+config:
+  - type: physical
+    name: {GUEST_NIC_NAME}
+    subnets:
+      - type: static
+        address: 10.0.2.15/24
+        gateway: 10.0.2.2
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class SshKeyPair:
+    """An ed25519 key made for one test session: never written anywhere but the guest's seed."""
+
+    private_openssh: str  # "-----BEGIN OPENSSH PRIVATE KEY-----\n..."
+    public_line: str  # "ssh-ed25519 AAAA... comment": an authorized_keys / known_hosts key
+
+    @property
+    def public_key(self) -> str:
+        """The key without its comment: "ssh-ed25519 AAAA..."."""
+        return " ".join(self.public_line.split()[:2])
+
+
+def generate_ssh_key(comment: str) -> SshKeyPair:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return SshKeyPair(private, f"{public} {comment}")
+
+
+def existing_machine_user_data(host_key: SshKeyPair, authorized_key: str, user: str = "root") -> str:
+    """Cloud-config that turns the image into "a machine that already exists": sshd with exactly
+    ``host_key`` (the image's own keys are deleted, none generated) and ``authorized_key`` for
+    ``user`` (root, or an account with passwordless sudo, as an operator's admin account has).
+    Nothing of kumo-infra is on it: the ssh target brings everything over SSH."""
+    import yaml  # a test dependency already (pyyaml)
+
+    doc: dict[str, Any] = {
+        "ssh_deletekeys": True,
+        "ssh_genkeytypes": [],
+        "ssh_keys": {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_line},
+        "ssh_pwauth": False,
+        "disable_root": user != "root",
+        # The machine resolves its own name (sudo otherwise waits for DNS on every call).
+        "manage_etc_hosts": True,
+    }
+    if user == "root":
+        doc["users"] = []
+        doc["write_files"] = [{"path": "/root/.ssh/authorized_keys", "permissions": "0600",
+                               "content": authorized_key.strip() + "\n"}]
+    else:
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
+            raise ValueError(f"user {user!r}")
+        doc["users"] = [{"name": user, "shell": "/bin/bash", "lock_passwd": True,
+                         "sudo": "ALL=(ALL) NOPASSWD:ALL", "ssh_authorized_keys": [authorized_key.strip()]}]
+    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
 class GuestAgentError(VmHarnessError):
     """qemu-guest-agent answered with an error or not at all."""
 
@@ -827,7 +897,9 @@ class Vm:
     inspect afterwards) as further NVMe namespaces (``kumoextra0``, ...). The guest
     can reach only the mirror (``http://10.0.2.100`` via guestfwd); the host
     reaches the guest's ports 25 and 8000 at ``127.0.0.1:smtp_port`` and
-    ``127.0.0.1:http_port``. Every file lives in a temporary directory removed
+    ``127.0.0.1:http_port`` (and each port of ``extra_forwards`` at
+    ``127.0.0.1:forwarded_ports[port]``). ``root_disk_size`` makes the root disk larger
+    than the image (sparse; cloud-init grows the filesystem). Every file lives in a temporary directory removed
     on exit unless ``keep=True`` (or KUMO_VM_KEEP=1) for debugging.
     """
 
@@ -846,6 +918,7 @@ class Vm:
         cpus: int = 2,
         extra_forwards: dict[int, int] | None = None,
         extra_kernel_args: Sequence[str] = (),
+        root_disk_size: int | str | None = None,
         keep: bool = False,
         work_dir: Path | None = None,
     ) -> None:
@@ -861,6 +934,7 @@ class Vm:
         self.cpus = cpus
         self.extra_forwards = dict(extra_forwards or {})
         self.extra_kernel_args = list(extra_kernel_args)
+        self.root_disk_size = root_disk_size
         self.keep = keep or os.environ.get("KUMO_VM_KEEP") == "1"
         self._work_parent = work_dir or (
             Path(os.environ["KUMO_VM_WORKDIR"]) if os.environ.get("KUMO_VM_WORKDIR") else None
@@ -927,7 +1001,9 @@ class Vm:
         work = self.work_dir
         self.console_log = work / "console.log"
         overlay = work / "root.qcow2"
-        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image.disk.resolve(), "-F", "raw", overlay])
+        # A larger overlay than the image: cloud-init's resizefs grows / to fill it at boot.
+        size = [] if self.root_disk_size is None else [str(_size_bytes(self.root_disk_size))]
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.image.disk.resolve(), "-F", "raw", overlay, *size])
         seed = self._make_seed(work)
 
         self.smtp_port = _free_port()

@@ -28,6 +28,7 @@ from kumo_infra.config import parse_deployment
 from kumo_infra.stackconfig import plan_for
 
 from .harness import GUEST_MIRROR_URL, Vm, generate_signing_key, make_xfs_disk, sha256_of
+from .harness import STATIC_NETWORK_CONFIG as NETWORK_CONFIG
 
 pytestmark = pytest.mark.vm
 
@@ -41,20 +42,6 @@ Description=stand-in for a preinstalled MTA holding port 25
 ExecStart=/usr/bin/python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 25)); s.listen(); time.sleep(1e9)"
 [Install]
 WantedBy=multi-user.target
-"""
-
-
-# qemu's restricted user network hands out no router by DHCP; every cloud does. A static
-# address with qemu's gateway gives the guest the default route a cloud machine has
-# (restrict=on still drops every packet that would leave qemu).
-NETWORK_CONFIG = """version: 1
-config:
-  - type: physical
-    name: ens3
-    subnets:
-      - type: static
-        address: 10.0.2.15/24
-        gateway: 10.0.2.2
 """
 
 
