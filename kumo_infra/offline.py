@@ -25,7 +25,8 @@ from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from .clouds import offline_aws, offline_azure, offline_common, offline_gcp
+from . import targets
+from .clouds import offline_common
 
 PROJECT = "kumo-infra"
 STACK_TYPE = "pulumi:pulumi:Stack"
@@ -39,14 +40,15 @@ def is_secret(value: Any) -> bool:
 
 
 # Outputs a provider computes and answers to data-source look-ups (invokes), given
-# offline so downstream code has a value. Each cloud keeps its own table in
-# kumo_infra/clouds/offline_<cloud>.py; addresses come from the documentation
-# ranges (RFC 5737), never a real host.
-_COMPUTED: dict[str, dict[str, Any]] = {}
-_INVOKES: dict[str, dict[str, Any]] = {}
-for _answers in (offline_common, offline_aws, offline_azure, offline_gcp):
-    _COMPUTED.update(_answers.COMPUTED)
-    _INVOKES.update(_answers.INVOKES)
+# offline so downstream code has a value: the providers every component uses
+# (kumo_infra/clouds/offline_common.py), then each target's own (Target.offline_computed,
+# Target.offline_invokes); addresses come from the documentation ranges (RFC 5737),
+# never a real host.
+_COMPUTED: dict[str, dict[str, Any]] = dict(offline_common.COMPUTED)
+_INVOKES: dict[str, dict[str, Any]] = dict(offline_common.INVOKES)
+for _target in targets.registry().values():
+    _COMPUTED.update(_target.offline_computed)
+    _INVOKES.update(_target.offline_invokes)
 
 
 class DuplicateResourceError(RuntimeError):
@@ -316,7 +318,9 @@ def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secr
     ``prior_urns``: the URNs a stack already holds (an earlier release's resources). Every alias is
     then kept and sent as a full URN computed by the SDK itself, and a resource whose alias is one
     of them takes over that resource's id and computed outputs, as the engine does: the run shows
-    what an update of that stack would register (tests/test_aliases.py)."""
+    what an update of that stack would register (tests/test_aliases.py).
+
+    An exception from the program carries ``offline_resources``: what was registered before it."""
     recorder = _Recorder()
     engine_log = _EngineLog()
     _settings.ROOT.set(None)
@@ -340,6 +344,10 @@ def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secr
 
     try:
         _sync_await(run_pulumi_func(body))
+    except Exception as exc:
+        # What was registered before the failure: a refusal must come before any resource.
+        exc.offline_resources = list(recorder.resources)  # type: ignore[attr-defined]
+        raise
     finally:
         # A failed run leaves RPCs and output tasks bound to this loop; the next run in
         # the same process (tests) would wait on them after the loop is closed.

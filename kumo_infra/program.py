@@ -1,13 +1,11 @@
-"""The Pulumi program behind ``pulumi up``: config in, one cloud component and exports out.
+"""The Pulumi program behind ``pulumi up``: config in, the target's component and exports out.
 
 Kept apart from ``__main__.py`` so the offline plan and the tests run exactly
-this code under Pulumi's mock engine. Only the deployment's own cloud SDK is
-imported.
+this code under Pulumi's mock engine. Only the deployment's own target's SDK is
+imported (the registry names its component class; kumo_infra.targets).
 """
 
 from __future__ import annotations
-
-import importlib
 
 import pulumi
 
@@ -15,12 +13,6 @@ from . import port25
 from .config import RELAY_PASSWORD_KEY, ROOT, parse_deployment
 from .errors import ConfigError
 from .stackconfig import plan_for, warnings_for
-
-COMPONENTS = {
-    "aws": ("kumo_infra.clouds.aws", "AwsKumoMta"),
-    "azure": ("kumo_infra.clouds.azure", "AzureKumoMta"),
-    "gcp": ("kumo_infra.clouds.gcp", "GcpKumoMta"),
-}
 
 
 class StackConfigError(pulumi.RunError):
@@ -44,12 +36,15 @@ def run() -> None:
     for warning in warnings_for(deployment) + plan.warnings:
         pulumi.log.warn(warning)
 
-    module, cls = COMPONENTS[deployment.cloud]
-    component_cls = getattr(importlib.import_module(module), cls)
+    target = deployment.target
+    component_cls = target.component_class()
     args = {"deployment": raw}
-    relay_password = config.get_secret(RELAY_PASSWORD_KEY.split(":", 1)[1])
-    if relay_password is not None:
-        args["relay_password"] = relay_password
+    # The secrets the component takes from the stack config, each a Pulumi secret: the relay password,
+    # and the target's own (Target.secret_config: component argument -> config key).
+    for arg, key in {"relay_password": RELAY_PASSWORD_KEY, **target.secret_config}.items():
+        value = config.get_secret(key.split(":", 1)[1])
+        if value is not None:
+            args[arg] = value
     try:
         mta = component_cls(deployment.name, args)
     except ConfigError as exc:  # found by the component (e.g. no relay password), still before any resource

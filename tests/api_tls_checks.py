@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kumo_infra import component as common
 from kumo_infra import offline
-from kumo_infra.clouds import common
 from kumo_infra.clouds.offline_common import COMPUTED
 
 KEY = "tls:index/privateKey:PrivateKey"
@@ -70,20 +70,6 @@ def assert_certificate_names_every_node(result: offline.OfflineResult, deploymen
     return cert
 
 
-def assert_private_key_confined(result: offline.OfflineResult, deployment_name: str, key_store: str,
-                                machine_texts: list[str]) -> None:
-    """The API key's PKCS#8 PEM is in the one store resource ``key_store``, its other form only in the
-    certificate's (secret) input: in no machine's bootstrap, no output."""
-    pkcs8, sec1 = key_pkcs8(deployment_name), key_sec1(deployment_name)
-    assert holders(result, pkcs8) == [key_store]
-    assert holders(result, sec1) == [f"{deployment_name}-api-tls-cert"]
-    assert machine_texts
-    for machine_text in machine_texts:
-        assert pkcs8 not in machine_text and sec1 not in machine_text and "private key of" not in machine_text
-    exported = text(result.outputs)
-    assert "PRIVATE KEY" not in exported and json_needle(pkcs8) not in exported
-
-
 def assert_api_output_names_hosts_and_certificate(api: dict, result: offline.OfflineResult,
                                                   deployment_name: str) -> None:
     nodes = result.outputs["nodes"]
@@ -101,7 +87,7 @@ def assert_api_output_names_hosts_and_certificate(api: dict, result: offline.Off
 # -- running a program that could hang -------------------------------------------------------------
 
 def recorded_run(values: dict, *, stack: str = "t", timeout: int = 180) -> dict:
-    """The program under the mock engine in a child process, with each registration's options.
+    """The program under the mock engine in a child process, with each resource's recorded options.
 
     A machine that waits for a value made from the machines would hang the run (the engine waits
     for ever): here that fails the test after ``timeout`` seconds, naming the likely cause."""
@@ -119,38 +105,18 @@ def recorded_run(values: dict, *, stack: str = "t", timeout: int = 180) -> dict:
 
 
 def _dump() -> None:
-    """Child side of recorded_run: print the resources (with protect and dependencies) and outputs."""
+    """Child side of recorded_run: print the resources (with their recorded options) and outputs."""
     from kumo_infra import program
 
     request = json.loads(sys.stdin.read())
-    options: dict[str, dict] = {}
-    original = offline._ParentRecordingMonitor.RegisterResource
-
-    def register(self, req):
-        options[f"{req.type}::{req.name}"] = {"protect": bool(req.protect),
-                                             "dependencies": [urn.split("::")[-1] for urn in req.dependencies]}
-        return original(self, req)
-
-    offline._ParentRecordingMonitor.RegisterResource = register
     result = offline.run(program.run, request["values"], stack=request["stack"])
     print(json.dumps({
-        "resources": [{**r.to_dict(), **options.get(f"{r.type}::{r.name}", {})} for r in result.resources],
+        "resources": [{**r.to_dict(), **r.options(), "custom": r.custom} for r in result.resources],
         "outputs": result.outputs,
     }))
 
 
-class Recorded:
-    """recorded_run's answer with the OfflineResult look-ups the checks above use."""
-
-    def __init__(self, doc: dict) -> None:
-        self.resources = [offline.RecordedResource(r["type"], r["name"], r["parent"], r["inputs"], True)
-                          for r in doc["resources"]]
-        self.options = {r["name"]: r for r in doc["resources"]}
-        self.outputs = doc["outputs"]
-
-    def of_type(self, token: str) -> list[offline.RecordedResource]:
-        return [r for r in self.resources if r.type == token]
-
-    def one(self, token: str) -> offline.RecordedResource:
-        (found,) = self.of_type(token)
-        return found
+def Recorded(doc: dict) -> offline.OfflineResult:  # noqa: N802 (reads like the class it was)
+    """recorded_run's answer as the OfflineResult it was in the child process."""
+    return offline.OfflineResult("t", [offline.RecordedResource.from_dict(r) for r in doc["resources"]],
+                                 doc["outputs"])

@@ -25,8 +25,8 @@ SECRET = "aws:secretsmanager/secret:Secret"
 VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 STORE = "kumo-infra/kumo-test/"
-KEY_VERSION = "kumo-test-secret-api-tls-key-version"
-CERT_VERSION = "kumo-test-secret-api-tls-cert-version"
+KEY_VERSION = "kumo-test-api-tls-key-version"
+CERT_VERSION = "kumo-test-api-tls-cert-version"
 API = {"ssh_cidrs": ["198.51.100.10/32"], "api_cidrs": ["198.51.100.0/24"]}
 
 
@@ -41,30 +41,24 @@ def secret_value(version) -> str:
 
 
 @pytest.fixture(scope="module")
-def three_nodes() -> api_tls_checks.Recorded:
+def three_nodes() -> offline.OfflineResult:
     return api_tls_checks.Recorded(api_tls_checks.recorded_run(
         {"kumo:deployment": deployment(nodes=3, network=API)}))
-
-
-@pytest.fixture(scope="module")
-def protected() -> api_tls_checks.Recorded:
-    return api_tls_checks.Recorded(api_tls_checks.recorded_run(
-        {"kumo:deployment": deployment(nodes=2, network=API, lifecycle={"protect": True})}))
 
 
 def test_api_certificate_names_every_node_hostname_and_elastic_ip(three_nodes):
     cert = api_tls_checks.assert_certificate_names_every_node(three_nodes, "kumo-test")
     eips = {r.name for r in three_nodes.of_type(EIP)}
-    assert len(eips) == 3 and eips <= set(three_nodes.options[cert.name]["dependencies"])
+    assert len(eips) == 3 and eips <= set(cert.depends_on_names)
 
 
 def test_machines_wait_for_the_key_but_not_for_the_certificate_that_names_their_addresses(three_nodes):
     for vm in three_nodes.of_type(INSTANCE):
-        deps = set(three_nodes.options[vm.name]["dependencies"])
-        assert KEY_VERSION in deps and "kumo-test-secret-api-password-version" in deps
+        deps = set(vm.depends_on_names)
+        assert KEY_VERSION in deps and "kumo-test-api-password-version" in deps
         assert CERT_VERSION not in deps  # it waits for the Elastic IPs, which wait for the machine
         # The role may read the certificate's secret before its value exists: the node's fetch retries.
-        assert "kumo-test-secrets-read" in deps
+        assert "kumo-test-secrets-access" in deps
 
 
 def test_api_tls_key_and_certificate_are_stored_and_readable_only_by_the_role(three_nodes):
@@ -87,22 +81,10 @@ def test_api_tls_key_and_certificate_are_stored_and_readable_only_by_the_role(th
         assert f"aws:us-east-1:{STORE}api-tls-cert\t/opt/kumomta/etc/secrets/api-tls-cert" in listing
 
 
-def test_api_tls_private_key_is_only_in_its_secret_version(three_nodes):
-    api_tls_checks.assert_private_key_confined(three_nodes, "kumo-test", KEY_VERSION,
-                                               [user_data(vm) for vm in three_nodes.of_type(INSTANCE)])
-
-
 def test_api_output_names_the_hosts_and_the_certificate(three_nodes):
     api = three_nodes.outputs["api"]
     api_tls_checks.assert_api_output_names_hosts_and_certificate(api, three_nodes, "kumo-test")
     assert [e["url"] for e in api["endpoints"]] == [f"https://mta{i}.example.com:8443" for i in (1, 2, 3)]
-
-
-def test_api_tls_key_follows_lifecycle_protect_and_the_certificate_stays_replaceable(three_nodes, protected):
-    assert protected.options["kumo-test-api-tls-key"]["protect"] is True
-    assert three_nodes.options["kumo-test-api-tls-key"]["protect"] is False
-    for run in (protected, three_nodes):
-        assert run.options["kumo-test-api-tls-cert"]["protect"] is False
 
 
 def test_no_api_cidrs_no_api_tls_key_or_certificate():

@@ -53,7 +53,7 @@ def test_duplicate_names_are_caught_like_the_real_engine():
 
 
 def test_components_check_a_deployment_model_built_by_the_caller():
-    from kumo_infra.clouds.common import prepare
+    from kumo_infra.component import prepare
     from kumo_infra.config import Deployment
     from kumo_infra.errors import ConfigError
 
@@ -225,3 +225,45 @@ def test_prior_urns_keep_every_alias_as_a_full_urn_and_hand_over_the_state():
     assert before.named("old-eip").urn == prefix + "old-eip"
     assert adopted.named("ptr").inputs["allocationId"] == before.named("ptr").inputs["allocationId"]
     assert normal.named("ptr").inputs["allocationId"] != before.named("ptr").inputs["allocationId"]
+
+
+SEEN_ARGS: dict = {}
+
+
+def _probe_component():
+    from kumo_infra.targets.aws.component import AwsKumoMta
+
+    class Probe(AwsKumoMta):
+        def __init__(self, name, args, opts=None):
+            SEEN_ARGS.update(args)
+            super().__init__(name, args, opts)
+
+    return Probe
+
+
+def test_program_passes_the_targets_secret_config_to_its_component_as_secrets(monkeypatch):
+    import dataclasses
+
+    from pulumi.runtime.sync_await import _sync_await
+
+    from kumo_infra import targets
+
+    aws = targets.get("aws")
+    monkeypatch.setitem(targets.registry(), "aws", dataclasses.replace(aws, secret_config={"token": "kumo:apiToken"}))
+    monkeypatch.setattr(type(aws), "component_class", lambda self: _probe_component())
+    SEEN_ARGS.clear()
+    seen = {}
+
+    def prog():
+        program.run()
+        seen["secret"] = _sync_await(SEEN_ARGS["token"].is_secret())
+        seen["value"] = _sync_await(SEEN_ARGS["token"].future())
+
+    values = stack_values("aws-dev")
+    values["kumo:apiToken"] = "t0ken"
+    offline.run(prog, values, stack="aws-dev", secret_keys=["kumo:relayPassword", "kumo:apiToken"])
+    assert seen == {"secret": True, "value": "t0ken"}
+    SEEN_ARGS.clear()
+    del values["kumo:apiToken"]
+    offline.run(program.run, values, stack="aws-dev", secret_keys=["kumo:relayPassword"])
+    assert "token" not in SEEN_ARGS  # unset: not passed (the target's checks say what is missing)

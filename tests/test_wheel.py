@@ -31,11 +31,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kumo_infra import targets
 from tests.conftest import ROOT, deployment
 
 PACKAGE = ROOT / "kumo_infra"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-CLOUD_EXTRAS = {"aws": "aws", "azure": "azure", "gcp": "gcp"}  # component module -> extra that carries its SDK
+# Each registered target's component module, and the extra named after the target that carries its SDK.
+COMPONENT_MODULES = {name: target.component.partition(":")[0] for name, target in targets.registry().items()}
 INSTALLED_CLOUD = "aws"  # one cloud's extra is installed for real: AWS, the README's default stack
 # What .gitignore keeps out of a checkout: a build from a clean clone never sees these.
 NOT_IN_A_CHECKOUT = (".git", ".venv", "*.egg-info", "__pycache__", "*.pyc", ".hypothesis", ".pytest_cache",
@@ -124,9 +126,10 @@ def distributions_needed(modules: set[str]) -> dict[str, set[str]]:
 
 def test_the_import_scan_sees_the_imports_it_judges():
     # Guards the scan itself: if it found nothing, every declaration test below would pass vacuously.
-    assert {"pulumi_tls"} <= IMPORTS["kumo_infra.clouds.common"][0]  # a lazy import inside a function
-    assert {"pulumi", "pulumi_aws"} <= IMPORTS["kumo_infra.clouds.aws"][0]
-    assert "kumo_infra.clouds.common" in reachable("kumo_infra.clouds.aws")
+    assert {"pulumi_tls"} <= IMPORTS["kumo_infra.component"][0]  # a lazy import inside a function
+    assert {"pulumi", "pulumi_aws"} <= IMPORTS["kumo_infra.targets.aws.component"][0]
+    assert "kumo_infra.component" in reachable("kumo_infra.targets.aws.component")
+    assert "kumo_infra.targets.aws.component" in reachable("kumo_infra.clouds.aws")  # the old path re-exports
     assert "kumo_infra.bootstrap.policy" in reachable("kumo_infra.cli")  # through a function-level import
     assert {"pydantic", "pyyaml", "pulumi"} <= set(distributions_needed(reachable("kumo_infra.cli")))
 
@@ -143,11 +146,11 @@ def test_the_cli_needs_no_cloud_extra():
     assert not {d: sorted(m) for d, m in needed.items() if d not in CORE}
 
 
-@pytest.mark.parametrize("cloud", sorted(CLOUD_EXTRAS))
+@pytest.mark.parametrize("cloud", sorted(COMPONENT_MODULES))
 def test_each_component_needs_only_its_own_extra(cloud):
     assert cloud in EXTRAS, f"no '{cloud}' extra in pyproject"
-    needed = distributions_needed(reachable("kumo_infra.cli", f"kumo_infra.clouds.{cloud}"))
-    missing = {d: sorted(m) for d, m in needed.items() if d not in CORE | EXTRAS[CLOUD_EXTRAS[cloud]]}
+    needed = distributions_needed(reachable("kumo_infra.cli", COMPONENT_MODULES[cloud]))
+    missing = {d: sorted(m) for d, m in needed.items() if d not in CORE | EXTRAS[cloud]}
     assert not missing, f"kumo-infra[{cloud}] would lack: {missing}"
 
 
@@ -296,7 +299,10 @@ class Mocks(pulumi.runtime.Mocks):
 
 pulumi.runtime.set_mocks(Mocks(), project="my-program", stack="test", preview=False)
 
-from kumo_infra.clouds.aws import AwsKumoMta  # noqa: E402 (after set_mocks, as Pulumi's testing guide does)
+from kumo_infra.targets.aws.component import AwsKumoMta  # noqa: E402 (after set_mocks, as Pulumi's testing guide does)
+from kumo_infra.clouds.aws import AwsKumoMta as OldPath  # noqa: E402 (programs written before issue 9)
+
+assert OldPath is AwsKumoMta
 
 
 @pulumi.runtime.test

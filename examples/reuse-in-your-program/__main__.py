@@ -1,14 +1,14 @@
 """Reuse kumo-infra's components inside your own Pulumi program.
 
 Your program keeps its own resources and config; kumo-infra adds the mail nodes.
-Switching clouds is switching the class (AwsKumoMta, AzureKumoMta, GcpKumoMta):
-the arguments and outputs are the same.
+Switching targets is switching the class (kumo_infra.targets.<name>.component: AwsKumoMta,
+AzureKumoMta, GcpKumoMta): the arguments and outputs are the same.
 """
 
 import pulumi
 import pulumi_aws as aws
 
-from kumo_infra.clouds.aws import AwsKumoMta
+from kumo_infra.targets.aws.component import AwsKumoMta
 
 # Something your program already owns: here, the bucket where your application keeps
 # the templates it injects into KumoMTA.

@@ -99,7 +99,7 @@ TARGET = Target(
     nvme_device_globs=("/dev/disk/by-id/google-local-nvme-ssd-*",),
     network_pairs=(("subnetwork", "network"),),
     dns_zone_field="dns_managed_zone",
-    component="kumo_infra.clouds.gcp:GcpKumoMta",
+    component="kumo_infra.targets.gcp.component:GcpKumoMta",
     offline_computed=offline.COMPUTED,
     offline_invokes=offline.INVOKES,
     # GCP blocks outbound 25: mail leaves through a smarthost.

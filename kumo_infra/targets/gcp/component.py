@@ -1,0 +1,244 @@
+"""KumoMTA on Google Compute Engine: ``GcpKumoMta`` (the base component's hooks, kumo_infra.component).
+
+One component per deployment: a network (the configured one, or a minimal
+custom-mode VPC), VPC firewall rules from ``cp.rules`` aimed at this
+deployment's network tag, one dedicated service account, and per node a static
+external address with its PTR, an optional forward A record, the instance and,
+for a ``block`` spool, a persistent disk that outlives the instance.
+
+Secrets (the relay password, the DKIM private keys) go to Secret Manager, one
+secret per value, each readable by the nodes' service account alone through a
+per-secret ``roles/secretmanager.secretAccessor`` grant (no project-wide grant);
+the nodes fetch them at boot, so no value is ever in the metadata.
+
+The bootstrap travels as ``metadata["startup-script"]``: GCP runs it at every
+boot on every image (its Rocky and Alma images have no cloud-init), and a
+metadata key changes in place, whereas ``metadata_startup_script`` forces a new
+instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+from pulumi_gcp import compute, dns, secretmanager, serviceaccount
+
+from ...bootstrap import render_startup_script
+from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild,
+                          NodeSecret, child, machine_options, node_output, prepare, secrets_for, base_tags, was)
+from ...netplan import WORLD, Rule
+
+# What ``kumo_infra.clouds.gcp`` re-exports for programs written before the move.
+__all__ = ["GcpKumoMta", "KumoMtaComponent", "child", "KumoMtaArgs", "TYPE", "BOOTSTRAP_PATHS", "FIXED_PATHS",
+           "prepare", "machine_options", "node_output", "secrets_for", "base_tags", "ComponentPlan"]
+
+TYPE = "kumo:index:GcpKumoMta"
+# The engine property path of the bootstrap, in Pulumi's property-path syntax: the key
+# holds a "-", so it is written in bracket notation (same path as metadata.startup-script).
+BOOTSTRAP_PATHS = ['metadata["startup-script"]']
+# The image family's newest image changes over time; it must never replace a running machine.
+FIXED_PATHS = ["bootDisk.initializeParams.image"]
+SPOOL_DEVICE_NAME = "kumo-spool"  # the bootstrap looks for /dev/disk/by-id/google-kumo-spool
+DISK_TYPE = "pd-balanced"
+SCRATCH_DISK_GB = 375  # GCP's fixed local SSD size
+# Granted on each secret, never on the project: read the secret's versions and nothing else.
+SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
+ALLOW_PRIORITY = 1000
+# GCP's implied rules sit at 65535; the explicit denies go just above them, below every allow.
+DENY_PRIORITY = 65534
+
+
+@dataclass(frozen=True)
+class _Network:
+    network: pulumi.Input[str]
+    # Without a subnetwork the NIC names the network (an auto-mode network such as "default" picks
+    # its subnet in the region).
+    subnetwork: Optional[pulumi.Input[str]]
+
+
+class GcpKumoMta(KumoMtaComponent):
+    """KumoMTA nodes on Compute Engine (see docs/component-spec.md)."""
+
+    TARGET = "gcp"
+    TYPE = TYPE
+
+    def _project(self, b: Build) -> str:
+        return b.deployment.gcp.project
+
+    def _zone(self, b: Build) -> str:
+        return b.deployment.gcp.zone or f"{b.deployment.region}-a"
+
+    def _tag(self, b: Build) -> str:
+        return f"{b.name}-mta"  # network tag: the firewall rules apply to this deployment's instances only
+
+    def _network(self, b: Build) -> _Network:
+        gcp = b.deployment.gcp
+        if gcp.network:
+            return _Network(gcp.network, gcp.subnetwork)
+        project, name = gcp.project, b.name
+        net = compute.Network(b.names.network, project=project, auto_create_subnetworks=False,
+                              description=f"kumo-infra {name}", opts=child(self, aliases=was(f"{name}-net")))
+        subnet = compute.Subnetwork(b.names.subnet, project=project, region=b.deployment.region, network=net.id,
+                                    ip_cidr_range=gcp.subnet_cidr, private_ip_google_access=True,
+                                    description=f"kumo-infra {name}", opts=child(self))
+        return _Network(net.id, subnet.id)
+
+    def _firewall(self, b: Build) -> list[compute.Firewall]:
+        """Every rule of cp.rules, one firewall per address family (GCP refuses mixed v4/v6 ranges)."""
+        name, project, tag = b.name, self._project(b), self._tag(b)
+        made = []
+        for rule in b.cp.rules:
+            for family, cidrs in rule.families():
+                made.append(self._firewall_rule(b.names.firewall_rule(rule.name, family), project,
+                                                b.network.network, tag, rule, list(cidrs)))
+        # Explicit denies below every allow: inbound anything else, outbound anything else.
+        for direction, suffix in (("INGRESS", "deny-in"), ("EGRESS", "deny-out")):
+            for family, world in WORLD.items():
+                ranges = {"source_ranges": [world]} if direction == "INGRESS" else {"destination_ranges": [world]}
+                made.append(compute.Firewall(
+                    b.names.firewall_rule(suffix, family), project=project, network=b.network.network,
+                    direction=direction, priority=DENY_PRIORITY, denies=[compute.FirewallDenyArgs(protocol="all")],
+                    target_tags=[tag], description=f"kumo-infra {name}: deny other {direction.lower()} traffic",
+                    **ranges, opts=child(self)))
+        self.firewalls = made
+        return made
+
+    def _firewall_rule(self, resource_name: str, project: str, network: pulumi.Input[str], tag: str, rule: Rule,
+                       cidrs: list[str]) -> compute.Firewall:
+        ranges = {"source_ranges": cidrs} if rule.direction == "ingress" else {"destination_ranges": cidrs}
+        return compute.Firewall(
+            resource_name, project=project, network=network, direction=rule.direction.upper(),
+            priority=ALLOW_PRIORITY,
+            allows=[compute.FirewallAllowArgs(protocol=rule.protocol, ports=[str(rule.port)])],
+            target_tags=[tag], description=rule.description, **ranges, opts=child(self))
+
+    def _identity(self, b: Build) -> serviceaccount.Account:
+        # One dedicated service account with no project-level role at all: KumoMTA logs to local files
+        # and kumo-infra installs no Cloud Logging or Monitoring agent, so log/metric writer roles would
+        # be unused power. Its only permission is reading this deployment's secrets, granted on each
+        # secret (_store_secrets).
+        self.service_account = serviceaccount.Account(
+            b.names.identity, project=self._project(b), account_id=f"{b.name}-mta",
+            display_name=f"kumo-infra {b.name} KumoMTA nodes", opts=child(self, aliases=was(f"{b.name}-sa")))
+        return self.service_account
+
+    def _store_secrets(self, b: Build) -> list[pulumi.Resource]:
+        """Per secret: the secret (id = its store name, the one the node's reference names), its value
+        as the version the node reads (versions/latest), and the service account's read grant on it
+        alone. The nodes fetch their secrets at first boot: the versions and the grants come first
+        (every value here can: the addresses the API certificate names exist before the instances)."""
+        self.secrets = [self._secret(b, s) for s in b.secrets]
+        return [r for s, (_, version, access) in zip(b.secrets, self.secrets)
+                for r in ((version, access) if s.machines_wait else (access,))]
+
+    def _secret(self, b: Build, s: NodeSecret) -> tuple[
+            secretmanager.Secret, secretmanager.SecretVersion, secretmanager.SecretIamMember]:
+        project, key = self._project(b), s.spec.key
+        secret = secretmanager.Secret(
+            b.names.secret(key), project=project, secret_id=s.name,
+            replication={"auto": {}},  # automatic replication (Google-managed locations and keys)
+            labels=b.tags, opts=child(self, protect=b.deployment.lifecycle.protect))
+        # secret_data is a Pulumi secret (and the SDK marks secretData secret): encrypted in state.
+        version = secretmanager.SecretVersion(b.names.secret_version(key), secret=secret.id,
+                                              secret_data=s.value, opts=child(self))
+        access = secretmanager.SecretIamMember(
+            b.names.secret_access(key), project=project, secret_id=secret.secret_id, role=SECRET_ACCESSOR,
+            member=self.service_account.member, opts=child(self))
+        return secret, version, access
+
+    def _address(self, b: Build, n: NodeBuild) -> Address:
+        address = compute.Address(
+            b.names.address(n.key), project=self._project(b), region=b.deployment.region, address_type="EXTERNAL",
+            network_tier="PREMIUM", labels=b.tags, description=f"{n.node.hostname} (kumo-infra)",
+            opts=child(self))
+        return Address(address.address, address)
+
+    def _forward_record(self, b: Build, n: NodeBuild) -> dns.RecordSet:
+        # The PTR (on the access config, _machine) needs the forward record in place first.
+        return dns.RecordSet(
+            b.names.forward_record(n.key), project=self._project(b), managed_zone=b.deployment.gcp.dns_managed_zone,
+            name=f"{n.node.hostname}.", type="A", ttl=300, rrdatas=[n.address.ip], opts=child(self))
+
+    def _spool(self, b: Build, n: NodeBuild) -> compute.Disk:
+        # The queue lives here: a separate disk that survives replacing the instance
+        # (retain_on_delete), encrypted at rest by Google's default encryption.
+        return compute.Disk(
+            b.names.spool(n.key), project=self._project(b), zone=self._zone(b), type=DISK_TYPE,
+            size=b.cp.plan.spool_gb_per_node, labels=b.tags,
+            description=f"KumoMTA spool of {n.node.hostname} (kumo-infra)",
+            opts=child(self, retain_on_delete=True, protect=b.deployment.lifecycle.protect))
+
+    def _machine(self, b: Build, n: NodeBuild) -> Machine:
+        cp, d, node = b.cp, b.deployment, n.node
+        itype = cp.instance_type
+        attached_disks = None
+        if n.spool is not None:
+            attached_disks = [compute.InstanceAttachedDiskArgs(source=n.spool.id, device_name=SPOOL_DEVICE_NAME)]
+
+        scratch_disks = None
+        if cp.plan.spool_storage == "local_nvme" and itype.nvme_attach == "scratch":
+            # N2 and similar take local SSDs as scratch disks; the -lssd types (C3 ...) come
+            # with their fixed local SSDs and take none here (nvme_attach == "builtin").
+            scratch_disks = [compute.InstanceScratchDiskArgs(interface="NVME", size=SCRATCH_DISK_GB)
+                             for _ in range(cp.plan.nvme_count)]
+
+        network_performance = None
+        if itype.tier1_gbps > 0:
+            # Tier_1 egress: N2/N2D/C2/C2D/C3 with 30+ vCPUs and gVNIC (set below).
+            network_performance = compute.InstanceNetworkPerformanceConfigArgs(total_egress_bandwidth_tier="TIER_1")
+
+        access_config = compute.InstanceNetworkInterfaceAccessConfigArgs(
+            nat_ip=n.address.ip, network_tier="PREMIUM",
+            public_ptr_domain_name=f"{node.hostname}." if cp.set_ptr else None)
+        subnetwork = b.network.subnetwork
+        nic = compute.InstanceNetworkInterfaceArgs(
+            subnetwork=subnetwork, network=None if subnetwork else b.network.network,
+            nic_type="GVNIC",  # every image kumo-infra offers on GCP supports gVNIC
+            access_configs=[access_config])
+
+        instance = compute.Instance(
+            b.names.machine(n.key),
+            project=self._project(b),
+            zone=self._zone(b),
+            machine_type=cp.plan.instance_type,
+            hostname=node.hostname,
+            boot_disk=compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                # Google encrypts every persistent disk at rest by default (no key to manage).
+                initialize_params=compute.InstanceBootDiskInitializeParamsArgs(
+                    image=self._image(b).self_link, size=cp.plan.os_disk_gb, type=DISK_TYPE, labels=b.tags)),
+            attached_disks=attached_disks,
+            scratch_disks=scratch_disks,
+            network_interfaces=[nic],
+            network_performance_config=network_performance,
+            metadata={
+                "startup-script": render_startup_script(d, cp.plan, node.index),
+                "enable-oslogin": "TRUE",
+                "block-project-ssh-keys": "TRUE",
+            },
+            shielded_instance_config=compute.InstanceShieldedInstanceConfigArgs(
+                enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True),
+            service_account=compute.InstanceServiceAccountArgs(
+                email=self.service_account.email, scopes=["cloud-platform"]),
+            tags=[self._tag(b)],
+            labels=b.tags,
+            # Changing the machine type needs a stop. A stop keeps a persistent-disk spool but
+            # discards local SSD: with a local NVMe spool a resize must fail rather than lose mail.
+            allow_stopping_for_update=True if cp.plan.spool_storage == "block" else None,
+            deletion_protection=d.lifecycle.protect,
+            description=f"KumoMTA {node.hostname} (kumo-infra)",
+            # The secrets' versions and grants, and the PTR's forward record, exist first.
+            opts=machine_options(self, cp, BOOTSTRAP_PATHS, FIXED_PATHS,
+                                 depends_on=[*b.secrets_ready, *([n.record] if n.record is not None else [])]),
+        )
+        return Machine(instance, instance.network_interfaces.apply(lambda nics: nics[0].network_ip if nics else None))
+
+    def _image(self, b: Build) -> pulumi.Output[compute.GetImageResult]:
+        """The image family's newest image, looked up once per component (FIXED_PATHS: a machine keeps its own)."""
+        if getattr(self, "_image_result", None) is None:
+            image = b.deployment.image
+            self._image_result = compute.get_image_output(family=image.family, project=image.project,
+                                                          opts=pulumi.InvokeOutputOptions(parent=self))
+        return self._image_result
