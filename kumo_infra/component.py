@@ -1,5 +1,8 @@
 """The base of every KumoMTA component: one per-node skeleton, its arguments, its outputs.
 
+No ``from __future__ import annotations`` here or in a target's component module: Pulumi's schema
+inference reads the component's ``__init__`` and output annotations as objects, never strings.
+
 ``KumoMtaComponent.__init__`` is the whole flow, the same on every target:
 
     prepare          validate the arguments and plan the nodes (ConfigError before any resource)
@@ -20,7 +23,6 @@ target; a child renamed from an earlier release carries ``aliases=was(old_name)`
 stacks keep it (tests/test_aliases.py proves each one).
 """
 
-from __future__ import annotations
 
 import base64
 import functools
@@ -288,8 +290,10 @@ class KumoMtaComponent(pulumi.ComponentResource):
     deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
     api: Optional[pulumi.Output[dict]]  # how to reach the HTTP API (api_access); None without network.api_cidrs
 
-    TARGET: ClassVar[str]  # the target's registry name ("aws"): prepare refuses another target's deployment
-    TYPE: ClassVar[str]  # the component's type token ("kumo:index:AwsKumoMta")
+    # Set by each target's component, unannotated: Pulumi's schema inference takes every public
+    # annotation of a component class for an output.
+    TARGET = ""  # the target's registry name ("aws"): prepare refuses another target's deployment
+    TYPE = ""  # the component's type token ("kumo:index:AwsKumoMta")
 
     # The API's key and certificate (secrets_for makes them with network.api_cidrs); _publish gives
     # the certificate the nodes' addresses, which the certificate waits for until then.

@@ -14,7 +14,6 @@ Everything here is checked against pulumi-aws 7.51 and runs under the mock engin
 (kumo_infra/targets/aws/offline.py).
 """
 
-from __future__ import annotations
 
 import base64
 import json
@@ -164,11 +163,11 @@ class _Identity:
 class AwsKumoMta(KumoMtaComponent):
     """KumoMTA nodes on EC2 (see docs/component-spec.md)."""
 
+    # Also on the component: role (aws.iam.Role, the nodes' identity: it reads the deployment's
+    # secrets and nothing else) and instance_profile; not annotated, or schema inference would
+    # take them for outputs.
     TARGET = "aws"
     TYPE = TYPE
-
-    role: aws.iam.Role  # the nodes' identity: reads the deployment's secrets and nothing else
-    instance_profile: aws.iam.InstanceProfile
 
     def _before_resources(self, cp: ComponentPlan) -> _Prepared:
         owners, filters = ami_filters(cp)

@@ -47,7 +47,6 @@ Azure's check in one run, but a mail host's name must be an address record
 a zone apex, so it is not used.
 """
 
-from __future__ import annotations
 
 import base64
 import hashlib

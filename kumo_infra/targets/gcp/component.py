@@ -17,7 +17,6 @@ metadata key changes in place, whereas ``metadata_startup_script`` forces a new
 instance.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
