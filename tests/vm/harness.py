@@ -830,6 +830,64 @@ def existing_machine_user_data(host_key: SshKeyPair, authorized_key: str, user: 
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 
+class ExistingMachine:
+    """A booted guest standing in for a machine that already exists, reached over SSH.
+
+    Per instance: a fresh ed25519 host key (given to the guest's sshd through cloud-init, the
+    image's own keys deleted) and a fresh client key authorized for ``user``. qemu forwards
+    ``127.0.0.1:ssh_port`` to the guest's port 22 (and ``vm.smtp_port`` to 25); nothing else
+    reaches it. Entering waits until sshd presents exactly ``host_key`` and cloud-init has
+    finished, so the machine is idle when a test starts using it.
+    """
+
+    def __init__(self, image: RootImage, *, user: str = "root", hostname: str = "kumo-machine",
+                 mirror_port: int | None = None, memory_mb: int = 4096, root_disk_size: str | None = "24G",
+                 nvme_sizes: Sequence[int | str] = (), boot_timeout: float = 900.0) -> None:
+        self.user = user
+        self.host_key = generate_ssh_key(f"root@{hostname}")
+        self.client_key = generate_ssh_key("kumo-infra-vm-test")
+        self.boot_timeout = boot_timeout
+        self.vm = Vm(image, existing_machine_user_data(self.host_key, self.client_key.public_line, user),
+                     hostname=hostname, network_config=STATIC_NETWORK_CONFIG, mirror_port=mirror_port,
+                     nvme_sizes=nvme_sizes, memory_mb=memory_mb, root_disk_size=root_disk_size,
+                     extra_forwards={22: 0})
+
+    @property
+    def ssh_port(self) -> int:
+        return self.vm.forwarded_ports[22]
+
+    @property
+    def host_key_line(self) -> str:
+        """The guest's host key as its /etc/ssh/ssh_host_ed25519_key.pub holds it."""
+        return self.host_key.public_line
+
+    @property
+    def private_key(self) -> str:
+        """The client's private key (OpenSSH form), authorized for ``user``."""
+        return self.client_key.private_openssh
+
+    def __enter__(self) -> Self:
+        from .remote_command import wait_for_host_key
+
+        self.vm.__enter__()
+        try:
+            wait_for_host_key("127.0.0.1", self.ssh_port, self.host_key_line, self.boot_timeout,
+                              is_alive=lambda: self.vm.running)
+            self.vm.exec(["cloud-init", "status", "--wait"], timeout=self.boot_timeout, check=True)
+        except BaseException:
+            self.vm.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.vm.__exit__(exc_type, exc, tb)
+
+
 class GuestAgentError(VmHarnessError):
     """qemu-guest-agent answered with an error or not at all."""
 
