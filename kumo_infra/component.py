@@ -29,13 +29,14 @@ import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import pulumi
 
 from . import catalog, targets
 from .bootstrap import render_user_data
 from .bootstrap.policy import API_TLS_PORT
+from .component_args import ApiAccess, DnsRecord, KumoMtaArgs, Node, SizingPlan
 from .config import Deployment, parse_deployment
 from .errors import ConfigError
 from .netplan import Rule, firewall_rules
@@ -45,18 +46,6 @@ from .stackconfig import needs_relay_password, plan_for
 
 if TYPE_CHECKING:
     import pulumi_tls
-
-
-class KumoMtaArgs(TypedDict, total=False):
-    """Arguments of every KumoMTA component.
-
-    deployment: the ``kumo:deployment`` object as plain data (the stack config's shape);
-        it decides which resources exist, so it cannot be an unresolved Output.
-    relay_password: the smarthost password, as a Pulumi secret (relay mode only).
-    """
-
-    deployment: dict[str, Any]
-    relay_password: pulumi.Input[str]
 
 
 # -- names: the same on every target ------------------------------------------------------------
@@ -282,13 +271,21 @@ class KumoMtaComponent(pulumi.ComponentResource):
     """The outputs every target's component publishes, with the same keys (docs/component-spec.md),
     and the flow that makes them."""
 
-    nodes: pulumi.Output[list[dict]]
+    nodes: pulumi.Output[list[Node]]
+    """Every node: its name, hostname, addresses, PTR, machine type, spool and forward record."""
     public_ips: pulumi.Output[list[str]]
-    dns_records: pulumi.Output[list[dict]]  # forward A records the operator must publish
-    sizing: pulumi.Output[dict]
-    secret_names: pulumi.Output[list[str]]  # names in the target's secret store, never values
-    deliverability_records: pulumi.Output[list[dict]]  # SPF, DMARC and DKIM TXT records to publish
-    api: Optional[pulumi.Output[dict]]  # how to reach the HTTP API (api_access); None without network.api_cidrs
+    """The nodes' static public IPv4 addresses."""
+    dns_records: pulumi.Output[list[DnsRecord]]
+    ("DNS records the operator must publish: the forward A records kumo-infra did not create, and the PTRs "
+     "where the target sets none itself.")
+    sizing: pulumi.Output[SizingPlan]
+    """The sizing plan the nodes were built from."""
+    secret_names: pulumi.Output[list[str]]
+    """Names of the deployment's secrets in the target's store, never their values."""
+    deliverability_records: pulumi.Output[list[DnsRecord]]
+    """SPF, DMARC and DKIM TXT records to publish for each sending domain."""
+    api: Optional[pulumi.Output[ApiAccess]]
+    """How to reach the HTTP API from network.api_cidrs (api_access); null without api_cidrs."""
 
     # Set by each target's component, unannotated: Pulumi's schema inference takes every public
     # annotation of a component class for an output.

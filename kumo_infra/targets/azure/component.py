@@ -157,6 +157,7 @@ class AzureKumoMta(KumoMtaComponent):
     TYPE = TYPE
 
     identity_principal_ids: pulumi.Output[list[str]]
+    """The principal ids of the nodes' system-assigned identities (the role assignments name them)."""
 
     def _before_resources(self, cp: ComponentPlan) -> dict[str, str]:
         """Each node's custom data, checked before anything is registered (a size error names the fix)."""
