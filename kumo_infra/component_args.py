@@ -416,13 +416,13 @@ class Node(TypedDict):
     public_ip: str
     """The node's static public IPv4 address."""
     private_ip: str
-    """The node's address inside its network."""
+    """The node's address inside its network (an existing machine: the address kumo-infra connects to)."""
     ptr: Optional[str]
     """The reverse DNS name set on the public address; null until it can be set (the forward record first)."""
     instance_type: str
     """The machine type the planner chose."""
     spool: str
-    """Where the spool is: local_nvme or block."""
+    """Where the spool is: local_nvme, block, or directory (on the OS disk of an existing machine)."""
     forward_record: ForwardRecord
     """The node's forward A record."""
 
@@ -433,7 +433,7 @@ class DnsRecord(TypedDict):
     name: str
     """The record's owner name."""
     type: str
-    """The record type: A or TXT."""
+    """The record type: A, PTR (where the target sets none itself) or TXT."""
     value: str
     """The record's value."""
     why: str
@@ -516,7 +516,7 @@ class SizingPlan(TypedDict):
     capacity_per_node_per_hour: int
     """Messages per hour one node carries."""
     spool_storage: str
-    """local_nvme or block."""
+    """local_nvme, block or directory."""
     spool_gb_per_node: int
     """Spool size per node, GB."""
     os_disk_gb: int
