@@ -810,23 +810,21 @@ def existing_machine_user_data(host_key: SshKeyPair, authorized_key: str, user: 
     import yaml  # a test dependency already (pyyaml)
 
     doc: dict[str, Any] = {
+        # The image's keys are deleted; ours is the only ed25519 key, so none is generated.
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_line},
         "ssh_pwauth": False,
-        "disable_root": user != "root",
+        "disable_root": False,
         # The machine resolves its own name (sudo otherwise waits for DNS on every call).
         "manage_etc_hosts": True,
     }
-    if user == "root":
-        doc["users"] = []
-        doc["write_files"] = [{"path": "/root/.ssh/authorized_keys", "permissions": "0600",
-                               "content": authorized_key.strip() + "\n"}]
-    else:
-        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
-            raise ValueError(f"user {user!r}")
-        doc["users"] = [{"name": user, "shell": "/bin/bash", "lock_passwd": True,
-                         "sudo": "ALL=(ALL) NOPASSWD:ALL", "ssh_authorized_keys": [authorized_key.strip()]}]
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
+        raise ValueError(f"user {user!r}")
+    account: dict[str, Any] = {"name": user, "lock_passwd": True, "ssh_authorized_keys": [authorized_key.strip()]}
+    if user != "root":
+        account.update(shell="/bin/bash", sudo="ALL=(ALL) NOPASSWD:ALL")
+    doc["users"] = [account]  # and no other: not the image's default account
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -16,9 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import MirrorFactory, StandinDebs
-from .harness import GUEST_MIRROR_URL, GUEST_NIC_NAME, RootImage, Vm, make_xfs_disk, sha256_of
+from .harness import (GUEST_MIRROR_URL, GUEST_NIC_NAME, RootImage, Vm, existing_machine_user_data, generate_ssh_key,
+                      make_xfs_disk, sha256_of)
 
 # --------------------------------------------------------------------------
 # Without a VM
@@ -155,6 +158,27 @@ def test_xfs_disk_image_holds_its_files(tmp_path: Path) -> None:
                                  check=True).stdout
         assert "letter.eml" in listing
     assert sha256_of(disk) == hashlib.sha256(disk.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("user", ["root", "deploy"])
+def test_existing_machine_user_data_is_valid_and_carries_exactly_the_session_keys(tmp_path: Path, user: str) -> None:
+    if shutil.which("cloud-init") is None:
+        pytest.skip("cloud-init (for its schema check) is not installed")
+    host_key, client = generate_ssh_key("root@machine"), generate_ssh_key("client")
+    text = existing_machine_user_data(host_key, client.public_line, user)
+    (tmp_path / "user-data").write_text(text)
+    schema = subprocess.run(["cloud-init", "schema", "--config-file", str(tmp_path / "user-data")],
+                            capture_output=True, text=True)
+    assert schema.returncode == 0 and "Valid cloud-config" in schema.stdout, schema
+    doc = yaml.safe_load(text)
+    # The image's own host keys go and no other is generated: sshd can present only this one.
+    assert (doc["ssh_deletekeys"], doc["ssh_genkeytypes"]) == (True, ["ed25519"])
+    assert doc["ssh_keys"] == {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_line}
+    (account,) = doc["users"]
+    assert "PRIVATE KEY" not in json.dumps(account)
+    assert account["name"] == user and account["ssh_authorized_keys"] == [client.public_line]
+    assert account["lock_passwd"] is True and doc["ssh_pwauth"] is False
+    assert account.get("sudo") == (None if user == "root" else "ALL=(ALL) NOPASSWD:ALL")
 
 
 def _standin_kumod(standin_debs: StandinDebs, tmp_path: Path) -> Path:
