@@ -10,6 +10,7 @@
 - The README's component tables are the rendering of these declarations (tests/component_tables.py).
 """
 
+import copy
 import dataclasses
 import enum
 import functools
@@ -30,6 +31,7 @@ from pydantic import BaseModel
 from kumo_infra import component_args, offline, oses, targets
 from kumo_infra.component_args import DeploymentConfig, KumoMtaArgs
 from kumo_infra.config import Deployment, parse_deployment
+from kumo_infra.errors import ConfigError
 from kumo_infra.sizing import Plan
 from tests import component_tables
 from tests.conftest import ROOT, STACKS
@@ -424,6 +426,23 @@ def _stack_deployment(stack: str) -> dict:
 TARGET_STACKS = [s for s in STACKS if _stack_deployment(s)["cloud"] in TARGETS]
 
 
+def _with_every_shared_key(raw: dict) -> dict:
+    """``raw`` with every key of FULL its target accepts (a target refuses some: ssh takes no node count)."""
+    raw = {**raw, **copy.deepcopy(FULL)}
+    if raw["cloud"] == "azure":  # SSH on Azure takes the operator's key
+        raw["azure"] = {**raw.get("azure", {}), "ssh_public_key": (
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl op@example")}
+    try:
+        parse_deployment(raw)
+    except ConfigError as refused:
+        for problem in refused.problems:
+            *parents, key = problem.path.removeprefix(f"{ROOT_PATH}.").split(".")
+            section = functools.reduce(lambda d, k: d[k], parents, raw)
+            assert key in section, f"the stack file itself is refused: {problem}"
+            del section[key]
+    return raw
+
+
 @pytest.mark.parametrize("full", [False, True], ids=["as-is", "every-key"])
 @pytest.mark.parametrize("stack", TARGET_STACKS)
 def test_engine_inputs_map_back_to_the_same_deployment(stack, full):
@@ -431,10 +450,7 @@ def test_engine_inputs_map_back_to_the_same_deployment(stack, full):
     enums to their members) before the component sees them: the model reads the same deployment."""
     raw = _stack_deployment(stack)
     if full:
-        raw = {**raw, **FULL}
-        if raw["cloud"] == "azure":  # SSH on Azure takes the operator's key; alma9 needs no marketplace terms
-            raw["azure"] = {**raw.get("azure", {}), "ssh_public_key": (
-                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl op@example")}
+        raw = _with_every_shared_key(raw)
     expected = parse_deployment(raw)
     provider = ComponentProvider([ArgsProbe], "kumo")
     mapped = provider.map_inputs({"deployment": _as_engine_sends(raw), "relayPassword": "pw"},
@@ -530,7 +546,8 @@ def test_published_outputs_match_their_declarations(stack, api):
                 **component_tables.declared_outputs(cls)}
 
     def program():
-        mta = cls("t", {"deployment": raw, "relay_password": pulumi.Output.secret("test-relay-password")})
+        mta = cls("t", {"deployment": raw, "relay_password": pulumi.Output.secret("test-relay-password"),
+                        "ssh_private_key": pulumi.Output.secret("test-ssh-private-key")})
         for key in declared:
             pulumi.export(key, getattr(mta, key))
 
