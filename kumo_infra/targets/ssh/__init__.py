@@ -24,13 +24,15 @@ if TYPE_CHECKING:
 __all__ = ["TARGET", "SshSection", "SshHost", "PRIVATE_KEY_CONFIG", "hosts", "node_hostnames"]
 
 TITLE = "Existing machines over SSH (VMware, bare metal, any VM)"
-# A small valid deployment (tests/test_targets.py runs the target's facts on it): one host, its
-# Ed25519 host key, a directory spool.
+# A small valid deployment (tests/test_targets.py runs the target's facts on it, the hostile
+# corpus takes each host field's valid value from it): one host, every field of it given.
 EXAMPLE = {
     "cloud": "ssh", "name": "kumo-ssh", "hostname": "mta.example.com", "os": "debian12",
     "port25": {"outbound": "direct"},
-    "ssh": {"hosts": [{"address": "192.0.2.10",
-                       "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"}]},
+    "ssh": {"hosts": [{
+        "address": "10.0.0.10", "public_ip": "192.0.2.10", "hostname": "mta1.example.com", "user": "deploy",
+        "port": 2222, "spool_device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"}]},
 }
 
 

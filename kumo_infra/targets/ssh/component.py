@@ -16,22 +16,23 @@ a change to either copies and runs again, on the same machine. Neither has a del
 destroying the stack leaves each machine as it is (README, "Existing machines over SSH").
 """
 
-from __future__ import annotations
-
 import hashlib
 import ipaddress
-from typing import Any
+from typing import Any, Optional
 
 import pulumi
 from pulumi_command import remote
 
 from ...bootstrap import INSTALL_COMMAND, INSTALLER_REMOTE_PATH, delivered_secrets_payload
-from ...component import Address, Build, ComponentPlan, KumoMtaComponent, Machine, NodeBuild, NodeSecret, child
+from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild, NodeSecret,
+                           child)
 from ...errors import ConfigError
 from . import hosts, render_installer
 from .config import PRIVATE_KEY_CONFIG, SshHost
 
-TYPE_TOKEN = "kumo:index:SshKumoMta"
+__all__ = ["SshKumoMta", "TYPE", "PRIVATE_KEY_ARG", "connection", "records_to_publish"]
+
+TYPE = "kumo:index:SshKumoMta"
 # The component argument carrying the private key (from the secret kumo:sshPrivateKey).
 PRIVATE_KEY_ARG = "ssh_private_key"
 # pulumi-command retries a refused or timed-out connection: 6 dials of at most 20 s each ride out
@@ -81,15 +82,14 @@ def records_to_publish(cp: ComponentPlan) -> list[dict]:
 class SshKumoMta(KumoMtaComponent):
     """KumoMTA installed over SSH on machines that already exist (docs/component-spec.md)."""
 
+    # Not annotated: Pulumi's schema inference takes every public class annotation for an output.
     TARGET = "ssh"
-    TYPE = TYPE_TOKEN
+    TYPE = TYPE
 
-    installers: list[remote.CopyToRemote]
-    installs: list[remote.Command]
-
-    def __init__(self, name: str, args: Any, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         self._args = args
-        self.installers, self.installs = [], []
+        self._installers: list[remote.CopyToRemote] = []
+        self._installs: list[remote.Command] = []
         super().__init__(name, args, opts)
 
     def _before_resources(self, cp: ComponentPlan) -> Any:
@@ -131,8 +131,8 @@ class SshKumoMta(KumoMtaComponent):
             logging=remote.Logging.NONE, add_previous_output_in_env=False, triggers=triggers,
             opts=child(self, depends_on=[copy], protect=b.deployment.lifecycle.protect,
                        additional_secret_outputs=SECRET_OUTPUTS))
-        self.installers.append(copy)
-        self.installs.append(install)
+        self._installers.append(copy)
+        self._installs.append(install)
         return Machine(install, host.address)
 
     def _extra_outputs(self, b: Build, nodes: list[NodeBuild]) -> dict[str, pulumi.Input[Any]]:
