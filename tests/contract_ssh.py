@@ -70,7 +70,9 @@ def only_nodes_read(result: offline.OfflineResult) -> None:
 CASE = ContractCase(
     deployment={**{k: v for k, v in COMMON.items() if k != "nodes"}, "cloud": "ssh", "os": "debian12",
                 "ssh": {"hosts": HOSTS}},
-    machines=(COMMAND,),  # the install on each host stands for its machine
+    # The machines exist outside Pulumi. The install commands are not them: a change replaces them
+    # (their triggers), which protection would refuse, and deleting one does nothing to its machine.
+    machines=(),
     volumes=(),  # the spool disks exist already; kumo-infra never deletes anything on them
     secret_store=(),  # Pulumi's state and the nodes themselves
     value_holders=(COMMAND,),

@@ -530,9 +530,13 @@ def test_a_changed_installer_or_secret_changes_the_triggers():
     assert all(a[0] == b[0] and a[1] != b[1] for a, b in zip(first, new_password))
 
 
-def test_install_commands_follow_lifecycle_protect():
-    assert not any(c.protect for c in run_stack(base()).of_type(COMMAND))
-    assert all(c.protect for c in run_stack(base(lifecycle={"protect": True})).of_type(COMMAND))
+def test_lifecycle_protect_covers_the_generated_secrets_never_the_install():
+    result = run_stack(base(**EVERYTHING, lifecycle={"protect": True}))
+    # A change runs the install again by replacing it, which protection would refuse.
+    assert not any(r.protect for r in result.of_type(COMMAND) + result.of_type(COPY))
+    generated = result.of_type("tls:index/privateKey:PrivateKey") + result.of_type(
+        "random:index/randomPassword:RandomPassword")
+    assert len(generated) == 4 and all(g.protect for g in generated)
 
 
 def test_outputs_have_the_shared_shape_and_list_the_records_to_publish():

@@ -12,8 +12,10 @@ Per host, two pulumi-command resources and nothing else:
 Both connect with the host key pinned: pulumi-command checks it with ssh.FixedHostKey, and
 without ``hostKey`` would accept any key, so the config refuses a host without one. Both carry
 the same triggers, the sha256 of the installer and of the secrets (the latter a Pulumi secret):
-a change to either copies and runs again, on the same machine. Neither has a delete command:
-destroying the stack leaves each machine as it is (README, "Existing machines over SSH").
+a change to either copies and runs again, on the same machine (the engine replaces both, so
+neither is protected: lifecycle.protect covers the generated keys and password). Neither has a
+delete command: destroying the stack leaves each machine as it is (README, "Existing machines
+over SSH").
 """
 
 import hashlib
@@ -129,8 +131,9 @@ class SshKumoMta(KumoMtaComponent):
         install = remote.Command(
             b.names.node(n.key, "install"), connection=conn, create=INSTALL_COMMAND, stdin=self._payload,
             logging=remote.Logging.NONE, add_previous_output_in_env=False, triggers=triggers,
-            opts=child(self, depends_on=[copy], protect=b.deployment.lifecycle.protect,
-                       additional_secret_outputs=SECRET_OUTPUTS))
+            # Never protected, whatever lifecycle.protect says: a change runs it again by replacing it (its
+            # triggers), which protection would refuse; and deleting it does nothing to the machine.
+            opts=child(self, depends_on=[copy], additional_secret_outputs=SECRET_OUTPUTS))
         self._installers.append(copy)
         self._installs.append(install)
         return Machine(install, host.address)
