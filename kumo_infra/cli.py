@@ -186,7 +186,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise ConfigError(Problem("--node", f"node {args.node} does not exist: stack {stack.stack} has "
                                             f"{stack.plan.nodes} node(s), numbered from 0"))
     _warn(stack)
-    sys.stdout.write(render_user_data(stack.deployment, stack.plan, args.node))
+    render = stack.deployment.target.render or render_user_data  # the ssh target's installer script
+    sys.stdout.write(render(stack.deployment, stack.plan, args.node))
     return 0
 
 
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_source(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    p = sub.add_parser("render", help="print a node's cloud-init user-data, as the machine receives it")
+    p = sub.add_parser("render", help="print what a node receives (the cloud-init user-data; on existing machines, "
+                                      "the installer)")
     _add_stack_source(p)
     p.add_argument("--node", type=int, default=0, help="node number, from 0 (default 0)")
 

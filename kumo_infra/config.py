@@ -357,7 +357,10 @@ class DeploymentBase(_Strict):
 
     @property
     def spool_storage(self) -> str:
-        return spool_storage_for(self.sizing, self.spool)
+        """Where the spool lives: as the target decides (Target.spool_storage), else spool.storage or
+        what the profile implies."""
+        decide = self.target.spool_storage
+        return decide(self) if decide else spool_storage_for(self.sizing, self.spool)
 
     @property
     def os_spec(self) -> oses.OsSpec:
@@ -371,7 +374,13 @@ class DeploymentBase(_Strict):
         return "direct" if direct_allowed(self)[0] else "relay"
 
     def node_hostname(self, index: int, count: int) -> str:
-        """mta.example.com for one node; mta1.example.com, mta2... for several."""
+        """mta.example.com for one node; mta1.example.com, mta2... for several; or the name the
+        target gives the machine (Target.node_hostnames)."""
+        named = self.target.node_hostnames
+        if named:
+            names = named(self)
+            if index < len(names):
+                return names[index]
         if count == 1:
             return self.hostname
         first, _, rest = self.hostname.partition(".")

@@ -33,7 +33,8 @@ def stack_config_values(stack: StackConfig) -> tuple[dict[str, Any], list[str]]:
     values = {k: v for k, v in stack.values.items() if k not in SECRET_KEYS}
     secret_keys = []
     for key in SECRET_KEYS:
-        wanted = key in stack.secrets_set or (key == RELAY_PASSWORD_KEY and needs_relay_password(stack.deployment))
+        wanted = (key in stack.secrets_set or key in stack.deployment.target.secret_config.values()
+                  or (key == RELAY_PASSWORD_KEY and needs_relay_password(stack.deployment)))
         if wanted:
             values[key] = SECRET_PLACEHOLDER
             secret_keys.append(key)

@@ -14,12 +14,14 @@ from typing import Any
 
 import yaml
 
-from . import catalog, sizing
+from . import catalog, sizing, targets
 from .config import RELAY_PASSWORD_KEY, ROOT, Deployment, parse_deployment
 from .errors import ConfigError, Problem, shown
 
-# Every key kumo-infra reads from the ``kumo`` namespace; anything else there is a typo.
-SECRET_KEYS = (RELAY_PASSWORD_KEY,)
+# Every key kumo-infra reads from the ``kumo`` namespace; anything else there is a typo. The
+# secret ones: the relay's password, and those a target's component takes (Target.secret_config).
+SECRET_KEYS = (RELAY_PASSWORD_KEY, *sorted({key for target in targets.registry().values()
+                                            for key in target.secret_config.values()} - {RELAY_PASSWORD_KEY}))
 KNOWN_KEYS = (ROOT, *SECRET_KEYS)
 
 
@@ -112,6 +114,9 @@ def from_values(stack: str, values: dict[str, Any]) -> StackConfig:
         # The Pulumi program refuses to deploy without it.
         warnings.append(f"{RELAY_PASSWORD_KEY} is not set; before pulumi up run: "
                         f"pulumi config set --secret {RELAY_PASSWORD_KEY}")
+    for key in deployment.target.secret_config.values():
+        if key not in secrets:  # the component refuses to deploy without it, as without the relay's
+            warnings.append(f"{key} is not set; before pulumi up run: pulumi config set --secret {key} < FILE")
     return StackConfig(stack, deployment, plan, frozenset(secrets), tuple(warnings), values)
 
 
@@ -130,7 +135,7 @@ def warnings_for(deployment: Deployment) -> list[str]:
         warnings.append(f"{ROOT}.kumomta.repo_key_fingerprint is unset: KumoMTA publishes no fingerprint of its "
                         "signing key, so each node trusts the key served over https on first use and pins it "
                         "(status.json: repo_key_fingerprint); set it to that fingerprint to pin the whole fleet")
-    return warnings
+    return warnings + deployment.target.warnings(deployment)
 
 
 def workload_for(deployment: Deployment) -> sizing.Workload:

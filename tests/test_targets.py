@@ -13,10 +13,10 @@ import dataclasses
 import subprocess
 import sys
 import typing
-from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from kumo_infra import catalog, cli, oses, port25, secretspec, sizing, targets
@@ -240,6 +240,9 @@ def bare(monkeypatch):
                             store_name=lambda d, s: s.key, reference=lambda d, s: f"delivered:{s.key}",
                             read_command=lambda d, s: f"sudo cat {s.machine_path}"),
         spool_device_paths=lambda d, storage, volume: [], nvme_device_globs=(), node_count=lambda d: 3,
+        secret_config={"bare_key": "kumo:bareKey"}, warnings=lambda d: ["kumo:deployment: bare machines"],
+        node_hostnames=lambda d: ["a.example.com", "b.example.com", "c.example.com"],
+        spool_storage=lambda d: "directory", render=lambda d, plan, index: f"installer of node {index}\n",
         example={"cloud": "bare", "name": "kumo-bare", "hostname": "mta.example.com",
                  "port25": {"outbound": "direct"}},
         internet_cap_gbps=None)
@@ -289,6 +292,30 @@ def test_a_target_without_catalog_sizes_by_the_number_of_machines(bare, capsys):
     assert "2 existing (no catalog: the minimum each must have)" in out and "price" not in out
 
 
+def test_a_target_names_its_machines_and_decides_where_the_spool_lives(bare):
+    stack = from_values("bare", {ROOT: bare.example})
+    d = stack.deployment
+    assert [d.node_hostname(i, stack.plan.nodes) for i in range(3)] == ["a.example.com", "b.example.com",
+                                                                        "c.example.com"]
+    assert d.spool_storage == stack.plan.spool_storage == "directory"
+    rep = port25.report(d, stack.plan)
+    assert [n["hostname"] for n in rep["nodes"]] == ["a.example.com", "b.example.com", "c.example.com"]
+
+
+def test_a_targets_warnings_and_unset_secret_config_are_said(bare):
+    warnings = from_values("bare", {ROOT: bare.example}).warnings
+    assert "kumo:deployment: bare machines" in warnings
+    assert ("kumo:bareKey is not set; before pulumi up run: pulumi config set --secret kumo:bareKey < FILE"
+            in warnings)
+
+
+def test_render_prints_what_the_target_sends(bare, tmp_path, capsys):
+    f = tmp_path / "Pulumi.bare.yaml"
+    f.write_text(yaml.safe_dump({"config": {ROOT: bare.example}}))
+    assert cli.main(["render", "--config", str(f), "--node", "2"]) == 0
+    assert capsys.readouterr().out == "installer of node 2\n"
+
+
 # -- the core never branches on a target's name -------------------------------------------------------
 
 # The names a module outside kumo_infra/targets/ must not compare with or index by (ssh: the next one).
@@ -297,12 +324,6 @@ PACKAGE = REPO / "kumo_infra"
 # Node-side scripts: their fetch table is keyed by SecretStore.backend, the reference's prefix, which
 # for the clouds happens to be spelled like the target.
 NODE_SCRIPTS = PACKAGE / "bootstrap" / "files"
-STILL_BRANCHING = {
-    # owned by another step of issue 9; removed when it lands
-    "kumo_infra/bootstrap/__init__.py",
-    "kumo_infra/clouds/common.py",
-    "kumo_infra/program.py",
-}
 
 
 def _names_a_target(node: Optional[ast.AST]) -> bool:
@@ -341,16 +362,10 @@ def test_no_module_outside_the_targets_branches_on_a_target_name():
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
-        if path.is_relative_to(PACKAGE / "targets") or path.is_relative_to(NODE_SCRIPTS) or rel in STILL_BRANCHING:
+        if path.is_relative_to(PACKAGE / "targets") or path.is_relative_to(NODE_SCRIPTS):
             continue
         found += [f"{rel}:{line}: {what}" for line, what in branches_on_a_target_name(path.read_text())]
     assert not found, "ask kumo_infra.targets.get(name) instead:\n" + "\n".join(found)
-
-
-def test_the_allow_list_names_existing_files():
-    for rel in STILL_BRANCHING:
-        assert (REPO / rel).is_file(), rel
-    assert Path(NODE_SCRIPTS).is_dir()
 
 
 def test_the_registry_and_the_config_model_load_no_pulumi():
