@@ -279,10 +279,12 @@ EXISTING = "existing"
 
 
 def vcpu_needed(messages_per_hour: float) -> int:
-    """The fewest vCPUs whose published throughput carries ``messages_per_hour``; the largest measured
-    count when none does (published_throughput is flat beyond it)."""
-    largest = PUBLISHED_THROUGHPUT[-1][0]
-    return next((v for v in range(1, largest + 1) if published_throughput(v) >= messages_per_hour), largest)
+    """The fewest vCPUs whose published throughput carries ``messages_per_hour``, from the smallest
+    measured count (2: no catalog type has fewer); the largest measured count when none does
+    (published_throughput is flat beyond it)."""
+    smallest, largest = PUBLISHED_THROUGHPUT[0][0], PUBLISHED_THROUGHPUT[-1][0]
+    return next((v for v in range(smallest, largest + 1) if published_throughput(v) >= messages_per_hour),
+                largest)
 
 
 def plan_without_catalog(w: Workload) -> Plan:

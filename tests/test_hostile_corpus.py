@@ -43,6 +43,32 @@ REPO = Path(__file__).resolve().parent.parent
 # -- the model, walked ---------------------------------------------------------------------------
 
 
+def _section_model(tp: Any) -> Any:
+    """The model inside Optional[...], Annotated[...] and list[...] (the type itself otherwise)."""
+    while True:
+        origin = get_origin(tp)
+        if origin in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        elif origin in (typing.Annotated, list):
+            tp = get_args(tp)[0]
+        else:
+            return tp
+
+
+def _keys(path: str) -> list[str | int]:
+    """ssh.hosts[0].address -> ["ssh", "hosts", 0, "address"]."""
+    keys: list[str | int] = []
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        keys.append(name)
+        if index:
+            keys.append(int(index.rstrip("]")))
+    return keys
+
+
 def string_fields(model: type[BaseModel] = Deployment, prefix: tuple[str, ...] = ()) -> dict[str, str]:
     """Key path -> "str" or "list" for every field holding strings, nested sections included."""
     found: dict[str, str] = {}
@@ -59,6 +85,11 @@ def _walk(tp: Any, path: tuple[str, ...]) -> dict[str, str]:
         return {k: v for arg in get_args(tp) if arg is not type(None) for k, v in _walk(arg, path).items()}
     if origin is list:
         (item,) = get_args(tp)
+        section = _section_model(item)
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            # A list of sections (ssh.hosts): each field once, in the list's first entry.
+            head = path[:-1] + (f"{path[-1]}[0]",)
+            return string_fields(section, head)
         inner = _walk(item, path)
         assert set(inner.values()) <= {"str"}, f"{'.'.join(path)}: a list of sections; teach the walker"
         return {k: "list" for k in inner}
@@ -170,32 +201,29 @@ def base_for(path: str) -> dict:
 def valid_value(path: str) -> Any:
     """The field's value in its base deployment, else its model default."""
     node: Any = base_for(path)
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
+    for key in _keys(path):
+        present = (key < len(node) if isinstance(node, list) else False) if isinstance(key, int) else (
+            isinstance(node, dict) and key in node)
+        if not present:
             node = None
             break
         node = node[key]
     if node is None:
         model: Any = Deployment
-        for key in path.split(".")[:-1]:
-            model = _section_model(model.model_fields[key].annotation)
-        node = model.model_fields[path.split(".")[-1]].get_default(call_default_factory=True)
+        for key in _keys(path)[:-1]:
+            if not isinstance(key, int):
+                model = _section_model(model.model_fields[key].annotation)
+        node = model.model_fields[_keys(path)[-1]].get_default(call_default_factory=True)
     assert node, f"{path}: no valid value in the corpus bases and no default; add one to BASES"
     return node[0] if isinstance(node, list) else node
-
-
-def _section_model(tp: Any) -> type[BaseModel]:
-    if get_origin(tp) in (Union, types.UnionType):
-        (tp,) = [a for a in get_args(tp) if a is not type(None)]
-    return tp
 
 
 def with_value(path: str, value: Any, base: dict | None = None) -> dict:
     raw = copy.deepcopy(base or base_for(path))
     node = raw
-    *parents, leaf = path.split(".")
+    *parents, leaf = _keys(path)
     for key in parents:
-        node = node.setdefault(key, {})
+        node = node[key] if isinstance(key, int) else node.setdefault(key, {})
     node[leaf] = value
     return raw
 
