@@ -722,3 +722,76 @@ def test_the_ssh_installer_holds_no_secret_and_quotes_every_value():
     for line in installer.splitlines():
         if line.startswith(("begin_install ", "put_file ", "finish_install ")):
             assert shlex.join(shlex.split(line.replace("<<'KUMO_EOF'", ""))) == line.replace(" <<'KUMO_EOF'", "")
+
+
+# -- issue 9: the ssh target's node files ----------------------------------------------------
+
+SSH_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"
+SSH_DEVICES = ["/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
+               "/dev/disk/by-id/nvme-Samsung_SSD_980_PRO_1TB_S5GXNF0R123456A"]
+
+
+def _ssh_registered() -> bool:
+    from kumo_infra import targets
+    return "ssh" in targets.PACKAGES
+
+
+ssh_only = pytest.mark.skipif(not _ssh_registered(), reason="the ssh target is not registered yet")
+
+
+def ssh_build(devices: bool):
+    hosts = [{"address": "192.0.2.10", "host_key": SSH_HOST_KEY},
+             {"address": "192.0.2.11", "host_key": SSH_HOST_KEY, "hostname": "relay.example.net"}]
+    if devices:
+        for host, device in zip(hosts, SSH_DEVICES):
+            host["spool_device"] = device
+    d = parse_deployment({"cloud": "ssh", "name": "kumo-lab", "hostname": "mta.example.com", "os": "debian12",
+                          "port25": RELAY | {"outbound": "relay"}, "dkim": {"domains": ["example.com"]},
+                          "ssh": {"hosts": hosts}})
+    return d, plan_for(d)
+
+
+def _installer_file(installer: str, path: str) -> str:
+    return next(content for p, _, content in _installer_files(installer) if p == path).decode()
+
+
+@ssh_only
+def test_ssh_without_spool_devices_renders_a_directory_spool(tmp_path):
+    from kumo_infra.bootstrap import render_ssh_installer
+    d, plan = ssh_build(devices=False)
+    for node, hostname in enumerate(["mta1.example.com", "relay.example.net"]):
+        installer = render_ssh_installer(d, plan, node)
+        env = source_env(_installer_file(installer, "/etc/kumo-infra/bootstrap.env"), tmp_path)
+        assert env["KUMO_HOSTNAME"] == hostname and env["KUMO_CLOUD"] == "ssh"
+        assert env["KUMO_SPOOL_STORAGE"] == "directory"
+        assert env["KUMO_SPOOL_DEVICE_PATHS"] == "" and env["KUMO_NVME_DEVICE_GLOBS"] == ""
+        assert int(env["KUMO_PLAN_VCPU"]) == plan.vcpu and float(env["KUMO_PLAN_MEMORY_GIB"]) == plan.memory_gib
+        assert installer.splitlines()[-1] == f"finish_install {hostname}"
+
+
+@ssh_only
+def test_ssh_spool_device_is_the_hosts_one_exact_disk(tmp_path):
+    from kumo_infra.bootstrap import render_ssh_installer
+    d, plan = ssh_build(devices=True)
+    for node, device in enumerate(SSH_DEVICES):
+        installer = render_ssh_installer(d, plan, node, spool_volume_id=device)
+        env = source_env(_installer_file(installer, "/etc/kumo-infra/bootstrap.env"), tmp_path)
+        assert env["KUMO_SPOOL_STORAGE"] == "block" and env["KUMO_SPOOL_DEVICE_PATHS"] == device
+
+
+@ssh_only
+def test_ssh_secrets_are_delivered_and_the_node_reads_nothing_else(tmp_path):
+    from kumo_infra.bootstrap import render_ssh_installer
+    d, plan = ssh_build(devices=False)
+    installer = render_ssh_installer(d, plan, 0)
+    references = [line.split("\t")[0] for line in _installer_file(installer, "/etc/kumo-infra/secrets.list")
+                  .splitlines() if line and not line.startswith("#")]
+    assert references == ["delivered:relay-password", "delivered:dkim-example-com-kumo"]
+    script = tmp_path / "kumo-fetch-secret.py"
+    script.write_text(_installer_file(installer, "/usr/local/sbin/kumo-fetch-secret"))
+    module = _delivered_fetcher("delivered", tmp_path)
+    assert set(module.BACKENDS) == {"delivered"}
+    path = tmp_path / "install.sh"
+    path.write_text(installer)
+    check = subprocess.run([tool("shellcheck"), "--severity=style", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
