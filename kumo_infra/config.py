@@ -467,14 +467,6 @@ Deployment = create_model(
     **{name: (Optional[target.section], None) for name, target in targets.registry().items()})
 
 
-def __getattr__(name: str) -> Any:
-    """The targets' section models by class name (AwsSection ...), where older code imports them from here."""
-    for target in targets.registry().values():
-        if target.section.__name__ == name:
-            return target.section
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def direct_allowed(deployment: DeploymentBase) -> tuple[bool, str]:
     """Whether this target and account can ever deliver on outbound port 25, and why not."""
     return deployment.target.port25.direct_allowed(deployment)

@@ -11,7 +11,6 @@ packages and repositories.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -105,11 +104,3 @@ def names_for(target: str) -> list[str]:
     """The OS keys ``target`` can run (those with an image there; all when it takes machines as they are)."""
     return targets.get(target).os_names(SUPPORTED)
 
-
-def __getattr__(name: str) -> Any:
-    """A target's image class (AwsImage ...), where older code imports it from here."""
-    for package in targets.names():
-        found = getattr(importlib.import_module(f"{targets.__name__}.{package}"), name, None)
-        if isinstance(found, type):
-            return found
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

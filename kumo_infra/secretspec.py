@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from .config import Deployment
 
@@ -80,15 +79,6 @@ def reference(deployment: Deployment, spec: SecretSpec) -> str:
 def read_command(deployment: Deployment, spec: SecretSpec) -> str:
     """The command that prints the secret with the operator's own credentials."""
     return deployment.target.secrets.read_command(deployment, spec)
-
-
-def __getattr__(name: str) -> Any:
-    # azure_vault_name moved to kumo_infra.targets.azure.vault_name; kept importable from here for
-    # code written before (issue 9).
-    if name == "azure_vault_name":
-        from .targets.azure import vault_name
-        return vault_name
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def secrets_list(deployment: Deployment) -> str:
