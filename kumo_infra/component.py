@@ -1,8 +1,5 @@
 """The base of every KumoMTA component: one per-node skeleton, its arguments, its outputs.
 
-No ``from __future__ import annotations`` here or in a target's component module: Pulumi's schema
-inference reads the component's ``__init__`` and output annotations as objects, never strings.
-
 ``KumoMtaComponent.__init__`` is the whole flow, the same on every target:
 
     prepare          validate the arguments and plan the nodes (ConfigError before any resource)
@@ -21,8 +18,10 @@ target must create (the machine); the others default to creating nothing, which 
 of existing machines (ssh) needs. Resource names come from :class:`Names`, the same on every
 target; a child renamed from an earlier release carries ``aliases=was(old_name)`` so existing
 stacks keep it (tests/test_aliases.py proves each one).
-"""
 
+No ``from __future__ import annotations`` here or in a target's component module: Pulumi's schema
+inference reads the component's ``__init__`` and output annotations as objects, never strings.
+"""
 
 import base64
 import functools
