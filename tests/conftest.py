@@ -36,19 +36,3 @@ def merged(base: dict, **overrides) -> dict:
 @pytest.fixture
 def project_root() -> Path:
     return ROOT
-
-
-@pytest.fixture
-def recorders(monkeypatch):
-    """Every offline recorder created, to see what was registered before an error."""
-    from kumo_infra import offline
-
-    made = []
-
-    class Capturing(offline._Recorder):
-        def __init__(self):
-            super().__init__()
-            made.append(self)
-
-    monkeypatch.setattr(offline, "_Recorder", Capturing)
-    return made

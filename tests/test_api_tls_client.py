@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kumo_infra.clouds.common import API_TLS_CURVE, API_TLS_USES, public_key_pin
+from kumo_infra.component import API_TLS_CURVE, API_TLS_USES, public_key_pin
 from kumo_infra.secretspec import API_USER
 
 HOSTS = ["mta1.example.com", "mta2.example.com"]
