@@ -126,6 +126,11 @@ _DEFAULT_CACHE = Path("/var/cache/kumo-infra-vm")
 _DEBIAN_MIRROR_ENV = "KUMO_VM_DEBIAN_MIRROR"
 _DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
+# A machine kumo-bootstrap accepts: its machine step refuses under 4 GiB of memory or a root
+# filesystem under 20 GB. The root disk is a sparse overlay, grown by cloud-init at boot.
+MACHINE_MEMORY_MB = 4096
+MACHINE_ROOT_DISK = "24G"
+
 # The virtio NIC is pinned to this PCI slot so the guest always names it
 # ens<slot> (systemd's predictable naming from the ACPI slot number).
 _NIC_PCI_SLOT = 3
@@ -839,7 +844,8 @@ class ExistingMachine:
     """
 
     def __init__(self, image: RootImage, *, user: str = "root", hostname: str = "kumo-machine",
-                 mirror_port: int | None = None, memory_mb: int = 4096, root_disk_size: str | None = "24G",
+                 mirror_port: int | None = None, memory_mb: int = MACHINE_MEMORY_MB,
+                 root_disk_size: str | None = MACHINE_ROOT_DISK,
                  nvme_sizes: Sequence[int | str] = (), boot_timeout: float = 900.0) -> None:
         self.user = user
         self.host_key = generate_ssh_key(f"root@{hostname}")
@@ -970,11 +976,11 @@ class Vm:
         mirror_port: int | None = None,
         nvme_sizes: Sequence[int | str] = ("2G",),
         extra_disks: Sequence[Path] = (),
-        memory_mb: int = 2048,
+        memory_mb: int = MACHINE_MEMORY_MB,
         cpus: int = 2,
         extra_forwards: dict[int, int] | None = None,
         extra_kernel_args: Sequence[str] = (),
-        root_disk_size: int | str | None = None,
+        root_disk_size: int | str | None = MACHINE_ROOT_DISK,
         keep: bool = False,
         work_dir: Path | None = None,
     ) -> None:
