@@ -377,6 +377,8 @@ class DeploymentConfig(TypedDict):
     """Azure settings; only with cloud azure."""
     gcp: NotRequired[GcpConfig]
     """GCP settings; required with cloud gcp, refused otherwise."""
+    ssh: NotRequired[SshConfig]
+    """The machines of the ssh target; required with cloud ssh, refused otherwise."""
 
 
 class KumoMtaArgs(TypedDict):

@@ -40,16 +40,6 @@ def texts(result: offline.OfflineResult) -> list[str]:
     return found
 
 
-def decoded_stdin(resource: offline.RecordedResource) -> dict:
-    """The install command's standard input with each framed value decoded, kept a secret if it was one."""
-    stdin = resource.inputs.get("stdin")
-    if resource.type != COMMAND or stdin is None:
-        return {}
-    lines = plain(stdin).splitlines()[1:-1]  # between the header and the end line
-    values = [base64.b64decode(line.split(" ", 1)[1]).decode() for line in lines]
-    return {"stdin (decoded)": {**stdin, "value": values} if offline.is_secret(stdin) else values}
-
-
 def only_nodes_read(result: offline.OfflineResult) -> None:
     """Every command carrying the secrets connects to a configured host, that host's key pinned;
     one per host, and no other resource carries them."""
@@ -81,5 +71,4 @@ CASE = ContractCase(
     assert_only_nodes_read=only_nodes_read,
     config={PRIVATE_KEY_CONFIG: PRIVATE_KEY},
     secret_keys=(PRIVATE_KEY_CONFIG,),
-    decoded_inputs=decoded_stdin,
 )

@@ -8,14 +8,18 @@ import pulumi
 import pytest
 import yaml
 
-from kumo_infra import offline, program
+from kumo_infra import offline, program, targets
 from kumo_infra.stackconfig import load_file
 from tests.conftest import ROOT, STACKS
 
 
 def stack_values(stack: str) -> dict:
+    """The stack file's config, with a test value for every secret key a target's component takes."""
     values = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
     values["kumo:relayPassword"] = "test-relay-password"
+    for target in targets.registry().values():
+        for key in target.secret_config.values():
+            values.setdefault(key, f"test value of {key}")
     return values
 
 

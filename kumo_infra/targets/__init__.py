@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..sizing import Plan
 
 # The registry: every target kumo-infra knows, in the order the CLI lists them.
-PACKAGES = ("aws", "azure", "gcp")
+PACKAGES = ("aws", "azure", "gcp", "ssh")
 
 # What an offline answer holds where only the target could know the value (an image name, an id).
 OFFLINE_PLACEHOLDER = "(placeholder)"
