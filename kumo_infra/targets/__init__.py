@@ -150,6 +150,12 @@ class Target:
         return getattr(importlib.import_module(module), cls)
 
 
+def ptr_after_forward_record(d: "Deployment") -> bool:
+    """The PTR policy of a target whose provider checks the forward record when the PTR is set:
+    set it when kumo-infra creates that record in the same run (dns.zone) or it already exists."""
+    return bool(d.dns.zone) or d.dns.forward_records_exist
+
+
 class UnknownTarget(KeyError):
     """A target name no package declares; the message names the known ones."""
 

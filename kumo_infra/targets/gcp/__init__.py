@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...errors import shown
-from .. import Port25Facts, SecretStore, Target
+from .. import Port25Facts, SecretStore, Target, ptr_after_forward_record
 from . import offline
 from .config import GcpSection
 from .images import IMAGES, GcpImage
@@ -67,11 +67,6 @@ def check(d: "Deployment") -> list[tuple[str, str]]:
     return found
 
 
-def sets_ptr(d: "Deployment") -> bool:
-    """PTRs need the forward record first: set them when kumo-infra creates it or it exists."""
-    return bool(d.dns.zone) or d.dns.forward_records_exist
-
-
 def spool_device_paths(d: "Deployment", spool_storage: str, volume_id: Optional[str]) -> list[str]:
     if spool_storage != "block":
         return []
@@ -91,7 +86,7 @@ TARGET = Target(
     catalog="gcp.toml",
     images=IMAGES,
     port25=Port25Facts(direct_allowed=direct_allowed, describe=describe_port25),
-    sets_ptr=sets_ptr,
+    sets_ptr=ptr_after_forward_record,
     secrets=SecretStore(title="GCP Secret Manager", backend="gcp", store_name=store_name, reference=reference,
                         read_command=read_command),
     spool_device_paths=spool_device_paths,
