@@ -39,8 +39,9 @@ def base(**overrides: Any) -> dict:
     raw = {
         "cloud": "ssh", "name": "kumo-lab", "hostname": "mta.example.com", "os": "debian12",
         "port25": {"outbound": "direct"},
-        "ssh": {"hosts": [{"address": "192.0.2.10", "host_key": ED25519_KEY},
-                          {"address": "192.0.2.11", "host_key": ECDSA_KEY, "user": "deploy", "port": 2222}]},
+        "ssh": {"hosts": [{"address": "192.0.2.10", "hostname": "mta1.example.com", "host_key": ED25519_KEY},
+                          {"address": "192.0.2.11", "hostname": "mta2.example.com", "host_key": ECDSA_KEY,
+                           "user": "deploy", "port": 2222}]},
     }
     raw.update(overrides)
     return raw
@@ -81,10 +82,24 @@ def test_the_target_is_registered():
 def test_a_valid_section_takes_the_defaults():
     d = parse_deployment(base())
     first, second = d.ssh.hosts
-    assert (first.user, first.port, first.hostname, first.spool_device) == ("root", 22, None, None)
+    assert (first.user, first.port, first.spool_device) == ("root", 22, None)
     assert (second.user, second.port) == ("deploy", 2222)
     assert d.region is None and d.nodes is None
     assert [d.node_hostname(i, 2) for i in range(2)] == ["mta1.example.com", "mta2.example.com"]
+
+
+def test_a_single_host_without_a_hostname_is_named_kumo_deployment_hostname():
+    raw = base()
+    raw["ssh"]["hosts"] = [{"address": "192.0.2.10", "host_key": ED25519_KEY}]
+    d = parse_deployment(raw)
+    assert d.ssh.hosts[0].hostname is None and d.node_hostname(0, 1) == "mta.example.com"
+
+
+def test_with_several_hosts_each_needs_its_own_hostname():
+    # A position-numbered name would move to another machine when hosts[0] is removed.
+    message = refused(with_host(1, hostname=None), "ssh.hosts[1].hostname", "more than one host", "PTR")
+    assert "removed" in message
+    assert f"{ROOT}.ssh.hosts[0].hostname" not in problems(with_host(1, hostname=None))
 
 
 def test_a_host_key_is_kept_as_type_and_key_without_its_comment():
@@ -119,7 +134,8 @@ def test_a_hostname_per_host_names_that_node():
 
 
 def test_the_same_machine_on_another_port_is_another_host():
-    parse_deployment(with_host(1, address="192.0.2.10", port=2200))
+    # Another machine behind the same address (a port forward), sending mail from its own address.
+    parse_deployment(with_host(1, address="192.0.2.10", port=2200, public_ip="192.0.2.20"))
 
 
 # -- the section: what is refused, each naming its key --------------------------------------------
@@ -173,7 +189,7 @@ def test_bad_users_are_refused(user):
     refused(with_host(0, user=user), "ssh.hosts[0].user")
 
 
-@pytest.mark.parametrize("port", [0, 65536, -1, "22; id", 22.5])
+@pytest.mark.parametrize("port", [0, 65536, -1, "22; id", 22.5, True, False, "22", 22.0])
 def test_bad_ports_are_refused(port):
     refused(with_host(0, port=port), "ssh.hosts[0].port")
 
@@ -211,11 +227,29 @@ def test_bad_host_keys_are_refused(host_key, words):
     ("/dev/disk/by-id/a b", ("by-id",)),
     ("/dev/disk/by-id/x;rm -rf /", ("by-id",)),
     ("/dev/disk/by-id/*", ("by-id",)),
+    ("/dev/disk/by-id/dm-name-vg0-spool", ("logical device",)),
+    ("/dev/disk/by-id/dm-uuid-LVM-abcdef0123456789", ("logical device",)),
+    ("/dev/disk/by-id/md-uuid-0a1b2c3d:4e5f6a7b:8c9d0e1f:2a3b4c5d", ("logical device",)),
+    ("/dev/disk/by-id/md-name-mta1:0", ("logical device",)),
+    ("/dev/disk/by-id/lvm-pv-uuid-AbCdEf-0123-4567", ("logical device",)),
+    ("/dev/disk/by-id/usb-SanDisk_Ultra_4C530001", ("removable",)),
+    ("/dev/disk/by-id/mmc-SD32G_0x12345678", ("removable",)),
 ])
 def test_bad_spool_devices_are_refused(device, words):
     raw = with_host(0, spool_device=device)
     raw["ssh"]["hosts"][1]["spool_device"] = "/dev/disk/by-id/wwn-0x5000c500a1b2c3e5"
     refused(raw, "ssh.hosts[0].spool_device", *words)
+
+
+@pytest.mark.parametrize("device", [
+    "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4", "/dev/disk/by-id/nvme-Samsung_SSD_980_PRO_1TB_S5GXNF0R123456A",
+    "/dev/disk/by-id/nvme-eui.002538b111b2c3d4", "/dev/disk/by-id/scsi-36000c29a1b2c3d4e5f6a7b8c9d0e1f2a",
+    "/dev/disk/by-id/ata-WDC_WD40EFRX-68N32N0_WD-WCC7K1234567", "/dev/disk/by-id/virtio-spool0",
+    "/dev/disk/by-id/cciss-3600508b1001c1234"])
+def test_whole_disk_names_from_udevs_persistent_storage_rules_are_accepted(device):
+    raw = with_host(0, spool_device=device)
+    raw["ssh"]["hosts"][1]["spool_device"] = "/dev/disk/by-id/wwn-0x5000c500a1b2c3e5"
+    assert parse_deployment(raw).ssh.hosts[0].spool_device == device
 
 
 def test_a_spool_device_on_some_hosts_only_is_refused():
@@ -231,6 +265,26 @@ def test_the_private_key_never_goes_in_the_section():
 
 def test_the_same_address_and_port_twice_is_refused():
     refused(with_host(1, address="192.0.2.10", port=22), "ssh.hosts[1].address", "hosts[0]")
+
+
+def test_one_spool_disk_named_by_two_hosts_is_refused():
+    # A shared SAN LUN mounted by two machines corrupts its filesystem: mail lost.
+    raw = with_host(0, spool_device="/dev/disk/by-id/wwn-0x5000c500a1b2c3d4")
+    raw["ssh"]["hosts"][1]["spool_device"] = "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4"
+    refused(raw, "ssh.hosts[1].spool_device", "hosts[0]", "shared", "a disk of its own")
+
+
+def test_one_host_key_under_two_hosts_is_refused():
+    refused(with_host(1, host_key=ED25519_KEY), "ssh.hosts[1].host_key", "hosts[0]", "listed twice")
+
+
+@pytest.mark.parametrize("fields", [{"public_ip": "192.0.2.10"}, {"address": "10.0.0.11", "public_ip": "192.0.2.10"}],
+                         ids=["public_ip-is-the-other-address", "both-public_ip"])
+def test_one_mail_address_under_two_hosts_is_refused(fields):
+    raw = with_host(1, **fields)
+    if fields.get("address") == "10.0.0.11":
+        raw["ssh"]["hosts"][0].update(address="10.0.0.10", public_ip="192.0.2.10")
+    refused(raw, "ssh.hosts[1].public_ip", "hosts[0]", "PTR")
 
 
 def test_two_hosts_with_one_name_are_refused():

@@ -150,7 +150,37 @@ def check(d: "Deployment") -> list[tuple[str, str]]:
     names = node_hostnames(d)
     endpoints: dict[tuple[str, int], int] = {}
     seen_names: dict[str, int] = {}
+    # One machine, disk or mail address under two hosts: two nodes would format and mount one shared
+    # disk (a SAN LUN: the filesystem corrupted, mail lost), install twice on one machine, or claim one
+    # address's single PTR record.
+    seen_keys: dict[str, int] = {}
+    seen_devices: dict[str, int] = {}
+    seen_mail_addresses: dict[str, int] = {}
     for i, (host, name) in enumerate(zip(given, names)):
+        if len(given) > 1 and host.hostname is None:
+            found.append((f"ssh.hosts[{i}].hostname", "with more than one host, give each its own hostname: a name "
+                                                      "numbered by list position would move to another machine when "
+                                                      "a host before it is removed (its PTR record would no longer "
+                                                      "match)"))
+        if host.host_key in seen_keys:
+            found.append((f"ssh.hosts[{i}].host_key", f"hosts[{seen_keys[host.host_key]}] has this host key too: one "
+                                                      "machine listed twice (under two addresses?); list each machine "
+                                                      "once"))
+        seen_keys.setdefault(host.host_key, i)
+        if host.spool_device:
+            if host.spool_device in seen_devices:
+                found.append((f"ssh.hosts[{i}].spool_device", f"hosts[{seen_devices[host.spool_device]}] names this "
+                                                              "disk too: a disk shared by two machines (a SAN LUN) "
+                                                              "mounted by both corrupts its filesystem and loses mail; "
+                                                              "give each host a disk of its own"))
+            seen_devices.setdefault(host.spool_device, i)
+        if host.mail_address:
+            if host.mail_address in seen_mail_addresses:
+                found.append((f"ssh.hosts[{i}].public_ip", f"{host.mail_address} is the mail address of "
+                                                           f"hosts[{seen_mail_addresses[host.mail_address]}] too: "
+                                                           "its one PTR record can name only one node; give each "
+                                                           "host its own public IPv4 address"))
+            seen_mail_addresses.setdefault(host.mail_address, i)
         key = (host.address, host.port)
         if key in endpoints:
             found.append((f"ssh.hosts[{i}].address", f"{host.endpoint} is hosts[{endpoints[key]}] already: list "

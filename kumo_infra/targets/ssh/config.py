@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Annotated, Optional
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, StrictInt
 
 from ...errors import shown
 from ...forms import Hostname, Strict, form, hostname
@@ -133,6 +133,14 @@ def parse_host_key(value: str) -> str:
 # handed out in discovery order and can name another disk after a reboot; by-path names a slot
 # (another disk put there takes the name); by-uuid and by-label name a filesystem, which the
 # spool's disk does not have yet.
+# Only the by-id names systemd's 60-persistent-storage.rules gives a physical or virtual disk
+# (wwn-, nvme-, scsi-, ata-, virtio-, cciss-), each derived from the disk's own serial or WWN. Other
+# by-id names are refused: dm-name-/dm-uuid- (device mapper: LVM volumes, LUKS, multipath), md-name-/
+# md-uuid- (software RAID) and lvm-pv-uuid- name logical devices or their members, which can hold
+# data with no signature the bootstrap's blank-disk check would see; usb-, mmc-, memstick-,
+# ieee1394- name removable media, pmem- persistent memory: no place for a mail spool.
+SPOOL_DEVICE_PREFIXES = ("wwn-", "nvme-", "scsi-", "ata-", "virtio-", "cciss-")
+_LOGICAL_DEVICE_PREFIXES = ("dm-name-", "dm-uuid-", "md-name-", "md-uuid-", "lvm-pv-uuid-")
 SPOOL_DEVICE_FORM = ("a whole disk's stable name under /dev/disk/by-id/ (like /dev/disk/by-id/wwn-0x5000c500a1b2c3d4 "
                      "or /dev/disk/by-id/nvme-Samsung_SSD_980_PRO_1TB_S5GXNF0R123456A)")
 
@@ -147,6 +155,15 @@ def parse_spool_device(value: str) -> str:
         raise ValueError(f"{shown(value)} is not {SPOOL_DEVICE_FORM}")
     if re.search(r"-part[0-9]+$", value):
         raise ValueError(f"{shown(value)} is a partition; the spool takes a whole disk (name it without -partN)")
+    name = value.removeprefix("/dev/disk/by-id/")
+    if name.startswith(_LOGICAL_DEVICE_PREFIXES):
+        raise ValueError(f"{shown(value)} names a logical device (device mapper, LVM or software RAID), which can "
+                         "hold data the bootstrap cannot see; give the whole disk's own name, "
+                         f"{', '.join(p + '...' for p in SPOOL_DEVICE_PREFIXES)}")
+    if not name.startswith(SPOOL_DEVICE_PREFIXES):
+        raise ValueError(f"{shown(value)} is not a disk name kumo-infra takes for a spool; give the whole disk's "
+                         f"own name, {', '.join(p + '...' for p in SPOOL_DEVICE_PREFIXES)} (removable media and "
+                         "logical devices are refused)")
     return value
 
 
@@ -160,7 +177,8 @@ class SshHost(Strict):
     # kumo:deployment.hostname numbered like every target's nodes (mta1.example.com, ...).
     hostname: Optional[Hostname] = None
     user: Annotated[str, USER] = "root"
-    port: int = Field(22, ge=1, le=65535)
+    # Strict: YAML's true would otherwise pass as port 1.
+    port: StrictInt = Field(22, ge=1, le=65535)
     # Required: kumo-infra never trusts a host key on first use.
     host_key: Annotated[str, AfterValidator(parse_host_key)]
     # The disk the spool takes, formatted by kumo-bootstrap (a disk holding any filesystem,
