@@ -18,10 +18,12 @@ from tests.contract_deployments import COMMON, ContractCase, plain
 COPY = "command:remote:CopyToRemote"
 COMMAND = "command:remote:Command"
 HOSTS = [
-    {"address": "192.0.2.10", "spool_device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
+    # Each names itself: with several hosts the config requires it (a position-numbered name would move).
+    {"address": "192.0.2.10", "hostname": "mta1.example.com",
+     "spool_device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
      "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"},
-    {"address": "192.0.2.11", "spool_device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3e5", "user": "deploy",
-     "port": 2222,
+    {"address": "192.0.2.11", "hostname": "mta2.example.com",
+     "spool_device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3e5", "user": "deploy", "port": 2222,
      "host_key": "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBPqrFvc8IimOvIaSBCDEZm"
                  "c+ZRoYzwVjnC2jqC3q5Hlj4ZhFILDiJN14GVXowKHHoOj+1/WG0VT92Y3DXGFXZR8="},
 ]
