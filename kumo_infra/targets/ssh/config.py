@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Annotated, Optional
 
-from pydantic import AfterValidator, Field, StrictInt
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from ...errors import shown
 from ...forms import Hostname, Strict, form, hostname
@@ -80,6 +80,16 @@ def parse_public_ip(value: str) -> str:
 # of machine accounts: the name reaches the SSH handshake and the operator's read command.
 USER = form(r"[a-z_][a-z0-9_-]{0,31}", "a login name of 1-32 lowercase letters, digits, '_' and '-', not starting "
                                         "with a digit or '-' (like root or deploy)")
+
+# -- port --------------------------------------------------------------------------------------
+
+def port_number(value: object) -> object:
+    """A number, never YAML's true (which pydantic reads as 1) or a string. A whole float passes: Pulumi's
+    engine hands every number over as one (2222.0), as it does to a component used from another language."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{shown(value)} is not a port number (1-65535)")
+    return value
+
 
 # -- host key ----------------------------------------------------------------------------------
 
@@ -177,8 +187,7 @@ class SshHost(Strict):
     # kumo:deployment.hostname numbered like every target's nodes (mta1.example.com, ...).
     hostname: Optional[Hostname] = None
     user: Annotated[str, USER] = "root"
-    # Strict: YAML's true would otherwise pass as port 1.
-    port: StrictInt = Field(22, ge=1, le=65535)
+    port: Annotated[int, BeforeValidator(port_number), Field(ge=1, le=65535)] = 22
     # Required: kumo-infra never trusts a host key on first use.
     host_key: Annotated[str, AfterValidator(parse_host_key)]
     # The disk the spool takes, formatted by kumo-bootstrap (a disk holding any filesystem,
