@@ -23,9 +23,6 @@ from kumo_infra.errors import ConfigError
 from kumo_infra.targets.ssh import config as ssh_config
 from tests.conftest import ROOT as ROOT_DIR
 
-# Until the registry line lands (kumo_infra.targets.PACKAGES), the section is not in the model.
-pytestmark = pytest.mark.skipif("ssh" not in targets.PACKAGES, reason="the ssh target is not registered yet")
-
 ED25519_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"
 ECDSA_KEY = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBPqrFvc8IimOvIaSBCDEZmc+ZRoYzwV"
              "jnC2jqC3q5Hlj4ZhFILDiJN14GVXowKHHoOj+1/WG0VT92Y3DXGFXZR8=")
