@@ -11,6 +11,7 @@ The same engine drives ``kumo-infra plan`` and the tests.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import zlib
@@ -355,6 +356,10 @@ def run(program: Callable[[], None], config: dict[str, Any], *, stack: str, secr
         with _settings.SETTINGS.lock:
             _settings.SETTINGS.outputs.clear()
         loop.close()
+        # A failed run leaves futures whose exception nobody read; collected later (pytest's summary),
+        # CPython 3.11 can crash formatting their tracebacks ("AST constructor recursion depth
+        # mismatch", gh-106905). Collected here, while the run's frames are still sound.
+        gc.collect()
     return OfflineResult(stack, recorder.resources, outputs, recorder.invokes, engine_log.messages)
 
 
