@@ -101,7 +101,7 @@ def format_plan(doc: dict[str, Any]) -> str:
     lines += ["", "nodes:"]
     for node in outputs.get("nodes", []):
         lines.append(f"  {node['hostname']}: {node['instance_type']}, public {node['public_ip']}, "
-                     f"PTR {node['ptr'] or 'not set yet'}, spool {node['spool']}")
+                     f"PTR {node['ptr'] or 'not set by kumo-infra'}, spool {node['spool']}")
     for rec in outputs.get("dns_records", []):
         lines.append(f"  publish: {rec['name']} {rec['type']} {rec['value']}")
     api = outputs.get("api")
