@@ -727,6 +727,8 @@ def test_the_ssh_installer_holds_no_secret_and_quotes_every_value():
 # -- issue 9: the ssh target's node files ----------------------------------------------------
 
 SSH_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"
+SSH_HOST_KEY_2 = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBPqrFvc8IimOvIaSBCDEZmc+ZRoYz"
+                  "wVjnC2jqC3q5Hlj4ZhFILDiJN14GVXowKHHoOj+1/WG0VT92Y3DXGFXZR8=")
 SSH_DEVICES = ["/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
                "/dev/disk/by-id/nvme-Samsung_SSD_980_PRO_1TB_S5GXNF0R123456A"]
 
@@ -740,8 +742,8 @@ ssh_only = pytest.mark.skipif(not _ssh_registered(), reason="the ssh target is n
 
 
 def ssh_build(devices: bool):
-    hosts = [{"address": "192.0.2.10", "host_key": SSH_HOST_KEY},
-             {"address": "192.0.2.11", "host_key": SSH_HOST_KEY, "hostname": "relay.example.net"}]
+    hosts = [{"address": "192.0.2.10", "host_key": SSH_HOST_KEY, "hostname": "mta1.example.com"},
+             {"address": "192.0.2.11", "host_key": SSH_HOST_KEY_2, "hostname": "relay.example.net"}]
     if devices:
         for host, device in zip(hosts, SSH_DEVICES):
             host["spool_device"] = device
