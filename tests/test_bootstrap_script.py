@@ -549,6 +549,20 @@ run_step ssh step_ssh; run_step again step_ssh; write_status ok; cat "$STATUS"
     assert "systemctl reload ssh" in (tmp_path / "systemctl.log").read_text()
 
 
+def test_other_mtas_stops_the_mtas_and_leaves_qpidd_an_amqp_broker_alone(tmp_path):
+    body = f"""
+systemctl() {{ echo "$*" >>"{tmp_path}/systemctl.log"
+  case "$1" in list-unit-files) echo "$2 enabled" ;; is-active|is-enabled) [ "${{2:-}}" != --quiet ] || return 0; echo enabled ;; esac; }}
+run_step other_mtas step_other_mtas; write_status ok; cat "$STATUS"
+"""
+    result = bash(body, tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    assert status["facts"]["other_mtas_disabled"] == ["postfix", "exim4", "sendmail"]
+    calls = (tmp_path / "systemctl.log").read_text()
+    assert "mask postfix" in calls and "disable --now sendmail" in calls
+    assert "qpidd" not in calls
+
+
 # -- point 8: the updates step drives each family's tool -----------------------------------
 
 UPDATES_STUBS = r"""
@@ -1212,6 +1226,21 @@ def test_finish_install_names_the_machine_once_and_ends_with_kumo_bootstraps_res
     if current != "mta1.example.com":
         assert (tmp_path / "hostnamectl").read_text() == "set-hostname mta1.example.com\n"
         assert "kumo-infra installer: hostname set to mta1.example.com" in lines
+
+
+def test_kumo_bootstrap_runs_under_umask_022_not_the_installers_077(tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "hostnamectl").write_text("#!/bin/sh\n")
+    (tools / "hostnamectl").chmod(0o755)
+    bootstrap = tmp_path / "kumo-bootstrap"
+    bootstrap.write_text("#!/bin/sh\necho \"umask $(umask)\"\n")
+    bootstrap.chmod(0o755)
+    # begin_install's umask 077 (the secrets' staging) is in force when finish_install starts.
+    result = library(f"umask 077\nKUMO_BOOTSTRAP={bootstrap}\nfinish_install mta1.example.com", tmp_path, b"",
+                     f"{tools}:/usr/bin:/bin")
+    assert result.returncode == 0, result
+    assert result.stdout.decode().splitlines()[-1] == "umask 0022"
 
 
 def test_the_installer_library_is_shellcheck_clean():

@@ -217,7 +217,8 @@ step_machine() {
 
 step_other_mtas() {
   local svc disabled=()
-  for svc in postfix exim4 sendmail qpidd; do
+  # MTAs that take port 25. Not qpidd: an AMQP broker (port 5672), whatever its name suggests.
+  for svc in postfix exim4 sendmail; do
     systemctl list-unit-files "$svc.service" --no-legend 2>/dev/null | grep -q . || continue
     if systemctl is-active --quiet "$svc" || systemctl is-enabled --quiet "$svc"; then
       systemctl disable --now "$svc"

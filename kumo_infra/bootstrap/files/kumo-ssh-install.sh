@@ -92,6 +92,9 @@ begin_install() {
 
 # finish_install HOST: the machine's name, then kumo-bootstrap, whose last line is the result.
 finish_install() {
+  # begin_install's umask 077 kept the staged secrets root-only; kumo-bootstrap and the package
+  # scripts it runs create files others must read (units, configs, the kumod user's directories).
+  umask 022
   if [ "$(cat /etc/hostname 2>/dev/null)" != "$1" ]; then
     hostnamectl set-hostname "$1"
     echo "kumo-infra installer: hostname set to $1"
