@@ -22,6 +22,7 @@ from kumo_infra.config import ROOT, parse_deployment
 from kumo_infra.errors import ConfigError
 from kumo_infra.targets.ssh import config as ssh_config
 from tests.conftest import ROOT as ROOT_DIR
+from tests.contract_deployments import plain
 
 ED25519_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"
 ECDSA_KEY = ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBPqrFvc8IimOvIaSBCDEZmc+ZRoYzwV"
@@ -414,17 +415,6 @@ def run_stack(raw: dict, *, private_key: str | None = PRIVATE_KEY, relay_passwor
             values[key] = value
             secret_keys.append(key)
     return offline.run(program.run, values, stack="lab", secret_keys=secret_keys, preview=preview)
-
-
-def plain(value: Any) -> Any:
-    """A recorded value with every secret envelope opened."""
-    if offline.is_secret(value):
-        return plain(value["value"])
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def by_name(result: offline.OfflineResult, token: str) -> list[offline.RecordedResource]:
