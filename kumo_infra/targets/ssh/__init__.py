@@ -10,7 +10,7 @@ on the machines (README, "Existing machines over SSH").
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .. import Port25Facts, SecretStore, Target
 from . import offline
@@ -141,6 +141,17 @@ def format_port25(rep: dict[str, Any]) -> list[str]:
 
 # -- the section's own rules ---------------------------------------------------------------------
 
+def _first_uses(values: list[Any]) -> list[Optional[int]]:
+    """For each value, the index of an earlier entry holding it (None: first use, or no value)."""
+    first: dict[Any, int] = {}
+    found: list[Optional[int]] = []
+    for i, value in enumerate(values):
+        found.append(None if value is None else first.get(value))
+        if value is not None:
+            first.setdefault(value, i)
+    return found
+
+
 def check(d: "Deployment") -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     if getattr(d, "ssh", None) is None:
@@ -148,48 +159,34 @@ def check(d: "Deployment") -> list[tuple[str, str]]:
                               "host_key: ssh-ed25519 AAAA...}]} and the secret kumo:sshPrivateKey")]
     given = hosts(d)
     names = node_hostnames(d)
-    endpoints: dict[tuple[str, int], int] = {}
-    seen_names: dict[str, int] = {}
     # One machine, disk or mail address under two hosts: two nodes would format and mount one shared
     # disk (a SAN LUN: the filesystem corrupted, mail lost), install twice on one machine, or claim one
-    # address's single PTR record.
-    seen_keys: dict[str, int] = {}
-    seen_devices: dict[str, int] = {}
-    seen_mail_addresses: dict[str, int] = {}
-    for i, (host, name) in enumerate(zip(given, names)):
+    # address's single PTR record. Each rule: the key, what a host holds, and the message naming the first.
+    unique: list[tuple[str, list[Any], Callable[[Any, int], str]]] = [
+        ("host_key", [h.host_key for h in given],
+         lambda _, j: f"hosts[{j}] has this host key too: one machine listed twice (under two addresses?); "
+                      "list each machine once"),
+        ("spool_device", [h.spool_device for h in given],
+         lambda _, j: f"hosts[{j}] names this disk too: a disk shared by two machines (a SAN LUN) mounted by "
+                      "both corrupts its filesystem and loses mail; give each host a disk of its own"),
+        ("public_ip", [h.mail_address for h in given],
+         lambda value, j: f"{value} is the mail address of hosts[{j}] too: its one PTR record can name only "
+                          "one node; give each host its own public IPv4 address"),
+        ("address", [h.endpoint for h in given],
+         lambda value, j: f"{value} is hosts[{j}] already: list each machine once"),
+        ("hostname", names,
+         lambda value, j: f"'{value}' is the name of hosts[{j}] too: every node needs its own name"),
+    ]
+    firsts = [(key, values, message, _first_uses(values)) for key, values, message in unique]
+    for i, host in enumerate(given):
         if len(given) > 1 and host.hostname is None:
             found.append((f"ssh.hosts[{i}].hostname", "with more than one host, give each its own hostname: a name "
                                                       "numbered by list position would move to another machine when "
                                                       "a host before it is removed (its PTR record would no longer "
                                                       "match)"))
-        if host.host_key in seen_keys:
-            found.append((f"ssh.hosts[{i}].host_key", f"hosts[{seen_keys[host.host_key]}] has this host key too: one "
-                                                      "machine listed twice (under two addresses?); list each machine "
-                                                      "once"))
-        seen_keys.setdefault(host.host_key, i)
-        if host.spool_device:
-            if host.spool_device in seen_devices:
-                found.append((f"ssh.hosts[{i}].spool_device", f"hosts[{seen_devices[host.spool_device]}] names this "
-                                                              "disk too: a disk shared by two machines (a SAN LUN) "
-                                                              "mounted by both corrupts its filesystem and loses mail; "
-                                                              "give each host a disk of its own"))
-            seen_devices.setdefault(host.spool_device, i)
-        if host.mail_address:
-            if host.mail_address in seen_mail_addresses:
-                found.append((f"ssh.hosts[{i}].public_ip", f"{host.mail_address} is the mail address of "
-                                                           f"hosts[{seen_mail_addresses[host.mail_address]}] too: "
-                                                           "its one PTR record can name only one node; give each "
-                                                           "host its own public IPv4 address"))
-            seen_mail_addresses.setdefault(host.mail_address, i)
-        key = (host.address, host.port)
-        if key in endpoints:
-            found.append((f"ssh.hosts[{i}].address", f"{host.endpoint} is hosts[{endpoints[key]}] already: list "
-                                                     "each machine once"))
-        endpoints.setdefault(key, i)
-        if name in seen_names:
-            found.append((f"ssh.hosts[{i}].hostname", f"'{name}' is the name of hosts[{seen_names[name]}] too: "
-                                                      "every node needs its own name"))
-        seen_names.setdefault(name, i)
+        for key, values, message, first in firsts:
+            if first[i] is not None:
+                found.append((f"ssh.hosts[{i}].{key}", message(values[i], first[i])))
         if host.mail_address is None:
             why = "a DNS name" if ip_literal(host.address) is None else "not a public IPv4 address"
             found.append((f"ssh.hosts[{i}].public_ip", f"address {host.address} is {why}: give the public IPv4 "
