@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, Field, ValidationError, create_model, field_validator, model_validator
 
-from . import addresses, oses, targets
+from . import addresses, forms, oses, targets
 from .errors import ConfigError, Problem, shown
 # The string forms live in kumo_infra/forms.py (the targets' sections use them too); these names
 # stay importable from here.
@@ -381,10 +381,7 @@ class DeploymentBase(_Strict):
             names = named(self)
             if index < len(names):
                 return names[index]
-        if count == 1:
-            return self.hostname
-        first, _, rest = self.hostname.partition(".")
-        return f"{first}{index + 1}.{rest}"
+        return forms.numbered_hostname(self.hostname, index, count)
 
     def check(self) -> list[Problem]:
         """Rules that span fields. Returns every problem, empty when the deployment is sound."""

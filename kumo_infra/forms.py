@@ -129,3 +129,11 @@ def ssh_public_key(value: str) -> str:
     if not isinstance(key, (rsa.RSAPublicKey, ed25519.Ed25519PublicKey)):
         raise ValueError(f"{shown(value)} is not {SSH_KEY_FORM}")
     return " ".join(p for p in (kind, body, comment) if p)
+
+
+def numbered_hostname(hostname: str, index: int, count: int) -> str:
+    """mta.example.com for one node; mta1.example.com, mta2... (index 0, 1 ...) for several."""
+    if count == 1:
+        return hostname
+    first, _, rest = hostname.partition(".")
+    return f"{first}{index + 1}.{rest}"

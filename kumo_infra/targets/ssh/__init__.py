@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ...forms import numbered_hostname
 from .. import Port25Facts, SecretStore, Target
 from . import offline
 from .config import PRIVATE_KEY_CONFIG, SshHost, SshSection, ip_literal, parse_spool_device
@@ -44,14 +45,7 @@ def node_hostnames(d: "Deployment") -> list[str]:
     """Each host's node name: its own hostname, else kumo:deployment.hostname numbered as on every target."""
     given = hosts(d)
     count = max(1, len(given))
-    return [h.hostname or _numbered(d.hostname, i, count) for i, h in enumerate(given)] or [d.hostname]
-
-
-def _numbered(hostname: str, index: int, count: int) -> str:
-    if count == 1:
-        return hostname
-    first, _, rest = hostname.partition(".")
-    return f"{first}{index + 1}.{rest}"
+    return [h.hostname or numbered_hostname(d.hostname, i, count) for i, h in enumerate(given)] or [d.hostname]
 
 
 def node_count(d: "Deployment") -> int:
