@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from . import targets
 
@@ -36,17 +35,6 @@ class OsSpec:
     repo_dir: str
     arches: frozenset[str] = frozenset({"x86_64"})
     warning: str = ""
-
-    def image_for(self, target: str) -> Any:
-        """This OS's image on ``target`` (the target's images table); None when it has none."""
-        return targets.get(target).image_for(self.key)
-
-    def __getattr__(self, name: str) -> Any:
-        # spec.<target> as the image, for code written before the images moved into the targets
-        # (Deployment.image is the way to ask).
-        if not name.startswith("_") and name in targets.registry():
-            return self.image_for(name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 _UBUNTU22_REPO = {"repo_dir": "kumomta-ubuntu-22"}

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pulumi.runtime.sync_await import _sync_await
 
-from kumo_infra import catalog, offline, oses, program, targets
+from kumo_infra import catalog, offline, program, targets
 from kumo_infra.component import machine_options, prepare
 from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
@@ -824,13 +824,13 @@ def test_every_catalog_family_is_classified():
     families = {t.family for t in catalog.load("azure").types}
     assert families <= azure.TRUSTED_LAUNCH_FAMILIES
     assert families <= azure.ENCRYPTION_AT_HOST_FAMILIES
-    assert azure.trusted_launch_supported(parse_deployment(dep(os="ubuntu22")).os_spec.azure, "Fsv2") is False
+    assert azure.trusted_launch_supported(parse_deployment(dep(os="ubuntu22")).image, "Fsv2") is False
     assert azure.security_profile(parse_deployment(dep(os="rocky9", azure={"marketplace_terms_accepted": True}))
-                                  .os_spec.azure, "Fsv2") is None
+                                  .image, "Fsv2") is None
 
 
 def test_every_trusted_launch_image_is_a_project_image():
-    images = {(s.azure.publisher, s.azure.offer, s.azure.sku) for s in oses.SUPPORTED.values() if s.azure}
+    images = {(i.publisher, i.offer, i.sku) for i in targets.get("azure").images.values() if i}
     assert azure.TRUSTED_LAUNCH_IMAGES <= images
 
 

@@ -9,7 +9,7 @@ data disk at LUN 0 that outlives the VM. With ``dns.zone`` the forward A
 records are created in the Azure DNS zone.
 
 Secrets (relay password, DKIM private keys, the API password) go to one Key
-Vault per deployment, named ``secretspec.azure_vault_name`` (RBAC authorization,
+Vault per deployment, named ``targets.azure.vault_name`` (RBAC authorization,
 soft delete, purge protection), one ``keyvault.Secret`` each; each VM's
 system-assigned identity gets "Key Vault Secrets User" on exactly those secrets
 (scope: the secret, not the vault). No secrets, no vault. The VMs depend on the
