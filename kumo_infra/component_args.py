@@ -241,6 +241,8 @@ class LifecycleConfig(TypedDict):
     """Let a changed bootstrap replace running machines (default false: queued mail on a local spool would be lost)."""
     protect: NotRequired[bool]
     """Pulumi's protect on machines, spool volumes and secrets (default false)."""
+    ephemeral: NotRequired[bool]
+    """A stack made to be destroyed, as kumo_infra.ephemeral creates for CI: nothing protected or retained, secrets deleted with no recovery window (default false; refused with protect)."""
 
 
 class OsUpdatesConfig(TypedDict):

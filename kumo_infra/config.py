@@ -255,6 +255,17 @@ class Lifecycle(_Strict):
     replace_on_bootstrap_change: bool = False
     # Pulumi's protect option on machines and spool volumes.
     protect: bool = False
+    # A stack made to be destroyed (kumo_infra.ephemeral sets it for CI): nothing protected or
+    # retained (block spool volumes go with their machines), secrets deleted with no recovery
+    # window, so a destroyed stack leaves nothing that costs money. Never for production mail.
+    ephemeral: bool = False
+
+    @model_validator(mode="after")
+    def _ephemeral_is_not_protected(self) -> "Lifecycle":
+        if self.ephemeral and self.protect:
+            raise ValueError("ephemeral: true and protect: true contradict each other: an ephemeral stack is "
+                             "destroyed by design; set protect: false (or drop ephemeral for a lasting stack)")
+        return self
 
 
 class OsUpdates(_Strict):

@@ -133,6 +133,15 @@ class Target:
     # What node ``index`` receives, as ``kumo-infra render`` prints it and the component sends it
     # (ssh: the installer script), given (deployment, plan, index); None: the cloud-config user data.
     render: Optional[Callable[["Deployment", "Plan", int], str]] = None
+    # How ``kumo-infra ci smoke`` reads a node's console (its boot log) without SSH: "module:function",
+    # the function taking the Deployment and returning a kumo_infra.smoke.ConsoleReader. None: the
+    # target has no console to read (existing machines: the installer's result is pulumi up's output).
+    console: Optional[str] = None
+    # What the cloud keeps after a destroy of an ephemeral stack, and how to remove it at once:
+    # "module:function", the function taking the Deployment and returning the argument vectors
+    # kumo_infra.ephemeral runs after the destroy (Azure: purge the soft-deleted Key Vault).
+    # None: a destroy leaves nothing.
+    after_destroy: Optional[str] = None
 
     def image_for(self, os_key: str) -> Any:
         """The image of ``os_key`` on this target; None when it has none (or the target takes
@@ -146,8 +155,21 @@ class Target:
         return [k for k in supported if self.images.get(k) is not None]
 
     def component_class(self) -> type:
-        module, _, cls = self.component.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        return resolve(self.component)
+
+    def console_reader(self, deployment: "Deployment") -> Any:
+        """A kumo_infra.smoke.ConsoleReader for ``deployment``'s nodes, or None (no console)."""
+        return None if self.console is None else resolve(self.console)(deployment)
+
+    def after_destroy_commands(self, deployment: "Deployment") -> list[tuple[str, ...]]:
+        """The argument vectors that remove what a destroy of ``deployment`` leaves (none: [])."""
+        return [] if self.after_destroy is None else [tuple(argv) for argv in resolve(self.after_destroy)(deployment)]
+
+
+def resolve(spec: str) -> Any:
+    """The object a "module:name" string names, imported only now (a cloud SDK loads only when used)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def ptr_after_forward_record(d: "Deployment") -> bool:

@@ -133,6 +133,7 @@ TARGET = Target(
     network_pairs=(("subnet_id", "vpc_id"), ("vpc_id", "subnet_id")),
     dns_zone_field="route53_zone_id",
     component="kumo_infra.targets.aws.component:AwsKumoMta",
+    console="kumo_infra.targets.aws.console:reader",
     offline_computed=offline.COMPUTED,
     offline_invokes=offline.INVOKES,
     # Elastic IPs are associated as they are created (Eip(instance=...)).

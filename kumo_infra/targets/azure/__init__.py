@@ -47,6 +47,17 @@ def read_command(d: "Deployment", spec: "SecretSpec") -> str:
     return f"az keyvault secret show --vault-name {vault_name(d)} --name {store_name(d, spec)} --query value -o tsv"
 
 
+def purge_after_destroy(d: "Deployment") -> list[tuple[str, ...]]:
+    """Azure keeps a deleted Key Vault, its name taken, for its soft-delete days; an ephemeral
+    deployment's vault (made without purge protection) is purged as soon as the stack is destroyed.
+    Run with the operator's own Azure CLI login. The vault exists only when there are secrets."""
+    from ...secretspec import secret_specs
+
+    if not d.lifecycle.ephemeral or not secret_specs(d):
+        return []
+    return [("az", "keyvault", "purge", "--name", vault_name(d), "--location", d.region or "")]
+
+
 API_READ_NOTE = ("The Key Vault accepts data-plane reads only from the nodes' subnet: to read the password "
                  "from your machine, allow its public address for a while (az keyvault network-rule add) "
                  "and give yourself the role Key Vault Secrets User on the secret.")
@@ -136,6 +147,8 @@ TARGET = Target(
     network_pairs=(("subnet_id", "vnet_id"), ("vnet_id", "subnet_id")),
     dns_zone_field="dns_zone_resource_group",
     component="kumo_infra.targets.azure.component:AzureKumoMta",
+    console="kumo_infra.targets.azure.console:reader",
+    after_destroy="kumo_infra.targets.azure:purge_after_destroy",
     offline_computed=offline.COMPUTED,
     offline_invokes=offline.INVOKES,
     api_read_note=API_READ_NOTE,

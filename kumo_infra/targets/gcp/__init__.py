@@ -95,6 +95,7 @@ TARGET = Target(
     network_pairs=(("subnetwork", "network"),),
     dns_zone_field="dns_managed_zone",
     component="kumo_infra.targets.gcp.component:GcpKumoMta",
+    console="kumo_infra.targets.gcp.console:reader",
     offline_computed=offline.COMPUTED,
     offline_invokes=offline.INVOKES,
     # GCP blocks outbound 25: mail leaves through a smarthost.
