@@ -225,6 +225,10 @@ class Machine:
 
     resource: pulumi.Resource
     private_ip: pulumi.Input[Optional[str]]
+    # The cloud's own id of the machine, what its console output is read by (kumo_infra.smoke's
+    # readers): AWS the instance id, Azure the VM's resource id, GCP the instance's self link;
+    # None where kumo-infra creates no machine (an existing one over SSH).
+    machine_id: pulumi.Input[Optional[str]]
 
 
 @dataclass
@@ -236,7 +240,7 @@ class Build:
     names: Names
     cp: ComponentPlan
     args: KumoMtaArgs
-    tags: dict[str, str]  # base_tags(name): on every resource that takes tags (GCP: labels)
+    tags: dict[str, str]  # base_tags(...): on every resource that takes tags (GCP: labels)
     prepared: Any = None  # _before_resources' answer
     network: Any = None
     firewall: Any = None
@@ -271,7 +275,8 @@ class KumoMtaComponent(pulumi.ComponentResource):
     and the flow that makes them."""
 
     nodes: pulumi.Output[list[Node]]
-    """Every node: its name, hostname, addresses, PTR, machine type, spool and forward record."""
+    ("Every node: its name, hostname, addresses, the cloud's id of its machine, PTR, machine type, spool and "
+     "forward record.")
     public_ips: pulumi.Output[list[str]]
     """The nodes' static public IPv4 addresses."""
     dns_records: pulumi.Output[list[DnsRecord]]
@@ -300,7 +305,7 @@ class KumoMtaComponent(pulumi.ComponentResource):
         cp = prepare(args, self.TARGET)
         prepared = self._before_resources(cp)
         super().__init__(self.TYPE, name, {"deployment": args["deployment"]}, opts)
-        b = Build(name, Names(name), cp, args, base_tags(name), prepared)
+        b = Build(name, Names(name), cp, args, base_tags(name, ephemeral=cp.deployment.lifecycle.ephemeral), prepared)
         b.network = self._network(b)
         b.firewall = self._firewall(b)
         b.identity = self._identity(b)
@@ -323,7 +328,8 @@ class KumoMtaComponent(pulumi.ComponentResource):
             self._after_machine(b, n)
             built.append(n)
 
-        node_outputs = [node_output(cp, n.node, public_ip=n.address.ip, private_ip=n.machine.private_ip)
+        node_outputs = [node_output(cp, n.node, public_ip=n.address.ip, private_ip=n.machine.private_ip,
+                                    machine_id=n.machine.machine_id)
                         for n in built if n.address is not None and n.machine is not None]
         self._publish(cp, node_outputs, [n.address.ip for n in built if n.address is not None], b.secrets,
                       dkim_public, **self._extra_outputs(b, built))
@@ -410,17 +416,19 @@ class KumoMtaComponent(pulumi.ComponentResource):
 
 
 def node_output(cp: ComponentPlan, node: NodePlan, *, public_ip: pulumi.Input[str],
-                private_ip: pulumi.Input[Optional[str]]) -> pulumi.Output[dict]:
+                private_ip: pulumi.Input[Optional[str]],
+                machine_id: pulumi.Input[Optional[str]]) -> pulumi.Output[dict]:
     """One node's outputs, the same keys on every target."""
-    return pulumi.Output.all(public_ip, private_ip).apply(lambda ips: {
+    return pulumi.Output.all(public_ip, private_ip, machine_id).apply(lambda ids: {
         "name": node.key,
         "hostname": node.hostname,
-        "public_ip": ips[0],
-        "private_ip": ips[1],
+        "public_ip": ids[0],
+        "private_ip": ids[1],
+        "machine_id": ids[2],
         "ptr": node.hostname if cp.set_ptr else None,
         "instance_type": cp.plan.instance_type,
         "spool": cp.plan.spool_storage,
-        "forward_record": {"name": node.hostname, "type": "A", "value": ips[0],
+        "forward_record": {"name": node.hostname, "type": "A", "value": ids[0],
                            "created": cp.create_forward_records},
     })
 
@@ -449,6 +457,14 @@ def machine_options(parent: pulumi.Resource, cp: ComponentPlan, user_data_props:
     ignore += list(fixed_props or [])
     return pulumi.ResourceOptions(parent=parent, ignore_changes=ignore, protect=cp.deployment.lifecycle.protect,
                                   depends_on=depends_on or [], **more)
+
+
+def spool_options(parent: pulumi.Resource, cp: ComponentPlan) -> pulumi.ResourceOptions:
+    """Options for a block spool volume: queued mail outlives the machine and the stack (removing it
+    leaves the volume behind, retain_on_delete), except in an ephemeral deployment, whose volumes are
+    deleted with it (nothing left that costs money)."""
+    lifecycle = cp.deployment.lifecycle
+    return child(parent, retain_on_delete=not lifecycle.ephemeral, protect=lifecycle.protect)
 
 
 # -- secrets and deliverability records (issue 5) -----------------------------------------
@@ -679,6 +695,14 @@ def subnet_cidr(network_block: str) -> str:
     return str(next(net.subnets(new_prefix=max(net.prefixlen, 24))))
 
 
-def base_tags(component_name: str) -> dict[str, str]:
+# Marks every taggable resource of an ephemeral deployment, so what a failed destroy left behind can
+# be found by it (aws resourcegroupstaggingapi, az resource list --tag, gcloud --filter=labels.KEY).
+# One form on every cloud: a GCP label key takes lowercase letters, digits, "-" and "_" only (no ":"),
+# starting with a letter.
+EPHEMERAL_TAG = "kumo-infra-ephemeral"
+
+
+def base_tags(component_name: str, *, ephemeral: bool = False) -> dict[str, str]:
     """Tags (GCP: labels) on every resource of a component that takes them."""
-    return {"kumo-infra": component_name, "managed-by": "kumo-infra"}
+    tags = {"kumo-infra": component_name, "managed-by": "kumo-infra"}
+    return {**tags, EPHEMERAL_TAG: "true"} if ephemeral else tags

@@ -293,6 +293,10 @@ class AzureConfig(TypedDict):
     """The resource group of dns.zone's Azure DNS zone, where kumo-infra creates the forward records."""
     vnet_cidr: NotRequired[str]
     """The block of a virtual network kumo-infra creates, /8 to /29 (default 10.42.0.0/16)."""
+    boot_diagnostics: NotRequired[bool]
+    ("Managed boot diagnostics on every VM: its console log (az vm boot-diagnostics get-boot-log) and the "
+     "serial console, open to whoever holds Virtual Machine Contributor (default false; always on with "
+     "lifecycle.ephemeral).")
 
 
 class GcpConfig(TypedDict):
@@ -421,6 +425,9 @@ class Node(TypedDict):
     """The node's static public IPv4 address."""
     private_ip: str
     """The node's address inside its network (an existing machine: the address kumo-infra connects to)."""
+    machine_id: Optional[str]
+    ("The cloud's id of the node's machine, what its console output is read by: the EC2 instance id (i-...), "
+     "the Azure VM's resource id, the GCP instance's self link; null for an existing machine (ssh).")
     ptr: Optional[str]
     """The reverse DNS name set on the public address; null until it can be set (the forward record first)."""
     instance_type: str

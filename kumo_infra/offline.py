@@ -162,8 +162,11 @@ class _Recorder(pulumi.runtime.Mocks):
         # so the same program always gets the same placeholders.
         n = 10 + zlib.crc32(f"{args.typ}::{state_name}".encode()) % 240
         state = dict(args.inputs)
+        # A template names n, the resource's name, or one of its own plain string inputs (a GCP self
+        # link names the instance's project and zone).
+        fields = {**{k: v for k, v in args.inputs.items() if isinstance(v, str)}, "n": n, "name": state_name}
         for prop, template in _COMPUTED.get(args.typ, {}).items():
-            filled = _fill(template, n, state_name)
+            filled = _fill(template, fields)
             state[prop] = _merge(state[prop], filled) if prop in state else filled
         return f"{state_name}-id", state
 
@@ -247,13 +250,13 @@ def _alias_spec(alias: Any) -> str | dict[str, Any]:
     return found
 
 
-def _fill(template: Any, n: int, name: str) -> Any:
+def _fill(template: Any, fields: dict[str, Any]) -> Any:
     if isinstance(template, str):
-        return template.format(n=n, name=name)
+        return template.format_map(fields)
     if isinstance(template, list):
-        return [_fill(t, n, name) for t in template]
+        return [_fill(t, fields) for t in template]
     if isinstance(template, dict):
-        return {k: _fill(v, n, name) for k, v in template.items()}
+        return {k: _fill(v, fields) for k, v in template.items()}
     return template
 
 

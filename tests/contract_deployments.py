@@ -54,6 +54,10 @@ class ContractCase:
     machine_texts: Callable[[offline.OfflineResult], list[str]]
     # Asserts that the stored secrets are readable by the nodes' identity and nobody else.
     assert_only_nodes_read: Callable[[offline.OfflineResult], None]
+    # The machine_id output a node must have (given the node's key: node1, ...): the recorded machine's
+    # id as the cloud knows it (offline: the engine's id or the provider's computed answer); None where
+    # the target creates no machine.
+    machine_id: Callable[[offline.OfflineResult, str], Optional[str]]
     config: dict = field(default_factory=dict)  # further stack config (e.g. a target's own secret)
     secret_keys: tuple[str, ...] = ()
 
@@ -121,6 +125,25 @@ def aws_ingress(result: offline.OfflineResult) -> list[Opening]:
 def aws_texts(result: offline.OfflineResult) -> list[str]:
     return [gzip.decompress(base64.b64decode(vm.inputs["userDataBase64"])).decode()
             for vm in result.of_type("aws:ec2/instance:Instance")]
+
+
+def machine_of(result: offline.OfflineResult, token: str, node: str) -> offline.RecordedResource:
+    """The node's machine: the one resource of type ``token`` named for the node (Names.machine)."""
+    (machine,) = [r for r in result.of_type(token) if r.name.endswith(f"-{node}-vm")]
+    return machine
+
+
+def engine_id(token: str) -> Callable[[offline.OfflineResult, str], str]:
+    """The machine's id as the engine gives it (offline: its name and "-id"): the EC2 instance id, the
+    Azure VM's resource id."""
+    return lambda result, node: f"{machine_of(result, token, node).name}-id"
+
+
+def gcp_self_link(result: offline.OfflineResult, node: str) -> str:
+    """The instance's URI, from its own project and zone (the offline answer, targets/gcp/offline.py)."""
+    vm = machine_of(result, "gcp:compute/instance:Instance", node)
+    return (f"https://www.googleapis.com/compute/v1/projects/{vm.inputs['project']}/zones/{vm.inputs['zone']}"
+            f"/instances/{vm.name}")
 
 
 def aws_only_nodes_read(result: offline.OfflineResult) -> None:
@@ -238,7 +261,8 @@ CASES: dict[str, ContractCase] = {
         volumes=("aws:ebs/volume:Volume",),
         secret_store=("aws:secretsmanager/secret:Secret",),
         value_holders=("aws:secretsmanager/secretVersion:SecretVersion",),
-        ingress=aws_ingress, machine_texts=aws_texts, assert_only_nodes_read=aws_only_nodes_read),
+        ingress=aws_ingress, machine_texts=aws_texts, assert_only_nodes_read=aws_only_nodes_read,
+        machine_id=engine_id("aws:ec2/instance:Instance")),
     "azure": ContractCase(
         deployment={**COMMON, "cloud": "azure", "region": "westeurope", "os": "ubuntu22",
                     "azure": {"ssh_public_key": SSH_KEY}},
@@ -246,7 +270,8 @@ CASES: dict[str, ContractCase] = {
         volumes=("azure-native:compute:Disk",),
         secret_store=("azure-native:keyvault:Secret", "azure-native:keyvault:Vault"),
         value_holders=("azure-native:keyvault:Secret",),
-        ingress=azure_ingress, machine_texts=azure_texts, assert_only_nodes_read=azure_only_nodes_read),
+        ingress=azure_ingress, machine_texts=azure_texts, assert_only_nodes_read=azure_only_nodes_read,
+        machine_id=engine_id("azure-native:compute:VirtualMachine")),
     "gcp": ContractCase(
         deployment={**COMMON, "cloud": "gcp", "region": "us-central1", "os": "rocky9",
                     "gcp": {"project": "my-kumo-project"}},
@@ -254,7 +279,8 @@ CASES: dict[str, ContractCase] = {
         volumes=("gcp:compute/disk:Disk",),
         secret_store=("gcp:secretmanager/secret:Secret",),
         value_holders=("gcp:secretmanager/secretVersion:SecretVersion",),
-        ingress=gcp_ingress, machine_texts=gcp_texts, assert_only_nodes_read=gcp_only_nodes_read),
+        ingress=gcp_ingress, machine_texts=gcp_texts, assert_only_nodes_read=gcp_only_nodes_read,
+        machine_id=gcp_self_link),
 }
 
 

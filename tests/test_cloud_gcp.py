@@ -139,8 +139,12 @@ def test_example_stack_registers_a_complete_node():
     node = result.outputs["nodes"][0]
     private_ip = node["private_ip"]  # the first NIC's address, which GCP allocates (offline: a placeholder)
     assert ipaddress.ip_address(private_ip) in ipaddress.ip_network("192.0.2.0/24") and private_ip != public_ip
+    # The instance's self link, by which its serial port output is read (offline: targets/gcp/offline.py).
+    self_link = ("https://www.googleapis.com/compute/v1/projects/my-kumo-project/zones/us-central1-a/instances/"
+                 f"{vm.name}")
     assert node == {"name": "node1", "hostname": "mta-gcpdev.example.com", "public_ip": public_ip,
-                    "private_ip": private_ip, "ptr": None, "instance_type": "e2-medium", "spool": "block",
+                    "private_ip": private_ip, "machine_id": self_link, "ptr": None, "instance_type": "e2-medium",
+                    "spool": "block",
                     "forward_record": {"name": "mta-gcpdev.example.com", "type": "A", "value": public_ip,
                                        "created": False}}
     assert ipaddress.ip_address(public_ip) in ipaddress.ip_network("192.0.2.0/24")

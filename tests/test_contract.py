@@ -185,7 +185,8 @@ def test_no_secret_value_in_any_output_or_machine_text(target):
 
 # -- outputs -------------------------------------------------------------------------------------
 
-NODE_KEYS = {"name", "hostname", "public_ip", "private_ip", "ptr", "instance_type", "spool", "forward_record"}
+NODE_KEYS = {"name", "hostname", "public_ip", "private_ip", "machine_id", "ptr", "instance_type", "spool",
+             "forward_record"}
 RECORD_KEYS = {"name", "type", "value", "why"}
 API_KEYS = {"user", "secret_name", "secret_reference", "read_password", "allowed_from", "tls", "example", "note",
             "certificate_renewal", "endpoints", "ca_certificate", "pinned_public_key"}
@@ -206,6 +207,7 @@ def test_outputs_have_the_documented_shape(target):
         assert node["instance_type"] == plan.instance_type and node["spool"] == plan.spool_storage
         assert set(node["forward_record"]) == {"name", "type", "value", "created"}
         assert node["forward_record"]["value"] == node["public_ip"] and node["forward_record"]["type"] == "A"
+        assert node["machine_id"] == c.machine_id(result, node["name"]), node["name"]
     assert out["public_ips"] == [n["public_ip"] for n in nodes] and len(set(out["public_ips"])) == len(nodes)
     assert [n["hostname"] for n in nodes] == ["mta1.example.com", "mta2.example.com"]
     for key in ("dns_records", "deliverability_records"):

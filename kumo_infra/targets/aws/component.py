@@ -26,7 +26,7 @@ import pulumi_aws as aws
 from ...bootstrap import AWS_USER_DATA_LIMIT, NodeFilesBundle, compressed, node_files_bundle, render_user_data
 from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild,
                           NodePlan, NodeSecret, child, machine_options, node_output, prepare, secrets_for,
-                          subnet_cidr, base_tags, was)
+                          spool_options, subnet_cidr, base_tags, was)
 from ...errors import ConfigError
 from ...netplan import Rule
 from ...secretspec import SecretSpec
@@ -70,6 +70,10 @@ NODE_FILES_SPEC = SecretSpec("node-files", "", "kumo-infra's node files shared b
 SECRET_READ_ACTION = "secretsmanager:GetSecretValue"
 # Days AWS keeps a deleted secret restorable (7..30); its name stays taken meanwhile.
 SECRET_RECOVERY_DAYS = 7
+# An ephemeral deployment's secrets: 0 deletes at once, without recovery (ForceDeleteWithoutRecovery;
+# pulumi_aws secretsmanager/secret.py: "This value can be `0` to force deletion without recovery"),
+# so the next run can take the same names.
+EPHEMERAL_RECOVERY_DAYS = 0
 
 
 def user_data_base64(node: NodePlan, spool_volume_id: Optional[str] = None, *, reserve: int = 0,
@@ -256,7 +260,7 @@ class AwsKumoMta(KumoMtaComponent):
             key = s.spec.key
             secret = aws.secretsmanager.Secret(
                 names.secret(key), name=s.name, description=s.spec.description,
-                recovery_window_in_days=SECRET_RECOVERY_DAYS,
+                recovery_window_in_days=EPHEMERAL_RECOVERY_DAYS if d.lifecycle.ephemeral else SECRET_RECOVERY_DAYS,
                 # In the region the node's reference names (aws:<region>:<name>).
                 region=d.region,
                 tags={**b.tags, "Name": s.name},
@@ -288,8 +292,8 @@ class AwsKumoMta(KumoMtaComponent):
             b.names.spool(n.key), availability_zone=b.network.zone, size=b.cp.plan.spool_gb_per_node, type="gp3",
             encrypted=True, tags={**b.tags, "Name": f"{prefix}-spool"},
             # Queued mail outlives the machine: a replaced instance gets the same volume back,
-            # and deleting the stack leaves it behind.
-            opts=child(self, retain_on_delete=True, protect=b.deployment.lifecycle.protect))
+            # and deleting the stack leaves it behind (not an ephemeral one's: spool_options).
+            opts=spool_options(self, b.cp))
 
     def _machine(self, b: Build, n: NodeBuild) -> Machine:
         cfg, cp, node = self._section(b), b.cp, n.node
@@ -327,7 +331,7 @@ class AwsKumoMta(KumoMtaComponent):
                                  depends_on=b.network.ready + b.secrets_ready,
                                  aliases=was(f"{b.name}-{n.key}-instance")),
         )
-        return Machine(instance, instance.private_ip)
+        return Machine(instance, instance.private_ip, instance.id)
 
     def _ami(self, b: Build) -> pulumi.Output[aws.ec2.GetAmiResult]:
         """The image look-up, once per component (the machine keeps the image it was created with)."""

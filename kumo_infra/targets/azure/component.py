@@ -10,7 +10,8 @@ records are created in the Azure DNS zone.
 
 Secrets (relay password, DKIM private keys, the API password) go to one Key
 Vault per deployment, named ``targets.azure.vault_name`` (RBAC authorization,
-soft delete, purge protection), one ``keyvault.Secret`` each; each VM's
+soft delete, purge protection except in an ephemeral deployment, whose vault is
+purged after the destroy: targets.azure.purge_after_destroy), one ``keyvault.Secret`` each; each VM's
 system-assigned identity gets "Key Vault Secrets User" on exactly those secrets
 (scope: the secret, not the vault). No secrets, no vault. The VMs depend on the
 secrets; the role assignments need the VMs' principal ids, so they come after
@@ -60,8 +61,8 @@ from pulumi_azure_native import authorization, compute, dns, keyvault, network, 
 from ...bootstrap import compressed
 from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild,
                           NodePlan, NodeSecret, child, generated_password, machine_options, node_output, prepare,
-                          secrets_for, subnet_cidr, base_tags, was)
-from ...config import ROOT
+                          secrets_for, spool_options, subnet_cidr, base_tags, was)
+from ...config import ROOT, Deployment
 from ...errors import ConfigError
 from ...netplan import Rule
 from . import vault_name as azure_vault_name
@@ -110,7 +111,8 @@ ROLE_ASSIGNMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/k
 # internal/services/compute/linux_virtual_machine_resource.go). Without ssh_public_key (and so without
 # any SSH rule) each VM gets a generated password kept only as a Pulumi secret, which no one can use
 # from the network: no NSG rule admits 22 from anywhere (deny-in-all sits below every allow), and boot
-# diagnostics (the serial console's prerequisite) are not enabled. Azure's cloud-init datasource turns
+# diagnostics (the serial console's prerequisite) are not enabled unless the deployment is ephemeral or
+# opts in (boot_diagnostics below). Azure's cloud-init datasource turns
 # sshd password authentication on for such a VM (ssh_pwauth: true in cloudinit/sources/DataSourceAzure.py);
 # a cloud-config "ssh_pwauth: false" in the user data overrides it (cloud-init's ConfigMerger ranks
 # instance config above datasource config) and is the bootstrap's to set.
@@ -224,7 +226,10 @@ class AzureKumoMta(KumoMtaComponent):
                 # Access by Azure RBAC only (role assignments below): no access policies.
                 enable_rbac_authorization=True,
                 enable_soft_delete=True, soft_delete_retention_in_days=SOFT_DELETE_DAYS,
-                enable_purge_protection=True,
+                # An ephemeral deployment's vault is purged after the destroy, which purge protection
+                # forbids; omitted, not false: "the property does not accept false as its value"
+                # (pulumi_azure_native keyvault/_inputs.py VaultPropertiesArgs.enable_purge_protection).
+                enable_purge_protection=None if d.lifecycle.ephemeral else True,
                 network_acls=vault_network_rules(b.network.subnet_id),
                 # The nodes reach the vault's public endpoint through their subnet's service
                 # endpoint, which a disabled public access would refuse too (it admits private
@@ -265,14 +270,15 @@ class AzureKumoMta(KumoMtaComponent):
 
     def _spool(self, b: Build, n: NodeBuild) -> compute.Disk:
         # The queue lives on its own managed disk: it survives the VM's deletion (delete option
-        # Detach), Pulumi keeps it on replacement and stack removal (retain_on_delete), and the
-        # replacement VM attaches the same disk. Platform-managed keys encrypt it at rest.
+        # Detach), Pulumi keeps it on replacement and stack removal (retain_on_delete; not an
+        # ephemeral deployment's: spool_options), and the replacement VM attaches the same disk.
+        # Platform-managed keys encrypt it at rest.
         # (Deleting a resource group kumo-infra created deletes everything in it, this disk too.)
         return compute.Disk(
             b.names.spool(n.key), resource_group_name=b.network.resource_group, location=b.deployment.region,
             creation_data=compute.CreationDataArgs(create_option="Empty"),
             disk_size_gb=b.cp.plan.spool_gb_per_node, sku=compute.DiskSkuArgs(name=DISK_SKU),
-            tags=b.tags, opts=child(self, retain_on_delete=True, protect=b.deployment.lifecycle.protect))
+            tags=b.tags, opts=spool_options(self, b.cp))
 
     def _machine(self, b: Build, n: NodeBuild) -> Machine:
         cp, d, node = b.cp, b.deployment, n.node
@@ -323,11 +329,12 @@ class AzureKumoMta(KumoMtaComponent):
             # Least privilege: the identity can read only this deployment's secrets (_after_machine).
             identity=compute.VirtualMachineIdentityArgs(type="SystemAssigned"),
             security_profile=security_profile(image, itype.family),
+            diagnostics_profile=diagnostics_profile(d, az),
             tags=b.tags,
             opts=machine_options(self, cp, BOOTSTRAP_PATHS, FIXED_PATHS, depends_on=b.secrets_ready,
                                  delete_before_replace=True),
         )
-        return Machine(vm, nic.ip_configurations.apply(first_private_ip))
+        return Machine(vm, nic.ip_configurations.apply(first_private_ip), vm.id)
 
     def _after_machine(self, b: Build, n: NodeBuild) -> None:
         """Read access to each secret, for this VM's identity only. The GUID name is fixed per
@@ -384,6 +391,17 @@ def os_profile(parent: pulumi.Resource, prefix: str, cp: ComponentPlan, az: Azur
                                       special=False, min_upper=1, min_lower=1, min_numeric=1)
     return compute.OSProfileArgs(computer_name=hostname.split(".", 1)[0], admin_username=ADMIN_USER,
                                  admin_password=password, custom_data=custom, linux_configuration=linux)
+
+
+def diagnostics_profile(d: Deployment, az: AzureSection) -> Optional[compute.DiagnosticsProfileArgs]:
+    """Managed boot diagnostics (no storage account: "If storageUri is not specified while enabling boot
+    diagnostics, managed storage will be used", pulumi_azure_native compute/_inputs.py BootDiagnosticsArgs),
+    which ``az vm boot-diagnostics get-boot-log`` reads: on every VM of an ephemeral deployment, whose
+    smoke test reads the bootstrap's result there, and where azure.boot_diagnostics opts in (AzureSection
+    says why not by default). None otherwise, so a lasting stack's VMs are unchanged."""
+    if not (d.lifecycle.ephemeral or az.boot_diagnostics):
+        return None
+    return compute.DiagnosticsProfileArgs(boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True))
 
 
 def trusted_launch_supported(image: AzureImage, family: str) -> bool:

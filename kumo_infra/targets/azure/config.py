@@ -29,3 +29,9 @@ class AzureSection(Strict):
     marketplace_terms_accepted: bool = False
     dns_zone_resource_group: Optional[Annotated[str, form(AZURE_RG, AZURE_RG_FORM)]] = None
     vnet_cidr: VnetCidr = "10.42.0.0/16"
+    # Managed boot diagnostics on every VM: its console log (az vm boot-diagnostics get-boot-log shows
+    # kumo-bootstrap's result) and the serial console. Off by default: whoever holds Virtual Machine
+    # Contributor on a VM could then read its console and open its serial console, a way in that skips
+    # the NSG (with the generated admin password of a VM without ssh_public_key, a login). Always on in
+    # an ephemeral deployment (lifecycle.ephemeral), whose smoke test reads the console.
+    boot_diagnostics: bool = False

@@ -26,7 +26,8 @@ from pulumi_gcp import compute, dns, secretmanager, serviceaccount
 
 from ...bootstrap import render_startup_script
 from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild,
-                          NodeSecret, child, machine_options, node_output, prepare, secrets_for, base_tags, was)
+                          NodeSecret, child, machine_options, node_output, prepare, secrets_for, spool_options,
+                          base_tags, was)
 from ...netplan import WORLD, Rule
 
 # What ``kumo_infra.clouds.gcp`` re-exports for programs written before the move.
@@ -134,11 +135,17 @@ class GcpKumoMta(KumoMtaComponent):
 
     def _secret(self, b: Build, s: NodeSecret) -> tuple[
             secretmanager.Secret, secretmanager.SecretVersion, secretmanager.SecretIamMember]:
-        project, key = self._project(b), s.spec.key
+        project, key, lifecycle = self._project(b), s.spec.key, b.deployment.lifecycle
         secret = secretmanager.Secret(
             b.names.secret(key), project=project, secret_id=s.name,
             replication={"auto": {}},  # automatic replication (Google-managed locations and keys)
-            labels=b.tags, opts=child(self, protect=b.deployment.lifecycle.protect))
+            # Secret Manager deletes a secret and its versions at once (no recovery window, and no
+            # delayed version destruction without version_destroy_ttl), so its id is free again. The
+            # provider's own guard is false by default ("Defaults to false", pulumi_gcp
+            # secretmanager/secret.py); stated for an ephemeral deployment, which must be deletable,
+            # and left unset otherwise so a lasting stack's inputs stay as they were.
+            deletion_protection=False if lifecycle.ephemeral else None,
+            labels=b.tags, opts=child(self, protect=lifecycle.protect))
         # secret_data is a Pulumi secret (and the SDK marks secretData secret): encrypted in state.
         version = secretmanager.SecretVersion(b.names.secret_version(key), secret=secret.id,
                                               secret_data=s.value, opts=child(self))
@@ -161,13 +168,14 @@ class GcpKumoMta(KumoMtaComponent):
             name=f"{n.node.hostname}.", type="A", ttl=300, rrdatas=[n.address.ip], opts=child(self))
 
     def _spool(self, b: Build, n: NodeBuild) -> compute.Disk:
-        # The queue lives here: a separate disk that survives replacing the instance
-        # (retain_on_delete), encrypted at rest by Google's default encryption.
+        # The queue lives here: a separate disk that survives replacing the instance and removing
+        # the stack (retain_on_delete; not an ephemeral deployment's: spool_options), encrypted at
+        # rest by Google's default encryption.
         return compute.Disk(
             b.names.spool(n.key), project=self._project(b), zone=self._zone(b), type=DISK_TYPE,
             size=b.cp.plan.spool_gb_per_node, labels=b.tags,
             description=f"KumoMTA spool of {n.node.hostname} (kumo-infra)",
-            opts=child(self, retain_on_delete=True, protect=b.deployment.lifecycle.protect))
+            opts=spool_options(self, b.cp))
 
     def _machine(self, b: Build, n: NodeBuild) -> Machine:
         cp, d, node = b.cp, b.deployment, n.node
@@ -232,7 +240,8 @@ class GcpKumoMta(KumoMtaComponent):
             opts=machine_options(self, cp, BOOTSTRAP_PATHS, FIXED_PATHS,
                                  depends_on=[*b.secrets_ready, *([n.record] if n.record is not None else [])]),
         )
-        return Machine(instance, instance.network_interfaces.apply(lambda nics: nics[0].network_ip if nics else None))
+        return Machine(instance, instance.network_interfaces.apply(lambda nics: nics[0].network_ip if nics else None),
+                       instance.self_link)
 
     def _image(self, b: Build) -> pulumi.Output[compute.GetImageResult]:
         """The image family's newest image, looked up once per component (FIXED_PATHS: a machine keeps its own)."""

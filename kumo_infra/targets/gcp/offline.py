@@ -10,9 +10,13 @@ COMPUTED = {
         "email": "{name}@placeholder.iam.gserviceaccount.com",
         "member": "serviceAccount:{name}@placeholder.iam.gserviceaccount.com",
     },
-    # The internal address GCP allocates on the first NIC. networkInterfaces is also an input,
-    # so this nested answer needs kumo_infra.offline to fill nested keys the inputs leave unset.
-    "gcp:compute/instance:Instance": {"networkInterfaces": [{"networkIp": "192.0.2.{n}"}]},
+    # The internal address GCP allocates on the first NIC (networkInterfaces is also an input, so this
+    # nested answer needs kumo_infra.offline to fill nested keys the inputs leave unset).
+    "gcp:compute/instance:Instance": {
+        "networkInterfaces": [{"networkIp": "192.0.2.{n}"}],
+        # The instance's URI (its machine_id output); GCP names the instance, offline the resource name.
+        "selfLink": "https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/instances/{name}",
+    },
 }
 
 INVOKES = {

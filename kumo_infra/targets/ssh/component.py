@@ -136,7 +136,8 @@ class SshKumoMta(KumoMtaComponent):
             opts=child(self, depends_on=[copy], additional_secret_outputs=SECRET_OUTPUTS))
         self._installers.append(copy)
         self._installs.append(install)
-        return Machine(install, host.address)
+        # No machine id: the machine is no cloud's, and its console is the operator's own.
+        return Machine(install, host.address, None)
 
     def _extra_outputs(self, b: Build, nodes: list[NodeBuild]) -> dict[str, pulumi.Input[Any]]:
         # The A and PTR records, in place of the shared forward records only: kumo-infra sets no PTR here.
