@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from . import catalog, config, sizing, targets
+from . import catalog, ci, config, sizing, targets
 from .errors import ConfigError, Problem
 from .stackconfig import StackConfig, load_file, stack_path
 
@@ -217,6 +217,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "port25": cmd_port25,
     "size": cmd_size,
     "render": cmd_render,
+    "ci": ci.run,
 }
 
 
@@ -253,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headroom", type=float, default=1.5)
     p.add_argument("--list", action="store_true", help="list the target's instance catalog")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    ci.register(sub)
     return parser
 
 

@@ -1,0 +1,264 @@
+"""``kumo-infra ci``: ephemeral stacks in a CI pipeline (up, smoke, destroy, sweep).
+
+The stack's life is kumo_infra.ephemeral's; this module is its command line. Nothing heavy is
+imported until a ci command runs (``kumo-infra validate`` never loads the Automation API).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+from .errors import ConfigError, Problem, shown
+
+if TYPE_CHECKING:
+    from pulumi import automation as auto
+
+DESCRIPTION = """Ephemeral test stacks in CI: bring a real deployment up from a base stack file, check that it
+accepts mail, and always tear it down. The flow of a pipeline:
+
+  1. kumo-infra ci up --stack aws-dev        creates the stack <prefix>-<run id> (marked ephemeral, with a
+                                             TTL) and runs pulumi up; prints its name as the first and the
+                                             last line of stdout (and stack=NAME into $GITHUB_OUTPUT),
+                                             the engine's output on stderr, then a summary
+  2. kumo-infra ci smoke --stack-name NAME   every node answers 220 with its hostname on port 25 and offers
+                                             STARTTLS; its bootstrap result read from the cloud's console
+  3. kumo-infra ci destroy --stack-name NAME in a step that ALWAYS runs (after a failure or a cancel):
+                                             destroy with retries, remove the stack, purge what the cloud
+                                             keeps after a delete
+  4. kumo-infra ci sweep --older-than 6h     on a schedule: destroys the stacks marked ephemeral whose TTL
+                                             has passed (--dry-run lists them); never an unmarked stack"""
+
+EPILOG = """Secrets of the ephemeral stack come from KUMO_SECRET_<KEY> variables (kumo:relayPassword:
+KUMO_SECRET_RELAY_PASSWORD; kumo:sshPrivateKey: KUMO_SECRET_SSH_PRIVATE_KEY). The Pulumi backend and
+its credentials as for pulumi itself: PULUMI_BACKEND_URL, PULUMI_ACCESS_TOKEN, PULUMI_CONFIG_PASSPHRASE.
+Durations: 90m, 3h, 2d. Exit codes: 0 ok, 1 a failed check or operation, 2 bad input (nothing created)."""
+
+_STACK_REF_RE = re.compile(r"(?:[A-Za-z0-9_.-]{1,100}/){0,2}[A-Za-z0-9_.-]{1,100}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What a ci command reaches outside this process; tests replace them."""
+
+    pulumi_command: Optional["auto.PulumiCommand"] = None  # None: the pulumi on PATH
+    runner: Optional[Callable[[Any], int]] = None  # after-destroy commands; None: ephemeral.run_command
+    sleep: Callable[[float], Any] = time.sleep
+    run_smoke: Optional[Callable[..., Any]] = None  # None: kumo_infra.smoke.run_smoke
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    env: Optional[Mapping[str, str]] = None  # None: os.environ
+
+
+def duration(text: str) -> timedelta:
+    from .ephemeral import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def stack_name(text: str) -> str:
+    if not _STACK_REF_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a stack name (letters, digits, '-', '_' and '.'; "
+                                         "as ci up printed it)")
+    return text
+
+
+def retries(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,2}", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of attempts from 1 to 99")
+    return int(text)
+
+
+def register(sub: Any) -> None:
+    """The ``ci`` command group under kumo-infra's subcommands."""
+    from .cli import _add_stack_source
+
+    ci = sub.add_parser("ci", help="ephemeral stacks in CI: up, smoke, destroy (always), sweep (on a schedule)",
+                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = ci.add_subparsers(dest="ci_command", required=True, metavar="{up,smoke,destroy,sweep}")
+
+    p = steps.add_parser("up", help="create an ephemeral stack from a base stack and bring it up")
+    _add_stack_source(p)
+    p.add_argument("--prefix", help="stack name prefix (default ci-<base stack name>)")
+    p.add_argument("--run-id", help="the run's id in the stack name (default: from the CI environment, or random)")
+    p.add_argument("--ttl", type=duration, default=timedelta(hours=3),
+                   help="how long the stack may live before sweep destroys it (default 3h)")
+
+    p = steps.add_parser("smoke", help="check every node of a stack: SMTP, STARTTLS, the bootstrap's result")
+    p.add_argument("--stack-name", type=stack_name, required=True)
+    p.add_argument("--deadline", type=duration, default=timedelta(minutes=15),
+                   help="how long to wait for the nodes' bootstrap (default 15m)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = steps.add_parser("destroy", help="destroy and remove an ephemeral stack (retried); run it always")
+    p.add_argument("--stack-name", type=stack_name, required=True)
+    p.add_argument("--retries", type=retries, default=3, help="destroy attempts (default 3)")
+
+    p = steps.add_parser("sweep", help="destroy the ephemeral stacks whose TTL has passed")
+    p.add_argument("--older-than", type=duration, required=True, metavar="DURATION",
+                   help="only stacks created at least this long ago")
+    p.add_argument("--dry-run", action="store_true", help="list what would be destroyed; touch nothing")
+    p.add_argument("--retries", type=retries, default=3, help="destroy attempts per stack (default 3)")
+
+
+def run(args: argparse.Namespace, deps: Optional[Deps] = None) -> int:
+    from pulumi import automation as auto
+
+    from .ephemeral import EphemeralError
+
+    deps = deps or Deps()
+    command = {"up": cmd_up, "smoke": cmd_smoke, "destroy": cmd_destroy, "sweep": cmd_sweep}[args.ci_command]
+    try:
+        return command(args, deps)
+    except (EphemeralError, auto.CommandError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _select(ws: "auto.LocalWorkspace", name: str) -> "auto.Stack":
+    from pulumi import automation as auto
+
+    try:
+        return auto.Stack.select(name, ws)
+    except auto.StackNotFoundError:
+        raise ConfigError(Problem("--stack-name", f"no stack {name} in this backend (PULUMI_BACKEND_URL, or "
+                                                  "Pulumi Cloud when unset)")) from None
+
+
+def cmd_up(args: argparse.Namespace, deps: Deps) -> int:
+    from pulumi import automation as auto
+
+    from . import ephemeral as eph
+    from .cli import load_stack
+
+    env = os.environ if deps.env is None else deps.env
+    spec = eph.prepare(load_stack(args), prefix=args.prefix, run_id=args.run_id, ttl=args.ttl, env=env,
+                       now=deps.now())
+    for warning in spec.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    started = time.monotonic()
+    with eph.workspace(deps.pulumi_command) as ws:
+        stack = eph.create(spec, ws)
+        print(spec.stack_name, flush=True)
+        _github_output(env, spec.stack_name)
+        try:
+            eph.configure(stack, spec, eph.to_stderr)
+            result = eph.up(stack, spec, eph.to_stderr)
+        except (eph.EphemeralError, auto.CommandError, KeyboardInterrupt) as exc:
+            print(f"error: {str(exc) or 'interrupted'}\nthe stack is left for the step that always runs: "
+                  f"{eph.finish_command(spec.stack_name)}", file=sys.stderr)
+            print(spec.stack_name)
+            return 1
+    print("\n".join(up_summary(spec.stack_name, result, time.monotonic() - started)))
+    print(spec.stack_name)
+    return 0
+
+
+def _github_output(env: Mapping[str, str], name: str) -> None:
+    """stack=NAME for the later steps of a GitHub Actions job, once the stack exists."""
+    path = env.get("GITHUB_OUTPUT")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(f"stack={name}\n")
+    except OSError as exc:
+        print(f"warning: cannot write stack={name} to $GITHUB_OUTPUT ({exc}): pass the name to the later steps "
+              "yourself", file=sys.stderr)
+
+
+def up_summary(name: str, result: "auto.UpResult", seconds: float) -> list[str]:
+    """What came up: resource operations, duration, each node's address (non-secret outputs only)."""
+    changes = result.summary.resource_changes or {}
+    done = ", ".join(f"{op} {count}" for op, count in sorted(changes.items()) if count) or "no changes"
+    minutes, secs = divmod(int(seconds), 60)
+    lines = [f"stack {name} is up in {minutes}m{secs:02d}s: {done}"]
+    nodes = result.outputs.get("nodes")
+    if nodes is not None and not nodes.secret:
+        for node in nodes.value or []:
+            lines.append(f"  {node.get('name', '?')}  {node.get('hostname', '?')}  {node.get('public_ip', '?')}")
+    ips = result.outputs.get("public_ips")
+    if ips is not None and not ips.secret:
+        lines.append(f"public IPs: {', '.join(map(str, ips.value or [])) or 'none'}")
+    return lines
+
+
+def cmd_smoke(args: argparse.Namespace, deps: Deps) -> int:
+    from . import ephemeral as eph
+
+    run_smoke = deps.run_smoke
+    if run_smoke is None:
+        from .smoke import run_smoke
+    with eph.workspace(deps.pulumi_command) as ws:
+        stack = _select(ws, args.stack_name)
+        nodes = stack.outputs().get("nodes")
+        deployment = eph.last_deployment(stack)
+    if nodes is None or not nodes.value:
+        raise eph.EphemeralError(f"stack {args.stack_name} has no nodes output: did ci up finish?")
+    if deployment is None:
+        raise eph.EphemeralError(f"stack {args.stack_name}'s history holds no kumo:deployment: was it made by "
+                                 "kumo-infra ci up?")
+    report = run_smoke(deployment, list(nodes.value), console=deployment.target.console_reader(deployment),
+                       deadline_s=args.deadline.total_seconds())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_destroy(args: argparse.Namespace, deps: Deps) -> int:
+    from pulumi import automation as auto
+
+    from . import ephemeral as eph
+
+    with eph.workspace(deps.pulumi_command) as ws:
+        try:
+            stack = auto.Stack.select(args.stack_name, ws)
+        except auto.StackNotFoundError:
+            # The step runs always: after an up that never created the stack, or a second time.
+            print(f"no stack {args.stack_name}: nothing to destroy")
+            return 0
+        if eph.read_marks(stack).get(eph.MARK) != "true":
+            raise ConfigError(Problem("--stack-name", f"stack {args.stack_name} carries no {eph.MARK}=true mark: "
+                                                      "ci destroy removes only stacks ci up made (use pulumi "
+                                                      "destroy for others)"))
+        eph.destroy(stack, eph.last_deployment(stack), retries=args.retries, sleep=deps.sleep,
+                    runner=deps.runner or eph.run_command)
+    print(f"stack {args.stack_name} destroyed and removed")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, deps: Deps) -> int:
+    from pulumi import automation as auto
+
+    from . import ephemeral as eph
+
+    now = deps.now()
+    failed = 0
+    with eph.workspace(deps.pulumi_command) as ws:
+        for summary in ws.list_stacks():
+            try:
+                stack = auto.Stack.select(summary.name, ws)
+            except auto.StackNotFoundError:
+                continue  # removed since the listing
+            destroy, why = eph.sweep_decision(eph.read_marks(stack), now, args.older_than)
+            if not destroy:
+                print(f"keep {summary.name}: {why}")
+            elif args.dry_run:
+                print(f"would destroy {summary.name}: {why}")
+            else:
+                try:
+                    eph.destroy(stack, eph.last_deployment(stack), retries=args.retries, sleep=deps.sleep,
+                                runner=deps.runner or eph.run_command)
+                    print(f"destroyed {summary.name}: {why}")
+                except (eph.EphemeralError, auto.CommandError) as exc:
+                    failed += 1
+                    print(f"error: {exc}", file=sys.stderr)
+    return 1 if failed else 0
