@@ -228,8 +228,9 @@ def test_outputs_have_the_documented_shape(target):
 @pytest.mark.parametrize("target", TARGETS)
 def test_protect_and_retain_follow_lifecycle(target, protect):
     """Machines, spool volumes and the store's secrets are protected exactly when lifecycle.protect
-    says so; spool volumes are always retained (queued mail outlives the stack); the generated keys
-    and the API password follow lifecycle.protect; the certificate never (renewal replaces it)."""
+    says so; spool volumes are always retained (queued mail outlives the stack; an ephemeral stack's
+    are not: tests/test_ephemeral_lifecycle.py); the generated keys and the API password follow
+    lifecycle.protect; the certificate never (renewal replaces it)."""
     c = case(target)
     result = run(target, deployment_of(c, lifecycle={"protect": protect}))
     for kinds, what in ((c.machines, "machine"), (c.volumes, "spool volume"), (c.secret_store, "secret")):
