@@ -538,6 +538,25 @@ def test_aws_reads_get_console_output_as_the_cli_prints_it():
         AwsConsole("us-east-1", FakeCli("<html>")).read(NODE)
 
 
+def test_aws_reads_the_buffered_output_where_latest_is_not_supported():
+    calls = []
+
+    def xen(argv: Sequence[str], timeout: float) -> str:
+        calls.append(list(argv))
+        if "--latest" in argv:
+            raise ConsoleError("aws ec2 get-console-output exited 254: 'An error occurred (UnsupportedOperation)'")
+        return json.dumps({"InstanceId": AWS_ID, "Output": console_text(OK_LINE)})
+
+    assert parse_console(AwsConsole("us-east-1", xen).read(NODE)).line == OK_LINE
+    assert [("--latest" in argv) for argv in calls] == [True, False]
+
+    def down(argv: Sequence[str], timeout: float) -> str:
+        raise ConsoleError("exited 255: " + ("latest" if "--latest" in argv else "buffered"))
+
+    with pytest.raises(ConsoleError, match="exited 255: latest"):  # the error of the call that matters
+        AwsConsole("us-east-1", down).read(NODE)
+
+
 def test_gcp_reads_the_serial_port_output_named_by_the_self_link():
     cli = FakeCli(console_text(OK_LINE))
     text = gcp_reader(parse_deployment(targets.get("gcp").example), run=cli).read({**NODE, "machine_id": GCP_LINK})
