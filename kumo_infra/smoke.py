@@ -89,6 +89,8 @@ def run_cli(argv: Sequence[str], timeout: float = CLI_TIMEOUT_S) -> str:
     except FileNotFoundError:
         raise ConsoleError(f"{tool}: command not found on this runner's PATH; install that cloud's CLI and log it "
                            "in (kumo-infra reads each node's console through it)", final=True) from None
+    except OSError as error:  # found but not runnable (permissions, a broken file)
+        raise ConsoleError(f"{tool}: cannot be run: {error}", final=True) from None
     except subprocess.TimeoutExpired:
         raise ConsoleError(f"{' '.join(argv[:4])} did not answer within {timeout:g} s") from None
     if done.returncode != 0:

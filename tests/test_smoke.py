@@ -624,6 +624,15 @@ def test_run_cli_names_a_missing_tool_and_gives_up_at_once():
     assert missing.value.final
 
 
+def test_run_cli_names_a_tool_that_cannot_be_run(tmp_path):
+    unrunnable = tmp_path / "aws"
+    unrunnable.write_text("#!/bin/sh\n")
+    unrunnable.chmod(0o644)
+    with pytest.raises(ConsoleError, match=f"^{unrunnable}: cannot be run: ") as refused:
+        run_cli([str(unrunnable), "ec2", "get-console-output"])
+    assert refused.value.final
+
+
 def test_run_cli_keeps_the_error_output_of_a_failed_call():
     script = "import sys; sys.stderr.write('An error occurred (UnauthorizedOperation)\\n'); sys.exit(254)"
     with pytest.raises(ConsoleError) as failed:
