@@ -591,9 +591,10 @@ def test_outputs_have_the_shared_shape_and_list_the_records_to_publish():
     assert out["public_ips"] == ["192.0.2.10", "192.0.2.11"]
     first = out["nodes"][0]
     assert set(first) == {"name", "hostname", "public_ip", "private_ip", "ptr", "instance_type", "spool",
-                          "forward_record"}
-    assert (first["name"], first["hostname"], first["public_ip"], first["ptr"]) == (
-        "node1", "mta1.example.com", "192.0.2.10", None)
+                          "forward_record", "machine_id"}
+    # No cloud machine: nothing for kumo-infra ci smoke to read a console by.
+    assert (first["name"], first["hostname"], first["public_ip"], first["ptr"], first["machine_id"]) == (
+        "node1", "mta1.example.com", "192.0.2.10", None, None)
     assert first["instance_type"] == "existing" and first["spool"] == "directory"
     assert out["dns_records"] == [
         {"name": "mta1.example.com", "type": "A", "value": "192.0.2.10", "why": out["dns_records"][0]["why"]},
