@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -223,3 +224,9 @@ def test_the_project_file_is_a_python_pack_in_the_environment_the_tests_build():
     assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": VENV.name}}
     assert project["version"] and project["description"]
     assert (POLICY / ".gitignore").read_text().split() == [f"{VENV.name}/"]
+
+
+def test_the_packs_readme_lists_every_rule_at_its_level():
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z0-9-]+)` \| (mandatory|advisory) \|",
+                                                       (POLICY / "README.md").read_text(), re.M)}
+    assert rows == {r.name: r.level for r in guardrails.RULES}
