@@ -551,7 +551,8 @@ def _no_open_relay(r: Resource, context: Context) -> Iterator[str]:
 
 def _spool_survives_stop(r: Resource, context: Context) -> Iterator[str]:
     if any(_SPOOL_ON_LOCAL_NVME.search(text) for _, text in machine_texts(r)):
-        yield "the KumoMTA spool is on local NVMe: queued mail is lost when the machine stops, is deallocated or moves host"
+        yield ("the KumoMTA spool is on local NVMe: queued mail is lost when the machine stops, is deallocated or "
+               "moves host")
 
 
 # -- reverse DNS ---------------------------------------------------------------------------------------------
@@ -645,7 +646,8 @@ RULES: tuple[Rule, ...] = (
 
 # -- running them ----------------------------------------------------------------------------------------------
 
-def check_resources(resources: Sequence[Resource], known_secrets: Optional[Mapping[str, str]] = None) -> list[Violation]:
+def check_resources(resources: Sequence[Resource],
+                    known_secrets: Optional[Mapping[str, str]] = None) -> list[Violation]:
     """Every violation of :data:`RULES` in ``resources``, mandatory ones first."""
     context = Context(dict(known_secrets or {}))
     found: list[Violation] = []

@@ -83,7 +83,8 @@ def served(pack: Any, resources: list[dict]) -> list[dict]:
     servicer = _PolicyAnalyzerServicer(pack.PACK_NAME, "0.1.0", pack.policies(), EnforcementLevel.ADVISORY)
     diagnostics = []
     for r in resources:
-        request = analyzer_pb2.AnalyzeRequest(type=r["type"], urn=r["urn"], name=r["name"], properties=struct(r["props"]))
+        request = analyzer_pb2.AnalyzeRequest(type=r["type"], urn=r["urn"], name=r["name"],
+                                              properties=struct(r["props"]))
         diagnostics += [(d, r["urn"]) for d in servicer.Analyze(request, None).diagnostics]
     stack = analyzer_pb2.AnalyzeStackRequest(resources=[
         analyzer_pb2.AnalyzerResource(type=r["type"], urn=r["urn"], name=r["name"], properties=struct(r["props"]),

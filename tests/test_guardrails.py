@@ -242,7 +242,7 @@ def rewrite(text: str, old: str, new: str) -> str:
 def at(props: dict, path: str) -> tuple[dict, str]:
     *parents, leaf = path.split(".")
     for key in parents:
-        props = props[key]
+        props = props[int(key)] if isinstance(props, list) else props[key]
     return props, leaf
 
 
@@ -336,7 +336,8 @@ BREAKS = [
           edit(AWS_API, lambda p: (p.pop("cidrIpv4"), p.update(cidrIpv6="::/0")))),
     # Each /9 alone is within what the config lets one list open (2^24 addresses); the three together are not.
     Break("ssh-spread-over-three-rules", PORTS, "stack aws-prod", both(
-        edit(AWS_SSH, setting("cidrIpv4", "12.0.0.0/9")), adding("second", AWS_SSH, setting("cidrIpv4", "12.128.0.0/9")),
+        edit(AWS_SSH, setting("cidrIpv4", "12.0.0.0/9")),
+        adding("second", AWS_SSH, setting("cidrIpv4", "12.128.0.0/9")),
         adding("third", AWS_SSH, setting("cidrIpv4", "13.0.0.0/9")))),
     Break("azure-port-range-covering-ssh", PORTS, "stack azure-dev",
           edit("kumo-azdev-firewall", nsg_rule("allow-smtp-v4", destinationPortRange="20-30"))),
@@ -375,8 +376,9 @@ BREAKS = [
         "userDataBase64", "'10.20.0.0/16' }", "'10.20.0.0/16', '0.0.0.0/0' }"))),
     Break("trusted-ipv6-internet-in-a-file-gcp-writes", RELAY, "stack gcp-dev", edit("kumo-gcpdev-node1-vm", text_edit(
         GCP_SCRIPT, TRUSTED_LIST, "trusted_hosts = { '127.0.0.1', '::1', '::/0' }"))),
-    Break("relay-to-two-halves-in-the-ssh-installer", RELAY, "stack ssh-lab", edit("kumo-lab-node2-installer", text_edit(
-        SSH_INSTALLER, RELAY_LIST, "relay_hosts = { '127.0.0.1', '::1', '0.0.0.0/1', '128.0.0.0/1' }"))),
+    Break("relay-to-two-halves-in-the-ssh-installer", RELAY, "stack ssh-lab", edit(
+        "kumo-lab-node2-installer",
+        text_edit(SSH_INSTALLER, RELAY_LIST, "relay_hosts = { '127.0.0.1', '::1', '0.0.0.0/1', '128.0.0.0/1' }"))),
     Break("relay-in-azure-custom-data", RELAY, "stack azure-dev", edit("kumo-azdev-node1-vm", text_edit(
         "osProfile.customData", RELAY_LIST, "relay_hosts = { '*' }"))),
     Break("relay-cidrs-of-the-component", RELAY, "stack aws-dev",
@@ -387,9 +389,9 @@ BREAKS = [
           edit("kumo-azdev-node1-ip", removing("dnsSettings.reverseFqdn")),
           first=edit("kumo-azdev-node1-ip", setting("dnsSettings.reverseFqdn", "mta-azdev.example.com."))),
     Break("gcp-access-config-without-ptr", PTR, "stack gcp-dev",
-          edit("kumo-gcpdev-node1-vm", lambda p: p["networkInterfaces"][0]["accessConfigs"][0].pop("publicPtrDomainName")),
-          first=edit("kumo-gcpdev-node1-vm", lambda p: p["networkInterfaces"][0]["accessConfigs"][0].update(
-              publicPtrDomainName="mta-gcpdev.example.com."))),
+          edit("kumo-gcpdev-node1-vm", removing("networkInterfaces.0.accessConfigs.0.publicPtrDomainName")),
+          first=edit("kumo-gcpdev-node1-vm", setting("networkInterfaces.0.accessConfigs.0.publicPtrDomainName",
+                                                     "mta-gcpdev.example.com."))),
     # spool on local NVMe
     Break("aws-spool-on-local-nvme", NVME, "stack aws-dev", edit("kumo-dev-node1-vm", text_edit(
         "userDataBase64", "KUMO_SPOOL_STORAGE=block", "KUMO_SPOOL_STORAGE=local_nvme"))),
@@ -444,7 +446,8 @@ def test_a_range_spread_over_rules_is_reported_on_each_naming_the_others():
     b = next(b for b in BREAKS if b.id == "ssh-spread-over-three-rules")
     new, _ = diff(b.case, planned(b.case).resources, b.breaks(planned(b.case).resources))
     assert sorted(v.name for v in new) == sorted([AWS_SSH, "second", "third"])
-    together = f"with {', '.join(sorted([AWS_SSH, 'second', 'third']))} together from 12.0.0.0/9, 12.128.0.0/9, 13.0.0.0/9"
+    names = ", ".join(sorted([AWS_SSH, "second", "third"]))
+    together = f"with {names} together from 12.0.0.0/9, 12.128.0.0/9, 13.0.0.0/9"
     assert all(v.message.startswith("the rule admits SSH (22/tcp) from 1") and v.message.endswith(together)
                for v in new), new
 
@@ -609,8 +612,12 @@ def _sdk_table() -> dict[str, tuple[str, str]]:
     import pulumi_command  # noqa: F401
     import pulumi_gcp  # noqa: F401
 
-    return {token: (info["fqn"], class_name) for modules in rpc._RESOURCE_MODULES.values() for module in modules
-            for info in [getattr(module, "mod_info", None) or {}] for token, class_name in info.get("classes", {}).items()}
+    found = {}
+    for modules in rpc._RESOURCE_MODULES.values():
+        for module in modules:
+            info = getattr(module, "mod_info", None) or {}
+            found.update({token: (info["fqn"], name) for token, name in info.get("classes", {}).items()})
+    return found
 
 
 @functools.cache
@@ -836,9 +843,11 @@ def test_plan_policy_prints_the_advisories_and_exits_0_without_a_mandatory_one()
 
 @WIRED
 def test_plan_policy_exits_1_on_a_mandatory_violation(monkeypatch, capsys):
+    def trip(r: Resource, context: guardrails.Context) -> list[str]:
+        return ["tripped"] if r.type == guardrails.AWS_INSTANCE else []
+
     tripwire = guardrails.Rule("kumo-test-tripwire", MANDATORY, "every AWS instance, for the test",
-                               "nothing to fix: a test rule",
-                               check_resource=lambda r, context: ["tripped"] if r.type == guardrails.AWS_INSTANCE else [])
+                               "nothing to fix: a test rule", check_resource=trip)
     monkeypatch.setattr(guardrails, "RULES", (*RULES, tripwire))
     assert cli.main(["plan", "--stack", "aws-dev", "--policy"]) == 1
     output = capsys.readouterr()
