@@ -1,12 +1,14 @@
 """``kumo-infra``: validate stacks, size workloads, and show what a stack would do.
 
 Exit codes: 0 success, 2 bad input (message on stderr, no traceback, nothing
-created), 1 an unexpected failure.
+created), 1 a failed check or operation (``plan --policy`` with a mandatory violation,
+``ci smoke`` with a failed check, ``ci up``/``destroy`` failing) or an unexpected failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,6 +25,11 @@ EXIT_BAD_INPUT = 2
 
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad arguments already; keep its message and usage short."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviated flags: "ci destroy --stack X" must not pass for --stack-name X.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -197,8 +204,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     stack = load_stack(args)  # bad input exits 2 here, before any resource is registered
     _warn(stack)
     doc = planview.run_plan(stack)
-    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else planview.format_plan(doc))
-    return 0
+    if not args.policy:
+        print(json.dumps(doc, indent=2, sort_keys=True) if args.json else planview.format_plan(doc))
+        return 0
+    from . import guardrails
+
+    violations = guardrails.check_stack(stack)
+    if args.json:
+        doc["policy"] = [dataclasses.asdict(v) for v in violations]
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(planview.format_plan(doc))
+        print()
+        print(guardrails.format_violations(violations))
+    # Advisories are printed for the operator to weigh; only a mandatory rule fails the plan.
+    return 1 if guardrails.has_mandatory(violations) else 0
 
 
 def cmd_port25(args: argparse.Namespace) -> int:
@@ -232,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what pulumi up would create, offline (no cloud account, no Pulumi CLI)")
     _add_stack_source(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--policy", action="store_true",
+                   help="also check the plan against kumo-infra's guardrails (the rules of the policy pack in "
+                        "policy/): exit 1 on a mandatory violation, advisories printed")
 
     p = sub.add_parser("port25", help="outbound port 25 on this cloud: the mode, and what to request or configure")
     _add_stack_source(p)

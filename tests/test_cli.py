@@ -186,3 +186,20 @@ def test_a_reader_that_goes_away_gets_no_traceback():
     result = subprocess.run(f"'{exe}' render --stack aws-prod | true", shell=True,
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_an_abbreviated_flag_is_refused_not_guessed():
+    # argparse would take "--stack" for "--stack-name" and destroy whatever that names.
+    result = kumo("ci", "destroy", "--stack", "aws-dev")
+    assert_bad_input(result, "required: --stack-name")
+    result = kumo("validate", "--stac", "aws-dev")
+    assert_bad_input(result, "one of the arguments --stack --config is required")
+
+
+def test_plan_policy_json_carries_each_violation_with_its_fix():
+    result = kumo("plan", "--stack", "aws-dev", "--policy", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["resources"] and doc["policy"], "aws-dev has advisories (PTR not set yet, burstable type)"
+    assert {v["level"] for v in doc["policy"]} == {"advisory"}
+    assert all(v["rule"] and v["name"] and v["remediation"] for v in doc["policy"])

@@ -825,12 +825,8 @@ def test_a_found_secret_is_named_never_shown(b):
                for v in new)
 
 
-# -- kumo-infra plan --policy (wired in kumo_infra/cli.py by the lead) ------------------------------------------
+# -- kumo-infra plan --policy ---------------------------------------------------------------------------------
 
-WIRED = pytest.mark.xfail(strict=True, reason="kumo-infra plan --policy is wired by the lead")
-
-
-@WIRED
 def test_plan_policy_prints_the_advisories_and_exits_0_without_a_mandatory_one():
     result = kumo("plan", "--stack", "aws-dev", "--policy")
     assert result.returncode == 0, result.stderr
@@ -841,7 +837,6 @@ def test_plan_policy_prints_the_advisories_and_exits_0_without_a_mandatory_one()
     assert "policy: 0 mandatory, 2 advisory violation(s) of 8 rules" in output
 
 
-@WIRED
 def test_plan_policy_exits_1_on_a_mandatory_violation(monkeypatch, capsys):
     def trip(r: Resource, context: guardrails.Context) -> list[str]:
         return ["tripped"] if r.type == guardrails.AWS_INSTANCE else []
@@ -854,7 +849,6 @@ def test_plan_policy_exits_1_on_a_mandatory_violation(monkeypatch, capsys):
     assert f"MANDATORY kumo-test-tripwire: {guardrails.AWS_INSTANCE} kumo-dev-node1-vm" in output.out + output.err
 
 
-@WIRED
 def test_plan_without_policy_runs_no_rule(monkeypatch, capsys):
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a rule ran without --policy")
