@@ -26,6 +26,7 @@ through :func:`run_cli`; the readers live in each target's package
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 import smtplib
 import socket
@@ -33,7 +34,7 @@ import ssl
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 SMTP = "smtp"
 BOOTSTRAP = "bootstrap"
 OUTBOUND25 = "outbound25"
+# A node whose checks broke before they could say which one failed.
+CHECKS = "checks"
 
 # What the smoke says in EHLO: a name under .invalid (RFC 2606) says it is no mail system.
 EHLO_NAME = "kumo-infra-smoke.invalid"
@@ -78,14 +81,30 @@ class ConsoleError(Exception):
 # (argv, timeout in seconds) -> standard output; ConsoleError otherwise. Injectable for tests.
 CliRunner = Callable[[Sequence[str], float], str]
 
+# What kumo-infra ci holds for Pulumi and the stack: the stack's secret config
+# (ephemeral.secret_env_var), the state backend's token and the secrets passphrase. A cloud CLI
+# reading a console needs none of them, and a CLI, its plug-ins and its debug logs are code and
+# output this process does not control.
+SECRET_ENV_PREFIX = "KUMO_SECRET_"
+PULUMI_SECRET_VARIABLES = frozenset({"PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE",
+                                     "PULUMI_CONFIG_PASSPHRASE_FILE"})
+
+
+def cli_environment(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """``environ`` (default: this process's) without the variables a cloud CLI must not see."""
+    source = os.environ if environ is None else environ
+    return {name: value for name, value in source.items()
+            if not name.startswith(SECRET_ENV_PREFIX) and name not in PULUMI_SECRET_VARIABLES}
+
 
 def run_cli(argv: Sequence[str], timeout: float = CLI_TIMEOUT_S) -> str:
-    """Run a cloud CLI as given (an argument vector, no shell, no standard input) and return its
-    standard output; ConsoleError naming the tool and carrying its standard error otherwise."""
+    """Run a cloud CLI as given (an argument vector, no shell, no standard input, no secret of the
+    stack in its environment: :func:`cli_environment`) and return its standard output; ConsoleError
+    naming the tool and carrying its standard error otherwise."""
     tool = argv[0]
     try:
         done = subprocess.run(list(argv), capture_output=True, text=True, encoding="utf-8", errors="replace",
-                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+                              timeout=timeout, stdin=subprocess.DEVNULL, env=cli_environment(), check=False)
     except FileNotFoundError:
         raise ConsoleError(f"{tool}: command not found on this runner's PATH; install that cloud's CLI and log it "
                            "in (kumo-infra reads each node's console through it)", final=True) from None
@@ -173,10 +192,22 @@ def _tls_client_context() -> ssl.SSLContext:
 
 
 def describe_certificate(der: Optional[bytes], hostname: str) -> str:
-    """Subject, issuer, whether it signed itself and whether it names ``hostname``."""
+    """Subject, issuer, whether it signed itself and whether it names ``hostname``; what could not be
+    read when the certificate does not parse (the TLS layer accepted it unverified, so it still may)."""
     if not der:
         return "no certificate"
-    cert = x509.load_der_x509_certificate(der)
+    try:
+        return _certificate_facts(x509.load_der_x509_certificate(der), hostname)
+    except Exception as error:  # the peer's bytes: cryptography parses lazily and raises ValueError,
+        # DuplicateExtension, UnsupportedGeneralNameType... at whichever field is malformed.
+        return f"certificate not readable: {_error_named(error)}"
+
+
+def _error_named(error: BaseException) -> str:
+    return f"{type(error).__name__}: {shown(error, 200)}"
+
+
+def _certificate_facts(cert: x509.Certificate, hostname: str) -> str:
     try:
         cert.verify_directly_issued_by(cert)
         self_signed = True
@@ -332,8 +363,23 @@ class _Settings:
     sleep: Callable[[float], None]
 
 
-def _check_node(node: dict, s: _Settings) -> list[Check]:
-    name = str(node.get("name") or node.get("hostname") or "(unnamed node)")
+def _node_label(node: Any, index: int) -> str:
+    if isinstance(node, dict) and (label := node.get("name") or node.get("hostname")):
+        return str(label)
+    return f"nodes[{index}]"
+
+
+def _checked_node(index: int, node: Any, s: _Settings) -> list[Check]:
+    """The node's checks; whatever breaks in them is this node's failed check, named, and the other
+    nodes' report still comes."""
+    try:
+        return _check_node(index, node, s)
+    except Exception as error:
+        return [Check(_node_label(node, index), CHECKS, False, f"the checks stopped: {_error_named(error)}")]
+
+
+def _check_node(index: int, node: dict, s: _Settings) -> list[Check]:
+    name = _node_label(node, index)
     hostname = node.get("hostname")
     address = ""
     smtp: Optional[tuple[bool, str]] = None  # (passed, detail) of the last attempt
@@ -356,7 +402,12 @@ def _check_node(node: dict, s: _Settings) -> list[Check]:
     smtp_gave_up = False
     while True:
         if smtp_possible and (smtp is None or not smtp[0]):
-            smtp = probe_smtp(address, s.smtp_port, hostname, max(1.0, min(SMTP_TIMEOUT_S, s.deadline - s.clock())))
+            try:
+                smtp = probe_smtp(address, s.smtp_port, hostname,
+                                  max(1.0, min(SMTP_TIMEOUT_S, s.deadline - s.clock())))
+            except Exception as error:  # an input smtplib cannot take, or a bug: the same again next time
+                smtp, smtp_possible = (False, f"{address}:{s.smtp_port}: the SMTP check broke: "
+                                              f"{_error_named(error)}"), False
         if s.console is not None and result is None and not (console_error and console_error.final):
             try:
                 text = s.console.read(node)
@@ -443,5 +494,5 @@ def run_smoke(deployment: "Deployment", nodes: list[dict], *, console: Optional[
                          settle_s, clock, sleep)
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(nodes), 32),
                                                thread_name_prefix="kumo-smoke") as pool:
-        per_node = list(pool.map(lambda node: _check_node(node, settings), nodes))
+        per_node = list(pool.map(lambda numbered: _checked_node(*numbered, settings), enumerate(nodes)))
     return SmokeReport(tuple(check for checks in per_node for check in checks))

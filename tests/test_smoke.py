@@ -29,8 +29,8 @@ from cryptography.x509.oid import NameOID
 
 from kumo_infra import targets
 from kumo_infra.config import parse_deployment
-from kumo_infra.smoke import (EHLO_NAME, Check, ConsoleError, SmokeReport, parse_console, probe_smtp, run_cli,
-                              run_smoke)
+from kumo_infra.smoke import (EHLO_NAME, Check, ConsoleError, SmokeReport, describe_certificate, parse_console,
+                              probe_smtp, run_cli, run_smoke)
 from kumo_infra.targets.aws.console import AwsConsole
 from kumo_infra.targets.aws.console import reader as aws_reader
 from kumo_infra.targets.azure.console import AzureConsole
@@ -62,7 +62,8 @@ def console_text(*lines: str) -> str:
 
 # -- certificates and SMTP servers ------------------------------------------------------------
 
-def certificate(tmp: Path, common_name: str, hostname: str, issuer: Optional[tuple] = None) -> tuple[Path, Path, tuple]:
+def certificate(tmp: Path, common_name: str, hostname: str, issuer: Optional[tuple] = None,
+                san_critical: bool = False) -> tuple[Path, Path, tuple]:
     """A P-256 certificate naming ``hostname``: self-signed, or signed by ``issuer`` (name, key)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -71,13 +72,26 @@ def certificate(tmp: Path, common_name: str, hostname: str, issuer: Optional[tup
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=san_critical)
             .sign(issuer_key, hashes.SHA256()))
     cert_path, key_path = tmp / f"{common_name}.crt", tmp / f"{common_name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path, (name, key)
+
+
+SAN_CRITICAL_DER = bytes.fromhex("0603551d11" "0101ff")  # extnID subjectAltName, critical BOOLEAN TRUE (DER)
+
+
+def ber_boolean_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A certificate OpenSSL serves and cryptography refuses to parse: its SAN's critical flag is the
+    BER TRUE 0x01 where DER demands 0xFF (a lenient encoder's output)."""
+    cert, key, _ = certificate(tmp, "ber encoded", HOST, san_critical=True)
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    assert der.count(SAN_CRITICAL_DER) == 1
+    cert.write_text(ssl.DER_cert_to_PEM_cert(der.replace(SAN_CRITICAL_DER, SAN_CRITICAL_DER[:-1] + b"\x01")))
+    return cert, key
 
 
 def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
@@ -228,6 +242,47 @@ def test_a_certificate_signed_by_another_is_reported_as_not_self_signed(smtp_ser
     ok, detail = probe_smtp("127.0.0.1", smtp_server(tls=server_tls(cert, key)).port, HOST, timeout=10)
     assert ok, detail
     assert f"subject 'CN={HOST}', issuer 'CN=Test CA', self-signed: no, names {HOST}: no" in detail
+
+
+def test_a_certificate_that_does_not_parse_is_reported_in_the_smtp_check_not_raised(smtp_server, tmp_path):
+    server = smtp_server(tls=server_tls(*ber_boolean_certificate(tmp_path)))
+    report = smoke(server, Scripted(console_text(OK_LINE)))
+    # The handshake completed (the certificate is reported, never trusted): SMTP with STARTTLS works.
+    assert report.ok, report.format()
+    smtp = by_name(report)["smtp"].detail
+    assert "EHLO offers STARTTLS; TLS TLSv1.3" in smtp
+    assert smtp.endswith("certificate not readable: ValueError: 'error parsing asn1 value: ParseError { kind: "
+                         "InvalidValue, location: [\"Certificate::tbs_cert\", \"TbsCertificate::raw_extensions\", "
+                         "0, \"Extension::critical\"] }'")
+    assert [c.upper() for c in server.commands][-1] == "QUIT"
+
+
+def test_bytes_that_are_no_certificate_are_described_as_such():
+    assert describe_certificate(b"\x30\x03abc", HOST).startswith("certificate not readable: ValueError: ")
+    assert describe_certificate(b"", HOST) == "no certificate"
+
+
+def test_a_node_whose_checks_break_fails_by_name_and_the_other_nodes_are_reported(smtp_server, tls):
+    server = smtp_server(tls=tls)
+    report = smoke(server, Scripted(console_text(OK_LINE)), nodes=(NODE, "node1.example.com"))
+    assert [c.line() for c in report.checks[:3]] == [c.line() for c in by_name(report).values()]
+    assert all(c.ok for c in report.checks[:3]), report.format()
+    assert [c.line() for c in report.checks[3:]] == [
+        "FAIL nodes[1] checks: the checks stopped: AttributeError: \"'str' object has no attribute 'get'\""]
+    assert not report.ok
+
+
+def test_an_address_smtplib_cannot_take_fails_that_nodes_smtp_at_once_and_the_console_is_still_read(
+        smtp_server, tls):
+    server = smtp_server(tls=tls)
+    node = {**NODE, "public_ip": "a" * 64 + ".example.com"}  # a DNS label longer than 63: idna refuses it
+    console = Scripted(console_text(OK_LINE))
+    report = smoke(server, console, nodes=(node,))
+    smtp = by_name(report)["smtp"]
+    assert not smtp.ok and smtp.detail.startswith(f"{node['public_ip']}:{server.port}: the SMTP check broke: "
+                                                  "UnicodeError: ")
+    assert by_name(report)["bootstrap"].ok and console.reads == 1
+    assert server.connections == 0
 
 
 def test_a_greeting_naming_another_host_fails_naming_the_node_and_the_check(smtp_server, tls):
@@ -616,6 +671,18 @@ def test_run_cli_passes_values_as_arguments_never_to_a_shell(tmp_path):
     planted = tmp_path / "planted"
     out = run_cli([sys.executable, "-c", "import sys; print(sys.argv[1])", f"$(touch {planted}); `id`"])
     assert out == f"$(touch {planted}); `id`\n" and not planted.exists()
+
+
+def test_run_cli_keeps_the_stacks_secrets_from_the_cloud_cli(monkeypatch):
+    secrets = {"KUMO_SECRET_RELAY_PASSWORD": "hunter2", "KUMO_SECRET_SSH_PRIVATE_KEY": "-----BEGIN",
+               "PULUMI_CONFIG_PASSPHRASE": "passphrase", "PULUMI_CONFIG_PASSPHRASE_FILE": "/run/passphrase",
+               "PULUMI_ACCESS_TOKEN": "pul-0123"}
+    kept = {"AWS_PROFILE": "kumo-ci", "PULUMI_BACKEND_URL": "s3://kumo-state", "KUMO_SECRETS": "not a secret's name"}
+    for name, value in {**secrets, **kept}.items():
+        monkeypatch.setenv(name, value)
+    seen = json.loads(run_cli([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]))
+    assert not set(secrets) & set(seen)
+    assert {name: seen.get(name) for name in kept} == kept and seen["PATH"] == os.environ["PATH"]
 
 
 def test_run_cli_names_a_missing_tool_and_gives_up_at_once():
