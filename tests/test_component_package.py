@@ -433,25 +433,6 @@ def test_yaml_example_declares_the_package_and_runs_yaml():
     assert [u.token for u in yaml_uses()] == ["kumo:index:AwsKumoMta"]
 
 
-def test_yaml_example_properties_and_outputs_match_the_schema():
-    doc = stored()
-    for use in yaml_uses():
-        assert resource_problems(use.token, use.properties, doc) == []
-        assert use.outputs_read and set(use.outputs_read) <= set(doc["resources"][use.token]["properties"])
-
-
-def test_yaml_example_passes_each_secret_input_from_secret_config():
-    for use in yaml_uses():
-        passed = {camel_case(k) for k in SECRET_INPUTS} & set(use.properties)
-        assert passed, "the example shows no secret input"
-        assert all(isinstance(use.properties[k], Expression) and use.properties[k].secret for k in passed)
-
-
-def test_yaml_example_builds_through_the_provider():
-    for use in yaml_uses():
-        assert len(_check_built(use)["nodes"]) == use.properties["deployment"]["nodes"]
-
-
 # -- examples/typescript ---------------------------------------------------------------------------
 
 _TS_TOKEN = re.compile(r"""\s+|//[^\n]*|/\*.*?\*/|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|-?\d+(?:\.\d+)?(?![\w.])"""
@@ -551,32 +532,42 @@ def test_typescript_example_is_a_nodejs_program_of_the_package():
     assert json.loads((TS_EXAMPLE / "tsconfig.json").read_text())["files"] == ["index.ts"]
 
 
-def test_typescript_example_properties_and_outputs_match_the_schema():
+# -- both examples ---------------------------------------------------------------------------------
+
+EXAMPLES = {"yaml": yaml_uses, "typescript": lambda: ts_uses((TS_EXAMPLE / "index.ts").read_text())}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_properties_and_outputs_match_the_schema(example):
     doc = stored()
-    uses = ts_uses((TS_EXAMPLE / "index.ts").read_text())
-    assert uses, "index.ts creates no kumo component"
+    uses = EXAMPLES[example]()
+    assert uses, f"the {example} example creates no kumo component"
     for use in uses:
         assert resource_problems(use.token, use.properties, doc) == []
         assert use.outputs_read and set(use.outputs_read) <= set(doc["resources"][use.token]["properties"])
 
 
-def test_typescript_example_passes_each_secret_input_from_secret_config():
-    for use in ts_uses((TS_EXAMPLE / "index.ts").read_text()):
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_passes_each_secret_input_from_secret_config(example):
+    for use in EXAMPLES[example]():
         passed = {camel_case(k) for k in SECRET_INPUTS} & set(use.properties)
         assert passed, "the example shows no secret input"
         assert all(isinstance(use.properties[k], Expression) and use.properties[k].secret for k in passed)
 
 
-def test_typescript_example_builds_through_the_provider():
-    for use in ts_uses((TS_EXAMPLE / "index.ts").read_text()):
-        _check_built(use)
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_builds_through_the_provider(example):
+    for use in EXAMPLES[example]():
+        state = _check_built(use)
+        if "nodes" in use.properties["deployment"]:
+            assert len(state["nodes"]) == use.properties["deployment"]["nodes"]
 
 
-def test_examples_use_the_names_every_target_component_shares():
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_uses_the_names_every_target_component_shares(example):
     """A program switches targets by switching the class: the inputs and the outputs the examples read
     are the same on every component."""
-    doc = stored()
-    for use in [*yaml_uses(), *ts_uses((TS_EXAMPLE / "index.ts").read_text())]:
-        for resource in doc["resources"].values():
+    for use in EXAMPLES[example]():
+        for resource in stored()["resources"].values():
             assert set(use.properties) <= set(resource["inputProperties"])
             assert set(use.outputs_read) <= set(resource["properties"])
