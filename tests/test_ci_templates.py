@@ -6,6 +6,7 @@ check-jsonschema, zizmor for the workflow, shellcheck for every script)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -15,7 +16,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 import yaml
@@ -46,6 +47,13 @@ LONG_LIVED_KEYS = (
 
 CI_COMMANDS = {"up", "smoke", "destroy", "sweep"}
 STACK_NAME = "ci-aws-dev-4242-1"  # what ci up prints; stands for every shell expansion
+
+# What kumo-infra needs and no other step may see: the state backend's token, the stacks'
+# passphrase, the stacks' secret config (KUMO_SECRET_<KEY>).
+PULUMI_SECRETS = ("PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE")
+SECRET_PREFIX = "KUMO_SECRET_"
+# The GitLab wrapper (the secrets snippet) that hands them to kumo-infra alone.
+KUMO_INFRA = ("kumo-infra", "kumo_infra")
 
 
 # --- reading the templates ------------------------------------------------------------------
@@ -117,13 +125,15 @@ def shell_sources() -> Iterator[tuple[str, str]]:
             yield f"gitlab {job_name}: after_script", "\n".join(job["after_script"])
 
 
-def kumo_infra_calls(script: str) -> list[list[str]]:
-    """Each `kumo-infra ...` command line of a script as its argument vector (after `kumo-infra`),
-    with every shell expansion ("$VAR", "$(...)") standing for a stack name."""
+def kumo_infra_calls(script: str, commands: tuple[str, ...] = KUMO_INFRA) -> list[list[str]]:
+    """Each `kumo-infra ...` command line of a script (called by one of ``commands``: the CLI or
+    GitLab's wrapper) as its argument vector after the command, with every shell expansion
+    ("$VAR", "$(...)") standing for a stack name."""
     calls = []
+    called = "|".join(re.escape(command) for command in commands)
     for line in script.splitlines():
         # At a command's place only: a comment or a message naming kumo-infra is no call.
-        start = re.search(r"(?:^|[;&|]|\bthen|\belse|\bdo)\s*(kumo-infra\s)", line)
+        start = re.search(rf"(?:^|[;&|]|\bthen|\belse|\bdo)\s*((?:{called})\s)", line)
         if start is None or line.lstrip().startswith("#"):
             continue
         command = line[start.start(1):].split("|")[0].split(">")[0]
@@ -243,18 +253,112 @@ def test_github_actions_are_pinned_to_verified_commits():
         assert (ref, tag) == PINNED_ACTIONS[action], action
 
 
-def test_github_secrets_come_from_the_secrets_context():
+def is_secret_name(name: Any) -> bool:
+    return isinstance(name, str) and (name in PULUMI_SECRETS or name.startswith(SECRET_PREFIX))
+
+
+def secret_leaks_github(doc: dict) -> list[str]:
+    """Where a secret reaches more than a kumo-infra step's own env: the workflow's or a job's env,
+    a step that is no kumo-infra call, an action's inputs."""
+    leaks = [f"workflow env: {k}" for k, v in (doc.get("env") or {}).items() if "secrets." in str(v)]
+    for job_name, job in doc["jobs"].items():
+        leaks += [f"{job_name} env: {k}" for k, v in (job.get("env") or {}).items()
+                  if "secrets." in str(v) or is_secret_name(k)]
+        for step in job["steps"]:
+            outside_env = {k: v for k, v in step.items() if k != "env"}
+            if any("secrets." in str(v) for _, v in walk(outside_env)):
+                leaks.append(f"{job_name}: {step['name']} outside its env")
+            if "kumo-infra ci " not in step.get("run", ""):
+                leaks += [f"{job_name}: {step['name']}: {k}" for k, v in (step.get("env") or {}).items()
+                          if "secrets." in str(v) or is_secret_name(k)]
+    return leaks
+
+
+def test_github_gives_pulumis_and_the_stacks_secrets_to_the_kumo_infra_steps_alone():
     doc = github()
-    env = doc["jobs"]["ephemeral"]["env"]
-    assert env["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
-    assert env["PULUMI_ACCESS_TOKEN"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
-    up = one(steps_running(doc["jobs"]["ephemeral"]["steps"], "kumo-infra ci up"))
-    secret_env = {k: v for k, v in up["env"].items() if k.startswith("KUMO_SECRET_")}
-    assert secret_env == {"KUMO_SECRET_RELAY_PASSWORD": "${{ secrets.KUMO_SECRET_RELAY_PASSWORD }}"}
+    assert secret_leaks_github(doc) == []
+    for job in doc["jobs"].values():
+        for step in steps_running(job["steps"], "kumo-infra ci "):
+            for name in PULUMI_SECRETS:
+                assert step["env"][name] == f"${{{{ secrets.{name} }}}}", (step["name"], name)
+    # The stack's secret config: up alone gives it to the new stack.
+    steps = doc["jobs"]["ephemeral"]["steps"]
+    for step in steps_running(steps, "kumo-infra ci "):
+        secret_env = {k: v for k, v in step["env"].items() if k.startswith(SECRET_PREFIX)}
+        expected = ({"KUMO_SECRET_RELAY_PASSWORD": "${{ secrets.KUMO_SECRET_RELAY_PASSWORD }}"}
+                    if "kumo-infra ci up" in step["run"] else {})
+        assert secret_env == expected, step["name"]
     # Every value reaches a script through env, never pasted into its text.
     for key, value in walk(doc):
         if key == "run":
             assert "${{" not in value, value
+
+
+def test_github_secret_check_catches_a_job_level_passphrase_and_a_secret_given_to_an_action():
+    planted = json.loads(json.dumps(github()))  # each YAML alias its own copy: one place planted
+    planted["jobs"]["ephemeral"]["env"]["PULUMI_CONFIG_PASSPHRASE"] = "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+    planted["jobs"]["sweep"]["steps"][0]["with"]["token"] = "${{ secrets.PULUMI_ACCESS_TOKEN }}"
+    assert secret_leaks_github(planted) == ["ephemeral env: PULUMI_CONFIG_PASSPHRASE", "sweep: Check out outside its env"]
+
+
+# How long a login's credentials last, in minutes: they are not renewed during the job. AWS: the
+# role session configure-aws-credentials asks for (role-duration-seconds, exported as static keys).
+# Azure: the az CLI's token, which it cannot renew once the GitHub token it was given has expired
+# ("OIDC login session valid for 1hr ... no built-in refresh mechanism", Azure/login#290). Google's
+# credential file fetches a new GitHub token at each refresh: not bounded.
+AZURE_LOGIN_MINUTES = 60
+
+
+def login_minutes(step: dict) -> Optional[tuple[str, float]]:
+    """(cloud, minutes its credentials last) when the step is a login that expires."""
+    action = step.get("uses", "").split("@")[0]
+    if action == "aws-actions/configure-aws-credentials":
+        return "aws", int(step["with"]["role-duration-seconds"]) / 60
+    if action == "azure/login":
+        return "azure", AZURE_LOGIN_MINUTES
+    return None
+
+
+def expired_logins(job: dict) -> list[str]:
+    """Each login whose credentials may expire before the next login of that cloud (or the job's
+    end): the steps after it until then must each have a timeout, together within its lifetime."""
+    problems = []
+    open_: dict[str, tuple[str, float, list[dict]]] = {}  # cloud -> (login step, minutes, steps since)
+
+    def close(cloud: str) -> None:
+        login, lifetime, spanned = open_.pop(cloud)
+        unbounded = [s["name"] for s in spanned if "timeout-minutes" not in s]
+        total = sum(s.get("timeout-minutes", 0) for s in spanned)
+        if unbounded:
+            problems.append(f"{login}: no timeout-minutes on {unbounded}")
+        elif total > lifetime:
+            problems.append(f"{login}: lasts {lifetime:g} min, then {total:g} min of "
+                            f"{[s['name'] for s in spanned]}")
+
+    for step in job["steps"]:
+        login = login_minutes(step)
+        if login is not None and login[0] in open_:
+            close(login[0])
+        for _, _, spanned in open_.values():
+            spanned.append(step)
+        if login is not None:
+            open_[login[0]] = (step["name"], login[1], [])
+    for cloud in list(open_):
+        close(cloud)
+    return problems
+
+
+def test_github_each_login_lasts_through_every_step_it_serves():
+    for job_name, job in github()["jobs"].items():
+        assert expired_logins(job) == [], job_name
+
+
+def test_github_login_check_catches_an_aws_session_ending_before_the_smoke():
+    job = github()["jobs"]["ephemeral"]
+    job["steps"] = [s for s in job["steps"] if s["name"] != "Log in to AWS again for the smoke"]
+    assert expired_logins(job) == [
+        "Log in to AWS (OIDC): lasts 60 min, then 68 min of ['kumo-infra ci up', 'Log in to Azure again for the smoke', "
+        "'kumo-infra ci smoke']"]
 
 
 def test_github_runs_on_infrastructure_changes_and_sweeps_on_a_schedule():
@@ -272,10 +376,11 @@ def test_github_runs_on_infrastructure_changes_and_sweeps_on_a_schedule():
 def test_github_timeouts_leave_the_destroy_its_time_and_end_before_the_ttl():
     job = github()["jobs"]["ephemeral"]
     steps = job["steps"]
-    up, smoke, destroy = (one(steps_running(steps, f"kumo-infra ci {c}")) for c in ("up", "smoke", "destroy"))
-    ttl = up_ttl(up["run"])
-    # A hung up or smoke is stopped by its own limit, and the destroy still has its whole time...
-    assert up["timeout-minutes"] + smoke["timeout-minutes"] + destroy["timeout-minutes"] < job["timeout-minutes"]
+    ttl = up_ttl(one(steps_running(steps, "kumo-infra ci up"))["run"])
+    # Any hung step is stopped by its own limit, and the destroy, last, still has its whole time...
+    assert steps[-1] is one(steps_running(steps, "kumo-infra ci destroy"))
+    assert [s["name"] for s in steps if "timeout-minutes" not in s] == []
+    assert sum(s["timeout-minutes"] for s in steps) < job["timeout-minutes"]
     # ...and the job ends before the sweep may take the stack for an abandoned one.
     assert timedelta(minutes=job["timeout-minutes"]) < ttl
 
@@ -305,6 +410,19 @@ def test_gitlab_jobs_are_serialized_per_ref_and_never_interrupted():
         assert job["interruptible"] is False, name
     sweep = gitlab_jobs(gitlab())["kumo-sweep"]
     assert sweep["resource_group"] == "kumo-sweep" and sweep["interruptible"] is False
+
+
+def test_gitlab_hides_the_secrets_first_in_every_section_and_calls_kumo_infra_through_the_wrapper():
+    doc = gitlab()
+    hide = doc[".kumo-snippets"]["secrets"]
+    for name, job in gitlab_jobs(doc).items():
+        assert job["before_script"][0] == hide, name
+        if job.get("after_script"):
+            assert job["after_script"][0] == hide, name
+    for where, script in shell_sources():
+        if where.startswith("gitlab"):
+            assert kumo_infra_calls(script, ("kumo-infra",)) == [], where
+            assert kumo_infra_calls(script, ("kumo_infra",)), where
 
 
 def test_gitlab_logs_in_by_oidc_only():
@@ -351,6 +469,7 @@ def test_gitlab_installs_the_pulumi_cli_of_the_pinned_sdk():
 # The GitLab job's own shell, run with a stand-in kumo-infra that records its arguments.
 STAND_IN = """#!/bin/bash
 printf '%s\\n' "$*" >> "$CALLS"
+if [ -n "$ENV_DIR" ]; then env -0 > "$ENV_DIR/kumo-infra-$2"; fi
 case "$2:$KUMO_SCENARIO" in
   up:refused) echo "error: --stack: no stack file" >&2; exit 2 ;;
   up:*) echo ci-aws-dev-4242-1; [ "$KUMO_SCENARIO" = up-fails ] && exit 1; echo summary; echo ci-aws-dev-4242-1 ;;
@@ -361,8 +480,13 @@ exit 0
 """
 
 
-def run_gitlab_job(tmp_path: Path, scenario: str) -> tuple[int, list[str]]:
+def run_gitlab_job(tmp_path: Path, scenario: str, secrets: Optional[dict] = None) -> tuple[int, list[str]]:
+    """The job's before_script (less the installs), script and after_script in bash as the runner
+    runs them; ``secrets`` join the job's environment as project CI/CD variables, and right after the
+    secrets snippet each section runs a stand-in for any other command, recording what it sees
+    (ENV_DIR/other-script, ENV_DIR/other-after_script), as the stand-in kumo-infra does."""
     job = ephemeral_gitlab_jobs()["kumo-ephemeral-aws"]
+    tools = gitlab()[".kumo-snippets"]["tools"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_in = bin_dir / "kumo-infra"
@@ -373,13 +497,21 @@ def run_gitlab_job(tmp_path: Path, scenario: str) -> tuple[int, list[str]]:
     (project / ".kumo-ci").mkdir(parents=True)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "KUMO_SCENARIO": scenario,
            "CI_PROJECT_DIR": str(project), "KUMO_CI_DIR": str(project / ".kumo-ci"),
-           "KUMO_BASE_STACK": "aws-dev", "KUMO_CLOUDS": ""}
-    # The runner's own shell options; the tools snippet (installs) is left out.
-    script = subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(job["script"])], env=env, cwd=project,
-                            capture_output=True, text=True)
+           "KUMO_BASE_STACK": "aws-dev", "KUMO_CLOUDS": "", **(secrets or {})}
+    if secrets:
+        env["ENV_DIR"] = str(tmp_path)
+
+    def section(name: str, lines: list[str]) -> str:
+        hide, *rest = [line for line in lines if line != tools]
+        other = f'env -0 > "$ENV_DIR/other-{name}"' if secrets else ":"
+        return "\n".join([hide, other, *rest])
+
+    # The runner's own shell options; before_script and script share one shell.
+    script = subprocess.run(["bash", "-eo", "pipefail", "-c", section("script", job["before_script"] + job["script"])],
+                            env=env, cwd=project, capture_output=True, text=True)
     # GitLab ignores after_script's exit status: only its calls count.
-    subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(job["after_script"])], env=env, cwd=project,
-                   capture_output=True, text=True)
+    subprocess.run(["bash", "-eo", "pipefail", "-c", section("after_script", job["after_script"])], env=env,
+                   cwd=project, capture_output=True, text=True)
     return script.returncode, calls.read_text().splitlines() if calls.exists() else []
 
 
@@ -401,6 +533,27 @@ def test_gitlab_job_destroys_the_stack_up_named_exactly_once_it_exists(tmp_path,
     returncode, recorded = run_gitlab_job(tmp_path, scenario)
     assert (returncode != 0) is job_fails
     assert recorded == calls
+
+
+def recorded_env(path: Path) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in path.read_text().split("\0") if "=" in item)
+
+
+def test_gitlab_gives_pulumis_and_the_stacks_secrets_to_kumo_infra_alone(tmp_path):
+    secrets = {"PULUMI_CONFIG_PASSPHRASE": "pass phrase\nwith 'quotes' $HOME and `id`",
+               "PULUMI_ACCESS_TOKEN": "pul-0123456789", "KUMO_SECRET_RELAY_PASSWORD": "hunter2 -x"}
+    kept = {"PULUMI_BACKEND_URL": "s3://kumo-state"}
+    # destroy-fails: the script's destroy fails, so after_script's destroy runs too.
+    returncode, calls = run_gitlab_job(tmp_path, "destroy-fails", {**secrets, **kept})
+    assert returncode != 0 and calls[-2:] == [DESTROY, DESTROY]
+    for section in ("script", "after_script"):
+        other = recorded_env(tmp_path / f"other-{section}")
+        assert not set(secrets) & set(other), section
+        assert other["PULUMI_BACKEND_URL"] == kept["PULUMI_BACKEND_URL"], section
+    # after_script's destroy overwrote the script's: both sections hand the exact values over.
+    for command in ("up", "smoke", "destroy"):
+        seen = recorded_env(tmp_path / f"kumo-infra-{command}")
+        assert {name: seen.get(name) for name in {**secrets, **kept}} == {**secrets, **kept}, command
 
 
 STUB_AZ = """#!/bin/bash
