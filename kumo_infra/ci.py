@@ -38,8 +38,10 @@ accepts mail, and always tear it down. The flow of a pipeline:
 
 EPILOG = """Secrets of the ephemeral stack come from KUMO_SECRET_<KEY> variables (kumo:relayPassword:
 KUMO_SECRET_RELAY_PASSWORD; kumo:sshPrivateKey: KUMO_SECRET_SSH_PRIVATE_KEY). The Pulumi backend and
-its credentials as for pulumi itself: PULUMI_BACKEND_URL, PULUMI_ACCESS_TOKEN, PULUMI_CONFIG_PASSPHRASE.
-Durations: 90m, 3h, 2d. Exit codes: 0 ok, 1 a failed check or operation, 2 bad input (nothing created)."""
+its credentials as for pulumi itself: PULUMI_BACKEND_URL, PULUMI_ACCESS_TOKEN, PULUMI_CONFIG_PASSPHRASE
+(give CI a backend of its own; its stacks are in the project kumo-infra-ci). An interrupt (Ctrl-C,
+SIGTERM) lets pulumi finish the operations in flight before the command stops. Durations: 90m, 3h, 2d
+(a TTL of at most 7d). Exit codes: 0 ok, 1 a failed check or operation, 2 bad input (nothing created)."""
 
 _STACK_REF_RE = re.compile(r"(?:[A-Za-z0-9_.-]{1,100}/){0,2}[A-Za-z0-9_.-]{1,100}", re.ASCII)
 
@@ -66,15 +68,23 @@ def duration(text: str) -> timedelta:
 
 
 def stack_name(text: str) -> str:
+    from .ephemeral import PROJECT
+
     if not _STACK_REF_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a stack name (letters, digits, '-', '_' and '.'; "
                                          "as ci up printed it)")
+    parts = text.split("/")
+    if len(parts) == 3 and parts[1] != PROJECT:
+        raise argparse.ArgumentTypeError(f"{shown(text)} names a stack of project {shown(parts[1])}: ci commands "
+                                         f"work on the stacks of project {PROJECT} alone")
     return text
 
 
 def retries(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,2}", text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of attempts from 1 to 99")
+    from .ephemeral import MAX_RETRIES
+
+    if not re.fullmatch(r"[0-9]{1,2}", text) or not 1 <= int(text) <= MAX_RETRIES:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of attempts from 1 to {MAX_RETRIES}")
     return int(text)
 
 
@@ -91,7 +101,7 @@ def register(sub: Any) -> None:
     p.add_argument("--prefix", help="stack name prefix (default ci-<base stack name>)")
     p.add_argument("--run-id", help="the run's id in the stack name (default: from the CI environment, or random)")
     p.add_argument("--ttl", type=duration, default=timedelta(hours=3),
-                   help="how long the stack may live before sweep destroys it (default 3h)")
+                   help="how long the stack may live before sweep destroys it (default 3h, at most 7d)")
 
     p = steps.add_parser("smoke", help="check every node of a stack: SMTP, STARTTLS, the bootstrap's result")
     p.add_argument("--stack-name", type=stack_name, required=True)
@@ -110,17 +120,31 @@ def register(sub: Any) -> None:
     p.add_argument("--retries", type=retries, default=3, help="destroy attempts per stack (default 3)")
 
 
+# What the CLI says when the environment lacks what backend_problems could not foresee.
+CLI_INPUT_ERRORS = {
+    "PULUMI_CONFIG_PASSPHRASE": "the stack's secrets are encrypted with a passphrase: set it (or "
+                                "PULUMI_CONFIG_PASSPHRASE_FILE) from your CI's secret store",
+    "PULUMI_ACCESS_TOKEN": "set it from your CI's secret store, or PULUMI_BACKEND_URL to a backend of your own",
+}
+
+
 def run(args: argparse.Namespace, deps: Optional[Deps] = None) -> int:
     from pulumi import automation as auto
 
-    from .ephemeral import EphemeralError
+    from .ephemeral import EphemeralError, tail
 
     deps = deps or Deps()
     command = {"up": cmd_up, "smoke": cmd_smoke, "destroy": cmd_destroy, "sweep": cmd_sweep}[args.ci_command]
     try:
         return command(args, deps)
-    except (EphemeralError, auto.CommandError) as exc:
+    except EphemeralError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except auto.CommandError as exc:
+        for variable, fix in CLI_INPUT_ERRORS.items():
+            if variable in str(exc):
+                raise ConfigError(Problem(variable, f"pulumi refused: {tail(exc, 1)}; {fix}")) from None
+        print(f"error: pulumi failed:\n{tail(exc)}", file=sys.stderr)
         return 1
 
 
@@ -146,11 +170,13 @@ def cmd_up(args: argparse.Namespace, deps: Deps) -> int:
     for warning in spec.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     started = time.monotonic()
-    with eph.workspace(deps.pulumi_command) as ws:
+    with eph.workspace(deps.pulumi_command) as ws, eph.Interrupts(spec.stack_name) as interrupts:
+        interrupts.defer()  # until the name is out: the destroy step needs it
         stack = eph.create(spec, ws)
         print(spec.stack_name, flush=True)
         _github_output(env, spec.stack_name)
         try:
+            interrupts.live()  # SIGTERM (a cancelled job) as Ctrl-C: pulumi finishes what is in flight
             eph.configure(stack, spec, eph.to_stderr)
             result = eph.up(stack, spec, eph.to_stderr)
         except (eph.EphemeralError, auto.CommandError, KeyboardInterrupt) as exc:
@@ -200,14 +226,14 @@ def cmd_smoke(args: argparse.Namespace, deps: Deps) -> int:
         from .smoke import run_smoke
     with eph.workspace(deps.pulumi_command) as ws:
         stack = _select(ws, args.stack_name)
-        nodes = stack.outputs().get("nodes")
+        nodes = eph.plain_outputs(stack).get("nodes")  # no secret output decrypted
         deployment = eph.last_deployment(stack)
-    if nodes is None or not nodes.value:
+    if not nodes or not isinstance(nodes, list):
         raise eph.EphemeralError(f"stack {args.stack_name} has no nodes output: did ci up finish?")
     if deployment is None:
         raise eph.EphemeralError(f"stack {args.stack_name}'s history holds no kumo:deployment: was it made by "
                                  "kumo-infra ci up?")
-    report = run_smoke(deployment, list(nodes.value), console=deployment.target.console_reader(deployment),
+    report = run_smoke(deployment, list(nodes), console=deployment.target.console_reader(deployment),
                        deadline_s=args.deadline.total_seconds())
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.ok else 1
@@ -218,6 +244,7 @@ def cmd_destroy(args: argparse.Namespace, deps: Deps) -> int:
 
     from . import ephemeral as eph
 
+    env = os.environ if deps.env is None else deps.env
     with eph.workspace(deps.pulumi_command) as ws:
         try:
             stack = auto.Stack.select(args.stack_name, ws)
@@ -225,40 +252,77 @@ def cmd_destroy(args: argparse.Namespace, deps: Deps) -> int:
             # The step runs always: after an up that never created the stack, or a second time.
             print(f"no stack {args.stack_name}: nothing to destroy")
             return 0
-        if eph.read_marks(stack).get(eph.MARK) != "true":
-            raise ConfigError(Problem("--stack-name", f"stack {args.stack_name} carries no {eph.MARK}=true mark: "
-                                                      "ci destroy removes only stacks ci up made (use pulumi "
-                                                      "destroy for others)"))
+        marks = eph.read_marks(stack)
+        if marks.get(eph.MARK) != "true":
+            if eph.is_blank(stack):
+                # ci up stopped between `stack init` and the mark: nothing to destroy, nothing lost.
+                # (`stack rm` without --force refuses a stack with resources anyway.)
+                ws.remove_stack(args.stack_name)
+                print(f"stack {args.stack_name} had no mark, no update and no resources: removed")
+                return 0
+            raise ConfigError(Problem("--stack-name", f"stack {args.stack_name} carries no {eph.MARK}=true mark and "
+                                                      "has a history or resources: ci destroy removes only stacks "
+                                                      "ci up made (use pulumi destroy for others)"))
         eph.destroy(stack, eph.last_deployment(stack), retries=args.retries, sleep=deps.sleep,
-                    runner=deps.runner or eph.run_command)
+                    runner=deps.runner or eph.run_command, own_run=_own_run(marks, env))
     print(f"stack {args.stack_name} destroyed and removed")
     return 0
 
 
+def _own_run(marks: Mapping[str, str], env: Mapping[str, str]) -> bool:
+    """Whether the stack's ci-run mark is this job's run: then a lock on it can only be left by
+    this job's own interrupted update, and `pulumi cancel` is safe. Outside CI: never."""
+    from . import ephemeral as eph
+
+    found = eph.run_id_from_env(env)
+    return found is not None and marks.get(eph.CI_RUN) == eph.ci_run_from_env(env, found[0])
+
+
 def cmd_sweep(args: argparse.Namespace, deps: Deps) -> int:
+    """Each stack on its own: whatever one stack does (unreadable marks, a lock, a failing
+    destroy, a backend error) is reported and the sweep goes on; exit 1 at the end if any failed."""
     from pulumi import automation as auto
 
     from . import ephemeral as eph
 
     now = deps.now()
-    failed = 0
+    failed: list[str] = []
+    locked: list[str] = []
     with eph.workspace(deps.pulumi_command) as ws:
         for summary in ws.list_stacks():
+            name = summary.name
             try:
-                stack = auto.Stack.select(summary.name, ws)
-            except auto.StackNotFoundError:
-                continue  # removed since the listing
-            destroy, why = eph.sweep_decision(eph.read_marks(stack), now, args.older_than)
-            if not destroy:
-                print(f"keep {summary.name}: {why}")
-            elif args.dry_run:
-                print(f"would destroy {summary.name}: {why}")
-            else:
-                try:
-                    eph.destroy(stack, eph.last_deployment(stack), retries=args.retries, sleep=deps.sleep,
-                                runner=deps.runner or eph.run_command)
-                    print(f"destroyed {summary.name}: {why}")
-                except (eph.EphemeralError, auto.CommandError) as exc:
-                    failed += 1
-                    print(f"error: {exc}", file=sys.stderr)
-    return 1 if failed else 0
+                print(_sweep_one(ws, name, args, deps, now))
+            except eph.LockedError as exc:
+                locked.append(name)
+                print(f"error: {exc}", file=sys.stderr)
+            except eph.EphemeralError as exc:
+                failed.append(name)
+                print(f"error: {exc}", file=sys.stderr)
+            except (auto.CommandError, OSError, ValueError, OverflowError) as exc:
+                failed.append(name)
+                print(f"error: sweep of stack {name} failed:\n{eph.tail(exc)}", file=sys.stderr)
+    if locked:
+        print(f"locked (an update running, or a lock a killed job left): {', '.join(locked)}")
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed or locked else 0
+
+
+def _sweep_one(ws: "auto.LocalWorkspace", name: str, args: argparse.Namespace, deps: Deps, now: datetime) -> str:
+    from pulumi import automation as auto
+
+    from . import ephemeral as eph
+
+    try:
+        stack = auto.Stack.select(name, ws)
+    except auto.StackNotFoundError:
+        return f"gone {name}: removed since the listing"
+    destroy, why = eph.sweep_decision(eph.read_marks(stack), now, args.older_than)
+    if not destroy:
+        return f"keep {name}: {why}"
+    if args.dry_run:
+        return f"would destroy {name}: {why}"
+    eph.destroy(stack, eph.last_deployment(stack), retries=args.retries, sleep=deps.sleep,
+                runner=deps.runner or eph.run_command)
+    return f"destroyed {name}: {why}"

@@ -13,7 +13,18 @@ library parses (pulumi/pulumi at 1b59498, pkg/cmd/pulumi/...):
 - ``stack output --json``: {name: value}, a secret as "[secret]" without --show-secrets
   (stack/stack_output.go, display.MassageSecrets)
 - ``stack export``: {version: 3, deployment: {manifest, secrets_providers, resources: [{urn, custom, type,
-  id, parent}]}} (sdk/go/common/apitype/core.go UntypedDeployment, DeploymentV3, ResourceV3)
+  id, parent}], pending_operations: [{resource, type}]}} (sdk/go/common/apitype/core.go
+  UntypedDeployment, DeploymentV3, ResourceV3, OperationV2); a later update or destroy drops the
+  pending operations from the state (the engine warns and goes on), as here
+- ``stack ls --json`` lists the stacks of the working directory's project only (as the CLI without
+  --all); a stack belongs to the project it was made in
+- a locked stack (``locked``: an update running, or a lock a killed CLI left) fails up, destroy and
+  refresh with the DIY backend's "the stack is currently locked by 1 lock(s)" (the library's
+  ConcurrentUpdateError); ``cancel --yes`` clears it
+- ``up`` with ``up_steps`` set runs step by step (``up_step_s`` each), one resource a step, each
+  line on stdout as it happens; run as an executable, a SIGINT is Pulumi's clean cancel: the step in
+  flight finishes and is recorded, no other starts, exit 255 "update canceled". ``events`` records
+  it all (steps started and finished, the SIGINT, a write that failed)
 - ``stack tag ls --json``: {name: value}; ``null`` from a DIY backend before v3.211.0, whose
   ``stack tag set`` failed with "stack tags not supported in diy mode" (pkg/backend/diy/backend.go
   before #19882), as ``tags_supported=False`` does here
@@ -34,8 +45,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -85,7 +98,9 @@ def now_text() -> str:
 def new_state(**overrides: Any) -> dict[str, Any]:
     state = {"version": VERSION, "tags_supported": True, "stacks": {}, "current": None, "calls": [], "fail": {},
              "up_resources": DEFAULT_RESOURCES, "up_outputs": DEFAULT_OUTPUTS,
-             "up_secret_outputs": DEFAULT_SECRET_OUTPUTS, "files_at_up": {}}
+             "up_secret_outputs": DEFAULT_SECRET_OUTPUTS, "files_at_up": {},
+             # (type, name) left as pending "creating" operations by the next up (a CLI killed mid-create)
+             "up_pending": [], "up_steps": 0, "up_step_s": 0.0, "events": []}
     state.update(overrides)
     return state
 
@@ -122,10 +137,13 @@ class FakeBackend:
     """The state behind the fake CLI and what each command does to it."""
 
     def __init__(self, state: Optional[dict[str, Any]] = None,
-                 hooks: Optional[dict[str, Callable[[list[str]], None]]] = None) -> None:
+                 hooks: Optional[dict[str, Callable[[list[str]], None]]] = None,
+                 emit: Optional[Callable[[str], None]] = None) -> None:
         self.state = state if state is not None else new_state()
         # command ("up", "destroy", "stack init", ...) -> called with the argv before it is handled
         self.hooks = hooks or {}
+        # Where a stepped up writes each line as it happens (the executable's stdout); None: with the rest.
+        self.emit = emit
 
     @property
     def calls(self) -> list[list[str]]:
@@ -184,6 +202,13 @@ class FakeBackend:
             raise NoStack(name)
         return self.state["stacks"][name]
 
+    def _locked(self, name: str) -> Optional[tuple[str, str, int]]:
+        if not self.stack(name).get("locked"):
+            return None
+        return "", (f"error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to "
+                    f"end or delete the lock file with `pulumi cancel`.\n  file://~/.pulumi/locks/{name}/fake.json: "
+                    "created by runner@ci (pid 4242) at 2026-11-30T11:00:00Z"), 255
+
     def _config_file(self, cwd: str, name: str) -> Path:
         return Path(cwd) / f"Pulumi.{name}.yaml"
 
@@ -230,7 +255,7 @@ class FakeBackend:
         if name in self.state["stacks"]:
             return "", f"error: stack '{name}' already exists", 255
         self.state["stacks"][name] = {"tags": {}, "resources": [], "outputs": {}, "secret_outputs": [],
-                                      "history": [], "created": now_text()}
+                                      "history": [], "created": now_text(), "project": self._project(cwd)}
         self.state["current"] = name
         self._config_file(cwd, name).write_text("encryptionsalt: v1:fake-salt\n")
         return f"Created stack '{name}'\n", "", 0
@@ -244,6 +269,8 @@ class FakeBackend:
     def cmd_stack_ls(self, positional, flags, cwd):
         rows = []
         for name, stack in self.state["stacks"].items():
+            if stack.get("project", self._project(cwd)) != self._project(cwd):
+                continue
             row = {"name": name, "current": name == self.state["current"]}
             if stack["history"]:
                 row["lastUpdate"] = stack["history"][0]["endTime"]
@@ -276,6 +303,7 @@ class FakeBackend:
 
     def cmd_stack_tag_ls(self, positional, flags, cwd):
         stack = self.stack(flags.get("--stack"))
+        # A stack whose tags are None was made on a backend without tags (a DIY one before v3.211.0).
         return json.dumps(stack["tags"] if self.state["tags_supported"] else None) + "\n", "", 0
 
     def cmd_stack_history(self, positional, flags, cwd):
@@ -299,7 +327,17 @@ class FakeBackend:
         deployment = {"manifest": {"time": now_text(), "magic": "fake", "version": f"v{self.state['version']}"},
                       "secrets_providers": {"type": "passphrase", "state": {"salt": "v1:fake-salt"}},
                       "resources": stack["resources"]}
+        if stack.get("pending_operations"):
+            deployment["pending_operations"] = stack["pending_operations"]
         return json.dumps({"version": 3, "deployment": deployment}, indent=4) + "\n", "", 0
+
+    def cmd_cancel(self, positional, flags, cwd):
+        name = flags.get("--stack") or self.state["current"]
+        stack = self.stack(name)
+        if not stack.get("locked"):
+            return "", f"error: stack '{name}' has no update in progress", 255
+        stack["locked"] = False
+        return f"The currently running update for '{name}' has been canceled!\n", "", 0
 
     def cmd_config_set_all(self, positional, flags, cwd):
         name = flags["--stack"]
@@ -316,14 +354,21 @@ class FakeBackend:
 
     def cmd_up(self, positional, flags, cwd):
         name = flags["--stack"]
-        self.stack(name)
+        if self._locked(name):
+            return self._locked(name)
+        self.stack(name).pop("pending_operations", None)
         if flags.get("--exec-kind") == "auto.inline":
             # The library's inline-program server must be listening where --client says.
             host, _, port = flags["--client"].rpartition(":")
             socket.create_connection((host, int(port)), timeout=5).close()
         self.state["files_at_up"] = {p.name: p.read_text() for p in Path(cwd).iterdir() if p.is_file()}
         stack = self.stack(name)
+        if self.state["up_steps"]:
+            return self._stepped_up(name, cwd)
         created = self._create(name, self.state["up_resources"], cwd)
+        stack["pending_operations"] = [
+            {"resource": {"urn": self._urn(name, cwd, kind, resource), "custom": True, "type": kind}, "type": "creating"}
+            for kind, resource in self.state["up_pending"]]
         stack["outputs"] = self.state["up_outputs"]
         stack["secret_outputs"] = self.state["up_secret_outputs"]
         self._history(name, "update", "succeeded", cwd, {"create": created})
@@ -332,9 +377,45 @@ class FakeBackend:
         lines += ["Resources:", f"    + {created} created", "Duration: 1s"]
         return "\n".join(lines) + "\n", "", 0
 
+    def _stepped_up(self, name: str, cwd: str) -> tuple[str, str, int]:
+        """One resource a step; a SIGINT (executable mode) lets the step in flight finish, then stops."""
+        events = self.state["events"]
+        interrupted: list[int] = []
+        if self.emit is not None:
+            signal.signal(signal.SIGINT, lambda signum, frame: (interrupted.append(signum), events.append("SIGINT")))
+        lines = [f"Updating ({name}):"]
+        created = 0
+        for step, resource in enumerate(self.state["up_resources"][:self.state["up_steps"]]):
+            events.append(f"up step {step} started")
+            self._say(lines, f" +  {resource[0]} {resource[1]} creating")
+            time.sleep(self.state["up_step_s"])
+            created += self._create(name, [resource], cwd)
+            events.append(f"up step {step} finished")
+            self._say(lines, f" +  {resource[0]} {resource[1]} created")
+            if interrupted:
+                events.append("up cancelled cleanly")
+                self._history(name, "update", "failed", cwd, {"create": created})
+                return "\n".join(lines) + "\n", "error: update canceled", 255
+        self._history(name, "update", "succeeded", cwd, {"create": created})
+        events.append("up finished")
+        return "\n".join(lines + ["Resources:", f"    + {created} created"]) + "\n", "", 0
+
+    def _say(self, lines: list[str], line: str) -> None:
+        if self.emit is None:
+            lines.append(line)
+            return
+        try:
+            self.emit(line)
+        except OSError as exc:  # the reader went away: the real CLI dies here (SIGPIPE) mid-operation
+            self.state["events"].append(f"write failed: {type(exc).__name__}")
+            raise
+
     def cmd_destroy(self, positional, flags, cwd):
         name = flags["--stack"]
+        if self._locked(name):
+            return self._locked(name)
         stack = self.stack(name)
+        stack.pop("pending_operations", None)  # dropped from the state, whatever became of them
         deleted = len(stack["resources"])
         lines = [f"Destroying ({name}):"] + [f" -  {r['type']} deleted" for r in reversed(stack["resources"])]
         stack["resources"] = []
@@ -344,6 +425,8 @@ class FakeBackend:
 
     def cmd_refresh(self, positional, flags, cwd):
         name = flags["--stack"]
+        if self._locked(name):
+            return self._locked(name)
         self._history(name, "refresh", "succeeded", cwd, {"same": len(self.stack(name)["resources"])})
         return f"Refreshing ({name}):\n", "", 0
 
@@ -395,7 +478,11 @@ def install(bin_dir: Path, state_path: Path, state: Optional[dict[str, Any]] = N
     script = bin_dir / "pulumi"
     script.write_text(f"#!/bin/sh\nexec '{sys.executable}' '{Path(__file__).resolve()}' \"$@\"\n")
     script.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", STATE_ENV: str(state_path)}
+    # A DIY backend with its passphrase, as a CI job must have; nothing of the host's Pulumi login.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", STATE_ENV: str(state_path),
+            "PULUMI_BACKEND_URL": f"file://{state_path.parent}", "PULUMI_CONFIG_PASSPHRASE": "fake-passphrase",
+            "PULUMI_HOME": str(state_path.parent / ".pulumi")}
 
 
 def verbs(calls: list[list[str]]) -> list[str]:
@@ -412,11 +499,19 @@ def read_state(state_path: Path) -> dict[str, Any]:
     return json.loads(state_path.read_text())
 
 
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
 def main(argv: list[str]) -> int:
     path = Path(os.environ[STATE_ENV])
-    backend = FakeBackend(json.loads(path.read_text()))
-    stdout, stderr, code = backend.handle(argv, os.getcwd())
-    path.write_text(json.dumps(backend.state))
+    backend = FakeBackend(json.loads(path.read_text()), emit=_print_now)
+    backend.state.setdefault("environments", []).append(
+        sorted(k for k in os.environ if k.startswith(("KUMO_", "PULUMI_"))))
+    try:
+        stdout, stderr, code = backend.handle(argv, os.getcwd())
+    finally:  # what happened is recorded even when the fake dies of a closed pipe
+        path.write_text(json.dumps(backend.state))
     sys.stdout.write(stdout)
     sys.stderr.write(stderr + ("\n" if stderr else ""))
     return code

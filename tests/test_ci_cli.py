@@ -79,8 +79,8 @@ def test_up_prints_the_name_first_and_last_streams_the_engine_and_sums_up(tmp_pa
     assert any(line.startswith("stack ci-aws-dev-77 is up in ") and line.endswith(": create 6") for line in lines)
     assert "  node1  mta-dev.example.com  198.51.100.7" in lines and "public IPs: 198.51.100.7" in lines
     assert "api-secret-value" not in result.stdout + result.stderr
-    assert job.verbs() == ["version", "stack init", "config set-all"] + ["stack tag set"] * 4 + [
-        "up", "stack output", "stack output", "stack history"]
+    assert job.verbs() == ["version", "stack init"] + ["stack tag set"] * 4 + [
+        "config set-all", "up", "stack output", "stack output", "stack history"]
     stack = job.state["stacks"]["ci-aws-dev-77"]
     assert stack["tags"][eph.MARK] == "true" and stack["tags"][eph.TTL] == "3h"
     assert len(stack["resources"]) == 6
@@ -90,8 +90,8 @@ def test_up_prints_the_name_first_and_last_streams_the_engine_and_sums_up(tmp_pa
     assert result.stdout == "stack ci-aws-dev-77 destroyed and removed\n"
     assert job.state["stacks"] == {}
     # A new process, another work directory: the marks came from the tags, nothing else was asked.
-    assert job.verbs()[11:] == ["version", "stack select", "stack tag ls", "stack history", "destroy",
-                                "stack history", "stack rm"]
+    assert job.verbs()[11:] == ["version", "stack select", "stack tag ls", "stack history", "stack export",
+                                "destroy", "stack history", "stack export", "stack rm"]
 
     again = job.run("destroy", "--stack-name", "ci-aws-dev-77")
     assert again.returncode == 0 and again.stdout == "no stack ci-aws-dev-77: nothing to destroy\n"
@@ -129,7 +129,7 @@ def test_a_destroy_that_keeps_failing_exits_1_naming_what_is_left_and_the_comman
     result = job.run("destroy", "--stack-name", "ci-aws-dev-79", "--retries", "1")
     assert result.returncode == 1
     assert "destroy of stack ci-aws-dev-79 failed" in result.stderr
-    assert "aws:ec2/instance:Instance  urn:pulumi:ci-aws-dev-79::kumo-infra::aws:ec2/instance:Instance::" \
+    assert "aws:ec2/instance:Instance  urn:pulumi:ci-aws-dev-79::kumo-infra-ci::aws:ec2/instance:Instance::" \
            "kumo-dev-node1" in result.stderr
     assert "finish it with: kumo-infra ci destroy --stack-name ci-aws-dev-79" in result.stderr
     assert "ci-aws-dev-79" in job.state["stacks"]
@@ -149,10 +149,11 @@ def test_destroy_refuses_a_stack_ci_up_did_not_make(tmp_path):
 NOW = datetime.now(timezone.utc)
 
 
-def stack_entry(tags: dict, config: dict, created: datetime) -> dict:
-    """A stack as the fake backend holds it: resources, tags, and one update carrying ``config``."""
+def stack_entry(tags: dict | None, config: dict, created: datetime, project: str = eph.PROJECT) -> dict:
+    """A stack as the fake backend holds it: resources, tags (None: a backend without tags), and
+    one update carrying ``config``."""
     when = fake_pulumi.now_text()
-    return {"tags": tags, "outputs": {}, "secret_outputs": [], "created": when,
+    return {"tags": tags, "outputs": {}, "secret_outputs": [], "created": when, "project": project,
             "resources": [{"urn": "urn:pulumi:x::kumo-infra::pulumi:pulumi:Stack::kumo-infra-x", "custom": False,
                            "type": "pulumi:pulumi:Stack"}],
             "history": [{"version": 1, "kind": "update", "startTime": when, "endTime": when, "message": "",
@@ -177,9 +178,13 @@ def sweep_state() -> dict:
         "ci-young": stack_entry(marks(NOW - timedelta(hours=2), "1h"), {}, NOW),  # ttl passed, under --older-than
         "prod": stack_entry({"owner": "mail-team"}, {"kumo:deployment": azure_deployment()}, NOW),
         # Marked by config alone (a DIY backend before Pulumi CLI v3.211.0), an Azure deployment.
-        "ci-diy": stack_entry({}, {**marks(NOW - timedelta(days=2), "3h"), "kumo:deployment": azure_deployment()},
+        "ci-diy": stack_entry(None, {**marks(NOW - timedelta(days=2), "3h"), "kumo:deployment": azure_deployment()},
                               NOW),
         "ci-odd": stack_entry({eph.MARK: "true", eph.CREATED_AT: "yesterday", eph.TTL: "3h"}, {}, NOW),
+        # Once ephemeral, then kept: its tag removed on a backend that holds tags; its history still says so.
+        "ci-kept": stack_entry({"owner": "me"}, marks(NOW - timedelta(days=2), "3h"), NOW),
+        # Marked and long expired, but a stack of the production project: not even listed.
+        "prod-marked": stack_entry(marks(NOW - timedelta(days=30), "3h"), {}, NOW, project="kumo-infra"),
     }
     return state
 
@@ -193,7 +198,9 @@ def test_sweep_dry_run_lists_and_touches_nothing(tmp_path):
     assert "keep ci-fresh: ttl 3h not passed" in out
     assert "keep ci-young: younger than --older-than 6h" in out
     assert "keep prod: no kumo-infra:ephemeral=true mark" in out
+    assert "keep ci-kept: no kumo-infra:ephemeral=true mark" in out
     assert "keep ci-odd: marked ephemeral but kumo-infra:created-at or kumo-infra:ttl unreadable" in out
+    assert "prod-marked" not in out
     assert not {"destroy", "stack rm", "refresh"} & set(job.verbs())
     assert set(job.state["stacks"]) == set(sweep_state()["stacks"])
 
@@ -203,8 +210,9 @@ def test_sweep_destroys_only_expired_ephemeral_stacks(tmp_path):
     result = job.run("sweep", "--older-than", "6h")
     assert result.returncode == 0, result.stderr
     assert "destroyed ci-old" in result.stdout and "destroyed ci-diy" in result.stdout
-    assert set(job.state["stacks"]) == {"ci-fresh", "ci-young", "prod", "ci-odd"}
-    for kept in ("ci-fresh", "ci-young", "prod", "ci-odd"):
+    kept_stacks = {"ci-fresh", "ci-young", "prod", "ci-odd", "ci-kept", "prod-marked"}
+    assert set(job.state["stacks"]) == kept_stacks
+    for kept in kept_stacks:
         assert not {"destroy --skip-preview", "stack rm"} & set(job.calls_naming(kept)), kept
     vault = vault_name(parse_deployment(json.loads(azure_deployment())))
     assert job.az_log.read_text() == f"keyvault purge --name {vault} --location westeurope\n"  # ci-diy's alone

@@ -35,6 +35,9 @@ RELAY_SECRET = "relay-pw-7f3a9c-never-on-argv"
 GCP = ROOT / "stacks" / "Pulumi.gcp-dev.yaml"  # relay mode: needs the relay password
 AWS = ROOT / "stacks" / "Pulumi.aws-dev.yaml"
 AZURE = ROOT / "stacks" / "Pulumi.azure-dev.yaml"  # relay, and a Key Vault purged after a destroy
+# The end of every run: the state checked, the destroy (the library reads the newest update after
+# it), the state checked again, the stack removed.
+DESTROYED = ["stack export", "destroy", "stack history", "stack export", "stack rm"]
 
 
 class Recorder:
@@ -80,11 +83,16 @@ def test_a_run_sends_exactly_these_commands():
         assert live.outputs["public_ips"] == ["198.51.100.7"]
         assert "api" not in live.outputs  # a secret output stays in stack.outputs()
     name = "ci-azure-dev-1234-1"
-    deployment = json.loads(next(a for a in rec.calls[1] if a.startswith("kumo:deployment="))
+    deployment = json.loads(next(a for a in rec.calls[5] if a.startswith("kumo:deployment="))
                             .partition("=")[2])
     vault = vault_name(parse_deployment(deployment))
     assert [normalized(c) for c in rec.calls] == [
         ["--non-interactive", "stack", "init", name],
+        # The mark right after init: a failure after this leaves a stack the sweep knows.
+        ["--non-interactive", "stack", "tag", "set", "kumo-infra:ephemeral", "true", "--stack", name],
+        ["--non-interactive", "stack", "tag", "set", "kumo-infra:created-at", "2026-11-30T12:00:00Z", "--stack", name],
+        ["--non-interactive", "stack", "tag", "set", "kumo-infra:ttl", "3h", "--stack", name],
+        ["--non-interactive", "stack", "tag", "set", "kumo-infra:ci-run", "1234-1", "--stack", name],
         ["--non-interactive", "config", "set-all", "--stack", name,
          "--plaintext", "azure-native:location=westeurope",
          "--plaintext", "kumo:deployment=" + json.dumps(deployment),
@@ -92,20 +100,20 @@ def test_a_run_sends_exactly_these_commands():
          "--plaintext", "kumo-infra:created-at=2026-11-30T12:00:00Z",
          "--plaintext", "kumo-infra:ttl=3h",
          "--plaintext", "kumo-infra:ci-run=1234-1"],
-        ["--non-interactive", "stack", "tag", "set", "kumo-infra:ephemeral", "true", "--stack", name],
-        ["--non-interactive", "stack", "tag", "set", "kumo-infra:created-at", "2026-11-30T12:00:00Z", "--stack", name],
-        ["--non-interactive", "stack", "tag", "set", "kumo-infra:ttl", "3h", "--stack", name],
-        ["--non-interactive", "stack", "tag", "set", "kumo-infra:ci-run", "1234-1", "--stack", name],
         ["--non-interactive", "up", "--yes", "--skip-preview", "--client=127.0.0.1:PORT", "--exec-kind",
          "auto.inline", "--stack", name],
         ["--non-interactive", "stack", "output", "--json", "--stack", name],
         ["--non-interactive", "stack", "output", "--json", "--show-secrets", "--stack", name],
         ["--non-interactive", "stack", "history", "--json", "--show-secrets", "--page-size", "1", "--page", "1",
          "--stack", name],
+        # The state before the destroy, which would drop pending operations from it: none.
+        ["--non-interactive", "stack", "export", "--stack", name],
         # No program attached: the destroy runs no --client, so any CLI version can do it.
         ["--non-interactive", "destroy", "--skip-preview", "--yes", "--exec-kind", "auto.local", "--stack", name],
         ["--non-interactive", "stack", "history", "--json", "--show-secrets", "--page-size", "1", "--page", "1",
          "--stack", name],
+        # Nothing left, nothing pending: only then the stack's record goes.
+        ["--non-interactive", "stack", "export", "--stack", name],
         ["--non-interactive", "stack", "rm", "--yes", name],
         ["<after-destroy>", "az", "keyvault", "purge", "--name", vault, "--location", "westeurope"],
     ]
@@ -119,7 +127,7 @@ def test_the_stack_is_made_in_its_own_project_with_the_program_inline():
     with eph.ephemeral_stack(AWS, **rec.options()):
         files = rec.backend.state["files_at_up"]
     project = yaml.safe_load(files["Pulumi.yaml"])
-    assert project["name"] == "kumo-infra" and "main" not in project  # not this checkout's Pulumi.yaml
+    assert project["name"] == "kumo-infra-ci" and "main" not in project  # not this checkout's Pulumi.yaml
     assert set(files) == {"Pulumi.yaml", "Pulumi.ci-aws-dev-1234-1.yaml"}
 
 
@@ -128,7 +136,7 @@ def test_up_failing_still_destroys_and_removes():
     with pytest.raises(eph.EphemeralError, match="up of stack ci-aws-dev-1234-1 failed"):
         with eph.ephemeral_stack(AWS, **rec.options()):
             pytest.fail("the body must not run when up failed")
-    assert rec.verbs()[-3:] == ["destroy", "stack history", "stack rm"]
+    assert rec.verbs()[-5:] == DESTROYED
     assert rec.backend.state["stacks"] == {}
 
 
@@ -137,7 +145,7 @@ def test_a_failing_body_destroys_and_its_error_comes_through():
     with pytest.raises(AssertionError, match="smoke failed"):
         with eph.ephemeral_stack(AWS, **rec.options()):
             raise AssertionError("smoke failed")
-    assert rec.verbs()[-3:] == ["destroy", "stack history", "stack rm"]
+    assert rec.verbs()[-5:] == DESTROYED
 
 
 def test_destroy_is_retried_with_a_refresh_and_a_growing_pause_between_attempts():
@@ -145,11 +153,27 @@ def test_destroy_is_retried_with_a_refresh_and_a_growing_pause_between_attempts(
     with eph.ephemeral_stack(AWS, **rec.options(retries=3, backoff_s=10)):
         pass
     after_up = rec.verbs()[rec.verbs().index("up"):]
-    assert after_up == ["up", "stack output", "stack output", "stack history",
+    assert after_up == ["up", "stack output", "stack output", "stack history", "stack export",
                         "destroy", "refresh", "stack history",
                         "destroy", "refresh", "stack history",
-                        "destroy", "stack history", "stack rm"]
+                        "destroy", "stack history", "stack export", "stack rm"]
     assert rec.sleeps == [10, 20]
+
+
+def test_the_pause_between_attempts_stops_growing_at_its_cap():
+    rec = Recorder(fail={"destroy": 5})
+    with eph.ephemeral_stack(AWS, **rec.options(retries=6, backoff_s=15)):
+        pass
+    assert rec.sleeps == [15, 30, 60, eph.MAX_BACKOFF_S, eph.MAX_BACKOFF_S]
+
+
+@pytest.mark.parametrize("retries", [0, eph.MAX_RETRIES + 1])
+def test_retries_out_of_bounds_are_refused_before_anything_exists(retries):
+    rec = Recorder()
+    with pytest.raises(ConfigError, match="retries"):
+        with eph.ephemeral_stack(AWS, **rec.options(retries=retries)):
+            pytest.fail("the body ran")
+    assert rec.calls == []
     assert rec.backend.state["stacks"] == {}
 
 
@@ -161,10 +185,12 @@ def test_destroy_failing_every_time_names_the_stack_its_leftovers_and_the_comman
     message = str(caught.value)
     name = "ci-aws-dev-1234-1"
     assert f"destroy of stack {name} failed" in message
-    assert f"urn:pulumi:{name}::kumo-infra::aws:ec2/instance:Instance::kumo-dev-node1" in message
+    assert f"urn:pulumi:{name}::kumo-infra-ci::aws:ec2/instance:Instance::kumo-dev-node1" in message
     assert "aws:secretsmanager/secret:Secret" in message
     assert "pulumi:providers:aws" not in message and "pulumi:pulumi:Stack" not in message
     assert message.endswith(f"finish it with: kumo-infra ci destroy --stack-name {name}")
+    deployment_name = eph.prepare(AWS, run_id="1234-1", env={}, now=NOW).deployment.name
+    assert f"find them in the cloud by the tags kumo-infra-ephemeral=true and kumo-infra={deployment_name}" in message
     assert caught.value.leftovers and caught.value.stack_name == name
     assert "stack rm" not in rec.verbs()  # kept: its state is the list of what to clean
     assert name in rec.backend.state["stacks"]
@@ -188,7 +214,7 @@ def test_keyboard_interrupt_in_the_body_destroys():
     with pytest.raises(KeyboardInterrupt):
         with eph.ephemeral_stack(AWS, **rec.options()):
             raise KeyboardInterrupt
-    assert rec.verbs()[-3:] == ["destroy", "stack history", "stack rm"]
+    assert rec.verbs()[-5:] == DESTROYED
 
 
 def test_a_real_sigterm_destroys_and_the_previous_handler_comes_back():
@@ -202,7 +228,7 @@ def test_a_real_sigterm_destroys_and_the_previous_handler_comes_back():
             with eph.ephemeral_stack(AWS, **rec.options()):
                 os.kill(os.getpid(), signal.SIGTERM)
                 pytest.fail("SIGTERM did not end the body")
-        assert rec.verbs()[-3:] == ["destroy", "stack history", "stack rm"]
+        assert rec.verbs()[-5:] == DESTROYED
         assert signal.getsignal(signal.SIGTERM) is previous
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -214,7 +240,7 @@ def test_sigterm_during_stack_init_waits_for_the_stack_then_destroys_it():
     with pytest.raises(eph.Terminated):
         with eph.ephemeral_stack(AWS, **rec.options()):
             pytest.fail("the body ran after SIGTERM")
-    assert rec.verbs() == ["stack init", "destroy", "stack history", "stack rm"]
+    assert rec.verbs() == ["stack init", *DESTROYED]
 
 
 def test_sigterm_during_the_destroy_does_not_stop_it(capsys):
@@ -222,7 +248,7 @@ def test_sigterm_during_the_destroy_does_not_stop_it(capsys):
     rec.backend.hooks["destroy"] = lambda argv: os.kill(os.getpid(), signal.SIGTERM)
     with eph.ephemeral_stack(AWS, **rec.options(on_output=eph.to_stderr)):
         pass
-    assert rec.verbs()[-3:] == ["destroy", "stack history", "stack rm"]
+    assert rec.verbs()[-5:] == DESTROYED
     assert "SIGTERM while destroying ci-aws-dev-1234-1: the destroy goes on" in capsys.readouterr().err
 
 
@@ -467,4 +493,4 @@ def test_the_fixture_destroys_after_a_user_suite_that_fails(tmp_path):
     state = fake_pulumi.read_state(state_path)
     verbs = fake_pulumi.verbs(state["calls"])
     assert verbs.count("up") == 1  # one stack for the session
-    assert verbs[-3:] == ["destroy", "stack history", "stack rm"] and state["stacks"] == {}
+    assert verbs[-5:] == DESTROYED and state["stacks"] == {}
