@@ -525,14 +525,15 @@ class InterruptiblePulumiCommand(auto.PulumiCommand):
             reader.join(timeout=5)
 
 
-def installed_pulumi(grace_s: float = DEFAULT_INTERRUPT_GRACE_S) -> auto.PulumiCommand:
+def installed_pulumi(grace_s: float = DEFAULT_INTERRUPT_GRACE_S,
+                     notice: Optional[OnOutput] = None) -> auto.PulumiCommand:
     """The `pulumi` on PATH; a ConfigError (exit 2, nothing created) when there is none, or when
     the environment it will run in lacks what it needs to reach the backend."""
     problems = backend_problems(os.environ)
     if problems:
         raise ConfigError(problems)
     try:
-        return InterruptiblePulumiCommand(grace_s=grace_s)
+        return InterruptiblePulumiCommand(grace_s=grace_s, notice=notice)
     except FileNotFoundError:
         raise ConfigError(Problem("PATH", "no pulumi command found: install the Pulumi CLI "
                                           "(https://www.pulumi.com/docs/install/) or put it on PATH")) from None
@@ -541,8 +542,8 @@ def installed_pulumi(grace_s: float = DEFAULT_INTERRUPT_GRACE_S) -> auto.PulumiC
 
 
 @contextlib.contextmanager
-def workspace(pulumi_command: Optional[auto.PulumiCommand] = None,
-              grace_s: float = DEFAULT_INTERRUPT_GRACE_S) -> Iterator[auto.LocalWorkspace]:
+def workspace(pulumi_command: Optional[auto.PulumiCommand] = None, grace_s: float = DEFAULT_INTERRUPT_GRACE_S,
+              notice: Optional[OnOutput] = None) -> Iterator[auto.LocalWorkspace]:
     """A LocalWorkspace of project kumo-infra-ci in a temporary directory, removed afterwards.
 
     No program is attached: only `up` runs one (inline). Destroy and refresh then run without
@@ -550,7 +551,7 @@ def workspace(pulumi_command: Optional[auto.PulumiCommand] = None,
     (pulumi/automation/_stack.py _check_inline_support)."""
     work_dir = tempfile.mkdtemp(prefix="kumo-infra-")
     try:
-        command = pulumi_command or installed_pulumi(grace_s)
+        command = pulumi_command or installed_pulumi(grace_s, notice)
         yield auto.LocalWorkspace(work_dir=work_dir, pulumi_command=command,
                                   project_settings=auto.ProjectSettings(name=PROJECT, runtime="python"))
     finally:
@@ -878,7 +879,8 @@ def ephemeral_stack(base: Base, *, prefix: Optional[str] = None, run_id: Optiona
     on_output = on_output or to_stderr
     for warning in spec.warnings:
         on_output(f"warning: {warning}")
-    with workspace(pulumi_command, interrupt_grace_s) as ws, Interrupts(spec.stack_name, on_output) as interrupts:
+    with workspace(pulumi_command, interrupt_grace_s, on_output) as ws, \
+            Interrupts(spec.stack_name, on_output) as interrupts:
         interrupts.defer()
         stack = create(spec, ws)
         try:

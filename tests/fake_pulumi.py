@@ -100,7 +100,8 @@ def new_state(**overrides: Any) -> dict[str, Any]:
              "up_resources": DEFAULT_RESOURCES, "up_outputs": DEFAULT_OUTPUTS,
              "up_secret_outputs": DEFAULT_SECRET_OUTPUTS, "files_at_up": {},
              # (type, name) left as pending "creating" operations by the next up (a CLI killed mid-create)
-             "up_pending": [], "up_steps": 0, "up_step_s": 0.0, "events": []}
+             "up_pending": [], "up_steps": 0, "up_step_s": 0.0, "events": [],
+             "fail_stderr": {}}  # command -> what its failure (``fail``) says on stderr
     state.update(overrides)
     return state
 
@@ -194,7 +195,7 @@ class FakeBackend:
         urn = stack.get("resources", [{}])[-1].get("urn", "?") if stack.get("resources") else "?"
         return (f"{'Updating' if command == 'up' else 'Destroying'} ({name}):\n"
                 f"    error: deleting {urn}: operation timed out\n",
-                f"error: {command}: 1 error occurred", 255)
+                self.state.get("fail_stderr", {}).get(command, f"error: {command}: 1 error occurred"), 255)
 
     def stack(self, name: Optional[str]) -> dict[str, Any]:
         name = name or self.state["current"]

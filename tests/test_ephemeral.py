@@ -252,15 +252,16 @@ def test_sigterm_during_the_destroy_does_not_stop_it(capsys):
     assert "SIGTERM while destroying ci-aws-dev-1234-1: the destroy goes on" in capsys.readouterr().err
 
 
-def test_outside_the_main_thread_no_handler_is_installed():
+def test_outside_the_main_thread_no_handler_is_installed_and_a_warning_says_so():
     import threading
 
     before = signal.getsignal(signal.SIGTERM)
     seen = []
+    said = []
 
     def body():
         rec = Recorder()
-        with eph.ephemeral_stack(AWS, **rec.options()):
+        with eph.ephemeral_stack(AWS, **rec.options(on_output=said.append)):
             seen.append(signal.getsignal(signal.SIGTERM))
         seen.append(rec.verbs()[-1])
 
@@ -268,6 +269,106 @@ def test_outside_the_main_thread_no_handler_is_installed():
     thread.start()
     thread.join()
     assert seen == [before, "stack rm"]
+    assert [line for line in said if "outside the main thread" in line and "SIGTERM ends the process without "
+            "destroying it" in line]
+
+
+def test_sigterm_during_a_stack_init_that_fails_is_raised_again_not_dropped():
+    class Stopped(Exception):
+        pass
+
+    def previous(signum, frame):
+        raise Stopped()
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        rec = Recorder()
+        rec.backend.state["stacks"]["ci-aws-dev-1234-1"] = {"tags": {}, "resources": [], "outputs": {},
+                                                           "secret_outputs": [], "history": [], "created": ""}
+        rec.backend.hooks["stack init"] = lambda argv: os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(Stopped):  # the process was asked to stop: the refusal does not swallow that
+            with eph.ephemeral_stack(AWS, **rec.options()):
+                pytest.fail("the body ran")
+        assert rec.verbs() == ["stack init"]
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# -- the real CLI's interrupt: a process of its own -----------------------------------------------------
+
+def test_an_interrupt_during_up_lets_pulumi_finish_what_is_in_flight_then_destroys(tmp_path, monkeypatch):
+    """A real process (the fake CLI as an executable) up step by step; Ctrl-C while step 1 runs.
+    With the library's own PulumiCommand the CLI would get no SIGINT and lose its pipes."""
+    state_path = tmp_path / "state.json"
+    env = fake_pulumi.install(tmp_path / "bin", state_path, fake_pulumi.new_state(up_steps=4, up_step_s=0.4))
+    for key in [k for k in os.environ if k.startswith(("PULUMI_", "KUMO_"))]:
+        monkeypatch.delenv(key)
+    for key in ("PATH", fake_pulumi.STATE_ENV, "PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_HOME"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("KUMO_SECRET_RELAY_PASSWORD", RELAY_SECRET)
+    said = []
+
+    def on_output(line):
+        said.append(line)
+        if "kumo-dev-node1 creating" in line:  # step 1 in flight
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        with eph.ephemeral_stack(AWS, run_id="int1", env={}, runner=lambda argv: 0, on_output=on_output,
+                                 backoff_s=0, interrupt_grace_s=60):
+            pytest.fail("the body ran after an interrupted up")
+    state = fake_pulumi.read_state(state_path)
+    assert state["events"] == ["up step 0 started", "up step 0 finished", "up step 1 started", "SIGINT",
+                               "up step 1 finished", "up cancelled cleanly"]
+    verbs = fake_pulumi.verbs(state["calls"])
+    assert verbs[verbs.index("up"):] == ["up", *DESTROYED]
+    assert state["stacks"] == {}
+    assert any("pulumi asked to stop (SIGINT)" in line for line in said)
+    # No pulumi process saw the secret variables (the inline program reads them in this process).
+    assert state["environments"] and not [names for names in state["environments"]
+                                          if any(n.startswith("KUMO_SECRET_") for n in names)]
+
+
+def test_a_cli_that_does_not_stop_within_the_grace_is_killed(tmp_path, monkeypatch):
+    state_path = tmp_path / "state.json"
+    env = fake_pulumi.install(tmp_path / "bin", state_path, fake_pulumi.new_state(up_steps=2, up_step_s=30))
+    for key in ("PATH", fake_pulumi.STATE_ENV, "PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "PULUMI_HOME"):
+        monkeypatch.setenv(key, env[key])
+    said = []
+
+    def on_output(line):
+        said.append(line)
+        if "creating" in line:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises((KeyboardInterrupt, eph.DestroyError)):
+        with eph.ephemeral_stack(AWS, run_id="int2", env={}, runner=lambda argv: 0, on_output=on_output,
+                                 backoff_s=0, retries=1, interrupt_grace_s=0.5):
+            pass
+    assert any("did not stop in 0.5s: killed" in line for line in said)
+
+
+# -- pending operations: the record is never thrown away -------------------------------------------------
+
+def test_pending_operations_keep_the_stack_and_are_named_with_the_cloud_tags():
+    rec = Recorder(up_pending=[["aws:ec2/instance:Instance", "kumo-dev-node2"]])
+    with pytest.raises(eph.DestroyError) as caught:
+        with eph.ephemeral_stack(AWS, **rec.options()):
+            pass
+    name = "ci-aws-dev-1234-1"
+    message = str(caught.value)
+    assert f"pending operations in {name} (1)" in message
+    assert f"creating  aws:ec2/instance:Instance  urn:pulumi:{name}::kumo-infra-ci::aws:ec2/instance:Instance::" \
+           "kumo-dev-node2" in message
+    assert "kumo-infra-ephemeral=true" in message
+    assert f"pulumi refresh --clear-pending-creates --yes --stack {name}" in message
+    assert caught.value.pending == [(f"urn:pulumi:{name}::kumo-infra-ci::aws:ec2/instance:Instance::kumo-dev-node2",
+                                     "aws:ec2/instance:Instance", "creating")]
+    # No destroy (it would drop them from the state), no removal: the state is their record.
+    assert rec.verbs()[rec.verbs().index("up"):] == ["up", "stack output", "stack output", "stack history",
+                                                     "stack export"]
+    assert rec.backend.state["stacks"][name]["pending_operations"]
 
 
 # -- bad input: exit 2, nothing created ----------------------------------------------------------------
@@ -294,6 +395,7 @@ BAD_INPUTS = {
                             "GITHUB_RUN_ID: '$(id)' is not a run id"),
     "bad prefix": (AWS, lambda c: None, {"prefix": "a/b"}, "--prefix: 'a/b' is not a stack name prefix"),
     "ttl": (AWS, lambda c: None, {"ttl": timedelta(0)}, "--ttl: must be longer than zero"),
+    "ttl too long": (AWS, lambda c: None, {"ttl": timedelta(days=8)}, "--ttl: must be longer than zero and at most 7d"),
 }
 
 
@@ -432,9 +534,10 @@ def test_bad_durations_are_refused(text):
 
 marks = st.fixed_dictionaries({}, optional={
     eph.MARK: st.sampled_from(["true", "false", "True", ""]),
-    eph.CREATED_AT: st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1),
-                                 timezones=st.just(timezone.utc)).map(eph.utc_text) | st.text(max_size=5),
-    eph.TTL: st.sampled_from(["1h", "3h", "90m", "2d", "soon"]),
+    # Any date at all, any offset: a mark is data anyone could have written.
+    eph.CREATED_AT: st.datetimes(timezones=st.just(timezone.utc)).map(eph.utc_text)
+    | st.datetimes(timezones=st.timezones()).map(datetime.isoformat) | st.text(max_size=5),
+    eph.TTL: st.sampled_from(["1h", "3h", "90m", "2d", "999999d", "soon"]),
 })
 
 
@@ -445,10 +548,21 @@ def test_sweep_destroys_only_marked_stacks_past_their_ttl_and_the_age(marks, old
     if destroy:
         created = datetime.fromisoformat(marks[eph.CREATED_AT])
         assert marks[eph.MARK] == "true"
-        assert NOW >= created + eph.parse_duration(marks[eph.TTL])
+        assert NOW >= created + min(eph.parse_duration(marks[eph.TTL]), eph.MAX_TTL)
         assert NOW - created >= timedelta(hours=older)
     elif marks.get(eph.MARK) != "true":
         assert "no kumo-infra:ephemeral=true mark" in why
+
+
+def test_a_created_at_far_in_the_future_is_left_alone_and_said_so():
+    destroy, why = eph.sweep_decision({eph.MARK: "true", eph.CREATED_AT: "9999-12-31T00:00:00Z", eph.TTL: "2d"},
+                                      NOW, timedelta(0))
+    assert not destroy and "is in the future: left for you to judge" in why
+
+
+def test_a_ttl_beyond_the_bound_is_swept_at_the_bound():
+    marks = {eph.MARK: "true", eph.CREATED_AT: eph.utc_text(NOW - eph.MAX_TTL), eph.TTL: "999999d"}
+    assert eph.sweep_decision(marks, NOW, timedelta(0)) == (True, f"created {marks[eph.CREATED_AT]}, ttl 7d passed")
 
 
 # -- marks on a backend without tags ------------------------------------------------------------------------
