@@ -143,7 +143,8 @@ def run(args: argparse.Namespace, deps: Optional[Deps] = None) -> int:
     except auto.CommandError as exc:
         for variable, fix in CLI_INPUT_ERRORS.items():
             if variable in str(exc):
-                raise ConfigError(Problem(variable, f"pulumi refused: {tail(exc, 1)}; {fix}")) from None
+                said = tail(exc, 1).strip().removeprefix("stderr:").strip()  # str(CommandResult)'s last line
+                raise ConfigError(Problem(variable, f"pulumi refused: {said}; {fix}")) from None
         print(f"error: pulumi failed:\n{tail(exc)}", file=sys.stderr)
         return 1
 

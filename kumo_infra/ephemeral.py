@@ -675,7 +675,11 @@ def destroy(stack: auto.Stack, deployment: Optional[Deployment], *, retries: int
             except auto.CommandError as cancel_failed:
                 raise LockedError(stack.name, tail(cancel_failed, 2)) from None
             cancelled = True
-            cause = tail(exc)
+            try:  # at once: the lock was the trouble, not the cloud
+                stack.destroy(on_output=on_output, on_error=on_output)
+                break
+            except auto.CommandError as again:
+                cause = tail(again)
         except auto.CommandError as exc:
             cause = tail(exc)
         on_output(f"kumo-infra: destroy of {stack.name} failed (attempt {attempt} of {retries})")

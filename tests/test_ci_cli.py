@@ -32,7 +32,10 @@ class Pipeline:
         self.az_log = tmp_path / "az.log"
         bin_dir = tmp_path / "bin"
         env = fake_pulumi.install(bin_dir, self.state_path, state)
-        (bin_dir / "az").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{self.az_log}'\n")
+        # The az stand-in also tells whether a secret variable reached it.
+        (bin_dir / "az").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{self.az_log}'\n"
+                                    f"env | grep -q '^KUMO_SECRET_' && echo 'saw KUMO_SECRET_' >> '{self.az_log}'\n"
+                                    "exit 0\n")
         (bin_dir / "az").chmod(0o755)
         self.github_output = tmp_path / "github_output"
         # Whatever CI runs these tests must not name the stacks or lend its secrets.
@@ -115,7 +118,7 @@ def test_a_failed_up_exits_1_still_names_the_stack_and_leaves_it_to_the_destroy_
 def test_azure_destroy_purges_the_soft_deleted_vault(tmp_path):
     job = Pipeline(tmp_path)
     assert job.run("up", "--stack", "azure-dev", "--run-id", "5", KUMO_SECRET_RELAY_PASSWORD="x").returncode == 0
-    result = job.run("destroy", "--stack-name", "ci-azure-dev-5")
+    result = job.run("destroy", "--stack-name", "ci-azure-dev-5", KUMO_SECRET_RELAY_PASSWORD="x")
     assert result.returncode == 0, result.stderr
     deployment = eph.prepare(ROOT / "stacks" / "Pulumi.azure-dev.yaml", run_id="5",
                              env={"KUMO_SECRET_RELAY_PASSWORD": "x"}).deployment
@@ -293,7 +296,11 @@ def smoke_after_up(monkeypatch, tmp_path, ok: bool, *extra: str) -> tuple[int, l
         return StandInReport(ok)
 
     args = cli.build_parser().parse_args(["ci", "smoke", "--stack-name", "ci-gcp-dev-9", *extra])
+    before = len(command.calls)
     code = ci.run(args, ci.Deps(pulumi_command=command, run_smoke=run_smoke))
+    # The smoke reads outputs and history without decrypting a single secret.
+    assert [argv for argv in command.calls[before:] if "stack" in argv] and not [
+        argv for argv in command.calls[before:] if "--show-secrets" in argv]
     (deployment, nodes, given_console, deadline) = received[0]
     assert given_console == (console, deployment.name)  # what the stack's own target gives
     return code, received, deadline
@@ -336,3 +343,177 @@ def test_smoke_runs_the_real_checks_and_names_each_failure(monkeypatch, capsys):
     failed = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"] and c["node"] == "node1"}
     assert set(failed) == {smoke.SMTP, smoke.BOOTSTRAP}, report
     assert "aws" in failed[smoke.BOOTSTRAP]  # the AWS target's reader ran the aws CLI (absent here)
+
+
+# -- what the review found: each stack on its own, marks, locks, pending operations, the environment ---------
+
+def test_one_unreadable_stack_does_not_stop_the_sweep(tmp_path):
+    state = fake_pulumi.new_state()
+    state["stacks"] = {
+        "a-far-future": stack_entry({eph.MARK: "true", eph.CREATED_AT: "9999-12-31T00:00:00Z", eph.TTL: "2d"}, {},
+                                    NOW),
+        "b-old": stack_entry(marks(NOW - timedelta(hours=10), "3h"), {}, NOW),
+    }
+    job = Pipeline(tmp_path, state)
+    result = job.run("sweep", "--older-than", "6h")
+    assert result.returncode == 0, result.stderr
+    assert "keep a-far-future: marked ephemeral but kumo-infra:created-at 9999-12-31T00:00:00Z is in the future" \
+        in result.stdout
+    assert set(job.state["stacks"]) == {"a-far-future"}
+
+
+def test_a_backend_error_on_one_stack_is_reported_and_the_sweep_goes_on(tmp_path):
+    state = fake_pulumi.new_state(fail={"stack tag ls": 1})
+    state["stacks"] = {"a-first": stack_entry(marks(NOW - timedelta(hours=10), "3h"), {}, NOW),
+                       "b-second": stack_entry(marks(NOW - timedelta(hours=10), "3h"), {}, NOW)}
+    job = Pipeline(tmp_path, state)
+    result = job.run("sweep", "--older-than", "6h")
+    assert result.returncode == 1
+    assert "error: sweep of stack a-first failed:" in result.stderr and "Traceback" not in result.stderr
+    assert "destroyed b-second" in result.stdout and result.stdout.endswith("failed: a-first\n")
+    assert set(job.state["stacks"]) == {"a-first"}
+
+
+def test_without_tags_the_newest_update_with_config_decides(tmp_path):
+    """A backend without tags: a later run of the stack without the mark unmarks it; a ci destroy's
+    record (no config: its work directory has no config file) does not."""
+    def update(version: int, config: dict) -> dict:
+        entry = stack_entry(None, config, NOW)["history"][0]
+        return {**entry, "version": version}
+
+    kept = stack_entry(None, {}, NOW)
+    kept["history"] = [update(2, {"kumo:deployment": "{}"}), update(1, marks(NOW - timedelta(days=30), "3h"))]
+    failed_destroy = stack_entry(None, {}, NOW)
+    failed_destroy["history"] = [update(2, {}), update(1, marks(NOW - timedelta(days=30), "3h"))]
+    state = fake_pulumi.new_state()
+    state["stacks"] = {"kept-for-good": kept, "ci-half-destroyed": failed_destroy}
+    job = Pipeline(tmp_path, state)
+    result = job.run("sweep", "--older-than", "6h", "--dry-run")
+    assert "keep kept-for-good: no kumo-infra:ephemeral=true mark" in result.stdout
+    assert "would destroy ci-half-destroyed: created" in result.stdout
+
+
+def test_a_stack_left_unmarked_by_a_failed_tag_is_removed_by_the_destroy_step(tmp_path):
+    job = Pipeline(tmp_path, fake_pulumi.new_state(fail={"stack tag set": 1}))
+    up = job.run("up", "--stack", "aws-dev", "--run-id", "1")
+    assert up.returncode == 1 and up.stdout.splitlines()[-1] == "ci-aws-dev-1"
+    assert job.verbs()[-2:] == ["stack init", "stack tag set"]  # the mark is the first thing tried
+    result = job.run("destroy", "--stack-name", "ci-aws-dev-1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "stack ci-aws-dev-1 had no mark, no update and no resources: removed\n"
+    assert job.state["stacks"] == {}
+
+
+def test_pending_operations_keep_the_stack_through_every_destroy(tmp_path):
+    job = Pipeline(tmp_path, fake_pulumi.new_state(up_pending=[["aws:ec2/instance:Instance", "kumo-dev-node2"]]))
+    assert job.run("up", "--stack", "aws-dev", "--run-id", "81").returncode == 0
+    for _ in range(2):  # a second run finds the same record: the first destroyed nothing
+        result = job.run("destroy", "--stack-name", "ci-aws-dev-81")
+        assert result.returncode == 1
+        assert "pending operations in ci-aws-dev-81 (1)" in result.stderr
+        assert "kumo-dev-node2" in result.stderr and "kumo-infra-ephemeral=true" in result.stderr
+    assert "destroy" not in job.verbs() and job.state["stacks"]["ci-aws-dev-81"]["pending_operations"]
+
+
+def locked_after_up(tmp_path, run_env: dict) -> Pipeline:
+    job = Pipeline(tmp_path)
+    assert job.run("up", "--stack", "aws-dev", **run_env).returncode == 0
+    state = job.state
+    state["stacks"]["ci-aws-dev-500-1"]["locked"] = True  # the up was killed holding the lock
+    job.state_path.write_text(json.dumps(state))
+    return job
+
+
+def test_destroy_in_the_run_that_made_the_stack_cancels_its_stale_lock(tmp_path):
+    run = {"GITHUB_RUN_ID": "500", "GITHUB_RUN_ATTEMPT": "1", "GITHUB_REPOSITORY": "acme/mail"}
+    job = locked_after_up(tmp_path, run)
+    result = job.run("destroy", "--stack-name", "ci-aws-dev-500-1", **run)
+    assert result.returncode == 0, result.stderr
+    destroy_step = job.verbs()[job.verbs().index("stack select"):]
+    assert destroy_step == ["stack select", "stack tag ls", "stack history", "stack export", "destroy", "cancel",
+                            "destroy", "stack history", "stack export", "stack rm"]
+    assert job.state["stacks"] == {}
+
+
+def test_destroy_from_another_run_never_cancels_a_lock(tmp_path):
+    job = locked_after_up(tmp_path, {"GITHUB_RUN_ID": "500", "GITHUB_RUN_ATTEMPT": "1"})
+    result = job.run("destroy", "--stack-name", "ci-aws-dev-500-1", GITHUB_RUN_ID="501", GITHUB_RUN_ATTEMPT="1")
+    assert result.returncode == 1
+    assert "stack ci-aws-dev-500-1 is locked by another update" in result.stderr
+    assert "pulumi cancel --yes --stack ci-aws-dev-500-1" in result.stderr
+    assert "cancel" not in job.verbs() and "ci-aws-dev-500-1" in job.state["stacks"]
+
+
+def test_sweep_reports_a_locked_stack_apart_and_goes_on(tmp_path):
+    state = sweep_state()
+    state["stacks"]["ci-old"]["locked"] = True
+    job = Pipeline(tmp_path, state)
+    result = job.run("sweep", "--older-than", "6h")
+    assert result.returncode == 1
+    assert "locked (an update running, or a lock a killed job left): ci-old" in result.stdout
+    assert "destroyed ci-diy" in result.stdout and "cancel" not in job.verbs()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("up", "--stack", "aws-dev", "--ttl", "8d"), "--ttl: must be longer than zero and at most 7d"),
+    (("up", "--stack", "aws-dev", "--ttl", "999999d"), "--ttl: must be longer than zero and at most 7d"),
+    (("destroy", "--stack-name", "x", "--retries", "11"), "'11' is not a number of attempts from 1 to 10"),
+    (("sweep", "--older-than", "0s", "--retries", "99"), "'99' is not a number of attempts from 1 to 10"),
+    (("destroy", "--stack-name", "org/kumo-infra/prod"), "names a stack of project 'kumo-infra'"),
+])
+def test_bounds_exit_2_naming_the_flag(tmp_path, args, fragment):
+    job = Pipeline(tmp_path)
+    assert_bad_input(job.run(*args), fragment)
+    assert job.state["calls"] == []
+
+
+@pytest.mark.parametrize("missing, fragment", [
+    ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE: is not set (nor PULUMI_CONFIG_PASSPHRASE_FILE)"),
+    ("PULUMI_BACKEND_URL", "PULUMI_BACKEND_URL: is not set, nor PULUMI_ACCESS_TOKEN"),
+])
+def test_a_missing_backend_variable_exits_2_before_any_command(tmp_path, missing, fragment):
+    job = Pipeline(tmp_path)
+    del job.env[missing]
+    for args in (("up", "--stack", "aws-dev"), ("destroy", "--stack-name", "x"), ("sweep", "--older-than", "1h")):
+        assert_bad_input(job.run(*args), fragment)
+    assert job.state["calls"] == []
+
+
+def test_pulumi_refusing_for_a_variable_exits_2_naming_it_without_a_dump(tmp_path):
+    refusal = ("error: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE "
+               "environment variables")
+    job = Pipeline(tmp_path, fake_pulumi.new_state(fail={"stack init": 1}, fail_stderr={"stack init": refusal}))
+    result = job.run("up", "--stack", "aws-dev")
+    assert_bad_input(result, "PULUMI_CONFIG_PASSPHRASE: pulumi refused: " + refusal)
+    assert " code: " not in result.stderr
+
+
+def test_no_pulumi_process_sees_the_secret_variables(tmp_path):
+    job = Pipeline(tmp_path)
+    assert job.run("up", "--stack", "gcp-dev", "--run-id", "6", KUMO_SECRET_RELAY_PASSWORD="x").returncode == 0
+    assert job.run("destroy", "--stack-name", "ci-gcp-dev-6", KUMO_SECRET_RELAY_PASSWORD="x").returncode == 0
+    environments = job.state["environments"]
+    assert len(environments) == len(job.state["calls"])
+    assert all("PULUMI_CONFIG_PASSPHRASE" in names for names in environments)  # what it needs, it gets
+    assert not [names for names in environments if any(name.startswith("KUMO_SECRET_") for name in names)]
+
+
+def test_sigterm_to_ci_up_lets_pulumi_finish_in_flight_and_leaves_the_stack_to_the_destroy(tmp_path):
+    import signal
+
+    job = Pipeline(tmp_path, fake_pulumi.new_state(up_steps=4, up_step_s=0.5))
+    process = subprocess.Popen([sys.executable, "-m", "kumo_infra.cli", "ci", "up", "--stack", "aws-dev",
+                                "--run-id", "t1"], cwd=ROOT, env=job.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "kumo-dev-node1 creating" in line:
+            process.send_signal(signal.SIGTERM)  # GitHub cancelling the job
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert stdout.splitlines()[-1] == "ci-aws-dev-t1"
+    assert "pulumi asked to stop (SIGINT)" in stderr
+    assert "the stack is left for the step that always runs" in stderr
+    assert job.state["events"][-3:] == ["SIGINT", "up step 1 finished", "up cancelled cleanly"]
+    assert job.run("destroy", "--stack-name", "ci-aws-dev-t1").returncode == 0
+    assert job.state["stacks"] == {}
