@@ -74,7 +74,7 @@ from pulumi import automation as auto
 
 from .config import ROOT, Deployment, parse_deployment
 from .errors import ConfigError, Problem, shown
-from .stackconfig import SECRET_KEYS, StackConfig, from_values, load_file, warnings_for
+from .stackconfig import SECRET_ENV_PREFIX, SECRET_KEYS, StackConfig, from_values, load_file, warnings_for
 
 PROJECT = "kumo-infra-ci"
 
@@ -97,7 +97,6 @@ DEFAULT_INTERRUPT_GRACE_S = 120.0
 # A created-at further ahead of the sweeper's clock is no clock skew: a mark to look at.
 CLOCK_SKEW = timedelta(hours=1)
 
-SECRET_ENV_PREFIX = "KUMO_SECRET_"
 
 # Pulumi's stack names (sdk/go/common/tokens/stack_name.go ParseStackName): at most 100 of these.
 _STACK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}", re.ASCII)

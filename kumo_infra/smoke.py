@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from .errors import shown
+from .stackconfig import SECRET_ENV_PREFIX
 
 if TYPE_CHECKING:
     from .config import Deployment
@@ -85,7 +86,6 @@ CliRunner = Callable[[Sequence[str], float], str]
 # (ephemeral.secret_env_var), the state backend's token and the secrets passphrase. A cloud CLI
 # reading a console needs none of them, and a CLI, its plug-ins and its debug logs are code and
 # output this process does not control.
-SECRET_ENV_PREFIX = "KUMO_SECRET_"
 PULUMI_SECRET_VARIABLES = frozenset({"PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE",
                                      "PULUMI_CONFIG_PASSPHRASE_FILE"})
 

@@ -23,6 +23,9 @@ from .errors import ConfigError, Problem, shown
 SECRET_KEYS = (RELAY_PASSWORD_KEY, *sorted({key for target in targets.registry().values()
                                             for key in target.secret_config.values()} - {RELAY_PASSWORD_KEY}))
 KNOWN_KEYS = (ROOT, *SECRET_KEYS)
+# Where an ephemeral stack (kumo_infra.ephemeral) takes each secret key's value from:
+# KUMO_SECRET_<KEY> in the environment; kumo-infra keeps these from every process it starts.
+SECRET_ENV_PREFIX = "KUMO_SECRET_"
 
 
 @dataclass(frozen=True)
