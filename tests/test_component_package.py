@@ -2,14 +2,16 @@
 
 - provider/: ``PulumiPlugin.yaml`` (runtime python, its own provider/venv), ``requirements.txt`` (the
   project's pins and this checkout) and ``__main__.py``, which hosts every registered target's
-  component with ``component_provider_host``. Imported under another name it serves nothing: the
-  tests read what it would host, and run it once as Pulumi runs it (``python provider <engine>``, in
-  a child process they stop) to ask its gRPC server for the schema, as ``pulumi package add`` does.
-- provider/schema.json: the checked-in schema, equal to the inferred one; written only by
+  component as ``component_provider_host`` does, with the SDK's ComponentProvider extended to
+  complete the schema. Imported under another name it serves nothing: the tests read what it would
+  host, and run it once as Pulumi runs it (``python provider <engine>``, in a child process they
+  stop) to ask its gRPC server for the schema, as ``pulumi package add`` does.
+- provider/schema.json: the checked-in schema, equal to the served one; written only by
   ``python -m tests.update_snapshots provider-schema``. Structurally valid: every ``$ref`` resolves,
-  every required name exists, every input and type property is described. Two gaps of the SDK stay
-  strict xfails in tests/test_component_schema.py: outputs declared on the base component have no
-  description, and no property can be marked secret.
+  every required name exists, every input, output and type property is described, and the secret
+  inputs are marked secret. The SDK's inference alone does neither of the last two for kumo's
+  components (strict xfails in tests/test_component_schema.py): the served schema is the inferred
+  one plus those descriptions and ``secret`` flags, nothing else.
 - examples/yaml and examples/typescript: every property they pass and every output they read is
   checked against the schema (names, types, enum values, required inputs), their secrets come from
   secret config, and their inputs, sent as the engine sends them, build the component under the mock
@@ -40,6 +42,7 @@ import pulumi
 import pytest
 import yaml
 from google.protobuf import empty_pb2
+from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.experimental.util import camel_case
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
@@ -113,12 +116,17 @@ def test_the_schema_carries_the_package_name_and_kumo_infras_version():
 
 def test_importing_the_entry_point_serves_nothing_and_running_it_hosts_the_components(monkeypatch):
     calls = []
-    monkeypatch.setattr("pulumi.provider.experimental.component_provider_host",
-                        lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr("pulumi.provider.main", lambda *args, **kwargs: calls.append((args, kwargs)))
+    # As the language host runs it: the plugin's directory, then the engine's address and flags.
+    monkeypatch.setattr(sys, "argv", [str(PROVIDER), "127.0.0.1:1", "--logtostderr"])
     imported = provider_entry()
     assert calls == []
     runpy.run_path(str(PROVIDER), run_name="__main__")
-    assert calls == [((imported.components(), "kumo"), {"version": imported.version()})]
+    assert len(calls) == 1
+    (served, argv), kwargs = calls[0]
+    assert (argv, kwargs) == (["127.0.0.1:1", "--logtostderr"], {})
+    assert isinstance(served, ComponentProvider)
+    assert (served.version, json.loads(served.schema)) == (imported.version(), inferred())
 
 
 def _read_port(process: subprocess.Popen, timeout: float) -> int:
@@ -155,13 +163,14 @@ def test_the_provider_run_as_pulumi_runs_it_serves_the_stored_schema():
         process.stdout.close()
         process.stderr.close()
     assert served == stored()
+    assert structure_problems(served) == [] and secret_problems(served) == []
     assert info.version == stored()["version"]
 
 
 # -- provider/schema.json ---------------------------------------------------------------------------
 
-def test_schema_snapshot_is_the_inferred_schema():
-    assert stored() == inferred(), (f"provider/schema.json differs from the schema the provider infers; if the "
+def test_schema_snapshot_is_the_served_schema():
+    assert stored() == inferred(), (f"provider/schema.json differs from the schema the provider serves; if the "
                                     f"change is intended, run `{REGENERATE}` and review the diff")
     assert PROVIDER_SCHEMA.read_text() == render(inferred()), f"run `{REGENERATE}`"
 
@@ -235,16 +244,75 @@ def structure_problems(doc: dict) -> list[str]:
     return problems
 
 
-def _base_outputs() -> set[str]:
-    return {camel_case(k) for k in component_tables.declared_outputs(component_tables.base_component())}
+def test_schema_is_structurally_valid_and_describes_every_input_output_and_type():
+    assert structure_problems(stored()) == []
 
 
-def test_schema_is_structurally_valid_and_describes_everything_the_sdk_can():
-    expected = [f"{token} output.{key}: no description" for token, resource in stored()["resources"].items()
-                for key in resource["properties"] if key in _base_outputs()]
-    # The only gap: outputs declared once on the base component (the SDK reads docstrings from the concrete
-    # class only: strict xfail test_schema_describes_the_outputs_declared_on_the_base).
-    assert structure_problems(stored()) == expected
+def secret_problems(doc: dict) -> list[str]:
+    """Each component input that holds a secret and is not marked ``secret: true``, and each input
+    marked secret that holds none (SECRET_INPUTS and every target's secret stack config argument)."""
+    secrets = {camel_case(arg) for arg in set(SECRET_INPUTS).union(*(t.secret_config for t in targets.registry().values()))}
+    return [f"{token} input.{key}: {'not marked secret' if key in secrets else 'marked secret, holds no secret'}"
+            for token, resource in doc.get("resources", {}).items()
+            for key, prop in resource.get("inputProperties", {}).items()
+            if (key in secrets) != (prop.get("secret") is True)]
+
+
+def test_schema_marks_exactly_the_secret_inputs_secret():
+    assert secret_problems(stored()) == []
+    for resource in stored()["resources"].values():
+        assert {k for k, p in resource["inputProperties"].items() if p.get("secret")} == {
+            camel_case(arg) for arg in SECRET_INPUTS}
+        assert not [k for k, p in resource["properties"].items() if p.get("secret")]  # no output holds one
+
+
+def test_the_description_and_secret_checks_fail_on_a_schema_missing_one():
+    doc = json.loads(json.dumps(stored()))
+    aws = doc["resources"]["kumo:index:AwsKumoMta"]
+    del aws["properties"]["secretNames"]["description"]
+    del aws["inputProperties"]["sshPrivateKey"]["secret"]
+    aws["inputProperties"]["deployment"]["secret"] = True
+    assert structure_problems(doc) == ["kumo:index:AwsKumoMta output.secretNames: no description"]
+    assert secret_problems(doc) == ["kumo:index:AwsKumoMta input.deployment: marked secret, holds no secret",
+                                    "kumo:index:AwsKumoMta input.sshPrivateKey: not marked secret"]
+
+
+def test_outputs_declared_on_the_base_component_carry_its_docstrings():
+    base = component_tables.base_component()
+    for token, resource in stored()["resources"].items():
+        for key in component_tables.declared_outputs(base):
+            described = " ".join(resource["properties"][camel_case(key)]["description"].split())
+            assert described == component_tables.docstring(base, key), f"{token}.{camel_case(key)}"
+    # A component's own output keeps the description the SDK inferred from its class.
+    for name, cls in component_tables.component_classes().items():
+        resource = stored()["resources"][f"kumo:index:{cls.__name__}"]
+        for key in component_tables.declared_outputs(cls):
+            assert " ".join(resource["properties"][camel_case(key)]["description"].split()) == (
+                component_tables.docstring(cls, key))
+
+
+def _served_additions(served: dict, sdk: dict, where: str = "") -> list[str]:
+    """Where ``served`` differs from ``sdk`` other than by a description or a ``secret`` the SDK left out."""
+    if isinstance(served, dict) and isinstance(sdk, dict):
+        problems = [f"{where}/{k}: dropped" for k in sdk if k not in served]
+        for key, value in served.items():
+            if key not in sdk:
+                if not (key == "description" or (key == "secret" and value is True)):
+                    problems.append(f"{where}/{key}: added")
+            else:
+                problems += _served_additions(value, sdk[key], f"{where}/{key}")
+        return problems
+    return [] if served == sdk else [f"{where}: {sdk!r} served as {served!r}"]
+
+
+def test_the_served_schema_is_the_sdks_inference_plus_descriptions_and_secret_flags():
+    """construct maps inputs and outputs through the SDK's own definitions: the schema the SDKs are
+    generated from must name and type them exactly as those do."""
+    sdk = json.loads(ComponentProvider(entry().components(), entry().NAME, version=entry().version()).schema)
+    assert _served_additions(inferred(), sdk) == []
+    assert inferred() != sdk
+    assert _served_additions({"a": {"type": "string", "plain": True}}, {"a": {"type": "integer"}}) == [
+        "/a/type: 'integer' served as 'string'", "/a/plain: added"]
 
 
 def test_every_type_in_the_schema_is_reached_from_a_component():

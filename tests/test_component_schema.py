@@ -6,7 +6,9 @@
 - ``ComponentProvider([Cls], "kumo")``, the code ``component_provider_host`` runs, infers each
   registered target's schema: token, every input described, outputs typed.
 - What the inference cannot express is written down as strict xfails: each fails the day the SDK
-  learns it, so the README's notes can be updated.
+  learns it, so the README's notes can be updated. Two of them the package fills in the schema it
+  serves (provider/__main__.py KumoProvider: base outputs' descriptions, secret inputs marked secret;
+  tests/test_component_package.py proves it); the xfails here stay about the inference itself.
 - The README's component tables are the rendering of these declarations (tests/component_tables.py).
 """
 
@@ -354,7 +356,7 @@ def test_schema_outputs_are_declared_with_their_types(name):
 
 @pytest.mark.parametrize("name", TARGETS)
 def test_secret_inputs_are_pulumi_inputs_described_as_secrets(name):
-    """The schema cannot mark them secret (below); what it can say: each is an Input (not plain), so a
+    """The inference cannot mark them secret (below); what it can say: each is an Input (not plain), so a
     secret Output reaches the component unresolved, and its description says it is a secret."""
     props = _resource(name)["inputProperties"]
     for key in SECRET_INPUTS:
@@ -365,7 +367,8 @@ def test_secret_inputs_are_pulumi_inputs_described_as_secrets(name):
 
 @pytest.mark.xfail(strict=True, reason="pulumi 3.272 cannot mark an inferred property secret: "
                    "provider/experimental/schema.py Property (lines 67-91) has no `secret` field and "
-                   "analyzer.py PropertyDefinition (lines 99-107) none either")
+                   "analyzer.py PropertyDefinition (lines 99-107) none either; provider/__main__.py adds the flag to "
+                   "the schema it serves (test_component_package.py test_schema_marks_exactly_the_secret_inputs_secret)")
 @pytest.mark.parametrize("name", TARGETS)
 def test_schema_marks_secret_inputs_secret(name):
     props = _resource(name)["inputProperties"]
@@ -374,7 +377,9 @@ def test_schema_marks_secret_inputs_secret(name):
 
 @pytest.mark.xfail(strict=True, reason="pulumi 3.272 reads an attribute's docstring only from the source of the "
                    "class it analyses (analyzer.py get_docstring, lines 707-780, called with the concrete component "
-                   "at analyze_type lines 418-428): outputs declared once on the base component get none")
+                   "at analyze_type lines 418-428): outputs declared once on the base component get none; "
+                   "provider/__main__.py adds them to the schema it serves (test_component_package.py "
+                   "test_outputs_declared_on_the_base_component_carry_its_docstrings)")
 @pytest.mark.parametrize("name", TARGETS)
 def test_schema_describes_the_outputs_declared_on_the_base(name):
     props = _resource(name)["properties"]
