@@ -142,15 +142,15 @@ def _table(header: str, rows: list[Row]) -> str:
 
 
 SCHEMA_NOTES = """\
-Pulumi infers the schema other languages use (`component_provider_host`) from these
-declarations. What the inference in pulumi 3.272 cannot say, and what stands instead:
-the schema marks no input secret (its property has no `secret` field): give `relay_password` and
-`ssh_private_key` as Pulumi secrets (`pulumi config set --secret`, `pulumi.Output.secret`); outputs
-declared on the base component carry no description in the schema (the analyzer reads
-descriptions from the concrete class's own source), so this table is their description; and in
-list outputs (`nodes`, `dns_records`, `deliverability_records`) the objects keep their
-snake_case keys while the schema names them in camelCase (pulumi/pulumi#18882).
-tests/test_component_schema.py proves each of these."""
+Pulumi infers the schema other languages use from these declarations. What the inference in
+pulumi 3.272 cannot say: it marks no input secret (its property has no `secret` field) and gives
+outputs declared on the base component no description (the analyzer reads descriptions from the
+concrete class's own source); the component package's served schema adds both
+(`provider/__main__.py`: `relay_password` and `ssh_private_key` marked secret, the base's output
+descriptions from this table's declarations). Still so: in list outputs (`nodes`, `dns_records`,
+`deliverability_records`) the objects keep their snake_case keys while the schema names them in
+camelCase (pulumi/pulumi#18882). tests/test_component_schema.py proves the inference's limits,
+tests/test_component_package.py the served schema."""
 
 
 def render() -> str:

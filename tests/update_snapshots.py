@@ -54,7 +54,8 @@ def provider_entry() -> ModuleType:
 
 
 def provider_schema() -> dict:
-    """The schema the provider serves (GetSchema), inferred from the components' type annotations."""
+    """The schema the provider serves (GetSchema): inferred from the components' type annotations, then
+    completed by provider/__main__.py (base outputs' descriptions, secret inputs marked secret)."""
     return json.loads(provider_entry().provider().schema)
 
 
