@@ -48,9 +48,12 @@ MANAGEMENT_PORTS: dict[int, str] = {
 
 # Resource type tokens, as the engine names them.
 AWS_INSTANCE = "aws:ec2/instance:Instance"
+AWS_SPOT_INSTANCE = "aws:ec2/spotInstanceRequest:SpotInstanceRequest"
+AWS_LAUNCH_CONFIGURATION = "aws:ec2/launchConfiguration:LaunchConfiguration"
 AWS_LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 AWS_VOLUME = "aws:ebs/volume:Volume"
 AWS_SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+AWS_DEFAULT_SECURITY_GROUP = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"
 AWS_SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 AWS_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 AWS_EIP = "aws:ec2/eip:Eip"
@@ -60,6 +63,9 @@ AZURE_SCALE_SET = "azure-native:compute:VirtualMachineScaleSet"
 AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
 AZURE_SECURITY_RULE = "azure-native:network:SecurityRule"
 AZURE_PUBLIC_IP = "azure-native:network:PublicIPAddress"
+# The classic (Terraform-bridged) provider: its rules carry the same names as azure-native's.
+AZURE_CLASSIC_NSG = "azure:network/networkSecurityGroup:NetworkSecurityGroup"
+AZURE_CLASSIC_SECURITY_RULE = "azure:network/networkSecurityRule:NetworkSecurityRule"
 GCP_INSTANCE = "gcp:compute/instance:Instance"
 GCP_INSTANCE_TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
 GCP_FIREWALL = "gcp:compute/firewall:Firewall"
@@ -73,6 +79,8 @@ KUMO_COMPONENT_PREFIX = "kumo:index:"
 # script writes): machine_texts decodes every layer.
 MACHINE_TEXT_PATHS: dict[str, tuple[str, ...]] = {
     AWS_INSTANCE: ("userData", "userDataBase64"),
+    AWS_SPOT_INSTANCE: ("userData", "userDataBase64"),
+    AWS_LAUNCH_CONFIGURATION: ("userData", "userDataBase64"),
     AWS_LAUNCH_TEMPLATE: ("userData",),
     AZURE_VM: ("osProfile.customData", "userData"),
     AZURE_SCALE_SET: ("virtualMachineProfile.osProfile.customData", "virtualMachineProfile.userData"),
@@ -85,6 +93,8 @@ MACHINE_TEXT_PATHS: dict[str, tuple[str, ...]] = {
 # The machine type of each kind of machine.
 MACHINE_TYPE_PATHS: dict[str, str] = {
     AWS_INSTANCE: "instanceType",
+    AWS_SPOT_INSTANCE: "instanceType",
+    AWS_LAUNCH_CONFIGURATION: "instanceType",
     AWS_LAUNCH_TEMPLATE: "instanceType",
     AZURE_VM: "hardwareProfile.vmSize",
     AZURE_SCALE_SET: "sku.name",
@@ -208,7 +218,7 @@ def _is_true(value: Any) -> bool:
 def _number(value: Any) -> Optional[int]:
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "1e999" is infinite
         return None
 
 
@@ -308,8 +318,9 @@ def _azure_rule(r: Resource, rule: Any, what: str) -> list[Opening]:
     if (str(get(rule, "access")).lower() != "allow" or str(get(rule, "direction")).lower() != "inbound"
             or not _tcp(get(rule, "protocol"))):
         return []
+    # A rule may set both the single and the list form: Azure admits their union.
     single = get(rule, "destinationPortRange")
-    specs = [single] if single is not None else items(get(rule, "destinationPortRanges"))
+    specs = ([single] if single is not None else []) + items(get(rule, "destinationPortRanges"))
     single_source = get(rule, "sourceAddressPrefix")
     sources = _strings(get(rule, "sourceAddressPrefixes")) + ([str(single_source)] if single_source else [])
     return [Opening(r, what, _union(_port_spec(s) for s in specs), tuple(sources))]
@@ -324,6 +335,11 @@ def _azure_security_rule(r: Resource) -> list[Opening]:
     return _azure_rule(r, r.props, "the rule")
 
 
+# An ingress firewall without sourceRanges, sourceTags or sourceServiceAccounts admits every IPv4
+# address (GCP's documented default; IPv6 only when listed).
+GCP_DEFAULT_INGRESS_SOURCE = "0.0.0.0/0"
+
+
 def _gcp_firewall(r: Resource) -> list[Opening]:
     if str(get(r.props, "direction", "INGRESS")).upper() != "INGRESS" or _is_true(get(r.props, "disabled")):
         return []
@@ -332,7 +348,10 @@ def _gcp_firewall(r: Resource) -> list[Opening]:
         return []
     ports = _union(ALL_PORTS if not items(get(a, "ports")) else _union(_port_spec(p) for p in items(get(a, "ports")))
                    for a in allowed)
-    return [Opening(r, "the rule", ports, tuple(_strings(get(r.props, "sourceRanges"))))]
+    sources = _strings(get(r.props, "sourceRanges"))
+    if not sources and not items(get(r.props, "sourceTags")) and not items(get(r.props, "sourceServiceAccounts")):
+        sources = [GCP_DEFAULT_INGRESS_SOURCE]
+    return [Opening(r, "the rule", ports, tuple(sources))]
 
 
 # Every kind of firewall rule the clouds have, read into openings. Azure's NSGs keep a deny-all below the
@@ -341,8 +360,11 @@ OPENINGS: dict[str, Callable[[Resource], list[Opening]]] = {
     AWS_INGRESS_RULE: _aws_ingress_rule,
     AWS_SECURITY_GROUP_RULE: _aws_security_group_rule,
     AWS_SECURITY_GROUP: _aws_security_group,
+    AWS_DEFAULT_SECURITY_GROUP: _aws_security_group,
     AZURE_NSG: _azure_nsg,
     AZURE_SECURITY_RULE: _azure_security_rule,
+    AZURE_CLASSIC_NSG: _azure_nsg,
+    AZURE_CLASSIC_SECURITY_RULE: _azure_security_rule,
     GCP_FIREWALL: _gcp_firewall,
 }
 
@@ -381,7 +403,7 @@ def _management_ports_together(resources: Sequence[Resource], context: Context) 
 # -- machines -------------------------------------------------------------------------------------------
 
 # The AWS machines that reach the instance metadata service (a launch template's instances take its options).
-IMDS_TYPES = frozenset({AWS_INSTANCE, AWS_LAUNCH_TEMPLATE})
+IMDS_TYPES = frozenset({AWS_INSTANCE, AWS_SPOT_INSTANCE, AWS_LAUNCH_TEMPLATE, AWS_LAUNCH_CONFIGURATION})
 
 
 def _imds_v2(r: Resource, context: Context) -> Iterator[str]:
@@ -389,13 +411,32 @@ def _imds_v2(r: Resource, context: Context) -> Iterator[str]:
         return
     options = get(r.props, "metadataOptions")
     if options is None and get(r.props, "launchTemplate") is not None:
-        return  # the launch template's options apply, and the template is checked itself
+        return  # the launch template's options apply: the stack check finds the template, or reports it
     if get(options, "httpEndpoint") == "disabled":
         return  # no metadata service at all
     tokens = get(options, "httpTokens")
     if tokens != "required":
         yield (f"metadataOptions.httpTokens is {tokens!r}" if tokens is not None else "metadataOptions.httpTokens "
                "is not set") + ": the instance metadata service answers IMDSv1, without a session token"
+
+
+def _template_in_stack(r: Resource, template: Resource) -> bool:
+    reference = get(r.props, "launchTemplate")
+    name = get(template.props, "name")
+    return bool(template.urn and template.urn in r.dependencies) or (
+        name is not None and name in (get(reference, "name"), get(reference, "id")))
+
+
+def _imds_v2_of_outside_templates(resources: Sequence[Resource], context: Context) -> Iterator[Finding]:
+    """A machine taking its metadata options from a launch template outside the program: that template's
+    options cannot be seen, so IMDSv2 is not shown to be required."""
+    templates = [t for t in resources if t.type == AWS_LAUNCH_TEMPLATE]
+    for r in resources:
+        if (r.type in IMDS_TYPES and get(r.props, "metadataOptions") is None
+                and get(r.props, "launchTemplate") is not None
+                and not any(_template_in_stack(r, t) for t in templates)):
+            yield Finding(r, "metadataOptions is not set and launchTemplate names a template outside the program: "
+                             "whether the instance metadata service requires IMDSv2 cannot be seen")
 
 
 def _aws_instance_disks(r: Resource) -> Iterator[str]:
@@ -430,6 +471,8 @@ def _azure_vm_disks(r: Resource) -> Iterator[str]:
 # cloud with no way to turn it off, and AWS encrypts instance-store NVMe in hardware: nothing to check.
 DISKS: dict[str, Callable[[Resource], Iterator[str]]] = {
     AWS_INSTANCE: _aws_instance_disks,
+    AWS_SPOT_INSTANCE: _aws_instance_disks,
+    AWS_LAUNCH_CONFIGURATION: _aws_instance_disks,
     AWS_LAUNCH_TEMPLATE: _aws_launch_template_disks,
     AWS_VOLUME: _aws_volume_disks,
     AZURE_VM: _azure_vm_disks,
@@ -541,9 +584,11 @@ def _no_secrets(r: Resource, context: Context) -> list[str]:
 
 def _no_open_relay(r: Resource, context: Context) -> Iterator[str]:
     if r.type.startswith(KUMO_COMPONENT_PREFIX):
-        cidrs = _strings(get(r.props, "deployment.kumomta.relay_cidrs"))
-        if covers_the_internet(cidrs):
-            yield f"deployment.kumomta.relay_cidrs lets the internet relay: {', '.join(cidrs)}"
+        # relayCidrs: the schema's name, as a component declared from another language carries it.
+        for path in ("deployment.kumomta.relay_cidrs", "deployment.kumomta.relayCidrs"):
+            cidrs = _strings(get(r.props, path))
+            if covers_the_internet(cidrs):
+                yield f"{path} lets the internet relay: {', '.join(cidrs)}"
     yield from sorted({f"the KumoMTA policy in {path} has {name} covering the internet: {', '.join(hosts)}"
                        for path, text in machine_texts(r) for name, hosts in kumo_host_lists(text)
                        if covers_the_internet(hosts)})
@@ -593,18 +638,20 @@ def _ptr_set(resources: Sequence[Resource], context: Context) -> Iterator[Findin
 
 RULES: tuple[Rule, ...] = (
     Rule("kumo-management-ports-not-public", MANDATORY,
-         "No firewall rule (AWS security groups and their rules, Azure NSGs and security rules, GCP firewalls) "
+         "No firewall rule (AWS security groups and their rules, Azure NSGs and security rules, GCP firewalls, "
+         "whose ingress without sources admits 0.0.0.0/0) "
          "admits SSH (22) or the KumoMTA HTTP API (8000, 8443) from the internet: 0.0.0.0/0, ::/0, Azure's "
          "Internet or *, or ranges covering more public addresses than kumo-infra's config admits.",
          "Admit the management ports only from your own networks (kumo-infra: network.ssh_cidrs and "
          "network.api_cidrs); the API's loopback port 8000 never needs a rule.",
          check_resource=_management_ports_alone, check_stack=_management_ports_together),
     Rule("kumo-aws-imdsv2-required", MANDATORY,
-         "AWS instances and launch templates require IMDSv2 (metadataOptions.httpTokens: required), so a "
-         "request forged through the machine cannot read its role's credentials.",
+         "AWS instances, spot requests, launch templates and launch configurations require IMDSv2 "
+         "(metadataOptions.httpTokens: required), so a request forged through the machine cannot read its role's "
+         "credentials. An instance taking its options from a launch template outside the program is reported.",
          "Set metadata_options=InstanceMetadataOptionsArgs(http_tokens=\"required\") (or turn the metadata "
          "endpoint off).",
-         check_resource=_imds_v2),
+         check_resource=_imds_v2, check_stack=_imds_v2_of_outside_templates),
     Rule("kumo-disks-encrypted", MANDATORY,
          "Root and spool disks are encrypted: AWS root and EBS devices and volumes say encrypted; Azure VMs use "
          "encryption at host (managed disks are always encrypted at rest; the temp disk, where a local NVMe "
