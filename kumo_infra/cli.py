@@ -203,13 +203,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     stack = load_stack(args)  # bad input exits 2 here, before any resource is registered
     _warn(stack)
-    doc = planview.run_plan(stack)
+    offline_run = planview.run_offline(stack)
+    doc = planview.plan_document(stack, offline_run[0])
     if not args.policy:
         print(json.dumps(doc, indent=2, sort_keys=True) if args.json else planview.format_plan(doc))
         return 0
     from . import guardrails
 
-    violations = guardrails.check_stack(stack)
+    violations = guardrails.check_stack(stack, offline_run)  # the same run: the program runs once
     if args.json:
         doc["policy"] = [dataclasses.asdict(v) for v in violations]
         print(json.dumps(doc, indent=2, sort_keys=True))

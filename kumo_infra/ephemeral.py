@@ -74,7 +74,8 @@ from pulumi import automation as auto
 
 from .config import ROOT, Deployment, parse_deployment
 from .errors import ConfigError, Problem, shown
-from .stackconfig import SECRET_ENV_PREFIX, SECRET_KEYS, StackConfig, from_values, load_file, warnings_for
+from .stackconfig import (SECRET_ENV_PREFIX, SECRET_KEYS, StackConfig, from_values, load_file, warnings_for,
+                          without_stack_secrets)
 
 PROJECT = "kumo-infra-ci"
 
@@ -392,7 +393,7 @@ def inline_program(secret_values: Mapping[str, str]) -> Callable[[], None]:
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` without the KUMO_SECRET_* variables: the inline program reads the secrets in this
     process, and no child (pulumi, its plugins and providers, az, aws, gcloud) needs them."""
-    return {key: value for key, value in env.items() if not key.startswith(SECRET_ENV_PREFIX)}
+    return without_stack_secrets(env)
 
 
 def _credentials(env: Mapping[str, str]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from .addresses import PUBLIC_BUDGET, public_coverage
 
@@ -732,17 +732,14 @@ def check_offline(result: "OfflineResult", known_secrets: Optional[Mapping[str, 
     return check_resources(resources_of(result), known_secrets)
 
 
-def check_stack(stack: "StackConfig") -> list[Violation]:
-    """The violations of ``stack``'s offline plan (``kumo-infra plan --policy``). The plan's secret
-    config values are placeholders: the placeholder in a machine's text is a secret config value there.
-    Raises ConfigError, as ``planview.run_plan`` does, for input the program refuses."""
-    from . import offline, planview, program
+def check_stack(stack: "StackConfig", offline_run: Optional[tuple[Any, Sequence[str]]] = None) -> list[Violation]:
+    """The violations of ``stack``'s offline plan (``kumo-infra plan --policy``), from ``offline_run``
+    (``planview.run_offline(stack)``, when the caller has it already) or a run of its own. The plan's
+    secret config values are placeholders: the placeholder in a machine's text is a secret config value
+    there. Raises ConfigError, as ``planview.run_offline`` does, for input the program refuses."""
+    from . import planview
 
-    values, secret_keys = planview.stack_config_values(stack)
-    try:
-        result = offline.run(program.run, values, stack=stack.stack, secret_keys=secret_keys)
-    except program.StackConfigError as exc:
-        raise exc.config_error from None
+    result, secret_keys = offline_run if offline_run is not None else planview.run_offline(stack)
     known = {f"the secret config ({', '.join(secret_keys)})": planview.SECRET_PLACEHOLDER} if secret_keys else {}
     return check_offline(result, known)
 

@@ -53,14 +53,24 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def run_plan(stack: StackConfig) -> dict[str, Any]:
-    """The plan of ``stack``. Raises ConfigError (the CLI exits 2) for input the program or a
-    component refuses, such as a bootstrap above AWS's user-data limit."""
+def run_offline(stack: StackConfig) -> tuple["offline.OfflineResult", tuple[str, ...]]:
+    """The program run offline over ``stack`` (secret config values as placeholders), and the keys of
+    those secrets. Raises ConfigError (the CLI exits 2) for input the program or a component refuses,
+    such as a bootstrap above AWS's user-data limit."""
     values, secret_keys = stack_config_values(stack)
     try:
-        result = offline.run(program.run, values, stack=stack.stack, secret_keys=secret_keys)
+        return offline.run(program.run, values, stack=stack.stack, secret_keys=secret_keys), tuple(secret_keys)
     except program.StackConfigError as exc:
         raise exc.config_error from None
+
+
+def run_plan(stack: StackConfig) -> dict[str, Any]:
+    """The plan of ``stack``. Raises ConfigError as run_offline does."""
+    return plan_document(stack, run_offline(stack)[0])
+
+
+def plan_document(stack: StackConfig, result: "offline.OfflineResult") -> dict[str, Any]:
+    """The plan document (secrets masked) of an offline run over ``stack``."""
     return _mask({
         "stack": stack.stack,
         "cloud": stack.deployment.cloud,

@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from .errors import shown
-from .stackconfig import SECRET_ENV_PREFIX
+from .stackconfig import without_stack_secrets
 
 if TYPE_CHECKING:
     from .config import Deployment
@@ -93,8 +93,8 @@ PULUMI_SECRET_VARIABLES = frozenset({"PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSP
 def cli_environment(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """``environ`` (default: this process's) without the variables a cloud CLI must not see."""
     source = os.environ if environ is None else environ
-    return {name: value for name, value in source.items()
-            if not name.startswith(SECRET_ENV_PREFIX) and name not in PULUMI_SECRET_VARIABLES}
+    return {name: value for name, value in without_stack_secrets(source).items()
+            if name not in PULUMI_SECRET_VARIABLES}
 
 
 def run_cli(argv: Sequence[str], timeout: float = CLI_TIMEOUT_S) -> str:

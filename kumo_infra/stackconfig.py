@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -26,6 +26,11 @@ KNOWN_KEYS = (ROOT, *SECRET_KEYS)
 # Where an ephemeral stack (kumo_infra.ephemeral) takes each secret key's value from:
 # KUMO_SECRET_<KEY> in the environment; kumo-infra keeps these from every process it starts.
 SECRET_ENV_PREFIX = "KUMO_SECRET_"
+
+
+def without_stack_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the KUMO_SECRET_* variables: what a process kumo-infra starts may see."""
+    return {key: value for key, value in env.items() if not key.startswith(SECRET_ENV_PREFIX)}
 
 
 @dataclass(frozen=True)
