@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from .addresses import PUBLIC_BUDGET, public_coverage
+from .ports import MANAGEMENT_PORTS
 
 if TYPE_CHECKING:
     from .offline import OfflineResult
@@ -38,13 +39,6 @@ if TYPE_CHECKING:
 MANDATORY = "mandatory"
 ADVISORY = "advisory"
 
-# Equal to netplan.SSH_PORT, bootstrap.policy.HTTP_PORT and API_TLS_PORT (netplan.management_ports();
-# tests/test_guardrails.py holds them equal): those modules load pydantic, which the pack's environment lacks.
-MANAGEMENT_PORTS: dict[int, str] = {
-    22: "SSH",
-    8000: "the KumoMTA HTTP API (its trusted loopback listener)",
-    8443: "the KumoMTA HTTP API (TLS)",
-}
 
 # Resource type tokens, as the engine names them.
 AWS_INSTANCE = "aws:ec2/instance:Instance"

@@ -12,13 +12,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .bootstrap.policy import API_TLS_PORT, HTTP_PORT
 from .config import Deployment
+from .ports import API_TLS_PORT, HTTP_PORT, SSH_PORT
 
 WORLD_V4 = "0.0.0.0/0"
 WORLD_V6 = "::/0"
 WORLD = {"v4": WORLD_V4, "v6": WORLD_V6}
-SSH_PORT = 22
 SMTP_PORT = 25
 # Rule names (the part of each firewall resource's name) of the outbound SMTP ports: unchanged
 # from earlier releases, so an existing stack keeps its rules and only loses the ones it no longer

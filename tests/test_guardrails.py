@@ -144,7 +144,8 @@ def test_guardrails_load_neither_pulumi_nor_pydantic():
     probe = ("import sys, kumo_infra.guardrails; "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pulumi', 'pydantic', 'yaml', 'kumo_infra')))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert eval(out) == ["kumo_infra", "kumo_infra.addresses", "kumo_infra.errors", "kumo_infra.guardrails"]
+    assert eval(out) == ["kumo_infra", "kumo_infra.addresses", "kumo_infra.errors", "kumo_infra.guardrails",
+                         "kumo_infra.ports"]
 
 
 # -- the examples ----------------------------------------------------------------------------------------

@@ -10,15 +10,12 @@ certificate) and HTTP basic auth; no message is ever refused because of its head
 from __future__ import annotations
 
 from ..config import Deployment
+from ..ports import API_TLS_PORT, HTTP_PORT
 from ..secretspec import (API_PASSWORD_PATH, API_TLS_CERT_PATH, API_TLS_KEY_PATH, API_USER, RELAY_PASSWORD_PATH,
                           secret_specs)
 
 SPOOL_DIR = "/var/spool/kumomta"
 LOG_DIR = "/var/log/kumomta"
-HTTP_PORT = 8000
-# The API beyond the node (network.api_cidrs): TLS and basic auth, on its own listener so the
-# loopback listener on HTTP_PORT stays plain for the node's own health checks and kcli.
-API_TLS_PORT = 8443
 LOOPBACK = ("127.0.0.1", "::1")
 
 
