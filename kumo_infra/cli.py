@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from . import catalog, ci, config, sizing, targets
+from . import catalog, ci, config, drain, roll, sizing, targets
 from .errors import ConfigError, Problem
 from .stackconfig import StackConfig, load_file, stack_path
 
@@ -239,6 +239,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "size": cmd_size,
     "render": cmd_render,
     "ci": ci.run,
+    "drain": drain.run,
+    "roll": roll.run,
 }
 
 
@@ -280,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     ci.register(sub)
+    drain.register(sub)
+    roll.register(sub)
     return parser
 
 

@@ -30,13 +30,15 @@ from .forms import hostname as _hostname
 from .forms import network_block as _network_block
 from .forms import ssh_public_key as _ssh_public_key
 
-__all__ = ["ROOT", "RELAY_PASSWORD_KEY", "Deployment", "parse_deployment", "direct_allowed", "Hostname",
+__all__ = ["ROOT", "RELAY_PASSWORD_KEY", "REDIS_PASSWORD_KEY", "Deployment", "parse_deployment", "direct_allowed", "Hostname",
            "SSH_KEY_FORM", "_form", "_hostname", "_host_or_ip", "_network_block", "_ssh_public_key"]
 
 ROOT = "kumo:deployment"
 # Secrets are separate top-level keys so Pulumi keeps them encrypted end to end
 # (a secret leaf inside a structured object comes back as plain text).
 RELAY_PASSWORD_KEY = "kumo:relayPassword"
+# The password of an existing Redis a fleet shares its throttles through (fleet.redis_url).
+REDIS_PASSWORD_KEY = "kumo:redisPassword"
 
 DEFAULT_REPO_URL = "https://openrepo.kumomta.com"
 
@@ -295,6 +297,94 @@ class Dkim(_Strict):
         return _no_repeats(value)
 
 
+# A KumoMTA throttle as its parser reads it (crates/throttle/src/lib.rs, ThrottleSpec::try_from):
+# a positive limit per period; the shorter forms of the period are spelled out the same way.
+THROTTLE_FORM = ("a rate as KumoMTA writes it: a positive whole number, '/', and a period of s, min, h or d "
+                 "(like 100/s, 20/min, 5000/h)")
+ThrottleRate = Annotated[str, _form(r"[1-9][0-9]{0,9}/(?:s|sec|second|m|min|minute|h|hr|hour|d|day)",
+                                    THROTTLE_FORM)]
+PROVIDER_NAME = Annotated[str, _form(
+    r"[a-z0-9](?:[a-z0-9_.-]{0,62}[a-z0-9])?",
+    "a provider name as KumoMTA's shaping rules name them: 1-64 lowercase letters, digits, '_', '.' and '-' "
+    "(like google, yahoo, microsoft)")]
+
+
+class ShapingOverride(_Strict):
+    """The deployment's own limits for one destination domain or one provider (a group of MX
+    hosts that KumoMTA's shaping rules name), layered over the rules KumoMTA ships."""
+
+    domain: Optional[Hostname] = None
+    provider: Optional[PROVIDER_NAME] = None
+    # Keys of kumo.make_egress_path (crates/kumo-api-types/src/egress_path.rs EgressPathConfig).
+    connection_limit: Optional[int] = Field(None, ge=1, le=100_000)
+    max_connection_rate: Optional[ThrottleRate] = None
+    max_message_rate: Optional[ThrottleRate] = None
+    max_deliveries_per_connection: Optional[int] = Field(None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_destination_some_limit(self) -> "ShapingOverride":
+        if (self.domain is None) == (self.provider is None):
+            raise ValueError("name exactly one destination: domain: gmail.com, or provider: google")
+        if all(getattr(self, key) is None for key in SHAPING_LIMITS):
+            raise ValueError(f"set at least one limit: {', '.join(SHAPING_LIMITS)}")
+        return self
+
+    @property
+    def destination(self) -> str:
+        return f"domain {self.domain}" if self.domain else f"provider {self.provider}"
+
+
+SHAPING_LIMITS = ("connection_limit", "max_connection_rate", "max_message_rate", "max_deliveries_per_connection")
+
+
+class Shaping(_Strict):
+    # KumoMTA's community shaping rules (/opt/kumomta/share/community/shaping.toml: per-provider
+    # limits for Gmail, Yahoo, Microsoft ...) on top of its default rules; off: the defaults only.
+    community_rules: bool = True
+    # The deployment's own limits, applied after KumoMTA's rules (the last file wins).
+    overrides: list[ShapingOverride] = Field(default_factory=list, max_length=500)
+
+    @field_validator("overrides")
+    @classmethod
+    def _each_destination_once(cls, value: list[ShapingOverride]) -> list[ShapingOverride]:
+        _no_repeats([o.destination for o in value])
+        return value
+
+
+REDIS_URL_FORM = ("a redis:// or rediss:// (TLS) URL of a host and optional :port and /database number, without "
+                  "credentials (like rediss://redis.internal:6379/0); the password goes in the secret "
+                  "kumo:redisPassword")
+
+
+def _redis_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    ok = (len(value) <= 255 and re.fullmatch(r"[\x21-\x7e]+", value, re.ASCII) is not None
+          and parts.scheme in ("redis", "rediss") and value.startswith(f"{parts.scheme}://")
+          and not (parts.query or parts.fragment or "@" in parts.netloc or "?" in value or "#" in value)
+          and re.fullmatch(r"(?:/[0-9]{1,2})?/?", parts.path) is not None)
+    try:
+        port = parts.port
+    except ValueError:
+        ok = False
+    else:
+        ok = ok and port != 0 and parts.hostname is not None
+    if ok:
+        try:
+            _host_or_ip(parts.hostname or "")
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ValueError(f"{shown(value)} is not {REDIS_URL_FORM}")
+    return value.rstrip("/")
+
+
+class Fleet(_Strict):
+    # An existing Redis the nodes share their throttles through (the only way on machines that
+    # already exist); unset: kumo-infra creates a managed one for a deployment of several nodes.
+    # Its password is the secret kumo:redisPassword. A single node keeps its throttles itself.
+    redis_url: Optional[Annotated[str, AfterValidator(_redis_url)]] = None
+
+
 class DeploymentBase(_Strict):
     """Every key of ``kumo:deployment`` but the targets' own sections (``Deployment`` adds those)."""
 
@@ -313,6 +403,8 @@ class DeploymentBase(_Strict):
     kumomta: KumoMta = Field(default_factory=KumoMta)
     dns: Dns = Field(default_factory=Dns)
     dkim: Dkim = Field(default_factory=Dkim)
+    shaping: Shaping = Field(default_factory=Shaping)
+    fleet: Fleet = Field(default_factory=Fleet)
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     os_updates: OsUpdates = Field(default_factory=OsUpdates)
 

@@ -62,6 +62,14 @@ def secret_specs(deployment: Deployment) -> list[SecretSpec]:
                                 "private key of the KumoMTA HTTP API's TLS certificate (generated)"))
         specs.append(SecretSpec(API_TLS_CERT, API_TLS_CERT_PATH,
                                 "TLS certificate of the KumoMTA HTTP API (generated, self-signed; public)"))
+    from . import fleet  # fleet imports this module for SECRETS_DIR
+
+    if fleet.is_fleet(deployment):
+        # After the API certificate, and last: both exist only once the machines do on some targets.
+        specs.append(SecretSpec(fleet.REDIS_URL, fleet.REDIS_URL_PATH,
+                                "URL of the Redis the nodes share their throttles through, with its credentials"))
+        specs.append(SecretSpec(fleet.FLEET_PEERS, fleet.FLEET_PEERS_PATH,
+                                "the nodes' private addresses (JSON; not secret, stored once the machines exist)"))
     return specs
 
 

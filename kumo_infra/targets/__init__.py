@@ -142,6 +142,13 @@ class Target:
     # kumo_infra.ephemeral runs after the destroy (Azure: purge the soft-deleted Key Vault).
     # None: a destroy leaves nothing.
     after_destroy: Optional[str] = None
+    # The managed Redis kumo-infra creates for a fleet's shared throttles on this target (a title, like
+    # "Amazon ElastiCache (Redis OSS)"), or None: the target has none, and a deployment of several
+    # nodes must name an existing one (kumo:deployment.fleet.redis_url).
+    managed_redis: Optional[str] = None
+    # The Pulumi type token of the resource that IS a node's machine (aws:ec2/instance:Instance):
+    # `kumo-infra roll` replaces exactly that resource of one node at a time. None: nothing to replace.
+    machine_type: Optional[str] = None
 
     def image_for(self, os_key: str) -> Any:
         """The image of ``os_key`` on this target; None when it has none (or the target takes

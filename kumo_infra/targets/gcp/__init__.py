@@ -96,6 +96,8 @@ TARGET = Target(
     dns_zone_field="dns_managed_zone",
     component="kumo_infra.targets.gcp.component:GcpKumoMta",
     console="kumo_infra.targets.gcp.console:reader",
+    machine_type="gcp:compute/instance:Instance",
+    managed_redis="Memorystore for Redis, TLS in transit and AUTH",
     offline_computed=offline.COMPUTED,
     offline_invokes=offline.INVOKES,
     # GCP blocks outbound 25: mail leaves through a smarthost.

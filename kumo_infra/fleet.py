@@ -1,0 +1,70 @@
+"""What the nodes of a deployment share: throttles in Redis, the TSA daemons, the list of peers.
+
+Pure (no Pulumi). A deployment of one node shares nothing and needs no Redis; with several, every
+per-node limit would multiply with the node count, so the throttles live in one Redis (KumoMTA's
+``kumo.configure_redis_throttles``, crates/kumo-server-common/src/lib.rs) and every node publishes
+its delivery results to every node's TSA daemon.
+
+The peers' private addresses exist only once the machines do, so they reach the nodes the way the
+API certificate does: stored in the target's secret store after the machines are created
+(``NodeSecret.machines_wait`` False) and fetched at boot (kumo-bootstrap's secrets step retries
+until it is there), then read by the policy and by tsa_init.lua.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from .ports import HTTP_PORT
+from .secretspec import SECRETS_DIR
+
+if TYPE_CHECKING:
+    from .config import Deployment
+
+# The Redis URL the nodes connect to, credentials included (rediss://:TOKEN@host:port): a secret,
+# fetched at boot like the others and read by the policy with kumo.secrets.load.
+REDIS_URL = "redis-url"
+REDIS_URL_PATH = f"{SECRETS_DIR}/{REDIS_URL}"
+# The nodes' private addresses, a JSON list of strings in node order (node1 first). Not secret,
+# but it travels with the secrets because it exists only after the machines do.
+FLEET_PEERS = "fleet-peers"
+FLEET_PEERS_PATH = f"{SECRETS_DIR}/{FLEET_PEERS}.json"
+
+# How `kumo-infra drain` tells a node to stop accepting mail, through KumoMTA's own admin API:
+# a suspension (POST /api/admin/suspend/v1, crates/kumo-api-types/src/lib.rs SuspendV1Request) of
+# a domain no message is ever sent to, so it suspends no delivery; the policy lists the
+# suspensions (kumo.api.admin.suspend.list) and answers 421 to new mail while this one exists.
+# Cancelling the suspension (DELETE /api/admin/suspend/v1 {id}) makes the node accept mail again.
+DRAIN_SUSPENSION_DOMAIN = "drain.kumo-infra.invalid"
+DRAIN_REASON = "kumo-infra drain: this node is being emptied before it is replaced"
+
+# Where a peer receives the messages another node transfers to it (kumod POSTs them to
+# /api/xfer/inject/v1 of the target URL, crates/kumod/src/xfer): the HTTP listener on HTTP_PORT, which in a
+# fleet listens on every address, trusts loopback and the peers only, and is open in the cloud
+# firewall to the deployment's own nodes only. Plain HTTP inside the deployment's private network.
+def xfer_target_url(private_ip: str) -> str:
+    host = f"[{private_ip}]" if ":" in private_ip else private_ip
+    return f"http://{host}:{HTTP_PORT}"
+
+
+RedisSource = Literal["none", "external", "managed"]
+
+
+def node_count(deployment: "Deployment") -> int:
+    """How many nodes the deployment's plan has (the planner's choice, the target's, or nodes:)."""
+    from .stackconfig import plan_for  # stackconfig imports the config model, which this module must not
+
+    return plan_for(deployment).nodes
+
+
+def is_fleet(deployment: "Deployment") -> bool:
+    """Whether the nodes must share throttles, shaping data and a peer list: more than one node."""
+    return node_count(deployment) > 1
+
+
+def redis_source(deployment: "Deployment") -> RedisSource:
+    """Where the shared throttles live: nowhere (one node), the operator's Redis (fleet.redis_url),
+    or a managed Redis kumo-infra creates in the deployment's private network."""
+    if not is_fleet(deployment):
+        return "none"
+    return "external" if deployment.fleet.redis_url else "managed"
