@@ -42,6 +42,10 @@ class Rule:
     port: int
     cidrs: tuple[str, ...]
     description: str
+    # Only from the deployment's own nodes (a fleet's TSA and xfer traffic), whatever their addresses:
+    # each cloud translates it to its own "these machines" source (AWS the security group itself,
+    # GCP the nodes' network tag, Azure the nodes' subnet); ``cidrs`` is then empty.
+    from_nodes: bool = False
 
     @property
     def ipv4(self) -> tuple[str, ...]:
