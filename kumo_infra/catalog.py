@@ -55,6 +55,26 @@ class InstanceType:
         return round(self.price_usd_hour + extra, 6)
 
 
+# Hours in a month as the clouds' own calculators count them (365 * 24 / 12).
+HOURS_PER_MONTH = 730
+
+
+@dataclass(frozen=True)
+class ManagedRedis:
+    """The managed Redis a fleet's nodes share their throttles through, as the target's component
+    creates it (Target.managed_redis): its class, and what it costs in the catalog's region."""
+
+    title: str  # "Amazon ElastiCache (Redis OSS)"
+    instance: str  # what is created, as the cloud bills it: "cache.t4g.small, primary and 1 replica"
+    price_usd_hour: float  # every node of it, on demand
+    price_taken: str
+    source: str
+
+    @property
+    def price_usd_month(self) -> float:
+        return round(self.price_usd_hour * HOURS_PER_MONTH, 2)
+
+
 @dataclass(frozen=True)
 class Catalog:
     cloud: str
@@ -63,6 +83,7 @@ class Catalog:
     price_basis: str
     sources: tuple[str, ...]
     types: tuple[InstanceType, ...]
+    redis: ManagedRedis | None = None  # [redis]: None where the target creates no Redis
 
     def get(self, name: str) -> InstanceType | None:
         return next((t for t in self.types if t.name == name), None)
@@ -122,6 +143,7 @@ def parse(cloud: str, data: dict) -> Catalog:
         types.append(InstanceType(cloud=cloud, **{**entry, "memory_gib": float(entry["memory_gib"])}))
     if not types:
         raise CatalogError(f"{cloud}.toml: no [[types]]")
+    redis = _redis(cloud, data["redis"]) if "redis" in data else None
     return Catalog(
         cloud=cloud,
         price_region=source.get("price_region", ""),
@@ -129,7 +151,22 @@ def parse(cloud: str, data: dict) -> Catalog:
         price_basis=source.get("price_basis", ""),
         sources=tuple(source.get("sources", ())),
         types=tuple(types),
+        redis=redis,
     )
+
+
+_REDIS = {"title": str, "instance": str, "price_usd_hour": (int, float), "price_taken": str, "source": str}
+
+
+def _redis(cloud: str, entry: dict) -> ManagedRedis:
+    if set(entry) != set(_REDIS):
+        raise CatalogError(f"{cloud}.toml [redis]: needs exactly {', '.join(_REDIS)}")
+    for key, kind in _REDIS.items():
+        if not _is(entry[key], kind):
+            raise CatalogError(f"{cloud}.toml [redis]: '{key}' of the wrong type")
+    if entry["price_usd_hour"] <= 0:
+        raise CatalogError(f"{cloud}.toml [redis]: price_usd_hour must be positive")
+    return ManagedRedis(**{**entry, "price_usd_hour": float(entry["price_usd_hour"])})
 
 
 class NoCatalog(CatalogError):

@@ -7,10 +7,24 @@
     network          _network:   where the machines live (None: the target creates none)
     firewall         _firewall:  cp.rules translated (None: the machines bring their own)
     identity         _identity:  what the nodes read their secrets as (None: no identity)
+    shared Redis     _shared_redis: a fleet's managed Redis (only when fleet.redis_source is "managed")
     secrets          secrets_for (keys and passwords) then _store_secrets (the target's store)
     per node         _address, _forward_record (with dns.zone), _spool (block spools), _machine,
                      _ptr (when cp.set_ptr), _after_machine, then the node's outputs
+    peers            a fleet's peer list (FLEET_PEERS) from every machine's private address
     publish          _publish: the shared outputs and the target's _extra_outputs
+
+A fleet (more than one node, kumo_infra.fleet) shares its throttles through one Redis: the
+operator's (fleet.redis_url and the secret kumo:redisPassword, the REDIS_URL secret composed here)
+or one the target creates. The contract with a target that creates one (Target.managed_redis set):
+``_shared_redis(b)`` is called after ``_network`` and ``_firewall`` (the Redis goes in the nodes'
+private network, reachable from the nodes only, TLS in transit, its auth token kept in the state
+as a secret) and before the secrets, and returns a :class:`SharedRedis`. Its ``url`` becomes the
+REDIS_URL secret, which the machines wait for (NodeSecret.machines_wait True): Azure Cache for
+Redis can take more than 20 minutes to create, longer than a node's boot-time fetch waits
+(KUMO_SECRET_WAIT_S, 600 s), and the URL needs no machine, so waiting costs no cycle. The nodes'
+way out to the Redis's port is the target's to open, with the Redis (netplan opens the way to
+fleet.redis_url only).
 
 A target's component (``kumo_infra/targets/<name>/component.py``) sets ``TARGET`` (its registry
 name) and ``TYPE`` (its type token) and implements the hooks: the abstract ones are what every
@@ -27,21 +41,22 @@ import base64
 import functools
 import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import pulumi
 
-from . import catalog, targets
+from . import catalog, fleet, targets
 from .bootstrap import render_user_data
 from .bootstrap.policy import API_TLS_PORT
 from .component_args import ApiAccess, DnsRecord, KumoMtaArgs, Node, SizingPlan
-from .config import Deployment, parse_deployment
+from .config import REDIS_PASSWORD_KEY, Deployment, parse_deployment
 from .errors import ConfigError
 from .netplan import Rule, firewall_rules
 from .secretspec import API_PASSWORD, API_TLS_CERT, API_TLS_KEY, API_USER, RELAY_PASSWORD, SecretSpec, secret_specs
 from .sizing import Plan
-from .stackconfig import needs_relay_password, plan_for
+from .stackconfig import needs_redis_password, needs_relay_password, plan_for
 
 if TYPE_CHECKING:
     import pulumi_tls
@@ -189,6 +204,10 @@ def prepare(args: KumoMtaArgs, target: Union[targets.Target, str]) -> ComponentP
     if needs_relay_password(deployment) and args.get("relay_password") is None:
         raise ConfigError("relay mode needs the smarthost password (args['relay_password'], from the secret "
                           "kumo:relayPassword: pulumi config set --secret kumo:relayPassword ...)", "kumo:relayPassword")
+    if needs_redis_password(deployment) and args.get("redis_password") is None:
+        raise ConfigError(f"fleet.redis_url needs the Redis's password (args['redis_password'], from the secret "
+                          f"{REDIS_PASSWORD_KEY}: pulumi config set --secret {REDIS_PASSWORD_KEY} ...)",
+                          REDIS_PASSWORD_KEY)
     plan = plan_for(deployment)
     nodes = tuple(NodePlan(i, f"node{i + 1}", deployment.node_hostname(i, plan.nodes), deployment, plan)
                   for i in range(plan.nodes))
@@ -232,6 +251,19 @@ class Machine:
 
 
 @dataclass
+class SharedRedis:
+    """A fleet's managed Redis, as the target's ``_shared_redis`` created it."""
+
+    # The URL every node connects with, credentials included (rediss://:TOKEN@host:port): a Pulumi
+    # secret, stored as the REDIS_URL secret; never in an output.
+    url: pulumi.Output[str]
+    resource: pulumi.Resource  # what the nodes' URL names (the replication group, cache, instance)
+    title: str  # what it is, for the fleet output ("Amazon ElastiCache (Redis OSS)")
+    # host:port without credentials, for the fleet output.
+    endpoint: pulumi.Output[str]
+
+
+@dataclass
 class Build:
     """What the component has built so far, handed to every hook. ``network``, ``firewall``,
     ``identity`` and ``prepared`` hold whatever the target's own hooks returned (None: nothing)."""
@@ -248,6 +280,7 @@ class Build:
     secrets: list[NodeSecret] = field(default_factory=list)  # the deployment's, for the store
     # What every machine waits for so its boot-time fetch finds the secrets (_store_secrets' answer).
     secrets_ready: list[pulumi.Resource] = field(default_factory=list)
+    redis: Optional[SharedRedis] = None  # a fleet's managed Redis (_shared_redis' answer)
 
     @property
     def deployment(self) -> Deployment:
@@ -299,6 +332,12 @@ class KumoMtaComponent(pulumi.ComponentResource):
     # The API's key and certificate (secrets_for makes them with network.api_cidrs); _publish gives
     # the certificate the nodes' addresses, which the certificate waits for until then.
     _api_tls: Optional["ApiTls"] = None
+    # A fleet's peer list (secrets_for makes its secret), given the machines' private addresses once
+    # they exist.
+    _name_peers: Optional[Callable[[pulumi.Output[str]], None]] = None
+    # What the fleet shares (Redis endpoint, peers; fleet_output), None for a single node. Unannotated
+    # and private until component_args declares its type: Pulumi's inference takes annotations for outputs.
+    _fleet: Optional[pulumi.Output[dict]] = None
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         # Everything that can be wrong with the input is found before anything is registered.
@@ -309,7 +348,9 @@ class KumoMtaComponent(pulumi.ComponentResource):
         b.network = self._network(b)
         b.firewall = self._firewall(b)
         b.identity = self._identity(b)
-        b.secrets, dkim_public = secrets_for(self, name, cp, args)
+        if fleet.redis_source(cp.deployment) == "managed":
+            b.redis = self._shared_redis(b)
+        b.secrets, dkim_public = secrets_for(self, name, cp, args, b.redis)
         b.secrets_ready = self._store_secrets(b)
 
         address_after_machine = cp.target.address_after_machine
@@ -327,6 +368,10 @@ class KumoMtaComponent(pulumi.ComponentResource):
                 self._ptr(b, n)
             self._after_machine(b, n)
             built.append(n)
+        private_ips = [n.machine.private_ip for n in built if n.machine is not None]
+        if self._name_peers is not None:
+            self._name_peers(peers_json(private_ips))
+        self._fleet = fleet_output(cp, b.redis, private_ips)
 
         node_outputs = [node_output(cp, n.node, public_ip=n.address.ip, private_ip=n.machine.private_ip,
                                     machine_id=n.machine.machine_id)
@@ -357,6 +402,12 @@ class KumoMtaComponent(pulumi.ComponentResource):
     def _identity(self, b: Build) -> Any:
         """The identity the nodes read their secrets with; None when there is none to create."""
         return None
+
+    def _shared_redis(self, b: Build) -> SharedRedis:
+        """A fleet's managed Redis (called only when fleet.redis_source is "managed", after _network and
+        _firewall, before the secrets): see the module docstring for what it must be."""
+        raise NotImplementedError(f"{type(self).__name__} creates no managed Redis for a fleet on "
+                                  f"{b.cp.target.title}; set fleet.redis_url (and the secret {REDIS_PASSWORD_KEY})")
 
     def _store_secrets(self, b: Build) -> list[pulumi.Resource]:
         """Store ``b.secrets`` where only the nodes can read them; return what every machine must wait for
@@ -412,7 +463,13 @@ class KumoMtaComponent(pulumi.ComponentResource):
         self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips, "dns_records": self.dns_records,
                                "sizing": self.sizing, "secret_names": self.secret_names,
                                "deliverability_records": self.deliverability_records,
-                               **{k: v for k, v in {"api": self.api, **extra}.items() if v is not None}})
+                               **{k: v for k, v in {"api": self.api, "fleet": self._fleet, **extra}.items()
+                                  if v is not None}})
+
+    @property
+    def fleet(self) -> Optional[pulumi.Output[dict]]:
+        """What a fleet's nodes share (fleet_output); None for a single node."""
+        return self._fleet
 
 
 def node_output(cp: ComponentPlan, node: NodePlan, *, public_ip: pulumi.Input[str],
@@ -485,14 +542,15 @@ def generated_password(parent: pulumi.Resource, resource_name: str, cp: Componen
     return pulumi.Output.secret(password.result)
 
 
-def secrets_for(parent: KumoMtaComponent, name: str, cp: ComponentPlan, args: KumoMtaArgs) -> tuple[
-        list[NodeSecret], dict[str, pulumi.Output[str]]]:
+def secrets_for(parent: KumoMtaComponent, name: str, cp: ComponentPlan, args: KumoMtaArgs,
+                redis: Optional[SharedRedis] = None) -> tuple[list[NodeSecret], dict[str, pulumi.Output[str]]]:
     """The deployment's secrets as Pulumi secrets, and each DKIM domain's public key (PEM).
 
-    The relay password comes from the caller (a Pulumi secret); each DKIM key pair, the API
+    The relay and Redis passwords come from the caller (Pulumi secrets); each DKIM key pair, the API
     password and the API's TLS key are generated here and kept only in Pulumi's encrypted state
     and the target's secret store. The API certificate names the nodes' public addresses, which
-    the component creates later: ``_publish`` hands them over (ApiTls.name_addresses).
+    the component creates later: ``_publish`` hands them over (ApiTls.name_addresses). A fleet's
+    peer list is the machines' private addresses, handed over once they exist (parent._name_peers).
     """
     import pulumi_tls as tls  # imported here: only deployments that store secrets need it
 
@@ -519,6 +577,14 @@ def secrets_for(parent: KumoMtaComponent, name: str, cp: ComponentPlan, args: Ku
             else:
                 value = pulumi.Output.secret(api_tls.certificate.cert_pem)  # public; stored like the key
                 machines_wait = not cp.target.address_after_machine
+        elif spec.key == fleet.REDIS_URL:
+            value = redis_url_secret(d, args, redis)
+        elif spec.key == fleet.FLEET_PEERS:
+            # An Output resolved later from another (pulumi.deferred_output, as the API certificate's
+            # addresses): the machines' private addresses exist only once they do, so they cannot wait for it.
+            peers, parent._name_peers = pulumi.deferred_output()
+            value = pulumi.Output.secret(peers)
+            machines_wait = False
         else:
             key = tls.PrivateKey(names.generated(spec.key), algorithm="RSA", rsa_bits=2048,
                                  opts=child(parent, protect=d.lifecycle.protect))
@@ -526,6 +592,47 @@ def secrets_for(parent: KumoMtaComponent, name: str, cp: ComponentPlan, args: Ku
             dkim_public[spec.dkim_domain or ""] = key.public_key_pem
         secrets.append(NodeSecret(spec, cp.target.secrets.store_name(d, spec), value, machines_wait))
     return secrets, dkim_public
+
+
+def redis_url_secret(d: Deployment, args: KumoMtaArgs, redis: Optional[SharedRedis]) -> pulumi.Output[str]:
+    """The REDIS_URL secret's value: the managed Redis's URL, or fleet.redis_url with the password
+    (args['redis_password'], which prepare() refused to go without) as its userinfo."""
+    if redis is not None:
+        return pulumi.Output.secret(redis.url)
+    url = d.fleet.redis_url
+    assert url is not None  # secret_specs has REDIS_URL only for a fleet, which without a managed Redis names one
+    return pulumi.Output.secret(pulumi.Output.from_input(args["redis_password"]).apply(
+        lambda password: fleet.redis_url_with_password(url, password)))
+
+
+def peers_json(private_ips: list[pulumi.Input[Optional[str]]]) -> pulumi.Output[str]:
+    """FLEET_PEERS' value: every node's private address in node order, as a JSON list."""
+    return pulumi.Output.all(*private_ips).apply(lambda ips: json.dumps(list(ips)))
+
+
+def fleet_output(cp: ComponentPlan, redis: Optional[SharedRedis],
+                 private_ips: list[pulumi.Input[Optional[str]]]) -> Optional[pulumi.Output[dict]]:
+    """What a fleet's nodes share, for the operator: where the Redis is (host:port, never its URL or
+    token), the peers each node publishes to, and where each reads them. None for a single node."""
+    d = cp.deployment
+    source = fleet.redis_source(d)
+    if source == "none":
+        return None
+    if redis is not None:
+        title, endpoint = redis.title, redis.endpoint
+    else:
+        assert d.fleet.redis_url is not None  # an external source is fleet.redis_url
+        title, endpoint = "your own Redis (fleet.redis_url)", pulumi.Output.from_input(fleet.redis_endpoint(d.fleet.redis_url))
+    store = cp.target.secrets
+    secrets = {spec.key: store.store_name(d, spec) for spec in secret_specs(d)}
+
+    def build(resolved: list[Any]) -> dict:
+        where, *peers = resolved
+        return {"nodes": len(peers), "redis": {"source": source, "title": title, "endpoint": where,
+                                               "url_secret_name": secrets[fleet.REDIS_URL]},
+                "peers": list(peers), "peers_secret_name": secrets[fleet.FLEET_PEERS]}
+
+    return pulumi.Output.all(endpoint, *private_ips).apply(build)
 
 
 def pem_body(pem: str) -> str:

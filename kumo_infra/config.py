@@ -555,6 +555,19 @@ class DeploymentBase(_Strict):
         elif self.dns.zone and (section is None or not getattr(section, zone_field)):
             bad(f"{self.cloud}.{zone_field}", f"dns.zone is set, so kumo-infra creates the forward records and "
                                               f"needs the zone's {zone_field}")
+        if not problems and target.managed_redis is None and self.fleet.redis_url is None:
+            # Only a sound deployment has a plan to count its nodes by.
+            from . import fleet  # fleet imports this module (through secretspec)
+
+            try:
+                nodes = fleet.node_count(self)
+            except ConfigError:  # the plan's own problem, reported where the plan is made
+                nodes = 1
+            if nodes > 1:
+                bad("fleet.redis_url", f"{nodes} nodes share their throttles through a Redis, and kumo-infra creates "
+                                       f"none on {target.title}: give an existing one reachable from every node, "
+                                       "fleet: {redis_url: rediss://redis.example.net:6379}, and its password as the "
+                                       f"secret {REDIS_PASSWORD_KEY} (pulumi config set --secret {REDIS_PASSWORD_KEY} ...)")
         return problems
 
 

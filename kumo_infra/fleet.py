@@ -13,7 +13,8 @@ until it is there), then read by the policy and by tsa_init.lua.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import urllib.parse
+from typing import TYPE_CHECKING, Literal, Optional
 
 from .ports import HTTP_PORT
 from .secretspec import SECRETS_DIR
@@ -68,3 +69,33 @@ def redis_source(deployment: "Deployment") -> RedisSource:
     if not is_fleet(deployment):
         return "none"
     return "external" if deployment.fleet.redis_url else "managed"
+
+
+# redis-rs's default port, what KumoMTA's Redis client connects to when the URL names none
+# (redis crate, connection.rs DEFAULT_PORT).
+REDIS_DEFAULT_PORT = 6379
+
+
+def external_redis_port(deployment: "Deployment") -> Optional[int]:
+    """The port of fleet.redis_url when the fleet uses it (the nodes' way out to it), else None."""
+    if redis_source(deployment) != "external":
+        return None
+    return urllib.parse.urlsplit(deployment.fleet.redis_url).port or REDIS_DEFAULT_PORT
+
+
+def redis_endpoint(url: str) -> str:
+    """host:port of a Redis URL, without its credentials: what an output may show."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    return f"[{host}]:{parts.port or REDIS_DEFAULT_PORT}" if ":" in host else f"{host}:{parts.port or REDIS_DEFAULT_PORT}"
+
+
+def redis_url_with_password(url: str, password: str) -> str:
+    """fleet.redis_url (validated: no credentials, no query) with ``password`` as its userinfo,
+    ``scheme://:PASSWORD@host:port/db``: the form KumoMTA's Redis client reads (redis-rs
+    url_to_tcp_connection_info percent-decodes the password, redis/src/connection.rs), every
+    character but the unreserved ones percent-encoded so none ends the userinfo early (':', '@',
+    '/', '%', '#', '?')."""
+    parts = urllib.parse.urlsplit(url)
+    secret = urllib.parse.quote(password, safe="")
+    return urllib.parse.urlunsplit((parts.scheme, f":{secret}@{parts.netloc}", parts.path, "", ""))

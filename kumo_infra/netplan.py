@@ -5,6 +5,10 @@ NSG, VPC firewall), so the three clouds open exactly the same ports to exactly
 the same sources, and the safety rules are tested once, here. The sources are
 the validated lists of the config (``network.ssh_cidrs``, ``network.api_cidrs``),
 the same lists the policy is built from.
+
+A fleet (several nodes, kumo_infra.fleet) adds rules whose source or destination is the
+deployment's own nodes (``Rule.from_nodes``): every node publishes to every node's TSA daemon
+and transfers queues to a peer's HTTP listener, and nothing else may reach either port.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from . import fleet
 from .config import Deployment
-from .ports import API_TLS_PORT, HTTP_PORT, SSH_PORT
+from .ports import API_TLS_PORT, HTTP_PORT, MANAGEMENT_PORTS, SSH_PORT, TSA_PORT
 
 WORLD_V4 = "0.0.0.0/0"
 WORLD_V6 = "::/0"
@@ -42,9 +47,11 @@ class Rule:
     port: int
     cidrs: tuple[str, ...]
     description: str
-    # Only from the deployment's own nodes (a fleet's TSA and xfer traffic), whatever their addresses:
-    # each cloud translates it to its own "these machines" source (AWS the security group itself,
-    # GCP the nodes' network tag, Azure the nodes' subnet); ``cidrs`` is then empty.
+    # Only between the deployment's own nodes (a fleet's TSA and xfer traffic), whatever their addresses:
+    # the source of an ingress rule, the destination of an egress one. Each cloud translates it to its
+    # own "these machines" (AWS the security group itself; GCP the nodes' network tag as an ingress
+    # source, the nodes' subnet range as an egress destination, which GCP takes as ranges only; Azure
+    # the nodes' subnet); ``cidrs`` is then empty, so ``families()`` is too.
     from_nodes: bool = False
 
     @property
@@ -89,18 +96,42 @@ def firewall_rules(deployment: Deployment) -> list[Rule]:
         rules.append(Rule(f"out-{name}", "egress", "tcp", port, world, f"outbound {name}"))
     for name, protocol, port in SUPPORT_EGRESS:
         rules.append(Rule(f"out-{name}", "egress", protocol, port, world, f"outbound {name}"))
+    return rules + fleet_rules(deployment)
+
+
+# The ports a fleet's nodes open to each other and to nothing else, by rule name: each node's TSA
+# daemon (every node publishes its delivery results to all of them) and its HTTP listener (where a
+# peer's queues arrive when a node is drained: fleet.xfer_target_url).
+NODES_ONLY = {"tsa": (TSA_PORT, "the TSA daemon"), "xfer": (HTTP_PORT, "the KumoMTA HTTP listener (queue transfers)")}
+
+
+def fleet_rules(deployment: Deployment) -> list[Rule]:
+    """What the nodes of a fleet send each other, both ways, and the way out to an existing Redis
+    (fleet.redis_url: any address, like the smarthost's). None for one node. The way to a managed
+    Redis is the target's own (it knows the service's port and address), with the Redis."""
+    if not fleet.is_fleet(deployment):
+        return []
+    rules = []
+    for name, (port, what) in NODES_ONLY.items():
+        rules.append(Rule(name, "ingress", "tcp", port, (), f"{what} from the deployment's own nodes", from_nodes=True))
+        rules.append(Rule(f"out-{name}", "egress", "tcp", port, (), f"{what} of the deployment's own nodes",
+                          from_nodes=True))
+    port = fleet.external_redis_port(deployment)
+    if port is not None:
+        rules.append(Rule("out-redis", "egress", "tcp", port, (WORLD_V4, WORLD_V6), "outbound to fleet.redis_url"))
     return rules
 
 
 def management_ports() -> set[int]:
-    """Ports that must never be open to the world: SSH, the API's TLS listener, and the API's
-    plain loopback listener (which no rule ever opens)."""
-    return {SSH_PORT, API_TLS_PORT, HTTP_PORT}
+    """Ports that must never be open to the world (ports.MANAGEMENT_PORTS, what the guardrails check):
+    SSH, the API's TLS listener, the plain HTTP listener and the TSA daemon."""
+    return set(MANAGEMENT_PORTS)
 
 
 def never_opened_ports() -> set[int]:
-    """Ports no ingress rule may name at all: the plain-HTTP API listener is loopback only."""
-    return {HTTP_PORT}
+    """Ports no rule ever opens to a network (any CIDR): the plain HTTP listener and the TSA daemon,
+    which only a fleet opens, and only to its own nodes (Rule.from_nodes)."""
+    return {port for port, _ in NODES_ONLY.values()}
 
 
 def is_world(cidr: str) -> bool:

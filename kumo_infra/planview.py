@@ -11,8 +11,7 @@ import json
 from typing import Any
 
 from . import offline, program
-from .stackconfig import SECRET_KEYS, StackConfig, needs_relay_password
-from .config import RELAY_PASSWORD_KEY
+from .stackconfig import SECRET_KEYS, StackConfig, needed_secret_keys
 
 SECRET_PLACEHOLDER = "kumo-plan-secret-placeholder"
 SECRET_SHOWN = "[secret]"
@@ -32,10 +31,9 @@ def stack_config_values(stack: StackConfig) -> tuple[dict[str, Any], list[str]]:
     """The stack's config with every secret replaced by a placeholder the plan can carry."""
     values = {k: v for k, v in stack.values.items() if k not in SECRET_KEYS}
     secret_keys = []
+    needed = needed_secret_keys(stack.deployment)
     for key in SECRET_KEYS:
-        wanted = (key in stack.secrets_set or key in stack.deployment.target.secret_config.values()
-                  or (key == RELAY_PASSWORD_KEY and needs_relay_password(stack.deployment)))
-        if wanted:
+        if key in stack.secrets_set or key in needed:
             values[key] = SECRET_PLACEHOLDER
             secret_keys.append(key)
     return values, secret_keys

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pulumi
 
 from . import port25
-from .config import RELAY_PASSWORD_KEY, ROOT, parse_deployment
+from .config import ROOT, parse_deployment
 from .errors import ConfigError
-from .stackconfig import plan_for, warnings_for
+from .stackconfig import CORE_SECRETS, plan_for, warnings_for
 
 
 class StackConfigError(pulumi.RunError):
@@ -39,9 +39,9 @@ def run() -> None:
     target = deployment.target
     component_cls = target.component_class()
     args = {"deployment": raw}
-    # The secrets the component takes from the stack config, each a Pulumi secret: the relay password,
-    # and the target's own (Target.secret_config: component argument -> config key).
-    for arg, key in {"relay_password": RELAY_PASSWORD_KEY, **target.secret_config}.items():
+    # The secrets the component takes from the stack config, each a Pulumi secret: the relay's and the
+    # fleet's own Redis's passwords, and the target's own (Target.secret_config: argument -> config key).
+    for arg, key in {**CORE_SECRETS, **target.secret_config}.items():
         value = config.get_secret(key.split(":", 1)[1])
         if value is not None:
             args[arg] = value
@@ -59,3 +59,6 @@ def run() -> None:
     pulumi.export("port25", mta.public_ips.apply(lambda ips: port25.report(deployment, plan, ips)))
     # How to reach the HTTP API (URLs, user, where the password is kept), or null: loopback only.
     pulumi.export("api", mta.api)
+    if mta.fleet is not None:
+        # What a fleet's nodes share: the Redis's host:port (never its URL or token) and the peers.
+        pulumi.export("fleet", mta.fleet)

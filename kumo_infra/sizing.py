@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from . import targets
-from .catalog import Catalog, InstanceType
+from .catalog import Catalog, InstanceType, ManagedRedis
 from .errors import ConfigError, Problem
 
 MIN_MEMORY_GIB = 4.0
@@ -88,6 +88,8 @@ class Workload:
     instance_type: str | None = None
     nodes: int | None = None
     spool_size_gb: int | None = None
+    # The fleet's Redis is the operator's own (fleet.redis_url), not one the target creates.
+    external_redis: bool = False
 
 
 @dataclass
@@ -238,6 +240,7 @@ def plan(w: Workload, catalog: Catalog, price_path: str = "") -> Plan:
         + (f" (burst {t.burst_gbps:g} Gbps not counted)" if t.burst_gbps > t.baseline_gbps else "")
         + f", {node_capacity_per_hour(t):,.0f} messages/h per node from KumoMTA's published measurements",
         f"{best.nodes} node(s), bound by {best.constraint}",
+        fleet_reason(w, best.nodes, catalog.redis, catalog.price_region),
     ]
     if override:
         decided_by = "explicit instance_type"
@@ -272,6 +275,20 @@ def plan(w: Workload, catalog: Catalog, price_path: str = "") -> Plan:
         price_region=catalog.price_region, price_taken=catalog.price_taken,
         decided_by=decided_by, reasons=reasons, warnings=warnings,
     )
+
+
+def fleet_reason(w: Workload, nodes: int, redis: ManagedRedis | None, price_region: str) -> str:
+    """Whether the plan is a fleet, and the Redis its nodes share their throttles through: the
+    managed one the target creates (``redis``, the catalog's [redis] entry, with its price) or the
+    operator's own (fleet.redis_url; the only way where the target creates none)."""
+    if nodes == 1:
+        return "1 node: it keeps its throttles itself, with no Redis"
+    shared = (f"{nodes} nodes make a fleet: each node's limits would multiply by {nodes}, so the nodes share "
+              "their throttles (and connection limits) through one Redis")
+    if w.external_redis or redis is None:
+        return f"{shared}: your own (fleet.redis_url), not priced here"
+    return (f"{shared}: {redis.title}, {redis.instance}, ${redis.price_usd_month:,.2f}/month ({price_region}, "
+            f"prices of {redis.price_taken}), besides the machines' price")
 
 
 # The instance type of a plan for machines that exist already (a target without a catalog).
@@ -319,6 +336,7 @@ def plan_without_catalog(w: Workload) -> Plan:
         f"each needs at least {vcpu} vCPU ({capacity:,.0f} messages/h from KumoMTA's published measurements), "
         f"{MIN_MEMORY_GIB:g} GiB memory, {gbps:g} Gbps sustained, {os_disk_gb} GB on the OS disk and "
         f"{spool_gb:,} GB for the spool",
+        fleet_reason(w, nodes, None, ""),
     ]
     warnings = []
     if capacity < rate_per_node:

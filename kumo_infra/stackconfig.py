@@ -15,13 +15,16 @@ from typing import Any, Mapping
 import yaml
 
 from . import catalog, sizing, targets
-from .config import RELAY_PASSWORD_KEY, ROOT, Deployment, parse_deployment
+from .config import REDIS_PASSWORD_KEY, RELAY_PASSWORD_KEY, ROOT, Deployment, parse_deployment
 from .errors import ConfigError, Problem, shown
 
+# The secrets every target's component takes, {component argument: config key}: the relay's
+# password (relay mode) and the password of the fleet's own Redis (fleet.redis_url).
+CORE_SECRETS = {"relay_password": RELAY_PASSWORD_KEY, "redis_password": REDIS_PASSWORD_KEY}
 # Every key kumo-infra reads from the ``kumo`` namespace; anything else there is a typo. The
-# secret ones: the relay's password, and those a target's component takes (Target.secret_config).
-SECRET_KEYS = (RELAY_PASSWORD_KEY, *sorted({key for target in targets.registry().values()
-                                            for key in target.secret_config.values()} - {RELAY_PASSWORD_KEY}))
+# secret ones: the core's, and those a target's component takes (Target.secret_config).
+SECRET_KEYS = (*CORE_SECRETS.values(), *sorted({key for target in targets.registry().values()
+                                                for key in target.secret_config.values()} - set(CORE_SECRETS.values())))
 KNOWN_KEYS = (ROOT, *SECRET_KEYS)
 # Where an ephemeral stack (kumo_infra.ephemeral) takes each secret key's value from:
 # KUMO_SECRET_<KEY> in the environment; kumo-infra keeps these from every process it starts.
@@ -117,19 +120,32 @@ def from_values(stack: str, values: dict[str, Any]) -> StackConfig:
     assert deployment is not None
     plan = plan_for(deployment)
     warnings = warnings_for(deployment) + plan.warnings
-    if needs_relay_password(deployment) and RELAY_PASSWORD_KEY not in secrets:
+    for key in needed_secret_keys(deployment):
         # Not an error here: stack files are often validated before their secrets are set.
-        # The Pulumi program refuses to deploy without it.
-        warnings.append(f"{RELAY_PASSWORD_KEY} is not set; before pulumi up run: "
-                        f"pulumi config set --secret {RELAY_PASSWORD_KEY}")
-    for key in deployment.target.secret_config.values():
-        if key not in secrets:  # the component refuses to deploy without it, as without the relay's
-            warnings.append(f"{key} is not set; before pulumi up run: pulumi config set --secret {key} < FILE")
+        # The component refuses to deploy without any of them.
+        if key not in secrets:
+            source = "" if key in CORE_SECRETS.values() else " < FILE"
+            warnings.append(f"{key} is not set; before pulumi up run: pulumi config set --secret {key}{source}")
     return StackConfig(stack, deployment, plan, frozenset(secrets), tuple(warnings), values)
 
 
 def needs_relay_password(deployment: Deployment) -> bool:
     return deployment.outbound_mode == "relay"
+
+
+def needs_redis_password(deployment: Deployment) -> bool:
+    """A fleet sharing its throttles through the operator's own Redis (fleet.redis_url) logs in to it."""
+    from . import fleet  # fleet reads the plan from here
+
+    return fleet.redis_source(deployment) == "external"
+
+
+def needed_secret_keys(deployment: Deployment) -> list[str]:
+    """The secret config keys ``deployment`` cannot be deployed without, in SECRET_KEYS' order."""
+    needed = {RELAY_PASSWORD_KEY: needs_relay_password(deployment),
+              REDIS_PASSWORD_KEY: needs_redis_password(deployment),
+              **{key: True for key in deployment.target.secret_config.values()}}
+    return [key for key in SECRET_KEYS if needed.get(key)]
 
 
 def warnings_for(deployment: Deployment) -> list[str]:
@@ -143,7 +159,19 @@ def warnings_for(deployment: Deployment) -> list[str]:
         warnings.append(f"{ROOT}.kumomta.repo_key_fingerprint is unset: KumoMTA publishes no fingerprint of its "
                         "signing key, so each node trusts the key served over https on first use and pins it "
                         "(status.json: repo_key_fingerprint); set it to that fingerprint to pin the whole fleet")
+    if deployment.fleet.redis_url and not _several_nodes(deployment):
+        warnings.append(f"{ROOT}.fleet.redis_url is unused: a single node keeps its throttles itself and connects to "
+                        "no Redis; remove it (and kumo:redisPassword), or keep it for when the deployment grows")
     return warnings + deployment.target.warnings(deployment)
+
+
+def _several_nodes(deployment: Deployment) -> bool:
+    from . import fleet  # fleet reads the plan from here
+
+    try:
+        return fleet.is_fleet(deployment)
+    except ConfigError:  # no plan: its own error is reported where the plan is made
+        return False
 
 
 def workload_for(deployment: Deployment) -> sizing.Workload:
@@ -161,6 +189,7 @@ def workload_for(deployment: Deployment) -> sizing.Workload:
         instance_type=deployment.sizing.instance_type,
         nodes=node_count(deployment) if node_count else deployment.nodes,
         spool_size_gb=deployment.spool.size_gb,
+        external_redis=deployment.fleet.redis_url is not None,
     )
 
 

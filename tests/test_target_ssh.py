@@ -33,10 +33,14 @@ def openssh(public_key: Any) -> str:
     return public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
+# Two hosts are a fleet: they share their throttles through the operator's Redis (no managed one here).
+REDIS_URL = "rediss://redis.example.net:6380/2"
+
+
 def base(**overrides: Any) -> dict:
     raw = {
         "cloud": "ssh", "name": "kumo-lab", "hostname": "mta.example.com", "os": "debian12",
-        "port25": {"outbound": "direct"},
+        "port25": {"outbound": "direct"}, "fleet": {"redis_url": REDIS_URL},
         "ssh": {"hosts": [{"address": "192.0.2.10", "hostname": "mta1.example.com", "host_key": ED25519_KEY},
                           {"address": "192.0.2.11", "hostname": "mta2.example.com", "host_key": ECDSA_KEY,
                            "user": "deploy", "port": 2222}]},
@@ -399,6 +403,7 @@ def test_port25_lists_the_configured_addresses_and_the_records_to_publish():
 
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-test-private-key\n-----END OPENSSH PRIVATE KEY-----\n"
 RELAY_PW = "s3cr3t-relay-pw-'\"$(id)"
+REDIS_PW = "r3d1s:pw@/%'\"$(id)"
 COPY = "command:remote:CopyToRemote"
 COMMAND = "command:remote:Command"
 RELAY = {"outbound": "relay", "relay": {"host": "smtp.example.net", "port": 587, "username": "kumo"}}
@@ -407,10 +412,11 @@ EVERYTHING = {"port25": RELAY, "dkim": {"domains": ["example.com", "example.org"
 
 
 def run_stack(raw: dict, *, private_key: str | None = PRIVATE_KEY, relay_password: str | None = RELAY_PW,
-              preview: bool = False) -> offline.OfflineResult:
+              redis_password: str | None = REDIS_PW, preview: bool = False) -> offline.OfflineResult:
     values: dict[str, Any] = {ROOT: raw}
     secret_keys = []
-    for key, value in ((ssh_config.PRIVATE_KEY_CONFIG, private_key), ("kumo:relayPassword", relay_password)):
+    for key, value in ((ssh_config.PRIVATE_KEY_CONFIG, private_key), ("kumo:relayPassword", relay_password),
+                       ("kumo:redisPassword", redis_password)):
         if value is not None:
             values[key] = value
             secret_keys.append(key)
@@ -513,9 +519,12 @@ def test_secrets_travel_only_on_the_install_commands_stdin():
     assert delivered["api-password"].startswith("offline-generated-password-of-")
     assert "PRIVATE KEY" in delivered["dkim-example-com-kumo"] and "PRIVATE KEY" in delivered["api-tls-key"]
     assert all(stdin_secrets(c) == delivered for c in commands)  # every node gets every secret
+    # The fleet's Redis URL with the password as its userinfo, percent-encoded; the peers in node order.
+    assert delivered["redis-url"] == "rediss://:r3d1s%3Apw%40%2F%25%27%22%24%28id%29@redis.example.net:6380/2"
+    assert json.loads(delivered["fleet-peers"]) == ["192.0.2.10", "192.0.2.11"]
     # No value, nor its base64 form, anywhere but the standard input: not in a command line, an
-    # installer, a trigger, the component's inputs or any output.
-    values = [v for k, v in delivered.items() if k != "api-tls-cert"] + [PRIVATE_KEY]  # the certificate is public
+    # installer, a trigger, the component's inputs or any output. The certificate and the peer list are public.
+    values = [v for k, v in delivered.items() if k not in ("api-tls-cert", "fleet-peers")] + [PRIVATE_KEY, REDIS_PW]
     import base64
     needles = values + [base64.b64encode(v.encode()).decode() for v in values]
     for resource in result.resources:
@@ -636,6 +645,45 @@ def test_bad_config_stops_the_program_before_any_resource():
 
     with pytest.raises(pulumi.RunError, match=r"kumo:deployment\.ssh\.hosts\[0\]\.host_key"):
         run_stack(with_host(0, host_key="ssh-ed25519 AAAAnotakey"))
+
+
+def test_a_fleet_of_hosts_peers_by_private_address_else_the_ssh_address():
+    result = run_stack(with_host(1, private_address="10.0.0.11"))
+    (delivered,) = {json.dumps(stdin_secrets(c), sort_keys=True) for c in by_name(result, COMMAND)}
+    assert json.loads(json.loads(delivered)["fleet-peers"]) == ["192.0.2.10", "10.0.0.11"]
+    fleet = result.outputs["fleet"]
+    assert fleet["peers"] == ["192.0.2.10", "10.0.0.11"]
+    assert fleet["redis"] == {"source": "external", "title": "your own Redis (fleet.redis_url)",
+                              "endpoint": "redis.example.net:6380", "url_secret_name": "redis-url"}
+    assert REDIS_PW not in json.dumps(result.outputs) and "r3d1s" not in json.dumps(result.outputs)
+
+
+@pytest.mark.parametrize("value", ["mta.example.net", "0.0.0.0", "127.0.0.1", "224.0.0.1", "10.0.0.1%eth0", ""])
+def test_a_private_address_is_an_ip_the_other_hosts_can_reach(value):
+    refused(with_host(0, private_address=value), "ssh.hosts[0].private_address", "IP address")
+
+
+def test_two_hosts_of_one_private_address_are_refused():
+    raw = with_host(0, private_address="10.0.0.9")
+    raw["ssh"]["hosts"][1]["private_address"] = "10.0.0.9"
+    refused(raw, "ssh.hosts[1].private_address", "hosts[0]")
+
+
+def test_a_fleet_of_hosts_needs_a_redis_url_and_its_password():
+    raw = base()
+    del raw["fleet"]
+    refused(raw, "fleet.redis_url", "kumo:redisPassword", "rediss://")
+    one = base()
+    one["ssh"]["hosts"] = one["ssh"]["hosts"][:1]
+    del one["fleet"]
+    assert parse_deployment(one)  # a single host shares nothing
+    import pulumi
+
+    with pytest.raises(pulumi.RunError, match="kumo:redisPassword"):
+        run_stack(base(), redis_password=None)
+    unset = stackconfig.from_values("lab", {ROOT: base()})
+    assert any("kumo:redisPassword is not set" in w for w in unset.warnings)
+    assert any("8008" in w and "8000" in w for w in unset.warnings)
 
 
 def test_a_preview_with_unknowns_completes():

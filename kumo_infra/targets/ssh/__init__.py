@@ -32,7 +32,7 @@ EXAMPLE = {
     "port25": {"outbound": "direct"},
     "ssh": {"hosts": [{
         "address": "10.0.0.10", "public_ip": "192.0.2.10", "hostname": "mta1.example.com", "user": "deploy",
-        "port": 2222, "spool_device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
+        "port": 2222, "private_address": "10.0.1.10", "spool_device": "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
         "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoZYfLZGWV7DyQqkvFqSRe2jJp3sEA2k4etLfWd47R7"}]},
 }
 
@@ -168,6 +168,9 @@ def check(d: "Deployment") -> list[tuple[str, str]]:
                           "one node; give each host its own public IPv4 address"),
         ("address", [h.endpoint for h in given],
          lambda value, j: f"{value} is hosts[{j}] already: list each machine once"),
+        ("private_address", [h.private_address for h in given],
+         lambda value, j: f"{value} is the private address of hosts[{j}] too: the peers would reach one machine "
+                          "for two; give each host its own"),
         ("hostname", names,
          lambda value, j: f"'{value}' is the name of hosts[{j}] too: every node needs its own name"),
     ]
@@ -221,6 +224,11 @@ def warnings(d: "Deployment") -> list[str]:
         found.append("kumo:deployment.ssh.hosts[].spool_device is unset: each spool is a directory on the host's OS "
                      "disk, where logs, packages and the OS compete with queued mail for space; give each host a "
                      "spool disk (/dev/disk/by-id/...) for production")
+    if len(hosts(d)) > 1:
+        found.append("kumo:deployment.ssh.hosts: a fleet's hosts publish to each other's TSA daemon (8008) and "
+                     "transfer queues to each other's HTTP listener (8000); allow both in your own firewall between "
+                     "the hosts only (ssh.hosts[].private_address, else address), and each host's way to "
+                     "fleet.redis_url")
     if d.network.ssh_cidrs or d.network.api_cidrs:
         found.append("kumo:deployment.network: kumo-infra creates no firewall on existing machines; allow SSH and "
                      "the API (8443) only from network.ssh_cidrs and network.api_cidrs in your own firewall")

@@ -136,8 +136,9 @@ class SshKumoMta(KumoMtaComponent):
             opts=child(self, depends_on=[copy], additional_secret_outputs=SECRET_OUTPUTS))
         self._installers.append(copy)
         self._installs.append(install)
-        # No machine id: the machine is no cloud's, and its console is the operator's own.
-        return Machine(install, host.address, None)
+        # No machine id: the machine is no cloud's, and its console is the operator's own. The private
+        # address is where the other nodes reach this one (the fleet's peer list, built from it).
+        return Machine(install, host.peer_address, None)
 
     def _extra_outputs(self, b: Build, nodes: list[NodeBuild]) -> dict[str, pulumi.Input[Any]]:
         # The A and PTR records, in place of the shared forward records only: kumo-infra sets no PTR here.

@@ -74,6 +74,15 @@ def parse_public_ip(value: str) -> str:
     return str(ip)
 
 
+def parse_private_address(value: str) -> str:
+    """An IP address literal the other hosts reach this one at (a peer list holds addresses only)."""
+    ip = ip_literal(value)
+    if ip is None or ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise ValueError(f"{shown(value)} is not an address the other hosts can reach this one at: give an IP "
+                         "address (like 10.0.0.10 or fd00::10, without a %scope)")
+    return str(ip)
+
+
 # -- login name --------------------------------------------------------------------------------
 
 # POSIX's portable user names, lowercase as useradd accepts by default, without the trailing '$'
@@ -190,6 +199,9 @@ class SshHost(Strict):
     port: Annotated[int, BeforeValidator(port_number), Field(ge=1, le=65535)] = 22
     # Required: kumo-infra never trusts a host key on first use.
     host_key: Annotated[str, AfterValidator(parse_host_key)]
+    # The address the other hosts reach this one by, in a fleet (several hosts): their TSA publishes and
+    # queue transfers go there (the fleet's peer list). Default: address.
+    private_address: Optional[Annotated[str, AfterValidator(parse_private_address)]] = None
     # The disk the spool takes, formatted by kumo-bootstrap (a disk holding any filesystem,
     # partition table or RAID signature is refused, never wiped). Unset: a directory on the OS disk.
     spool_device: Optional[Annotated[str, AfterValidator(parse_spool_device)]] = None
@@ -201,6 +213,11 @@ class SshHost(Strict):
             return self.public_ip
         ip = ip_literal(self.address)
         return str(ip) if isinstance(ip, ipaddress.IPv4Address) and is_public(ip) else None
+
+    @property
+    def peer_address(self) -> str:
+        """Where the other nodes of a fleet reach this one: private_address, else address."""
+        return self.private_address or self.address
 
     @property
     def endpoint(self) -> str:
