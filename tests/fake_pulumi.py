@@ -28,6 +28,11 @@ library parses (pulumi/pulumi at 1b59498, pkg/cmd/pulumi/...):
 - ``stack tag ls --json``: {name: value}; ``null`` from a DIY backend before v3.211.0, whose
   ``stack tag set`` failed with "stack tags not supported in diy mode" (pkg/backend/diy/backend.go
   before #19882), as ``tags_supported=False`` does here
+- ``up --replace URN --target URN --target-dependents`` (each flag repeatable, as the CLI's
+  StringArrayVar flags in pkg/cmd/pulumi/operations/up.go): every URN given must be in the state, else
+  "one or more targets could not be found in the stack" (pkg/resource/deploy/deployment_executor.go
+  checkTargets); a replaced resource gets a new id; with --target nothing outside the state is created
+  (the engine's skipped creates). ``up_replaced`` records the URNs each up replaced, in order
 - errors on stderr as "error: ..." with the backend's messages: "no stack named 'X' found",
   "stack 'X' already exists" (pkg/backend/backenderr/backenderr.go), "'X' still has resources;
   removal rejected" (stack/stack_remove.go), which the library maps to its error classes.
@@ -78,7 +83,9 @@ _VALUE_FLAGS = {"--stack", "--page-size", "--page", "--secrets-provider", "--exe
                 "--color", "--parallel", "--file", "--client"}
 _SET_ALL_FLAGS = {"--plaintext", "--secret"}
 _BOOL_FLAGS = {"--non-interactive", "--json", "--show-secrets", "--yes", "--skip-preview", "--force", "--all",
-               "--preserve-config", "--plaintext", "--secret", "--path"}
+               "--preserve-config", "--plaintext", "--secret", "--path", "--target-dependents"}
+# up's repeatable URN flags.
+_UP_URN_FLAGS = frozenset({"--replace", "--target"})
 # The service's tag names (pkg/util/validation/stack.go validateStackTagName).
 _TAG_NAME_RE = re.compile(r"[a-zA-Z0-9-_.:]{1,40}")
 
@@ -101,7 +108,8 @@ def new_state(**overrides: Any) -> dict[str, Any]:
              "up_secret_outputs": DEFAULT_SECRET_OUTPUTS, "files_at_up": {},
              # (type, name) left as pending "creating" operations by the next up (a CLI killed mid-create)
              "up_pending": [], "up_steps": 0, "up_step_s": 0.0, "events": [],
-             "fail_stderr": {}}  # command -> what its failure (``fail``) says on stderr
+             "fail_stderr": {},  # command -> what its failure (``fail``) says on stderr
+             "up_replaced": []}  # per up with --replace: the URNs it replaced
     state.update(overrides)
     return state
 
@@ -164,18 +172,21 @@ class FakeBackend:
             handler = getattr(self, "cmd_" + command.replace(" ", "_").replace("-", "_"), None)
             if handler is None:
                 raise Usage(f"unknown command {command!r}")
-            rest = words[len(command.split()):]
-            if command == "config set-all":
-                positional, flags = parse(rest, _VALUE_FLAGS | _SET_ALL_FLAGS, _SET_ALL_FLAGS)
-            else:
-                positional, flags = parse(rest, _VALUE_FLAGS)
-            return handler(positional, flags, cwd)
+            return handler(*self._parse(command, words), cwd)
         except Usage as exc:
             return "", f"fake pulumi: {exc}: {argv}", 2
         except NoStack as exc:
             return "", f"error: no stack named '{exc}' found", 255
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _parse(self, command: str, words: list[str]) -> tuple[list[str], dict]:
+        rest = words[len(command.split()):]
+        if command == "config set-all":
+            return parse(rest, _VALUE_FLAGS | _SET_ALL_FLAGS, _SET_ALL_FLAGS)
+        if command == "up":
+            return parse(rest, _VALUE_FLAGS | _UP_URN_FLAGS, _UP_URN_FLAGS)
+        return parse(rest, _VALUE_FLAGS)
 
     def _should_fail(self, command: str) -> bool:
         left = self.state["fail"].get(command, 0)
@@ -184,7 +195,7 @@ class FakeBackend:
         return bool(left)
 
     def _failure(self, command: str, words: list[str], cwd: str) -> tuple[str, str, int]:
-        positional, flags = parse(words[len(command.split()):], _VALUE_FLAGS)
+        positional, flags = self._parse(command, words)
         name = flags.get("--stack") or self.state["current"]
         if command == "up":  # the first resource was created before the failure
             self._create(name, self.state["up_resources"][:1], cwd)
@@ -366,13 +377,22 @@ class FakeBackend:
         stack = self.stack(name)
         if self.state["up_steps"]:
             return self._stepped_up(name, cwd)
-        created = self._create(name, self.state["up_resources"], cwd)
+        have = {r["urn"]: r for r in stack["resources"]}
+        named = flags.get("--replace", []) + flags.get("--target", [])
+        if any(urn not in have for urn in named):
+            return "", "error: one or more targets could not be found in the stack", 255
+        for urn in flags.get("--replace", []):
+            have[urn]["id"] = f"{have[urn]['id']}-replaced"
+        if flags.get("--replace"):
+            self.state["up_replaced"].append(flags["--replace"])
+        created = 0 if flags.get("--target") else self._create(name, self.state["up_resources"], cwd)
         stack["pending_operations"] = [
             {"resource": {"urn": self._urn(name, cwd, kind, resource), "custom": True, "type": kind}, "type": "creating"}
             for kind, resource in self.state["up_pending"]]
         stack["outputs"] = self.state["up_outputs"]
         stack["secret_outputs"] = self.state["up_secret_outputs"]
-        self._history(name, "update", "succeeded", cwd, {"create": created})
+        changes = {"create": created, **({"replace": len(flags["--replace"])} if flags.get("--replace") else {})}
+        self._history(name, "update", "succeeded", cwd, changes)
         lines = [f"Updating ({name}):"] + [f" +  {r['type']} {r['urn'].rsplit('::', 1)[1]} created"
                                           for r in stack["resources"]]
         lines += ["Resources:", f"    + {created} created", "Duration: 1s"]
