@@ -79,7 +79,8 @@ def smtp_egress_ports(deployment: Deployment) -> list[int]:
 
 def firewall_rules(deployment: Deployment) -> list[Rule]:
     """Every rule a node's firewall needs. SSH only from ssh_cidrs, the API's TLS listener only from
-    api_cidrs, the loopback listener (HTTP_PORT) never; each absent when its list is empty."""
+    api_cidrs, each absent when its list is empty; the plain HTTP listener and the TSA daemon only
+    from the deployment's own nodes, and only in a fleet (fleet_rules)."""
     world = (WORLD_V4, WORLD_V6)
     net = deployment.network
     rules = [Rule("smtp", "ingress", "tcp", SMTP_PORT, world, "SMTP from the internet")]

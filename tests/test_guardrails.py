@@ -995,3 +995,45 @@ def test_plan_without_policy_runs_no_rule(monkeypatch, capsys):
     assert "policy:" not in capsys.readouterr().out
     with pytest.raises(AssertionError, match="a rule ran"):  # not vacuous: --policy does reach the rules
         cli.main(["plan", "--stack", "aws-dev", "--policy"])
+
+
+# -- a fleet's node-only rules (netplan.Rule.from_nodes) -----------------------------------------------
+
+def _node_only(port: int) -> dict[str, Resource]:
+    """A rule admitting ``port`` from the deployment's own nodes, as each cloud says "these machines":
+    AWS the security group itself, GCP the nodes' tag, Azure the nodes' subnet (or its virtual network)."""
+    return {
+        "aws-own-group": Resource(guardrails.AWS_INGRESS_RULE, "aws-own", {
+            "ipProtocol": "tcp", "fromPort": port, "toPort": port, "securityGroupId": "sg-0nodes",
+            "referencedSecurityGroupId": "sg-0nodes"}),
+        "gcp-own-tag": Resource(guardrails.GCP_FIREWALL, "gcp-own", {
+            "direction": "INGRESS", "allows": [{"protocol": "tcp", "ports": [str(port)]}],
+            "sourceTags": ["kumo-nodes"], "targetTags": ["kumo-nodes"]}),
+        "azure-own-subnet": Resource(guardrails.AZURE_NSG, "az-own", {"securityRules": [
+            {"name": "tsa", "access": "Allow", "direction": "Inbound", "protocol": "Tcp",
+             "sourceAddressPrefix": "10.0.0.0/24", "destinationPortRange": str(port), "priority": 200},
+            {"name": "xfer", "access": "Allow", "direction": "Inbound", "protocol": "Tcp",
+             "sourceAddressPrefix": "VirtualNetwork", "destinationPortRange": str(port), "priority": 201}]}),
+    }
+
+
+@pytest.mark.parametrize("port", [netplan.TSA_PORT, netplan.HTTP_PORT])
+@pytest.mark.parametrize("shape", ["aws-own-group", "gcp-own-tag", "azure-own-subnet"])
+def test_a_rule_from_the_nodes_alone_is_never_internet_open(shape, port):
+    resource = _node_only(port)[shape]
+    assert guardrails.openings(resource), "the rule must be read, or the check proves nothing"
+    assert guardrails.check_resources([resource]) == []
+
+
+@pytest.mark.parametrize("shape, open_it", [
+    ("aws-own-group", lambda p: p.update(cidrIpv4="0.0.0.0/0", referencedSecurityGroupId=None)),
+    ("gcp-own-tag", lambda p: p.update(sourceRanges=["0.0.0.0/0"])),
+    ("gcp-own-tag", lambda p: p.pop("sourceTags")),  # no source at all: GCP admits every IPv4 address
+    ("azure-own-subnet", lambda p: p["securityRules"][0].update(sourceAddressPrefix="Internet")),
+])
+def test_the_tsa_port_open_to_the_internet_is_flagged(shape, open_it):
+    resource = _node_only(netplan.TSA_PORT)[shape]
+    props = copy.deepcopy(dict(resource.props))
+    open_it(props)
+    found = guardrails.check_resources([dataclasses.replace(resource, props=props)])
+    assert [v.rule for v in found] == [PORTS] and "TSA" in found[0].message and "8008" in found[0].message

@@ -12,6 +12,7 @@ from kumo_infra.bootstrap.policy import API_TLS_PORT, HTTP_PORT
 from kumo_infra.config import parse_deployment
 from kumo_infra.netplan import (SUPPORT_EGRESS, firewall_rules, is_world, management_ports, never_opened_ports,
                                 smtp_egress_ports)
+from kumo_infra.ports import TSA_PORT
 from tests.conftest import deployment
 
 # Source lists the config accepts (issue 8, point 3): private ranges at any size inside them, public
@@ -87,9 +88,40 @@ def test_the_property_really_ran():
     assert ATTEMPTS["ran"] >= 100
 
 
-def test_management_ports_name_the_api_listener_and_the_loopback_one():
-    assert management_ports() == {22, API_TLS_PORT, HTTP_PORT} == {22, 8443, 8000}
-    assert never_opened_ports() == {8000}
+def test_management_ports_name_the_api_listeners_and_the_tsa_daemon():
+    assert management_ports() == {22, API_TLS_PORT, HTTP_PORT, TSA_PORT} == {22, 8443, 8000, 8008}
+    assert never_opened_ports() == {8000, 8008}
+
+
+FLEET = {"nodes": 3, "network": {"ssh_cidrs": ["198.51.100.0/24"], "api_cidrs": ["203.0.113.0/24"]}}
+
+
+def test_a_fleet_opens_tsa_and_xfer_between_its_own_nodes_only():
+    rules = firewall_rules(parse_deployment(deployment(**FLEET)))
+    between = {(r.direction, r.port) for r in rules if r.from_nodes}
+    assert between == {("ingress", TSA_PORT), ("ingress", HTTP_PORT), ("egress", TSA_PORT), ("egress", HTTP_PORT)}
+    for rule in rules:
+        if rule.from_nodes:
+            assert rule.cidrs == () and rule.families() == [], rule  # no network: the nodes themselves
+        if rule.direction == "ingress" and rule.port in never_opened_ports():
+            assert rule.from_nodes, rule
+    names = [r.name for r in rules]
+    assert len(names) == len(set(names))
+
+
+def test_a_single_node_opens_neither_and_needs_no_redis():
+    rules = firewall_rules(parse_deployment(deployment(**{**FLEET, "nodes": 1})))
+    assert not [r for r in rules if r.from_nodes or r.port in never_opened_ports() or r.name == "out-redis"]
+
+
+def test_a_fleet_reaches_its_own_redis_on_the_urls_port_and_a_managed_one_is_the_targets():
+    external = parse_deployment(deployment(**FLEET, fleet={"redis_url": "rediss://redis.example.net:6380/1"}))
+    (out,) = [r for r in firewall_rules(external) if r.name == "out-redis"]
+    assert (out.direction, out.protocol, out.port) == ("egress", "tcp", 6380)
+    default_port = parse_deployment(deployment(**FLEET, fleet={"redis_url": "redis://10.1.2.3"}))
+    assert [r.port for r in firewall_rules(default_port) if r.name == "out-redis"] == [6379]
+    managed = parse_deployment(deployment(**FLEET))
+    assert not [r for r in firewall_rules(managed) if r.name == "out-redis"]
 
 
 def test_deprecated_admin_cidrs_open_both_and_never_8000():
