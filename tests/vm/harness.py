@@ -1007,6 +1007,9 @@ class Vm:
         self.http_port = 0
         #: guest port -> host loopback port, for extra_forwards
         self.forwarded_ports: dict[int, int] = {}
+        #: (guest-side address, port) -> host loopback port: what the guest reaches there is that
+        #: host port (a guestfwd, as for the mirror; restrict=on lets the guest reach nothing else)
+        self.guest_forwards: dict[tuple[str, int], int] = {}
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self._agent: _GuestAgent | None = None
@@ -1080,6 +1083,10 @@ class Vm:
             proxy.write_text(_GUESTFWD_PROXY)
             ip, port = _GUEST_MIRROR_ADDR
             forwards.append(f"guestfwd=tcp:{ip}:{port}-cmd:{sys.executable} {proxy} {self.mirror_port}")
+        for (guest_ip, guest_port), host_port in self.guest_forwards.items():
+            proxy = work / "guestfwd-proxy.py"
+            proxy.write_text(_GUESTFWD_PROXY)
+            forwards.append(f"guestfwd=tcp:{guest_ip}:{guest_port}-cmd:{sys.executable} {proxy} {host_port}")
         netdev = ",".join(["user", "id=net0", "restrict=on", *forwards])
         if "," in str(work):
             raise VmHarnessError(f"qemu options cannot hold a comma: {work}")
@@ -1363,3 +1370,102 @@ class SerialLogConsole:
             raise ConsoleError(f"qemu exited ({self.vm.process.returncode if self.vm.process else None}); "
                                f"console tail: {text[-300:]!r}", final=True)
         return text
+
+
+# --------------------------------------------------------------------------
+# The stand-in kumod's API in this process (kumo-infra drain's tests)
+# --------------------------------------------------------------------------
+
+_STANDIN_KUMOD: Any = None
+
+
+def standin_kumod() -> Any:
+    """tests/vm/standin/kumod as a module: the fake nodes and peers of the drain tests run the
+    stand-in's own code, so there is one fake of kumod's API, not two."""
+    global _STANDIN_KUMOD
+    if _STANDIN_KUMOD is None:
+        import importlib.machinery
+        import importlib.util
+
+        loader = importlib.machinery.SourceFileLoader("kumod_standin", str(_STANDIN_DIR / "kumod"))
+        spec = importlib.util.spec_from_loader("kumod_standin", loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        _STANDIN_KUMOD = module
+    return _STANDIN_KUMOD
+
+
+def make_api_certificate(directory: Path, ip: str = "127.0.0.1",
+                         hostname: str = "mta.example.com") -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 server certificate naming ``hostname`` and ``ip``, shaped like the
+    one kumo-infra's pulumi_tls resources make for the API (kumo_infra/component.py): (cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname),
+                                                        x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "api-cert.pem", directory / "api-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class KumodApi:
+    """The stand-in kumod's HTTP API on 127.0.0.1 in this process: a node (TLS, basic auth for
+    every peer when ``trusted_hosts`` is empty) or a peer receiving transfers (plain HTTP, loopback
+    trusted). ``queue`` holds its messages (in memory, or in ``spool_dir``)."""
+
+    def __init__(self, *, tls: tuple[Path, Path] | None = None, user: str = "kumo-api",
+                 password_file: Path | None = None, trusted_hosts: list[str] | None = None,
+                 spool_dir: Path | None = None) -> None:
+        import ssl
+
+        kumod = standin_kumod()
+        self.kumod = kumod
+        self.health = kumod.Health()
+        self.queue = kumod.MailQueue(str(spool_dir) if spool_dir else None)
+        self.queue.retry_s = self.queue.release_interval_s = 0.05
+        self.suspensions = kumod.Suspensions()
+        self.api = kumod.Api(self.health, self.queue, self.suspensions,
+                             kumod.ApiAuth(user, str(password_file) if password_file else None))
+        context = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+        self.server = kumod.make_http_server("127.0.0.1:0", self.health, self.api, trusted_hosts, context)
+        scheme = "https" if context else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def hold(self, sender: str, recipients: list[str], data: bytes) -> str:
+        """A message as the stand-in's SMTP listener holds it; its spool id."""
+        kumod = self.kumod
+        return self.queue.add(kumod.Message(kumod.new_spool_id(), sender, recipients, {}, data))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
