@@ -38,11 +38,14 @@ class Run:
         return json.loads(self.stdout)
 
 
-def run_lua(policy_text: str, tmp_path: Path, *scenario: str, root: Path | None = None) -> Run:
-    """Run the policy; ``root`` stands for / when the double reads a keysource file."""
+def run_lua(policy_text: str, tmp_path: Path, *scenario: str, root: Path | None = None,
+            daemon: str = "kumod") -> Run:
+    """Run the policy; ``root`` stands for / when the double reads a file; ``daemon``: kumod, or
+    tsa for tsa_init.lua."""
     policy = tmp_path / "init.lua"
     policy.write_text(policy_text)
-    env = {k: v for k, v in os.environ.items() if k != "KUMO_DOUBLE_ROOT"}
+    env = {k: v for k, v in os.environ.items() if k not in ("KUMO_DOUBLE_ROOT", "KUMO_DOUBLE_DAEMON")}
+    env["KUMO_DOUBLE_DAEMON"] = daemon
     if root is not None:
         env["KUMO_DOUBLE_ROOT"] = str(root)
     done = subprocess.run([lua(), str(LUA_DIR / "run_policy.lua"), str(policy), *scenario],
@@ -50,9 +53,10 @@ def run_lua(policy_text: str, tmp_path: Path, *scenario: str, root: Path | None 
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-def run_policy(policy_text: str, tmp_path: Path, *scenario: str, root: Path | None = None) -> dict:
+def run_policy(policy_text: str, tmp_path: Path, *scenario: str, root: Path | None = None,
+               daemon: str = "kumod") -> dict:
     """The JSON report of a run that must succeed (the policy and the double raised nothing)."""
-    return run_lua(policy_text, tmp_path, *scenario, root=root).result()
+    return run_lua(policy_text, tmp_path, *scenario, root=root, daemon=daemon).result()
 
 
 def refused(policy_text: str, tmp_path: Path, *scenario: str, root: Path | None = None) -> str:
@@ -64,6 +68,23 @@ def refused(policy_text: str, tmp_path: Path, *scenario: str, root: Path | None 
 
 def calls(result: dict, fn: str) -> list[dict]:
     return [c["args"] for c in result["calls"] if c["fn"] == fn]
+
+
+REDIS_URL = "rediss://:t0ken@redis.internal:6379"
+
+
+def node_root(root: Path, hostname: str = "mta.example.com", address: str = "10.0.0.5",
+              peers: list[str] | None = None) -> Path:
+    """A scratch / holding what kumo-bootstrap writes before kumod loads the policy: the node's
+    source address and, for a fleet, the peers' addresses and the Redis URL (with a newline, as
+    a fetched secret may end)."""
+    from kumo_infra.bootstrap.policy import SOURCE_ADDRESS_PATH
+    from kumo_infra.fleet import FLEET_PEERS_PATH, REDIS_URL_PATH
+
+    write_file(root, SOURCE_ADDRESS_PATH, json.dumps({"source": {hostname: {"source_address": address}}}))
+    write_file(root, FLEET_PEERS_PATH, json.dumps(peers if peers is not None else ["10.0.0.5", "10.0.0.6"]))
+    write_file(root, REDIS_URL_PATH, REDIS_URL + "\n")
+    return root
 
 
 def write_file(root: Path, path: str, content: str | bytes) -> Path:

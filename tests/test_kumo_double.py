@@ -130,7 +130,7 @@ def test_misspelt_event_fails_the_test_where_kumod_would_never_fire_it(tmp_path)
 
 
 def test_event_of_another_daemon_raises(tmp_path):
-    assert "never by kumod" in refused(HEAD + "kumo.on('tsa_init', function() end)\n", tmp_path)
+    assert "never raised by kumod" in refused(HEAD + "kumo.on('tsa_init', function() end)\n", tmp_path)
 
 
 def test_kumo_on_inside_a_handler_raises(tmp_path):
@@ -162,7 +162,7 @@ def test_unknown_kumo_function_raises(tmp_path):
 
 
 def test_real_but_unimplemented_function_raises_when_called(tmp_path):
-    assert "does not implement" in refused(in_init("kumo.configure_redis_throttles { node = 'redis://x/' }"), tmp_path)
+    assert "does not implement" in refused(in_init("kumo.configure_accounting_db_path('/tmp/x')"), tmp_path)
 
 
 # --- messages and their From header (crates/message/src/message.rs, address.rs).

@@ -19,7 +19,7 @@ from kumo_infra.secretspec import (API_PASSWORD_PATH, API_TLS_CERT, API_TLS_CERT
                                   API_USER, RELAY_PASSWORD_PATH, SECRETS_DIR, secret_specs)
 from kumo_infra.stackconfig import load_file, stack_path
 from tests.conftest import STACKS, deployment
-from tests.policy_lua import calls, lua, run_lua, run_policy, write_file
+from tests.policy_lua import calls, lua, node_root, run_lua, run_policy, write_file
 
 RELAY = {"outbound": "relay", "relay": {"host": "smtp.relay.example.net", "port": 2525, "username": "kumo-user"}}
 DKIM = {"domains": ["example.com"], "selector": "s2026"}
@@ -45,10 +45,12 @@ def messages(tmp_path, *froms, root=None, **overrides) -> dict:
 def test_every_example_stacks_policy_runs_in_the_strict_double(tmp_path, stack):
     d = load_file(stack_path(stack)).deployment
     policy = render_policy(d, d.hostname)
-    result = run_policy(policy, tmp_path, "message", "news@example.com", "a@x.com, b@y.com", "<<<", "-")
+    root = node_root(tmp_path / "root", d.hostname)
+    result = run_policy(policy, tmp_path, "message", "news@example.com", "a@x.com, b@y.com", "<<<", "-", root=root)
     assert len(result["messages"]) == 4
     if d.network.api_cidrs:
-        assert run_policy(policy, tmp_path, "auth", API_USER, "wrong")["auth"] == {"raised": False, "value": False}
+        assert run_policy(policy, tmp_path, "auth", API_USER, "wrong", root=root)["auth"] == {"raised": False, "value": False}
+    assert run_policy(policy, tmp_path, "delivery", root=root)["sources"][d.hostname]["ehlo_domain"] == d.hostname
 
 
 # --- routing
@@ -70,8 +72,10 @@ def test_direct_mode_reroutes_nothing(tmp_path):
     result = messages(tmp_path, port25={"outbound": "direct"})
     (msg,) = result["messages"]
     assert not msg["received"]["meta"] and not msg["generated"]["meta"]  # (an empty Lua table)
-    assert "get_egress_path_config" not in result["events"] and "get_queue_config" not in result["events"]
     assert "egress" not in result
+    # The queues keep MX resolution: only the pool is named.
+    delivery = run_policy(render(port25={"outbound": "direct"}), tmp_path, "delivery", root=node_root(tmp_path / "r"))
+    assert delivery["queues"]["gmail.com"] == {"egress_pool": "kumo-infra"}
 
 
 @pytest.mark.parametrize("port", [587, 2525])

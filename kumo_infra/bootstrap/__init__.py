@@ -32,7 +32,7 @@ from ..config import Deployment
 from ..secretspec import SecretSpec, secrets_list
 from ..sizing import MIN_DISK_GB, MIN_MEMORY_GIB, Plan
 from . import packages
-from .policy import HTTP_PORT, render_policy
+from .policy import HTTP_PORT, render_policy, render_shaping_custom, render_tsa_init
 from .tuning import sysctl_wanted
 
 FILES = Path(__file__).resolve().parent / "files"
@@ -235,11 +235,15 @@ def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Time
                  settings_env(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)),
         NodeFile("/etc/kumo-infra/init.lua", lua_without_comments(render_policy(deployment, hostname)), "0600"),
         NodeFile("/etc/kumo-infra/kumod.env", "KUMOD_LOG=kumod=info\n"),
+        NodeFile("/etc/kumo-infra/shaping_custom.toml", render_shaping_custom(deployment)),
+        NodeFile("/etc/kumo-infra/tsa_init.lua", lua_without_comments(render_tsa_init(deployment))),
         NodeFile("/etc/kumo-infra/sysctl.wanted", sysctl_wanted(with_reasons=False)),
         NodeFile("/etc/kumo-infra/secrets.list", secrets_list(deployment)),
         NodeFile("/etc/systemd/system/kumo-spool.service", unit_without_comments(_file("kumo-spool.service"))),
         NodeFile("/etc/systemd/system/kumomta.service.d/10-kumo-infra.conf",
                  unit_without_comments(_file("kumomta-dropin.conf"))),
+        NodeFile("/etc/systemd/system/kumo-tsa-daemon.service.d/10-kumo-infra.conf",
+                 unit_without_comments(_file("kumo-tsa-daemon-dropin.conf"))),
         NodeFile("/etc/systemd/system/kumo-log-retention.service",
                  unit_without_comments(_file("kumo-log-retention.service"))),
         NodeFile("/etc/systemd/system/kumo-log-retention.timer",

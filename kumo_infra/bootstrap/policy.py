@@ -1,16 +1,24 @@
 """Render KumoMTA's policy, ``/opt/kumomta/etc/policy/init.lua``, from the deployment.
 
 Safe by construction: relaying only from loopback and ``kumomta.relay_cidrs`` (whose
-coverage of public addresses is bounded at validation, kumo_infra/addresses.py); the HTTP API trusts loopback only and is
-reachable from ``network.api_cidrs`` only through TLS (with the deployment's generated
-certificate) and HTTP basic auth; no message is ever refused because of its headers
-(signing problems are logged, and the message is sent unsigned).
+coverage of public addresses is bounded at validation, kumo_infra/addresses.py); the HTTP API trusts loopback only
+(and, in a fleet, the deployment's own nodes) and is reachable from ``network.api_cidrs`` only
+through TLS (with the deployment's generated certificate) and HTTP basic auth; no message is ever
+refused because of its headers (signing problems are logged, and the message is sent unsigned).
+
+Delivery follows KumoMTA's production setup: its shaping helper with the shipped and community
+rules plus the deployment's overrides (``render_shaping_custom``), Traffic Shaping Automation
+(the TSA daemon's own policy is ``render_tsa_init``), one egress source per node, the shipped
+bounce classification rules and, in a fleet, throttles shared through Redis. Paths and names cite
+KumoMTA's source (repository KumoCorp/kumomta); the Lua comments stay short: AWS user data is
+16 KiB.
 """
 
 from __future__ import annotations
 
-from ..config import Deployment
-from ..ports import API_TLS_PORT, HTTP_PORT
+from ..config import SHAPING_LIMITS, Deployment
+from ..fleet import DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH, is_fleet, redis_source
+from ..ports import API_TLS_PORT, HTTP_PORT, TSA_PORT
 from ..secretspec import (API_PASSWORD_PATH, API_TLS_CERT_PATH, API_TLS_KEY_PATH, API_USER, RELAY_PASSWORD_PATH,
                           secret_specs)
 
@@ -64,7 +72,7 @@ def render_api_auth(deployment: Deployment) -> str:
 -- (kumod caches each credential's answer for 60 s, crates/kumo-server-common/src/http_server/
 -- auth.rs AUTH_CACHE), so a rotated password needs no restart. `true` makes the user an
 -- authenticated identity: KumoMTA's default ACL (assets/acls/default.toml) then lets it inject
--- (POST /api/inject); the admin endpoints stay with trusted (loopback) peers. Any failure
+-- (POST /api/inject), and get_acl_definition below what kumo-infra drain needs. Any failure
 -- answers false (401): a raised error would answer 500 and is cached like a refusal.
 local API_USER = {lua_str(API_USER)}
 local API_PASSWORD_FILE = {lua_str(API_PASSWORD_PATH)}
@@ -95,6 +103,214 @@ end)
 """
 
 
+# --- KumoMTA's files in its package (assets/install.sh:29-34 installs them under /opt/kumomta/share)
+SHAPING_DEFAULT_RULES = "/opt/kumomta/share/policy-extras/shaping.toml"
+SHAPING_COMMUNITY_RULES = "/opt/kumomta/share/community/shaping.toml"
+BOUNCE_RULES = ("/opt/kumomta/share/bounce_classifier/iana.toml", "/opt/kumomta/share/community/bounces.toml")
+# The deployment's own shaping rules (shaping.overrides) and the TSA daemon's policy, both node
+# files kumo-bootstrap installs; tsa_init.lua is where the package's unit reads it
+# (assets/kumo-tsa-daemon.service ExecStart --policy).
+SHAPING_CUSTOM_PATH = "/opt/kumomta/etc/policy/shaping_custom.toml"
+TSA_INIT_PATH = "/opt/kumomta/etc/policy/tsa_init.lua"
+# The node's own source address, which exists only on the machine: kumo-bootstrap writes it
+# (JSON: policy-extras/policy_utils.lua load_json_or_toml_file reads by extension).
+SOURCE_ADDRESS_PATH = "/opt/kumomta/etc/sources.json"
+# The one egress pool every queue uses; the same name on every node, so a message transferred to
+# a peer (kumo-infra drain --to) is bound to the peer's own source there.
+EGRESS_POOL = "kumo-infra"
+# The TSA daemon of this node, as kumod reaches it.
+LOCAL_TSA = f"http://127.0.0.1:{TSA_PORT}"
+
+
+def shaping_files(deployment: Deployment) -> tuple[str, ...]:
+    """The shaping rule files, in merge order (the last file wins): kumod's shaper and the TSA
+    daemon load exactly this list (docs/reference/events/tsa_load_shaping_data.md)."""
+    community = (SHAPING_COMMUNITY_RULES,) if deployment.shaping.community_rules else ()
+    return (SHAPING_DEFAULT_RULES, *community, SHAPING_CUSTOM_PATH)
+
+
+def toml_str(value: str) -> str:
+    """A TOML basic string. Validated config never holds control characters; refuse them anyway."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"control character in a shaping value: {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_shaping_custom(deployment: Deployment) -> str:
+    """shaping_custom.toml: shaping.overrides as KumoMTA's shaping file format.
+
+    A domain is a quoted top-level section (``["gmail.com"]``), a provider a ``[provider."NAME"]``
+    section (crates/kumo-api-types/src/shaping.rs ShapingFile). Loaded after KumoMTA's rules, its
+    limits replace theirs key by key (merge_files: PartialEntry/ProviderEntry::merge_from). A
+    provider section without ``match`` adds nothing to the match list of the rules' provider of
+    that name and keeps it (ProviderEntry.matches is appended): the override applies exactly
+    where KumoMTA's rules say that provider is; a provider no loaded rule file defines matches
+    nothing.
+    """
+    lines = ["# Shaping overrides of this deployment (shaping.overrides), rendered by kumo-infra.",
+             "# Loaded after KumoMTA's rules: each key here replaces theirs."]
+    for override in deployment.shaping.overrides:
+        section = (f"[{toml_str(override.domain)}]" if override.domain
+                   else f"[provider.{toml_str(override.provider or '')}]")
+        lines += ["", section]
+        for key in SHAPING_LIMITS:
+            value = getattr(override, key)
+            if value is not None:
+                lines.append(f"{key} = {value if isinstance(value, int) else toml_str(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_peers(deployment: Deployment) -> str:
+    """PEERS (the fleet's private addresses, read at load) and the TSA daemons to publish to."""
+    if not is_fleet(deployment):
+        return f"""
+-- One node: no peers; delivery results go to this node's TSA daemon.
+local PEERS = {{}}
+local TSA_PUBLISH = {{ {lua_str(LOCAL_TSA)} }}
+"""
+    return f"""
+-- The fleet's private addresses (a JSON list fetched at boot), read at every policy load. Every
+-- node's results go to every TSA daemon; each node subscribes to its own.
+local PEERS = kumo.json_load({lua_str(FLEET_PEERS_PATH)})
+local TSA_PUBLISH = {{}}
+for _, ip in ipairs(PEERS) do
+  local host = ip:find(':', 1, true) and ('[' .. ip .. ']') or ip
+  table.insert(TSA_PUBLISH, 'http://' .. host .. ':{TSA_PORT}')
+end
+"""
+
+
+def render_shaping(deployment: Deployment, hostname: str) -> str:
+    return f"""
+local HOSTNAME = {lua_str(hostname)}
+local TRUSTED = {lua_list(LOOPBACK)}
+{render_peers(deployment)}for _, ip in ipairs(PEERS) do
+  table.insert(TRUSTED, ip)
+end
+
+-- Shaping with TSA (assets/policy-extras/shaping.lua setup_with_automation). The full file list
+-- is given (no_default_files) so that it is tsa_init.lua's list exactly.
+local shaper = shaping:setup_with_automation {{
+  publish = TSA_PUBLISH,
+  subscribe = {{ {lua_str(LOCAL_TSA)} }},
+  no_default_files = true,
+  extra_files = {lua_list(shaping_files(deployment))},
+}}
+
+-- One source per node: EHLO as its hostname, bound to its own address, which kumo-bootstrap
+-- writes to {SOURCE_ADDRESS_PATH} (merged by name, policy-extras/sources.lua). All mail uses the
+-- pool holding only it: get_queue_config below names it for every queue.
+sources:setup {{
+  {{
+    source = {{ [HOSTNAME] = {{ ehlo_domain = HOSTNAME }} }},
+    pool = {{ [{lua_str(EGRESS_POOL)}] = {{ [HOSTNAME] = {{ weight = 1 }} }} }},
+  }},
+  {lua_str(SOURCE_ADDRESS_PATH)},
+}}
+"""
+
+
+def render_drain() -> str:
+    return f"""
+-- kumo-infra drain: new mail is refused with 421 while the admin suspension of
+-- {DRAIN_SUSPENSION_DOMAIN} exists (kumo.api.admin.suspend.list, crates/kumod/src/http_server/
+-- admin_suspend_v1.rs). Listed at most every 3 s: memoize caches are shared by every policy load.
+local DRAIN_DOMAIN = {lua_str(DRAIN_SUSPENSION_DOMAIN)}
+local draining = kumo.memoize(function()
+  for _, s in ipairs(kumo.api.admin.suspend.list()) do
+    if type(s.domain) == 'string' and s.domain:lower() == DRAIN_DOMAIN then
+      return true
+    end
+  end
+  return false
+end, {{ name = 'user.kumo-infra-drain', ttl = '{DRAIN_CHECK_TTL}', capacity = 1 }})
+
+-- 4.3.2: not accepting mail (RFC 3463); kumod closes the session after a 421.
+local function refuse_while_draining()
+  if draining() then
+    kumo.reject(421, '4.3.2 ' .. HOSTNAME .. ' is being drained: try another node or later')
+  end
+end
+
+kumo.on('smtp_server_mail_from', function(sender)
+  refuse_while_draining()
+end)
+"""
+
+
+# How long a drain marker (or its removal) takes at most to reach new SMTP sessions and injections.
+DRAIN_CHECK_TTL = "3 seconds"
+# What the API user (network.api_cidrs) may do beyond KumoMTA's default ACL (which lets any
+# authenticated identity inject): exactly what kumo-infra drain needs. Liveness needs no grant:
+# the default ACL allows it to anyone.
+API_USER_GRANTS: dict[str, tuple[str, ...]] = {
+    "/api/admin/suspend/v1": ("GET", "POST", "DELETE"),
+    "/api/admin/xfer/v1": ("POST",),
+    "/api/admin/xfer/cancel/v1": ("POST",),
+    "/metrics.json": ("GET",),
+}
+
+
+def render_api_acl(deployment: Deployment) -> str:
+    """get_acl_definition: the API user's grants on the TLS listener only."""
+    if not deployment.network.api_cidrs:
+        return ""
+    grants = "".join(f"\n  [{lua_str(path)}] = {lua_list(methods)}," for path, methods in API_USER_GRANTS.items())
+    return f"""
+-- The API user's grants for kumo-infra drain, on the TLS listener only. kumod asks for each
+-- resource from the most specific up (http_listener/<listen>/<path>, then its parents, then
+-- http_listener/*/...) until one ACL decides; a resource this answers nil for keeps KumoMTA's
+-- default ACL (crates/kumo-server-common/src/authn_authz.rs, http_server/auth.rs
+-- HttpEndpointResource). Only listener-specific names: the defaults stay whole.
+local API_GRANTS = {{{grants}
+}}
+local API_ACLS = {{}}
+for path, methods in pairs(API_GRANTS) do
+  local rules = {{}}
+  for _, method in ipairs(methods) do
+    table.insert(rules, {{
+      criteria = {{ Identity = {{ Individual = API_USER }} }},
+      privilege = method,
+      access = 'Allow',
+    }})
+  end
+  API_ACLS['http_listener/0.0.0.0:{API_TLS_PORT}' .. path] = kumo.aaa.make_access_control_list(rules)
+end
+
+kumo.on('get_acl_definition', function(resource)
+  return API_ACLS[resource]
+end)
+"""
+
+
+def render_http_listener(deployment: Deployment) -> str:
+    if not is_fleet(deployment):
+        return f"""  -- HTTP API on loopback (health checks, kcli on the node): loopback peers are trusted.
+  kumo.start_http_listener {{
+    listen = '127.0.0.1:{HTTP_PORT}',
+    trusted_hosts = TRUSTED,
+  }}
+"""
+    return f"""  -- HTTP API for loopback and the fleet's nodes, which POST transferred messages to
+  -- /api/xfer/inject/v1 (the cloud firewall opens {HTTP_PORT} to the nodes only).
+  kumo.start_http_listener {{
+    listen = '0.0.0.0:{HTTP_PORT}',
+    trusted_hosts = TRUSTED,
+  }}
+"""
+
+
+def render_redis(deployment: Deployment) -> str:
+    if redis_source(deployment) == "none":
+        return ""
+    return f"""
+  -- Throttles shared by the fleet (crates/kumo-server-common/src/lib.rs). The URL, with its
+  -- credentials, is a secret fetched at boot; rediss:// is TLS (redis-rs, tls-native-tls).
+  local redis_url = kumo.secrets.load({lua_str(REDIS_URL_PATH)}):gsub('%s+$', '')
+  kumo.configure_redis_throttles {{ node = redis_url }}
+"""
+
+
 def render_policy(deployment: Deployment, hostname: str) -> str:
     relay_hosts = [*LOOPBACK, *deployment.kumomta.relay_cidrs]
     purposes = {25: "Inbound SMTP from anywhere; relaying only for loopback and the configured networks."}
@@ -103,22 +319,19 @@ def render_policy(deployment: Deployment, hostname: str) -> str:
     listeners = "\n".join(f"""  -- {purpose}
   kumo.start_esmtp_listener {{
     listen = '0.0.0.0:{port}',
-    hostname = {lua_str(hostname)},
+    hostname = HOSTNAME,
     relay_hosts = {lua_list(relay_hosts)},
   }}
 """ for port, purpose in purposes.items())
     return f"""-- KumoMTA policy for {hostname}, rendered by kumo-infra.
 -- Edits here are replaced by the next kumo-bootstrap run: change the stack config instead.
 local kumo = require 'kumo'
-
+local shaping = require 'policy-extras.shaping'
+local sources = require 'policy-extras.sources'
+{render_shaping(deployment, hostname)}
 kumo.on('init', function()
 {listeners}
-  -- HTTP API on loopback (health checks, kcli on the node): loopback peers are trusted.
-  kumo.start_http_listener {{
-    listen = '127.0.0.1:{HTTP_PORT}',
-    trusted_hosts = {lua_list(LOOPBACK)},
-  }}
-{render_api_listener(deployment, hostname)}
+{render_http_listener(deployment)}{render_api_listener(deployment, hostname)}
   -- Spools on the dedicated spool disk.
   kumo.define_spool {{
     name = 'data',
@@ -136,8 +349,54 @@ kumo.on('init', function()
     log_dir = '{LOG_DIR}',
     max_segment_duration = '1 minute',
   }}
+
+  -- Bounces classified by the rules KumoMTA ships (crates/kumod/src/logging/classify.rs).
+  kumo.configure_bounce_classifier {{
+    files = {lua_list(BOUNCE_RULES)},
+  }}
+{render_redis(deployment)}
+  -- Delivery results to the TSA daemons; suspensions from the local one.
+  shaper.setup_publish()
 end)
-{render_api_auth(deployment)}{render_delivery(deployment)}"""
+{render_api_auth(deployment)}{render_api_acl(deployment)}{render_drain()}{render_delivery(deployment)}"""
+
+
+def render_tsa_init(deployment: Deployment) -> str:
+    """The TSA daemon's policy (tsa_init.lua): its listener and the shaping files kumod loads."""
+    if is_fleet(deployment):
+        listen, peers = f"0.0.0.0:{TSA_PORT}", f"""
+-- The fleet's nodes publish here too (their addresses: a JSON list fetched at boot).
+for _, ip in ipairs(kumo.json_load({lua_str(FLEET_PEERS_PATH)})) do
+  table.insert(TRUSTED, ip)
+end
+"""
+    else:
+        listen, peers = f"127.0.0.1:{TSA_PORT}", ""
+    return f"""-- TSA daemon policy for {deployment.name}, rendered by kumo-infra (after KumoMTA's
+-- assets/tsa_init.lua). Replaced by the next kumo-bootstrap run: change the stack config instead.
+local tsa = require 'tsa'
+local kumo = require 'kumo'
+
+local TRUSTED = {lua_list(LOOPBACK)}
+{peers}
+kumo.on('tsa_init', function()
+  tsa.start_http_listener {{
+    listen = '{listen}',
+    trusted_hosts = TRUSTED,
+  }}
+end)
+
+local load_shaping = kumo.memoize(kumo.shaping.load, {{
+  name = 'tsa_load_shaping_data',
+  ttl = '5 minutes',
+  capacity = 4,
+}})
+
+-- The files kumod's shaper loads, in the same order (docs/reference/events/tsa_load_shaping_data.md).
+kumo.on('tsa_load_shaping_data', function()
+  return load_shaping {lua_list(shaping_files(deployment))}
+end)
+"""
 
 
 # Headers signed by DKIM: the ones receivers check, and that relays do not rewrite.
@@ -145,11 +404,9 @@ DKIM_HEADERS = ("From", "To", "Subject", "Date", "MIME-Version", "Content-Type",
 
 
 def render_delivery(deployment: Deployment) -> str:
-    """Outbound routing (direct, or through the smarthost) and DKIM signing, as Lua."""
+    """Queues, egress paths (shaping, or the smarthost), routing and DKIM signing, as Lua."""
     relay = deployment.port25.relay if deployment.outbound_mode == "relay" else None
     keys = {s.dkim_domain: s.machine_path for s in secret_specs(deployment) if s.dkim_domain}
-    if relay is None and not keys:
-        return "\n-- Direct delivery to each recipient's MX hosts on port 25; no DKIM domains configured.\n"
     out = []
     if relay:
         out.append(f"""
@@ -166,33 +423,62 @@ local RELAY = {{
 local function route(msg)
   msg:set_meta('routing_domain', RELAY.host)
 end
-
-kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
-  if routing_domain == RELAY.host then
-    -- The smarthost is named directly: it need not publish an MX record.
-    return kumo.make_queue_config {{
-      protocol = {{ smtp = {{ mx_list = {{ RELAY.host }} }} }},
-    }}
-  end
-  return kumo.make_queue_config {{}}
-end)
-
-kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
-  if routing_domain == RELAY.host then
-    return kumo.make_egress_path {{
-      smtp_port = RELAY.port,
-      enable_tls = 'Required',
-      smtp_auth_plain_username = RELAY.username,
-      smtp_auth_plain_password = RELAY.password,
-    }}
-  end
-  return kumo.make_egress_path {{}}
-end)
 """)
     else:
         out.append("""
 -- Direct delivery to each recipient's MX hosts on port 25.
+local RELAY = {}
 local function route(msg) end
+""")
+    out.append(f"""
+-- The queues of shaping's TSA log hooks are named '<url>.tsa.kumomta' (shaping.lua).
+local function is_tsa_hook(domain)
+  return domain:find('%.tsa%.kumomta$') ~= nil
+end
+
+-- get_queue_config takes several handlers, called in turn until one returns a value
+-- (crates/config/src/lib.rs CallbackSignature::call). shaping.lua's own answers only for its
+-- hook queues; this one leaves them to it, whatever the order, and binds every mail queue to
+-- this node's pool.
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  if is_tsa_hook(domain) then
+    return
+  end
+  if routing_domain ~= nil and routing_domain == RELAY.host then
+    -- The smarthost is named directly: it need not publish an MX record.
+    return kumo.make_queue_config {{
+      egress_pool = {lua_str(EGRESS_POOL)},
+      protocol = {{ smtp = {{ mx_list = {{ RELAY.host }} }} }},
+    }}
+  end
+  return kumo.make_queue_config {{ egress_pool = {lua_str(EGRESS_POOL)} }}
+end)
+
+-- get_egress_path_config takes one handler (crates/kumod/src/ready_queue.rs): this one, which
+-- asks the shaper for every path.
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  if is_tsa_hook(routing_domain) then
+    -- For every TSA daemon, what KumoMTA's rules set for the local one
+    -- (share/policy-extras/shaping.toml ['http://127.0.0.1:8008.tsa.kumomta']).
+    return kumo.make_egress_path {{
+      connection_limit = 'local:5',
+      max_deliveries_per_connection = 8192,
+      max_ready = 10000,
+      system_shutdown_timeout = '30s',
+    }}
+  end
+  if routing_domain == RELAY.host then
+    -- The shaper's limits for the smarthost (skip_make: its parameters, shaping.lua), with
+    -- its port, STARTTLS and credentials.
+    local params = shaper.get_egress_path_config(routing_domain, egress_source, site_name, true)
+    params.smtp_port = RELAY.port
+    params.enable_tls = 'Required'
+    params.smtp_auth_plain_username = RELAY.username
+    params.smtp_auth_plain_password = RELAY.password
+    return kumo.make_egress_path(params)
+  end
+  return shaper.get_egress_path_config(routing_domain, egress_source, site_name)
+end)
 """)
     if not keys:
         out.append("""
@@ -210,7 +496,10 @@ kumo.on('smtp_server_message_received', function(msg)
   sign(msg)
 end)
 
+-- A drained node refuses injections too: the error fails each recipient
+-- (crates/kumod/src/http_server/inject_v1.rs, the http_message_generated call).
 kumo.on('http_message_generated', function(msg)
+  refuse_while_draining()
   route(msg)
   sign(msg)
 end)

@@ -24,6 +24,10 @@ STRUCT_FUNCTIONS = (
     "kumo.start_esmtp_listener", "kumo.start_http_listener", "kumo.define_spool",
     "kumo.configure_local_logs", "kumo.make_queue_config", "kumo.make_egress_path",
     "kumo.make_listener_domain", "kumo.dkim.rsa_sha256_signer",
+    "kumo.make_egress_source", "kumo.make_egress_pool", "kumo.configure_bounce_classifier",
+    "kumo.configure_redis_throttles", "kumo.memoize", "kumo.configure_log_hook",
+    # tsa-daemon's listener (its own policy, tsa_init.lua), not kumod's.
+    "tsa.start_http_listener",
 )
 INTEGERS = {"u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1), "u32": (0, 2**32 - 1), "u64": (0, 2**53),
             "usize": (0, 2**53), "i32": (-2**31, 2**31 - 1), "i64": (-2**53, 2**53)}
@@ -54,6 +58,8 @@ def field_kind(field: dict, enums: dict) -> dict:
         return {"kind": "integer", "min": low, "max": high, "rust": base}
     if base in ("String", "PathBuf"):
         return {"kind": "string"}
+    if base == "IpAddr":
+        return {"kind": "ip"}
     if base == "CidrSet":
         return {"kind": "cidrs"}
     if base == "KeySource":

@@ -1389,6 +1389,45 @@ return {
     ['signer'] = 'crates/message/src/dkim.rs SignerConfig has no deny_unknown_fields: unknown keys are silently ignored',
   },
   ['structs'] = {
+    ['kumo.configure_bounce_classifier'] = {
+      ['deny_unknown_fields'] = true,
+      ['fields'] = {
+        ['back_pressure'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'usize',
+        },
+        ['cache_size'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'usize',
+        },
+        ['files'] = {
+          ['kind'] = 'strings',
+          ['required'] = true,
+        },
+        ['pool_size'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'usize',
+        },
+        ['uncategorized_cache_size'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'usize',
+        },
+      },
+      ['name'] = 'ClassifierParams',
+      ['source'] = 'crates/kumod/src/logging/classify.rs:25',
+    },
     ['kumo.configure_local_logs'] = {
       ['deny_unknown_fields'] = true,
       ['fields'] = {
@@ -1451,6 +1490,92 @@ return {
       },
       ['name'] = 'LogFileParams',
       ['source'] = 'crates/kumod/src/logging/files.rs:19',
+    },
+    ['kumo.configure_log_hook'] = {
+      ['deny_unknown_fields'] = true,
+      ['fields'] = {
+        ['back_pressure'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'usize',
+        },
+        ['deferred_spool'] = {
+          ['kind'] = 'bool',
+          ['required'] = false,
+        },
+        ['headers'] = {
+          ['kind'] = 'strings',
+          ['required'] = false,
+        },
+        ['meta'] = {
+          ['kind'] = 'strings',
+          ['required'] = false,
+        },
+        ['name'] = {
+          ['kind'] = 'string',
+          ['required'] = true,
+        },
+        ['per_record'] = {
+          ['kind'] = 'table',
+          ['required'] = false,
+          ['rust'] = 'HashMap<RecordType, LogRecordParams>',
+        },
+      },
+      ['name'] = 'LogHookParams',
+      ['source'] = 'crates/kumod/src/logging/hooks.rs:36',
+    },
+    ['kumo.configure_redis_throttles'] = {
+      ['deny_unknown_fields'] = false,
+      ['fields'] = {
+        ['cluster'] = {
+          ['kind'] = 'bool',
+          ['required'] = false,
+        },
+        ['connect_timeout'] = {
+          ['kind'] = 'duration',
+          ['required'] = false,
+        },
+        ['node'] = {
+          ['kind'] = 'unchecked',
+          ['required'] = true,
+          ['rust'] = 'NodeSpec',
+        },
+        ['password'] = {
+          ['kind'] = 'string',
+          ['required'] = false,
+        },
+        ['pool_size'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'usize',
+        },
+        ['read_from_replicas'] = {
+          ['kind'] = 'bool',
+          ['required'] = false,
+        },
+        ['recycle_timeout'] = {
+          ['kind'] = 'duration',
+          ['required'] = false,
+        },
+        ['response_timeout'] = {
+          ['kind'] = 'duration',
+          ['required'] = false,
+        },
+        ['username'] = {
+          ['kind'] = 'string',
+          ['required'] = false,
+        },
+        ['wait_timeout'] = {
+          ['kind'] = 'duration',
+          ['required'] = false,
+        },
+      },
+      ['name'] = 'RedisConnKey',
+      ['source'] = 'crates/mod-redis/src/lib.rs:282',
     },
     ['kumo.define_spool'] = {
       ['deny_unknown_fields'] = true,
@@ -1851,6 +1976,92 @@ return {
       ['name'] = 'EgressPathConfig',
       ['source'] = 'crates/kumo-api-types/src/egress_path.rs:183',
     },
+    ['kumo.make_egress_pool'] = {
+      ['deny_unknown_fields'] = true,
+      ['fields'] = {
+        ['entries'] = {
+          ['kind'] = 'table',
+          ['required'] = false,
+          ['rust'] = 'Vec<EgressPoolEntry>',
+        },
+        ['name'] = {
+          ['kind'] = 'string',
+          ['required'] = true,
+        },
+        ['ttl'] = {
+          ['kind'] = 'duration',
+          ['required'] = false,
+        },
+      },
+      ['name'] = 'EgressPool',
+      ['source'] = 'crates/kumod/src/egress_source.rs:578',
+    },
+    ['kumo.make_egress_source'] = {
+      ['deny_unknown_fields'] = true,
+      ['fields'] = {
+        ['ehlo_domain'] = {
+          ['kind'] = 'string',
+          ['required'] = false,
+        },
+        ['ha_proxy_server'] = {
+          ['kind'] = 'unchecked',
+          ['required'] = false,
+          ['rust'] = 'ResolvableSocketAddr',
+        },
+        ['ha_proxy_source_address'] = {
+          ['kind'] = 'ip',
+          ['required'] = false,
+        },
+        ['name'] = {
+          ['kind'] = 'string',
+          ['required'] = true,
+        },
+        ['remote_port'] = {
+          ['kind'] = 'integer',
+          ['max'] = 65535,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'u16',
+        },
+        ['socks5_proxy_password'] = {
+          ['kind'] = 'keysource',
+          ['required'] = false,
+        },
+        ['socks5_proxy_server'] = {
+          ['kind'] = 'unchecked',
+          ['required'] = false,
+          ['rust'] = 'ResolvableSocketAddr',
+        },
+        ['socks5_proxy_source_address'] = {
+          ['kind'] = 'ip',
+          ['required'] = false,
+        },
+        ['socks5_proxy_username'] = {
+          ['kind'] = 'string',
+          ['required'] = false,
+        },
+        ['source_address'] = {
+          ['kind'] = 'ip',
+          ['required'] = false,
+        },
+        ['suspend_when_proxy_unhealthy'] = {
+          ['kind'] = 'unchecked',
+          ['required'] = false,
+          ['rust'] = 'SuspendOnFailure',
+        },
+        ['suspend_when_unplumbed'] = {
+          ['kind'] = 'unchecked',
+          ['required'] = false,
+          ['rust'] = 'SuspendOnFailure',
+        },
+        ['ttl'] = {
+          ['kind'] = 'duration',
+          ['required'] = false,
+        },
+      },
+      ['name'] = 'EgressSource',
+      ['source'] = 'crates/kumod/src/egress_source.rs:41',
+    },
     ['kumo.make_listener_domain'] = {
       ['deny_unknown_fields'] = true,
       ['fields'] = {
@@ -1945,6 +2156,44 @@ return {
       },
       ['name'] = 'QueueConfig',
       ['source'] = 'crates/kumod/src/queue/config.rs:17',
+    },
+    ['kumo.memoize'] = {
+      ['deny_unknown_fields'] = true,
+      ['fields'] = {
+        ['allow_stale_reads'] = {
+          ['kind'] = 'bool',
+          ['required'] = false,
+        },
+        ['capacity'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = true,
+          ['rust'] = 'usize',
+        },
+        ['invalidate_with_epoch'] = {
+          ['kind'] = 'bool',
+          ['required'] = false,
+        },
+        ['name'] = {
+          ['kind'] = 'string',
+          ['required'] = true,
+        },
+        ['populate_timeout'] = {
+          ['kind'] = 'duration',
+          ['required'] = false,
+        },
+        ['retry_on_populate_timeout'] = {
+          ['kind'] = 'bool',
+          ['required'] = false,
+        },
+        ['ttl'] = {
+          ['kind'] = 'duration',
+          ['required'] = true,
+        },
+      },
+      ['name'] = 'MemoizeParams',
+      ['source'] = 'crates/mod-memoize/src/lib.rs:63',
     },
     ['kumo.start_esmtp_listener'] = {
       ['deny_unknown_fields'] = true,
@@ -2080,6 +2329,44 @@ return {
       ['source'] = 'crates/kumod/src/smtp_server.rs:687',
     },
     ['kumo.start_http_listener'] = {
+      ['deny_unknown_fields'] = true,
+      ['fields'] = {
+        ['hostname'] = {
+          ['kind'] = 'string',
+          ['required'] = false,
+        },
+        ['listen'] = {
+          ['kind'] = 'string',
+          ['required'] = false,
+        },
+        ['request_body_limit'] = {
+          ['kind'] = 'integer',
+          ['max'] = 9007199254740992,
+          ['min'] = 0,
+          ['required'] = false,
+          ['rust'] = 'usize',
+        },
+        ['tls_certificate'] = {
+          ['kind'] = 'keysource',
+          ['required'] = false,
+        },
+        ['tls_private_key'] = {
+          ['kind'] = 'keysource',
+          ['required'] = false,
+        },
+        ['trusted_hosts'] = {
+          ['kind'] = 'cidrs',
+          ['required'] = false,
+        },
+        ['use_tls'] = {
+          ['kind'] = 'bool',
+          ['required'] = false,
+        },
+      },
+      ['name'] = 'HttpListenerParams',
+      ['source'] = 'crates/kumo-server-common/src/http_server/mod.rs:52',
+    },
+    ['tsa.start_http_listener'] = {
       ['deny_unknown_fields'] = true,
       ['fields'] = {
         ['hostname'] = {

@@ -16,6 +16,13 @@ local M = {
   -- Absolute keysource paths are read below this directory (a scratch root the test fills);
   -- unset, every file keysource fails to load, as a missing file does in kumod.
   root = os.getenv('KUMO_DOUBLE_ROOT'),
+  -- Which daemon loads the policy: kumod, or tsa (tsa-daemon, crates/tsa-daemon, loading
+  -- tsa_init.lua): each has its own events and functions.
+  daemon = os.getenv('KUMO_DOUBLE_DAEMON') or 'kumod',
+  -- What kumo.api.admin.suspend.list answers: SuspendV1ListEntry tables
+  -- (crates/kumo-api-types/src/lib.rs), set by a test.
+  suspensions = {},
+  memo_caches = {}, -- memoize name -> { entries }; expire_memos() stands for their TTL passing
 }
 
 -- kumod raises mlua errors: userdata values with __tostring, not strings. Raising tables with
@@ -45,6 +52,20 @@ local made = setmetatable({}, { __mode = 'k' })
 -- Each follows serde's deserialization of the Rust type named in the facts.
 
 local function is_integer(v) return math.type(v) == 'integer' end
+
+-- std::net::IpAddr's FromStr: a dotted IPv4 address or an IPv6 address, nothing else.
+local function is_ip(s)
+  if type(s) ~= 'string' then return false end
+  local a, b, c, d = s:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
+  if a then
+    for _, x in ipairs({ a, b, c, d }) do
+      if tonumber(x) > 255 or (#x > 1 and x:sub(1, 1) == '0') then return false end
+    end
+    return true
+  end
+  return s:find(':', 1, true) ~= nil and s:match('^[%x:.]+$') ~= nil and not s:find(':::', 1, true)
+end
+M.is_ip = is_ip
 
 -- crates/duration-serde/src/lib.rs: a humantime string ('1 minute', '5m') or seconds.
 local HUMANTIME_UNITS = {
@@ -139,6 +160,8 @@ local function check_value(where, spec, v)
     for i, s in ipairs(v) do
       if type(s) ~= 'string' then raise(where .. '[' .. i .. ']: expected a string') end
     end
+  elseif kind == 'ip' then
+    if not is_ip(v) then raise(where .. ': invalid IP address syntax: ' .. tostring(v)) end
   elseif kind == 'table' then
     if type(v) ~= 'table' then raise(where .. ': invalid type: ' .. type(v) .. ', expected a table (' .. spec.rust .. ')') end
   end
@@ -270,6 +293,264 @@ for _, level in ipairs({ 'error', 'warn', 'info', 'debug' }) do
   end
 end
 
+-------------------------------------------------------------------------------- JSON
+-- serde_json as kumo.json_load reads a file (crates/mod-serde/src/lib.rs): objects, arrays,
+-- strings (with escapes), numbers, true/false/null; anything else raises.
+local function json_decode(text)
+  local i = 1
+  local function fail(what) raise('json_load: ' .. what .. ' at byte ' .. i) end
+  local function ws() i = text:match('^[ \t\r\n]*()', i) end
+  local value
+  local function str()
+    i = i + 1
+    local out = {}
+    while true do
+      local c = text:sub(i, i)
+      if c == '' then fail('unterminated string') end
+      if c == '"' then i = i + 1 return table.concat(out) end
+      if c == '\\' then
+        local e = text:sub(i + 1, i + 1)
+        local map = { ['"'] = '"', ['\\'] = '\\', ['/'] = '/', b = '\b', f = '\f', n = '\n', r = '\r', t = '\t' }
+        if map[e] then table.insert(out, map[e]); i = i + 2
+        elseif e == 'u' then
+          local hex = text:sub(i + 2, i + 5)
+          if not hex:match('^%x%x%x%x$') then fail('bad \\u escape') end
+          table.insert(out, utf8.char(tonumber(hex, 16))); i = i + 6
+        else fail('bad escape') end
+      elseif c:byte() < 32 then fail('control character in a string')
+      else table.insert(out, c); i = i + 1 end
+    end
+  end
+  value = function()
+    ws()
+    local c = text:sub(i, i)
+    if c == '{' then
+      i = i + 1
+      local obj = {}
+      ws()
+      if text:sub(i, i) == '}' then i = i + 1 return obj end
+      while true do
+        ws()
+        if text:sub(i, i) ~= '"' then fail('expected a key') end
+        local k = str()
+        ws()
+        if text:sub(i, i) ~= ':' then fail("expected ':'") end
+        i = i + 1
+        obj[k] = value()
+        ws()
+        local sep = text:sub(i, i)
+        i = i + 1
+        if sep == '}' then return obj end
+        if sep ~= ',' then fail("expected ',' or '}'") end
+      end
+    elseif c == '[' then
+      i = i + 1
+      local arr = {}
+      ws()
+      if text:sub(i, i) == ']' then i = i + 1 return arr end
+      while true do
+        table.insert(arr, value())
+        ws()
+        local sep = text:sub(i, i)
+        i = i + 1
+        if sep == ']' then return arr end
+        if sep ~= ',' then fail("expected ',' or ']'") end
+      end
+    elseif c == '"' then return str()
+    elseif text:sub(i, i + 3) == 'true' then i = i + 4 return true
+    elseif text:sub(i, i + 4) == 'false' then i = i + 5 return false
+    elseif text:sub(i, i + 3) == 'null' then i = i + 4 return nil
+    else
+      local num, after = text:match('^(-?%d+%.?%d*[eE]?[-+]?%d*)()', i)
+      if not num then fail('unexpected ' .. (c == '' and 'end of input' or c)) end
+      i = after
+      return math.tointeger(tonumber(num)) or tonumber(num)
+    end
+  end
+  local result = value()
+  ws()
+  if i <= #text then fail('trailing characters') end
+  return result
+end
+M.json_decode = json_decode
+
+implemented['kumo.json_load'] = function(path)
+  if type(path) ~= 'string' then raise('json_load: expected a file name') end
+  local data = read_file(path)
+  if data == nil then raise('json_load: cannot read ' .. path) end
+  record('json_load', path)
+  return json_decode(data)
+end
+
+------------------------------------------------------------------------ more functions
+
+implemented['kumo.make_egress_source'] = struct_function('kumo.make_egress_source')
+implemented['kumo.configure_bounce_classifier'] = struct_function('kumo.configure_bounce_classifier')
+implemented['kumo.configure_log_hook'] = struct_function('kumo.configure_log_hook')
+
+-- EgressPool (crates/kumod/src/egress_source.rs): entries are EgressPoolEntry {name, weight}.
+local check_pool = struct_function('kumo.make_egress_pool')
+implemented['kumo.make_egress_pool'] = function(args)
+  local pool = check_pool(args)
+  for i, entry in ipairs(pool.entries or {}) do
+    if type(entry) ~= 'table' or type(entry.name) ~= 'string' then
+      raise('kumo.make_egress_pool.entries[' .. i .. ']: missing field `name`')
+    end
+    for key in pairs(entry) do
+      if key ~= 'name' and key ~= 'weight' then raise("kumo.make_egress_pool.entries: unknown field '" .. tostring(key) .. "'") end
+    end
+    if entry.weight ~= nil and not is_integer(entry.weight) then raise('kumo.make_egress_pool.entries.weight: expected u32') end
+  end
+  return pool
+end
+
+-- RedisConnKey.node is NodeSpec (crates/mod-redis/src/lib.rs), untagged: a URL or a list of them.
+local check_redis = struct_function('kumo.configure_redis_throttles')
+implemented['kumo.configure_redis_throttles'] = function(args)
+  if type(args) == 'table' then
+    local node = args.node
+    local ok = type(node) == 'string'
+    if type(node) == 'table' then
+      ok = #node > 0
+      for _, n in ipairs(node) do if type(n) ~= 'string' then ok = false end end
+    end
+    if not ok then raise('kumo.configure_redis_throttles.node: data did not match any variant of untagged enum NodeSpec') end
+    local url = type(node) == 'string' and node or node[1]
+    if not (url:match('^redis://') or url:match('^rediss://')) then
+      raise('kumo.configure_redis_throttles: building redis client: invalid URL scheme')
+    end
+  end
+  return check_redis(args)
+end
+
+-- crates/mod-memoize/src/lib.rs: MemoizeParams checked (deny_unknown_fields), a name that a
+-- built-in cache uses refused; the memoized function answers from the cache until the test
+-- calls expire_memos() (its TTL passing).
+local check_memoize = struct_function('kumo.memoize')
+implemented['kumo.memoize'] = function(func, params)
+  if type(func) ~= 'function' then raise('kumo.memoize: expected a function') end
+  check_memoize(params)
+  M.memo_caches[params.name] = M.memo_caches[params.name] or {}
+  local function key_of(v)
+    if type(v) ~= 'table' then return type(v) .. ':' .. tostring(v) end
+    local keys, parts = {}, {}
+    for k in pairs(v) do table.insert(keys, tostring(k)) end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      local value = v[k]
+      if value == nil then value = v[tonumber(k)] end
+      table.insert(parts, k .. '=' .. key_of(value))
+    end
+    return '{' .. table.concat(parts, ',') .. '}'
+  end
+  return function(...)
+    local cache = M.memo_caches[params.name]
+    local key = key_of({ ... })
+    local hit = cache[key]
+    if hit == nil then
+      hit = { value = func(...) }
+      cache[key] = hit
+    end
+    return hit.value
+  end
+end
+
+function M.expire_memos()
+  for name in pairs(M.memo_caches) do M.memo_caches[name] = {} end
+end
+
+-- crates/kumod/src/http_server/admin_suspend_v1.rs register: a list of SuspendV1ListEntry.
+implemented['kumo.api.admin.suspend.list'] = function()
+  return copy(M.suspensions)
+end
+
+-- crates/kumod/src/mod_kumo.rs: kumo.reject(code: u16, message: String) raises a RejectError,
+-- which kumod answers with (smtp_server.rs) or reports per recipient (http inject).
+implemented['kumo.reject'] = function(code, message)
+  if not is_integer(code) or code < 0 or code > 65535 then raise('kumo.reject: code must be a u16') end
+  if type(message) ~= 'string' then raise('kumo.reject: message must be a string') end
+  error(setmetatable({ message = code .. ' ' .. message, code = code, reply = message }, KumoError))
+end
+
+-- crates/kumo-server-common/src/authn_authz.rs: Vec<AccessControlRule> {criteria: ACLRuleTerm,
+-- privilege: String, access: Access}; serde's externally tagged enums.
+local IDENTITY_VARIANTS = { Individual = 'string', Group = 'string', Machine = 'ip', MachineSet = 'table',
+  Authenticated = 'unit', Unauthenticated = 'unit', Any = 'unit' }
+local function check_term(where, term)
+  if type(term) ~= 'table' then raise(where .. ': expected an ACLRuleTerm table') end
+  local key, value = next(term)
+  if key == nil or next(term, key) ~= nil then raise(where .. ': an ACLRuleTerm is one of AllOf, AnyOf, Not, Identity') end
+  if key == 'AllOf' or key == 'AnyOf' then
+    for i, t in ipairs(value) do check_term(where .. '.' .. key .. '[' .. i .. ']', t) end
+  elseif key == 'Not' then check_term(where .. '.Not', value)
+  elseif key == 'Identity' then
+    if type(value) == 'string' then
+      if IDENTITY_VARIANTS[value] ~= 'unit' then raise(where .. ': unknown ACLIdentity ' .. value) end
+      return
+    end
+    if type(value) ~= 'table' then raise(where .. ': expected an ACLIdentity') end
+    local kind, v = next(value)
+    local want = IDENTITY_VARIANTS[kind]
+    if want == nil or next(value, kind) ~= nil then raise(where .. ': unknown ACLIdentity ' .. tostring(kind)) end
+    if want == 'string' and type(v) ~= 'string' then raise(where .. '.' .. kind .. ': expected a string') end
+    if want == 'ip' and not is_ip(v) then raise(where .. '.' .. kind .. ': expected an IP address') end
+  else
+    raise(where .. ': unknown variant ' .. tostring(key) .. ', expected AllOf, AnyOf, Not or Identity')
+  end
+end
+
+implemented['kumo.aaa.make_access_control_list'] = function(rules)
+  if type(rules) ~= 'table' then raise('make_access_control_list: expected a list of rules') end
+  for i, rule in ipairs(rules) do
+    local where = 'make_access_control_list[' .. i .. ']'
+    for key in pairs(rule) do
+      if key ~= 'criteria' and key ~= 'privilege' and key ~= 'access' then raise(where .. ": unknown field '" .. tostring(key) .. "'") end
+    end
+    check_term(where .. '.criteria', rule.criteria)
+    if type(rule.privilege) ~= 'string' then raise(where .. '.privilege: expected a string') end
+    if rule.access ~= 'Allow' and rule.access ~= 'Deny' then raise(where .. '.access: expected Allow or Deny') end
+  end
+  local acl = { rules = copy(rules) }
+  made[acl] = 'kumo.aaa.make_access_control_list'
+  record('aaa.make_access_control_list', acl.rules)
+  return acl
+end
+
+-- Documented only (docs/reference/kumo/shaping/load.md): kumo.shaping.load(files, options)
+-- returns the merged shaping data. The double answers KumoMTA's shipped "default" section
+-- (assets/policy-extras/shaping.toml) for every path; M.shaping_params replaces it.
+M.shaping_params = {
+  connection_limit = 10, max_connection_rate = '100/min', max_deliveries_per_connection = 100,
+  max_message_rate = '100/s', idle_timeout = '60s', data_timeout = '30s', data_dot_timeout = '60s',
+  enable_tls = 'Opportunistic', consecutive_connection_failures_before_delay = 100,
+  remember_broken_tls = '3 days',
+}
+implemented['kumo.shaping.load'] = function(files, options)
+  if type(files) ~= 'table' or #files == 0 then raise('kumo.shaping.load: expected a list of file names') end
+  for i, f in ipairs(files) do
+    if type(f) ~= 'string' then raise('kumo.shaping.load[' .. i .. ']: expected a string') end
+  end
+  if options ~= nil and type(options) ~= 'table' then raise('kumo.shaping.load: options must be a table') end
+  record('shaping.load', copy(files))
+  local data = {}
+  function data:get_egress_path_config(domain, source, site)
+    return copy(M.shaping_params)
+  end
+  function data:get_errors() return {} end
+  function data:get_warnings() return {} end
+  return data
+end
+
+-- crates/kumo-server-common/src/lib.rs: spawn_task{event_name, args} calls that event's
+-- handler in a task of its own; an event without a handler fails there.
+implemented['kumo.spawn_task'] = function(params)
+  if type(params) ~= 'table' or type(params.event_name) ~= 'string' or type(params.args) ~= 'table' then
+    raise('kumo.spawn_task: expected {event_name=..., args={...}}')
+  end
+  if M.handlers[params.event_name] == nil then raise('kumo.spawn_task: ' .. params.event_name .. ' has not been registered') end
+  record('spawn_task', copy(params))
+end
+
 -- crates/kumo-server-common/src/lib.rs kumo.on: any event name is accepted by kumod (a
 -- misspelt one silently never fires; the double refuses it), a second handler for a Single
 -- event is an error, and so is kumo.on inside a running handler other than main.
@@ -279,12 +560,12 @@ implemented['kumo.on'] = function(name, handler)
   if M.current_event ~= nil and M.current_event ~= 'main' then
     raise("kumo.on('" .. name .. "', ...) from within the event handler '" .. M.current_event .. "'")
   end
-  local event = facts.events[name]
+  local event = facts.events[name] or M.helper_events[name]
   if event == nil then
     raise("kumo.on: '" .. name .. "' is not an event KumoMTA raises: kumod would accept it silently and it would never fire")
   end
-  if not event.kumod then
-    raise("kumo.on: '" .. name .. "' is raised only by another KumoMTA daemon, never by kumod [" .. event.source .. ']')
+  if not M.daemon_raises(event) then
+    raise("kumo.on: '" .. name .. "' is never raised by " .. M.daemon .. ' [' .. event.source .. ']')
   end
   if event.args and debug.getinfo(handler, 'u').nparams > #event.args then
     raise("kumo.on: the handler for '" .. name .. "' declares more parameters than the event passes ("
@@ -299,6 +580,28 @@ implemented['kumo.on'] = function(name, handler)
     raise(name .. ' event already has a handler defined [' .. event.source .. ']')
   end
   M.handlers[name] = handler
+end
+
+-- Events a policy-extras helper names itself (shaping.lua: its constructors and tasks), which
+-- kumod raises because the helper asks it to (spawn_task, a log hook's constructor).
+M.helper_events = {}
+function M.helper_event(name, source)
+  M.helper_events[name] = { source = source, kumod = true, multiple = false, returns = '?' }
+end
+
+-- Which events the loading daemon raises: kumod's own, or tsa-daemon's (crates/tsa-daemon) and
+-- those of the server code both share (crates/kumo-server-common, crates/config).
+function M.daemon_raises(event)
+  if M.daemon == 'kumod' then return event.kumod end
+  local src = event.source or ''
+  return src:find('^crates/tsa%-daemon/') ~= nil or src:find('^crates/kumo%-server%-common/') ~= nil
+    or src:find('^crates/config/') ~= nil
+end
+
+local function daemon_has_function(name, info)
+  if M.daemon == 'kumod' then return info.kumod end
+  local src = info.source or ''
+  return not name:find('^tsa%.') and src:find('^crates/kumod/') == nil and info.kumod
 end
 
 -- The `kumo` module: every name kumod registers, implemented above or raising when called;
@@ -318,7 +621,7 @@ local function build_module()
   end
   local root = module_for('kumo')
   for name, info in pairs(facts.functions) do
-    if info.kumod then
+    if daemon_has_function(name, info) and name:find('^kumo%.') then
       local parts = {}
       for part in name:gmatch('[^.]+') do table.insert(parts, part) end
       local path = parts[1]
@@ -344,6 +647,17 @@ local function build_module()
 end
 
 local module = build_module()
+
+-- tsa-daemon's own module (crates/tsa-daemon/src/mod_auto.rs), for tsa_init.lua only.
+if M.daemon == 'tsa' then
+  M.tsa_module = {
+    start_http_listener = struct_function('tsa.start_http_listener'),
+    configure_tsa_db_path = function(path)
+      if type(path) ~= 'string' then raise('tsa.configure_tsa_db_path: expected a path') end
+      record('tsa.configure_tsa_db_path', path)
+    end,
+  }
+end
 
 -------------------------------------------------------------------------- header parsing
 -- A recursive-descent parser for the RFC 5322 address-list grammar mailparsing implements
@@ -672,6 +986,9 @@ function M.state_of(msg) return M.message_state[msg] end
 local RETURN_CHECKS = {
   EgressPathConfig = function(v) return made[v] == 'kumo.make_egress_path' end,
   QueueConfig = function(v) return made[v] == 'kumo.make_queue_config' end,
+  ['Option<UserDataRef<AccessControlListWrap>>'] = function(v)
+    return v == nil or made[v] == 'kumo.aaa.make_access_control_list'
+  end,
   ['SerdeWrappedValue<AuthKindResult>'] = function(v)
     if type(v) == 'boolean' then return true end
     if type(v) ~= 'table' then return false end
@@ -690,23 +1007,125 @@ function M.fire(event, ...)
   local handlers = info.multiple and registered or { registered }
   local previous = M.current_event
   M.current_event = event
-  local result
+  local result, returned
   for _, handler in ipairs(handlers) do
-    local ok, value = pcall(handler, ...)
-    if not ok then
+    local packed = table.pack(pcall(handler, ...))
+    if not packed[1] then
       M.current_event = previous
-      error(value, 0)
+      error(packed[2], 0)
     end
-    if value ~= nil then result = value break end
+    -- kumod goes on to the next handler only when one returns no value at all: a returned nil
+    -- is an answer (crates/config/src/lib.rs CallbackSignature::call, result.is_empty()).
+    if packed.n > 1 then result, returned = packed[2], true break end
   end
   M.current_event = previous
   local check = RETURN_CHECKS[info.returns]
-  -- A Multiple event whose handlers all return nil leaves kumod to its defaults.
-  if check and not (info.multiple and result == nil) and not check(result) then
+  -- A Multiple event whose handlers all return nothing leaves kumod to its defaults.
+  if check and not (info.multiple and not returned) and not check(result) then
     raise(event .. ': the handler returned ' .. tostring(result) .. ', which kumod cannot use as ' .. info.returns
       .. ' [' .. info.source .. ']')
   end
   return result
+end
+
+-------------------------------------------------------------------------- HTTP access
+-- KumoMTA's default ACL map (assets/acls/default.toml, compiled into kumod), for kumod's listener.
+local function rule(identity, privileges)
+  local out = {}
+  for _, p in ipairs(privileges) do
+    table.insert(out, { criteria = { Identity = identity }, privilege = p, access = 'Allow' })
+  end
+  return out
+end
+local TRUSTED_GROUP = { Group = 'kumomta:http-listener-trusted-ip' }
+local function concat(...)
+  local out = {}
+  for _, list in ipairs({ ... }) do for _, x in ipairs(list) do table.insert(out, x) end end
+  return out
+end
+M.default_acl = {
+  ['http_listener/*/api/check-liveness'] = rule('Any', { 'GET' }),
+  ['http_listener/*/rapidoc'] = rule('Any', { 'GET' }),
+  ['http_listener/*/api-docs/openapi.json'] = rule('Any', { 'GET' }),
+  ['http_listener/*/api/inject'] = concat(rule(TRUSTED_GROUP, { 'POST' }), rule('Authenticated', { 'POST' })),
+  ['http_listener/*/api/admin'] = rule(TRUSTED_GROUP, { 'GET', 'DELETE', 'POST' }),
+  ['http_listener/*/api/machine-info'] = rule(TRUSTED_GROUP, { 'GET' }),
+  ['http_listener/*/metrics'] = rule(TRUSTED_GROUP, { 'GET' }),
+  ['http_listener/*/metrics.json'] = rule(TRUSTED_GROUP, { 'GET' }),
+  ['http_listener/*/api/xfer'] = rule(TRUSTED_GROUP, { 'POST' }),
+}
+
+-- crates/kumo-server-common/src/http_server/auth.rs HttpEndpointResource::new: the listener's
+-- own names from the full path down, then the wildcard ones, then 'http_listener'.
+function M.http_resources(listen, path)
+  -- path[1..].splitn(MAX_ACL_PATH_COMPONENTS + 1, '/'), truncated to 10 components
+  local split, rest = {}, path:sub(2)
+  while #split < 10 do
+    local slash = rest:find('/', 1, true)
+    if not slash then table.insert(split, rest) break end
+    table.insert(split, rest:sub(1, slash - 1))
+    rest = rest:sub(slash + 1)
+  end
+  local own, wild = {}, {}
+  for n = #split, 1, -1 do
+    local p = table.concat(split, '/', 1, n)
+    table.insert(own, 'http_listener/' .. listen .. '/' .. p)
+    table.insert(wild, 'http_listener/*/' .. p)
+  end
+  table.insert(own, 'http_listener/' .. listen)
+  local all = concat(own, wild)
+  table.insert(all, 'http_listener')
+  return all
+end
+
+-- authn_authz.rs AuthInfo::matches_criteria / matches_identity.
+local function matches(info, term)
+  local key, value = next(term)
+  if key == 'AllOf' then
+    for _, t in ipairs(value) do if not matches(info, t) then return false end end
+    return true
+  elseif key == 'AnyOf' then
+    for _, t in ipairs(value) do if matches(info, t) then return true end end
+    return false
+  elseif key == 'Not' then return not matches(info, value)
+  end
+  local id = value
+  if id == 'Any' then return true end
+  if id == 'Authenticated' then return #info.identities > 0 end
+  if id == 'Unauthenticated' then return #info.identities == 0 end
+  local kind, v = next(id)
+  if kind == 'Individual' then
+    for _, i in ipairs(info.identities) do if i == v then return true end end
+  elseif kind == 'Group' then
+    for _, g in ipairs(info.groups) do if g == v then return true end end
+  elseif kind == 'Machine' then return info.peer_address == v
+  end
+  return false
+end
+
+-- AccessControlList::query_resource_access: each resource in turn; get_acl_definition's answer,
+-- or (answering nothing, fall_back_to_acl_map's default) the default map's; the first rule whose
+-- criteria and privilege match decides; a resource with no deciding rule passes to the next.
+-- info: { identities = {...}, groups = {...}, peer_address = '...' }.
+function M.http_access(listen, path, method, info)
+  for _, resource in ipairs(M.http_resources(listen, path)) do
+    local acl = M.fire('get_acl_definition', resource)
+    local rules
+    if acl ~= nil then
+      if made[acl] ~= 'kumo.aaa.make_access_control_list' then
+        raise('get_acl_definition: returned ' .. tostring(acl) .. ', not an ACL from kumo.aaa.make_access_control_list')
+      end
+      rules = acl.rules
+    else
+      rules = M.default_acl[resource]
+    end
+    for _, r in ipairs(rules or {}) do
+      if matches(info, r.criteria) and r.privilege == method then
+        return { access = r.access, resource = resource }
+      end
+    end
+  end
+  return { access = 'DenyByDefault' }
 end
 
 M.module = module

@@ -9,11 +9,21 @@
 --                       then the egress path and queue config of the routing domain they got
 --   auth USER [PASSWORD]  http_server_validate_auth_basic(USER, PASSWORD or nil), its result
 --                       or the error it raised
--- KUMO_DOUBLE_ROOT: a directory standing for / when a keysource file is read.
+--   delivery [ROUTING...]  the queue and egress path configs of gmail.com, of every TSA log
+--                       hook's queue and of each ROUTING domain; the egress pool and its sources
+--   drain               MAIL FROM and an HTTP injection without the drain suspension, with it
+--                       (before and after the memoized list expires), and after its removal
+--   acl CHECK...        KumoMTA's HTTP access decision for each LISTEN|PATH|METHOD|USER|TRUSTED
+--                       (USER '-' for none; TRUSTED 1 when the peer is a trusted host)
+--   tsa_shaping         (with KUMO_DOUBLE_DAEMON=tsa) the files tsa_load_shaping_data loads
+-- KUMO_DOUBLE_ROOT: a directory standing for / when a file is read.
+-- KUMO_DOUBLE_DAEMON: kumod (default) or tsa, the daemon loading the policy (tsa_init.lua).
 local here = arg[0]:match('^(.*)/[^/]*$') or '.'
 package.path = here .. '/?.lua;' .. package.path
 local double = require 'kumo_double'
 package.loaded['kumo'] = double.module
+if double.tsa_module then package.loaded['tsa'] = double.tsa_module end
+require('policy_extras_double').install(double)
 
 local function to_json(v, seen)
   local t = type(v)
@@ -51,7 +61,7 @@ end
 
 local policy = assert(arg[1], 'policy path required')
 dofile(policy)
-double.fire('init')
+double.fire(double.daemon == 'tsa' and 'tsa_init' or 'init')
 local result = { calls = double.calls, events = {}, logs = double.logs, ignored_keys = double.ignored_keys }
 for name in pairs(double.handlers) do table.insert(result.events, name) end
 table.sort(result.events)
@@ -80,6 +90,56 @@ if scenario == 'message' then
 elseif scenario == 'auth' then
   local ok, value = pcall(double.fire, 'http_server_validate_auth_basic', arg[3], arg[4])
   result.auth = ok and { raised = false, value = value } or { raised = true, error = tostring(value) }
+elseif scenario == 'delivery' then
+  local routing = { 'gmail.com', table.unpack(arg, 3) }
+  for hook in pairs(double.shaping_setup and double.shaping_setup.publish or {}) do table.insert(routing, hook) end
+  result.queues, result.egress = {}, {}
+  for _, r in ipairs(routing) do
+    result.queues[r] = double.fire('get_queue_config', r, nil, nil, r ~= 'gmail.com' and r or nil) or 'default'
+    result.egress[r] = double.fire('get_egress_path_config', r, 'source', r)
+  end
+  result.pool = double.fire('get_egress_pool', 'kumo-infra')
+  result.sources = {}
+  for _, entry in ipairs(result.pool.entries or {}) do
+    result.sources[entry.name] = double.fire('get_egress_source', entry.name)
+  end
+  result.shaping_setup = double.shaping_setup
+  result.sources_files = double.sources_files
+elseif scenario == 'drain' then
+  local function attempt()
+    local out = {}
+    for _, step in ipairs({
+      { 'smtp', function() double.fire('smtp_server_mail_from', { email = 'news@example.com' }, {}) end },
+      { 'http', function() double.fire('http_message_generated', double.new_message('news@example.com', 'user@gmail.com'), {}) end },
+    }) do
+      local ok, err = pcall(step[2])
+      out[step[1]] = ok and 'accepted' or { code = type(err) == 'table' and err.code or nil, error = tostring(err) }
+    end
+    return out
+  end
+  result.drain = {}
+  result.drain.before = attempt()
+  double.suspensions = {
+    { id = '9b1e0d3c-0000-4000-8000-000000000001', domain = 'other.example', reason = 'tsa', duration = '1h' },
+    { id = '9b1e0d3c-0000-4000-8000-000000000002', domain = arg[3] or 'drain.kumo-infra.invalid', reason = 'drain', duration = '1h' },
+  }
+  result.drain.marked_cached = attempt()
+  double.expire_memos()
+  result.drain.marked = attempt()
+  double.suspensions = {}
+  double.expire_memos()
+  result.drain.unmarked = attempt()
+elseif scenario == 'acl' then
+  result.acl = {}
+  for i = 3, #arg do
+    local listen, path, method, user, trusted = arg[i]:match('^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    local info = { identities = {}, groups = {}, peer_address = '198.51.100.7' }
+    if user ~= '-' then table.insert(info.identities, user) end
+    if trusted == '1' then table.insert(info.groups, 'kumomta:http-listener-trusted-ip') end
+    table.insert(result.acl, double.http_access(listen, path, method, info))
+  end
+elseif scenario == 'tsa_shaping' then
+  double.fire('tsa_load_shaping_data')
 elseif scenario ~= nil then
   error('unknown scenario ' .. scenario)
 end

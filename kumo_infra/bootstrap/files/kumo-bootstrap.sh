@@ -6,6 +6,8 @@
 #   kumo-bootstrap all     every step; what cloud-init runs at first boot
 #   kumo-bootstrap spool   only prepare the spool disk; run by kumo-spool.service at every
 #                          boot, so a local NVMe disk the cloud wiped is re-created
+#   kumo-bootstrap source  only write this machine's source address for kumod; run before
+#                          every kumod start (the kumomta.service drop-in)
 #
 # Safe to run again at any time: a configured, healthy machine is left unchanged.
 # Settings come from /etc/kumo-infra/bootstrap.env; the result is written to
@@ -20,6 +22,13 @@ STATE_DIR=/var/lib/kumo-infra
 LOG=/var/log/kumo-infra-bootstrap.log
 SPOOL=/var/spool/kumomta
 POLICY=/opt/kumomta/etc/policy/init.lua
+# Node files kumo_infra/bootstrap/policy.py names: SHAPING_CUSTOM_PATH, TSA_INIT_PATH, SOURCE_ADDRESS_PATH.
+SHAPING_CUSTOM=/opt/kumomta/etc/policy/shaping_custom.toml
+TSA_POLICY=/opt/kumomta/etc/policy/tsa_init.lua
+SOURCES=/opt/kumomta/etc/sources.json
+TSA_UNIT=kumo-tsa-daemon.service
+NODE_ID_FILE=/opt/kumomta/etc/.nodeid
+MACHINE_ID_FILE=/etc/machine-id
 KUMOD=/opt/kumomta/sbin/kumod
 SPOOL_LABEL=kumospool
 SYSCTL_FILE=/etc/sysctl.d/90-kumomta.conf
@@ -698,8 +707,51 @@ install_if_changed() {
   fi
 }
 
+# The address this machine sends from: the source of its route to the internet (a route lookup
+# sends nothing). The policy binds the node's egress source to it.
+route_source() {
+  ip -o "$1" route get "$2" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "src") { print $(i + 1); exit } }'
+}
+
+step_source() {
+  local addr
+  addr=$(route_source -4 1.1.1.1)
+  [ -n "$addr" ] || addr=$(route_source -6 2606:4700:4700::1111)
+  [ -n "$addr" ] || die "no route to the internet to take the source address from"
+  [[ "$addr" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ || "$addr" =~ ^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*$ ]] || die "the route's source address is not an IP address: $addr"
+  # As JSON values (json_str), never as code.
+  printf '{"source":{%s:{"source_address":%s}}}\n' "$(json_str "$KUMO_HOSTNAME")" "$(json_str "$addr")" >"$WORK/sources.json"
+  install_if_changed "$WORK/sources.json" "$SOURCES" 0644 "source address $addr"
+  fact source_address "$(json_str "$addr")"
+}
+
+# kumod's node id (crates/kumo-server-common/src/nodeid.rs, /opt/kumomta/etc/.nodeid, made by
+# kumod at its first start) names the node in its logs and to xfer, which refuses a message from
+# a node with its own id (crates/kumod/src/xfer): a machine cloned from a configured one would
+# keep its source's id. So it is made here, once per machine (its /etc/machine-id).
+ensure_node_id() {
+  local machine mark=$STATE_DIR/nodeid.machine
+  machine=$(cat "$MACHINE_ID_FILE" 2>/dev/null || true)
+  if [ -s "$NODE_ID_FILE" ] && { [ ! -f "$mark" ] || [ "$(cat "$mark")" = "$machine" ]; }; then
+    # Made by kumod before kumo-infra (an existing machine), or here for this machine: kept.
+    [ -f "$mark" ] || printf '%s\n' "$machine" >"$mark"
+  else
+    # Without a newline: kumod parses the whole file as the UUID.
+    printf '%s' "$(cat "$PROC/sys/kernel/random/uuid")" >"$WORK/nodeid"
+    install -o root -g kumod -m 0644 "$WORK/nodeid" "$NODE_ID_FILE"
+    printf '%s\n' "$machine" >"$mark"
+    : >"$STATE_DIR/restart-needed"
+    changed "node id for this machine"
+  fi
+  fact node_id "$(json_str "$(cat "$NODE_ID_FILE")")"
+}
+
 step_policy() {
   local staged
+  ensure_node_id
+  # Before the policy's validation, which loads them (shaping.lua validate_config).
+  install_if_changed "$CONF_DIR/shaping_custom.toml" "$SHAPING_CUSTOM" 0640
+  install_if_changed "$CONF_DIR/tsa_init.lua" "$TSA_POLICY" 0640
   staged=$(dirname "$POLICY")/.init.lua.kumo-infra
   install -o root -g kumod -m 0640 "$CONF_DIR/init.lua" "$staged"
   # Validate the new policy as kumod before it replaces the running one.
@@ -725,6 +777,16 @@ step_start() {
   enable_unit kumo-spool.service
   enable_unit kumo-log-retention.timer
   systemctl is-active --quiet kumo-log-retention.timer || { systemctl start kumo-log-retention.timer; changed "started kumo-log-retention.timer"; }
+  # The TSA daemon first: kumod publishes to it and subscribes to it from its start. It reads the
+  # same files and secrets (the peers), so it restarts with kumod.
+  enable_unit "$TSA_UNIT"
+  if systemctl is-active --quiet "$TSA_UNIT"; then
+    if [ -f "$STATE_DIR/restart-needed" ]; then systemctl restart "$TSA_UNIT"; changed "restarted $TSA_UNIT"; fi
+  else
+    systemctl start "$TSA_UNIT"
+    changed "started $TSA_UNIT"
+  fi
+  systemctl is-active --quiet "$TSA_UNIT" || die "$TSA_UNIT is not running: $(journalctl -u "$TSA_UNIT" --no-pager -n 5 2>&1 | tr '\n' ' ')"
   enable_unit kumomta.service
   if systemctl is-active --quiet kumomta; then
     if [ -f "$STATE_DIR/restart-needed" ]; then systemctl restart kumomta; changed "restarted kumomta (policy or secret changed)"; fi
@@ -966,11 +1028,12 @@ WORK=$(mktemp -d /run/kumo-bootstrap.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 STATUS=$STATE_DIR/status.json
 [ "$MODE" = spool ] && STATUS=$STATE_DIR/spool-status.json
+[ "$MODE" = source ] && STATUS=$STATE_DIR/source-status.json
 
 exec 9>/run/kumo-bootstrap.lock
-if [ "$MODE" = spool ]; then
-  # At first boot the full bootstrap holds the lock and prepares the spool itself.
-  flock -n 9 || { say "full bootstrap in progress; it prepares the spool"; exit 0; }
+if [ "$MODE" = spool ] || [ "$MODE" = source ]; then
+  # At first boot the full bootstrap holds the lock and does this itself (it starts kumod).
+  flock -n 9 || { say "full bootstrap in progress; it does the $MODE step"; exit 0; }
 else
   flock -w 900 9 || { say "another kumo-bootstrap is still running"; exit 1; }
 fi
@@ -978,9 +1041,10 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo "=== kumo-bootstrap $MODE $STARTED" >>"$LOG"
 
 case "$MODE" in
-  all) STEPS="network:step_network machine:step_machine other_mtas:step_other_mtas time_sync:step_time_sync ssh:step_ssh install:step_install updates:step_updates spool:step_spool tuning:step_tuning secrets:step_secrets policy:step_policy start:step_start health:step_health" ;;
+  all) STEPS="network:step_network machine:step_machine other_mtas:step_other_mtas time_sync:step_time_sync ssh:step_ssh install:step_install updates:step_updates spool:step_spool tuning:step_tuning secrets:step_secrets source:step_source policy:step_policy start:step_start health:step_health" ;;
   spool) STEPS="spool:step_spool" ;;
-  *) say "usage: kumo-bootstrap [all|spool]"; exit 2 ;;
+  source) STEPS="source:step_source" ;;
+  *) say "usage: kumo-bootstrap [all|spool|source]"; exit 2 ;;
 esac
 
 # Never call run_step in a condition (if, ||, &&): bash would then ignore errexit inside
@@ -990,6 +1054,12 @@ for entry in $STEPS; do
   [ -z "$FAILED_STEP" ] || break
 done
 
+if [ -n "$FAILED_STEP" ] && [ "$MODE" = source ]; then
+  # Before kumod's start: never keep it from starting. The address written before stands.
+  write_status failed
+  result_line "KUMO-BOOTSTRAP WARNING: source address not refreshed host=$KUMO_HOSTNAME: $FAILED_DETAIL"
+  exit 0
+fi
 if [ -n "$FAILED_STEP" ]; then
   write_status failed
   console_warnings
