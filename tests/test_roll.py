@@ -43,6 +43,20 @@ PRECHECK = roll.PRECHECK_S
 HEALTH_S = roll.DEFAULT_HEALTH_TIMEOUT.total_seconds()
 
 
+def write_project(tmp_path: Path, base: str, **deployment: object) -> Path:
+    """A project directory: this checkout's Pulumi.yaml, and stacks/Pulumi.fleet.yaml made from
+    stacks/Pulumi.<base>.yaml with ``deployment``'s keys set in kumo:deployment (a mapping merged)."""
+    values = read_values(ROOT / "stacks" / f"Pulumi.{base}.yaml")
+    d = values["kumo:deployment"]
+    for key, value in deployment.items():
+        d[key] = {**d[key], **value} if isinstance(value, dict) and isinstance(d.get(key), dict) else value
+    project = tmp_path / "project"
+    (project / "stacks").mkdir(parents=True)
+    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (project / "stacks" / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump({"config": values}))
+    return project
+
+
 def urn(component_type: str, kind: str, name: str) -> str:
     return f"urn:pulumi:{STACK}::{PROJECT}::{component_type}${kind}::{name}"
 
@@ -54,15 +68,8 @@ class Fleet:
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, cloud: str = "aws", nodes: int = 3,
                  **deployment: object) -> None:
         base, self.component_type, self.component, self.machine_type = TARGETS[cloud]
-        values = read_values(ROOT / "stacks" / f"Pulumi.{base}.yaml")
-        d = values["kumo:deployment"]
-        d["nodes"] = nodes
-        d.setdefault("network", {})["api_cidrs"] = ["203.0.113.0/24"]
-        d.update(deployment)
-        self.project = tmp_path / "project"
-        (self.project / "stacks").mkdir(parents=True)
-        (self.project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-        (self.project / "stacks" / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump({"config": values}))
+        self.project = write_project(tmp_path, base, nodes=nodes, network={"api_cidrs": ["203.0.113.0/24"]},
+                                     **deployment)
         monkeypatch.chdir(self.project)
         self.names = [f"node{i + 1}" for i in range(nodes)]
         self.generation = {name: 0 for name in self.names}
@@ -513,12 +520,7 @@ def test_cli_a_stack_missing_from_the_backend_exits_2_after_asking_pulumi(tmp_pa
 
 
 def _project(tmp_path: Path, nodes: int) -> tuple[Path, dict, Path]:
-    project = tmp_path / "project"
-    (project / "stacks").mkdir(parents=True)
-    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-    values = read_values(ROOT / "stacks" / "Pulumi.aws-dev.yaml")
-    values["kumo:deployment"]["nodes"] = nodes
-    (project / "stacks" / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump({"config": values}))
+    project = write_project(tmp_path, "aws-dev", nodes=nodes)
     state_path = tmp_path / "pulumi-state.json"
     env = fake_pulumi.install(tmp_path / "bin", state_path)
     env["PYTHONPATH"] = str(ROOT)
