@@ -232,12 +232,44 @@ def test_the_password_never_goes_over_plain_http(node, tls) -> None:
     assert calls == []
 
 
+def test_every_call_drain_makes_is_granted_to_the_api_user_by_the_rendered_policy(node, tls) -> None:
+    from kumo_infra.bootstrap.policy import render_policy
+    from kumo_infra.config import parse_deployment
+
+    closed = KumodApi()
+    closed.stop()
+    hold(node, 1)
+    recorder = Recorder()
+    drain_node(api_of(node, tls), target_url=closed.url, timeout_s=0.3, poll_s=0.05, http=recorder)
+    deployment = parse_deployment({**AWS, "nodes": 1})
+    grants = standin_kumod().policy_grants(render_policy(deployment, "mta.example.com"))
+    assert set(grants) == {"0.0.0.0:8443"}  # the TLS listener, not the loopback one
+    assert {(method, path) for method, path, _ in recorder.calls} <= grants["0.0.0.0:8443"]
+
+
 def test_the_node_refuses_unauthenticated_admin_calls_and_answers_liveness() -> None:
     kumod = standin_kumod()
     api = kumod.Api(kumod.Health(), kumod.MailQueue(None), kumod.Suspensions(), kumod.ApiAuth("kumo-api", None))
     assert api.handle("GET", "/api/check-liveness/v1", {}, b"", "198.51.100.9", []).status == 200
     assert api.handle("GET", "/metrics.json", {}, b"", "198.51.100.9", []).status == 401
     assert api.handle("GET", "/metrics.json", {}, b"", "127.0.0.1", kumod.LOOPBACK).status == 200
+
+
+def test_the_api_user_gets_only_what_the_listener_grants(tmp_path: Path) -> None:
+    import base64
+
+    kumod = standin_kumod()
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    api = kumod.Api(kumod.Health(), kumod.MailQueue(None), kumod.Suspensions(),
+                    kumod.ApiAuth("kumo-api", str(tmp_path / "pw")))
+    auth = {"Authorization": "Basic " + base64.b64encode(f"kumo-api:{PASSWORD}".encode()).decode()}
+    granted = {("GET", "/metrics.json")}
+    assert api.handle("GET", "/metrics.json", auth, b"", "198.51.100.9", [], granted).status == 200
+    # Authenticated, not granted here (KumoMTA's default ACL gives an identity inject only): 403.
+    assert api.handle("GET", "/metrics.json", auth, b"", "198.51.100.9", []).status == 403
+    assert api.handle("POST", "/api/admin/bounce/v1", auth, b"{}", "198.51.100.9", [], granted).status == 403
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"kumo-api:guess").decode()}
+    assert api.handle("GET", "/metrics.json", wrong, b"", "198.51.100.9", [], granted).status == 401
     bad = api.handle("POST", "/api/admin/suspend/v1", {}, b'{"domain": "x"}', "127.0.0.1", kumod.LOOPBACK)
     assert bad.status == 422  # SuspendV1Request.reason is required
 

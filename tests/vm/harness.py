@@ -1448,7 +1448,11 @@ class KumodApi:
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls[0]), str(tls[1]))
-        self.server = kumod.make_http_server("127.0.0.1:0", self.health, self.api, trusted_hosts, context)
+        # The API user's grants as the rendered policy gives them on the TLS listener.
+        from kumo_infra.bootstrap.policy import API_USER_GRANTS
+
+        granted = {(method, path) for path, methods in API_USER_GRANTS.items() for method in methods}
+        self.server = kumod.make_http_server("127.0.0.1:0", self.health, self.api, trusted_hosts, context, granted)
         scheme = "https" if context else "http"
         self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

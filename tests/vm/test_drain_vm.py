@@ -144,6 +144,7 @@ class Node:
     def reopen(self) -> None:
         for entry in self.drain_suspensions():
             self.client.unsuspend(entry["id"])
+        time.sleep(4)  # the policy memoizes its drain check 3 s (bootstrap/policy.py DRAIN_CHECK_TTL)
 
     def release(self) -> None:
         """The stand-in's test control, from the node's own loopback (a trusted peer)."""
