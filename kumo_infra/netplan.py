@@ -51,7 +51,7 @@ class Rule:
     # the source of an ingress rule, the destination of an egress one. Each cloud translates it to its
     # own "these machines" (AWS the security group itself; GCP the nodes' network tag as an ingress
     # source, the nodes' subnet range as an egress destination, which GCP takes as ranges only; Azure
-    # the nodes' subnet); ``cidrs`` is then empty, so ``families()`` is too.
+    # an application security group of the nodes); ``cidrs`` is then empty, so ``families()`` is too.
     from_nodes: bool = False
 
     @property

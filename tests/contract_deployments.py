@@ -25,8 +25,10 @@ from typing import Callable, Optional
 from kumo_infra import offline
 
 # A firewall opening: the ports it admits (None: every port) from which sources (CIDRs or a
-# target's tags such as "*" or "Internet").
+# target's tags such as "*" or "Internet"; the deployment's own nodes as NODES, or "asg:<id>" for an
+# Azure application security group, whose members the NSG alone does not show).
 PORT_ALL = None
+NODES = "the deployment's own nodes"
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,10 @@ def aws_ingress(result: offline.OfflineResult) -> list[Opening]:
     for rule in result.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
         i = rule.inputs
         ports = PORT_ALL if i.get("ipProtocol") == "-1" else frozenset(range(int(i["fromPort"]), int(i["toPort"]) + 1))
-        found.append(Opening(ports, frozenset(filter(None, [i.get("cidrIpv4"), i.get("cidrIpv6")])), rule.name))
+        group = i.get("referencedSecurityGroupId")
+        # The rule's own security group as its source: the machines in it, the nodes.
+        own = NODES if group and group == i.get("securityGroupId") else group
+        found.append(Opening(ports, frozenset(filter(None, [i.get("cidrIpv4"), i.get("cidrIpv6"), own])), rule.name))
     for sg in result.of_type("aws:ec2/securityGroup:SecurityGroup"):  # inline rules, were there any
         for i in sg.inputs.get("ingress", []):
             ports = PORT_ALL if i.get("protocol") == "-1" else frozenset(range(int(i["fromPort"]), int(i["toPort"]) + 1))
@@ -179,7 +184,8 @@ def azure_ingress(result: offline.OfflineResult) -> list[Opening]:
             ports = _union(port_range(p) for p in ([rule["destinationPortRange"]] if "destinationPortRange" in rule
                                                    else rule.get("destinationPortRanges", [])))
             sources = set(rule.get("sourceAddressPrefixes") or []) | (
-                {rule["sourceAddressPrefix"]} if "sourceAddressPrefix" in rule else set())
+                {rule["sourceAddressPrefix"]} if "sourceAddressPrefix" in rule else set()) | {
+                f"asg:{g['id']}" for g in rule.get("sourceApplicationSecurityGroups") or []}
             found.append(Opening(ports, frozenset(sources), f"{nsg.name} {rule['name']}"))
     return found
 
@@ -221,7 +227,10 @@ def gcp_ingress(result: offline.OfflineResult) -> list[Opening]:
             continue
         ports = _union(PORT_ALL if a["protocol"] == "all" or not a.get("ports") else
                        _union(port_range(p) for p in a["ports"]) for a in i["allows"])
-        found.append(Opening(ports, frozenset(i.get("sourceRanges", [])), fw.name))
+        # Source tags equal to the rule's target tags: the nodes themselves.
+        tags = i.get("sourceTags") or []
+        own = [NODES] if tags and set(tags) <= set(i.get("targetTags") or []) else tags
+        found.append(Opening(ports, frozenset(i.get("sourceRanges", []) + own), fw.name))
     return found
 
 

@@ -12,6 +12,7 @@ import base64
 import re
 
 from kumo_infra import offline
+from kumo_infra.config import REDIS_PASSWORD_KEY
 from kumo_infra.targets.ssh.config import PRIVATE_KEY_CONFIG
 from tests.contract_deployments import COMMON, ContractCase, plain
 
@@ -28,6 +29,8 @@ HOSTS = [
                  "c+ZRoYzwVjnC2jqC3q5Hlj4ZhFILDiJN14GVXowKHHoOj+1/WG0VT92Y3DXGFXZR8="},
 ]
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\ncontract-ssh-private-key\n-----END OPENSSH PRIVATE KEY-----\n"
+# Two hosts are a fleet, and the ssh target creates no Redis: the operator's own, its password a secret.
+REDIS_PASSWORD = "contract-redis-password:@/%"
 
 
 def texts(result: offline.OfflineResult) -> list[str]:
@@ -61,7 +64,7 @@ def only_nodes_read(result: offline.OfflineResult) -> None:
 
 CASE = ContractCase(
     deployment={**{k: v for k, v in COMMON.items() if k != "nodes"}, "cloud": "ssh", "os": "debian12",
-                "ssh": {"hosts": HOSTS}},
+                "fleet": {"redis_url": "rediss://redis.example.net:6379"}, "ssh": {"hosts": HOSTS}},
     # The machines exist outside Pulumi. The install commands are not them: a change replaces them
     # (their triggers), which protection would refuse, and deleting one does nothing to its machine.
     machines=(),
@@ -72,6 +75,6 @@ CASE = ContractCase(
     machine_texts=texts,
     assert_only_nodes_read=only_nodes_read,
     machine_id=lambda result, node: None,  # no machine of a cloud's: nothing to read a console by
-    config={PRIVATE_KEY_CONFIG: PRIVATE_KEY},
-    secret_keys=(PRIVATE_KEY_CONFIG,),
+    config={PRIVATE_KEY_CONFIG: PRIVATE_KEY, REDIS_PASSWORD_KEY: REDIS_PASSWORD},
+    secret_keys=(PRIVATE_KEY_CONFIG, REDIS_PASSWORD_KEY),
 )

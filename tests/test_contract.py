@@ -22,8 +22,9 @@ from kumo_infra.component import KumoMtaComponent
 from kumo_infra.config import parse_deployment
 from kumo_infra.errors import ConfigError
 from kumo_infra.netplan import SSH_PORT
-from kumo_infra.stackconfig import plan_for
-from tests.contract_deployments import ContractCase, case, world_covered
+from kumo_infra.stackconfig import CORE_SECRETS, plan_for
+from kumo_infra.ports import TSA_PORT
+from tests.contract_deployments import NODES, ContractCase, case, world_covered
 
 TARGETS = list(targets.registry())
 RELAY_PW = "contract-relay-password-value"
@@ -120,7 +121,9 @@ NETWORKS = {
 @pytest.mark.parametrize("target", TARGETS)
 def test_management_ports_never_open_to_the_world(target, network):
     """22 only from ssh_cidrs, the API's 8443 only from api_cidrs, neither from the whole internet
-    (0.0.0.0/0, ::/0, a tag meaning it, or CIDRs covering it) on IPv4 or IPv6; 8000 never."""
+    (0.0.0.0/0, ::/0, a tag meaning it, or CIDRs covering it) on IPv4 or IPv6; the plain HTTP listener
+    (8000) and the TSA daemon (8008) from the deployment's own nodes only, and only in a fleet (the
+    case's two nodes are one)."""
     c = case(target)
     d = copy.deepcopy(c.deployment)
     d["network"] = NETWORKS[network]
@@ -131,7 +134,9 @@ def test_management_ports_never_open_to_the_world(target, network):
     net = parse_deployment(d).network
     assert openings, "no inbound rule recorded: the check would prove nothing"
     for opening in openings:
-        assert not opening.admits(HTTP_PORT), opening  # the plain-HTTP API listener is loopback only
+        for port in (HTTP_PORT, TSA_PORT):
+            if opening.admits(port):  # a group of the nodes, never a network
+                assert opening.sources and all(s == NODES or s.startswith("asg:") for s in opening.sources), opening
         for port, allowed in ((SSH_PORT, net.ssh_cidrs), (API_TLS_PORT, net.api_cidrs)):
             if opening.admits(port):
                 assert not world_covered(opening.sources), opening
@@ -139,6 +144,8 @@ def test_management_ports_never_open_to_the_world(target, network):
     for port, allowed in ((SSH_PORT, net.ssh_cidrs), (API_TLS_PORT, net.api_cidrs)):
         opened = {s for o in openings if o.admits(port) for s in o.sources}
         assert opened == set(allowed), (port, opened)  # every configured source, and none when none is
+    for port in (HTTP_PORT, TSA_PORT):  # the peers reach each other
+        assert [o for o in openings if o.admits(port) and o.ports is not None], port
 
 
 def test_world_covered_sees_the_whole_internet_in_any_form():
@@ -267,8 +274,8 @@ def component_args(target: str, d: dict, **more) -> dict:
     the target's own secrets (Target.secret_config), from the case's stack config."""
     config = case(target).config
     return {"deployment": d, "relay_password": pulumi.Output.secret(RELAY_PW),
-            **{arg: pulumi.Output.secret(config[key]) for arg, key in targets.get(target).secret_config.items()
-               if key in config}, **more}
+            **{arg: pulumi.Output.secret(config[key])
+               for arg, key in {**CORE_SECRETS, **targets.get(target).secret_config}.items() if key in config}, **more}
 
 
 @pytest.mark.parametrize("target", TARGETS)

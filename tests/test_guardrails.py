@@ -1013,7 +1013,10 @@ def _node_only(port: int) -> dict[str, Resource]:
             {"name": "tsa", "access": "Allow", "direction": "Inbound", "protocol": "Tcp",
              "sourceAddressPrefix": "10.0.0.0/24", "destinationPortRange": str(port), "priority": 200},
             {"name": "xfer", "access": "Allow", "direction": "Inbound", "protocol": "Tcp",
-             "sourceAddressPrefix": "VirtualNetwork", "destinationPortRange": str(port), "priority": 201}]}),
+             "sourceAddressPrefix": "VirtualNetwork", "destinationPortRange": str(port), "priority": 201},
+            {"name": "asg", "access": "Allow", "direction": "Inbound", "protocol": "Tcp",
+             "sourceApplicationSecurityGroups": [{"id": "nodes-asg"}], "destinationPortRange": str(port),
+             "priority": 202}]}),
     }
 
 

@@ -17,6 +17,7 @@ def stack_values(stack: str) -> dict:
     """The stack file's config, with a test value for every secret key a target's component takes."""
     values = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
     values["kumo:relayPassword"] = "test-relay-password"
+    values["kumo:redisPassword"] = "test-redis-password"  # a fleet's own Redis (ssh-lab)
     for target in targets.registry().values():
         for key in target.secret_config.values():
             values.setdefault(key, f"test value of {key}")
@@ -25,7 +26,8 @@ def stack_values(stack: str) -> dict:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_program_exports_the_sizing_plan(stack):
-    result = offline.run(program.run, stack_values(stack), stack=stack, secret_keys=["kumo:relayPassword"])
+    result = offline.run(program.run, stack_values(stack), stack=stack,
+                         secret_keys=["kumo:relayPassword", "kumo:redisPassword"])
     expected = load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml").plan
     assert result.outputs["sizing"]["instance_type"] == expected.instance_type
     assert result.outputs["sizing"]["nodes"] == expected.nodes
@@ -267,3 +269,24 @@ def test_program_passes_the_targets_secret_config_to_its_component_as_secrets(mo
     del values["kumo:apiToken"]
     offline.run(program.run, values, stack="aws-dev", secret_keys=["kumo:relayPassword"])
     assert "token" not in SEEN_ARGS  # unset: not passed (the target's checks say what is missing)
+
+
+def test_program_passes_the_redis_password_to_a_fleets_component_as_a_secret(monkeypatch):
+    from pulumi.runtime.sync_await import _sync_await
+
+    from kumo_infra.targets.ssh.component import SshKumoMta
+
+    seen = {}
+    original = SshKumoMta.__init__
+
+    def probe(self, name, args, opts=None):
+        seen["secret"] = _sync_await(args["redis_password"].is_secret())
+        seen["value"] = _sync_await(args["redis_password"].future())
+        original(self, name, args, opts)
+
+    monkeypatch.setattr(SshKumoMta, "__init__", probe)
+    result = offline.run(program.run, stack_values("ssh-lab"), stack="ssh-lab",
+                         secret_keys=["kumo:relayPassword", "kumo:redisPassword", "kumo:sshPrivateKey"])
+    assert seen == {"secret": True, "value": "test-redis-password"}
+    assert result.outputs["fleet"]["redis"]["endpoint"] == "redis.example.com:6379"
+    assert "test-redis-password" not in json.dumps(result.outputs)
