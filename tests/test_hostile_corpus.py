@@ -186,6 +186,15 @@ BASES = {
 # (Target.example) is the base of its section's fields.
 BASES.update({name: copy.deepcopy(target.example) for name, target in targets.registry().items()
               if name not in BASES})
+# The shaping overrides and the fleet's Redis (issue 12): an override names a domain or a provider,
+# never both, so each has a base; a Redis URL needs a fleet.
+for name, section in {
+    "shaping": {"shaping": {"overrides": [{"domain": "gmail.com", "max_connection_rate": "20/min",
+                                           "max_message_rate": "100/s"}]}},
+    "shaping-provider": {"shaping": {"overrides": [{"provider": "yahoo", "connection_limit": 5}]}},
+    "fleet": {"nodes": 2, "fleet": {"redis_url": "rediss://redis.example.net:6379"}},
+}.items():
+    BASES[name] = copy.deepcopy(BASES["aws"]) | copy.deepcopy(section)
 # admin_cidrs is refused beside ssh_cidrs/api_cidrs: it gets a base of its own.
 BASES["aws-admin"] = copy.deepcopy(BASES["aws"])
 BASES["aws-admin"]["network"] = {"admin_cidrs": ["203.0.113.0/24"]}
@@ -195,6 +204,8 @@ def base_for(path: str) -> dict:
     section = path.split(".")[0]
     if path == "network.admin_cidrs":
         return BASES["aws-admin"]
+    if path == "shaping.overrides[0].provider":
+        return BASES["shaping-provider"]
     return BASES[section] if section in BASES else BASES["aws"]
 
 
