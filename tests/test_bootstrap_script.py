@@ -1246,3 +1246,157 @@ def test_kumo_bootstrap_runs_under_umask_022_not_the_installers_077(tmp_path):
 def test_the_installer_library_is_shellcheck_clean():
     check = subprocess.run(["shellcheck", "--severity=style", str(INSTALL_LIBRARY)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+
+
+# -- issue 12: the TSA daemon, the node's source address, its node id ----------------------------
+
+START_STUBS = r"""
+T={tmp}
+systemctl() {{
+  echo "systemctl $*" >>"$T/log"
+  case "$1" in
+    is-enabled) [ -e "$T/enabled.$2" ] ;;
+    is-active) [ "$2" = --quiet ] && shift; [ -e "$T/active.$2" ] || [ -e "$T/active.${{2%.service}}" ] ;;
+    enable) : >"$T/enabled.$2" ;;
+    start|restart) [ -e "$T/broken.$2" ] || : >"$T/active.$2" ;;
+  esac
+}}
+journalctl() {{ echo "tsa-daemon: cannot read its policy"; }}
+{setup}
+run_step start step_start; write_status ok; cat "$STATUS"
+"""
+
+
+def run_start(tmp_path: Path, setup: str = "") -> tuple[dict, list[str]]:
+    result = bash(START_STUBS.format(tmp=tmp_path, setup=setup), tmp_path)
+    status = json.loads(result.stdout[result.stdout.index("{"):])
+    return status, (tmp_path / "log").read_text().splitlines()
+
+
+def test_start_enables_and_starts_the_tsa_daemon_before_kumod(tmp_path):
+    status, log = run_start(tmp_path)
+    assert status["steps"][0]["status"] == "ok", status
+    assert "systemctl enable kumo-tsa-daemon.service" in log
+    start_tsa = log.index("systemctl start kumo-tsa-daemon.service")
+    assert start_tsa < log.index("systemctl start kumomta")
+    # Checked active after its start, before kumod's.
+    assert "systemctl is-active --quiet kumo-tsa-daemon.service" in log[start_tsa + 1:log.index("systemctl start kumomta")]
+
+
+def test_a_tsa_daemon_that_does_not_run_fails_the_start_before_kumod(tmp_path):
+    status, log = run_start(tmp_path, setup=f': >"{tmp_path}/broken.kumo-tsa-daemon.service"')
+    (step,) = status["steps"]
+    assert step["status"] == "failed" and "kumo-tsa-daemon.service is not running" in step["detail"]
+    assert "systemctl start kumomta" not in log
+
+
+def test_a_changed_policy_restarts_the_tsa_daemon_with_kumod(tmp_path):
+    setup = (f'T={tmp_path}; : >"$T/active.kumo-tsa-daemon.service"; : >"$T/active.kumomta"; '
+             f': >"$T/enabled.kumo-tsa-daemon.service"; : >"$STATE_DIR/restart-needed"')
+    status, log = run_start(tmp_path, setup=setup)
+    assert "systemctl restart kumo-tsa-daemon.service" in log and "systemctl restart kumomta" in log
+    assert log.index("systemctl restart kumo-tsa-daemon.service") < log.index("systemctl restart kumomta")
+
+
+SOURCE_STUBS = r"""
+T={tmp}
+SOURCES=$T/sources.json
+ip() {{ case "$2" in -4) printf '%s\n' "$IP4" ;; -6) printf '%s\n' "$IP6" ;; esac; }}
+install() {{ command cp "${{@: -2:1}}" "${{@: -1}}"; }}
+run_step source step_source; write_status ok; cat "$STATUS"
+"""
+
+
+def run_source(tmp_path: Path, ip4: str, ip6: str = "") -> tuple[dict, Path]:
+    result = bash(SOURCE_STUBS.format(tmp=tmp_path), tmp_path, {"IP4": ip4, "IP6": ip6})
+    return json.loads(result.stdout.splitlines()[-1]), tmp_path / "sources.json"
+
+
+@pytest.mark.parametrize("route, address", [
+    ("1.1.1.1 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0", "10.0.0.5"),
+    ("1.1.1.1 dev ens5 src 172.31.7.200 uid 0 \\    cache", "172.31.7.200"),
+])
+def test_the_source_address_is_the_routes_and_written_as_json_data(tmp_path, route, address):
+    status, sources = run_source(tmp_path, route)
+    assert status["steps"][0]["status"] == "ok", status
+    assert json.loads(sources.read_text()) == {"source": {"mta.example.com": {"source_address": address}}}
+    assert status["facts"]["source_address"] == address
+
+
+def test_an_ipv6_only_machine_takes_its_ipv6_source(tmp_path):
+    status, sources = run_source(tmp_path, "", "2606:4700:4700::1111 from :: via fe80::1 dev eth0 src 2001:db8::5 metric 100")
+    assert json.loads(sources.read_text())["source"]["mta.example.com"]["source_address"] == "2001:db8::5"
+
+
+@pytest.mark.parametrize("src", ['$(touch${IFS}/tmp/kumo-src-marker)', '10.0.0.5";x="', "10.0.0.5\\nx", "`id`"])
+def test_a_source_address_that_is_no_ip_is_refused_and_never_run(tmp_path, src):
+    marker = Path("/tmp/kumo-src-marker")
+    marker.unlink(missing_ok=True)
+    status, sources = run_source(tmp_path, f"1.1.1.1 via 10.0.0.1 dev eth0 src {src} uid 0")
+    assert status["steps"][0]["status"] == "failed" and not sources.exists()
+    assert not marker.exists()
+
+
+def test_no_route_fails_the_step_naming_it(tmp_path):
+    status, sources = run_source(tmp_path, "")
+    assert "no route to the internet" in status["steps"][0]["detail"] and not sources.exists()
+
+
+NODE_ID = r"""
+T={tmp}
+NODE_ID_FILE=$T/nodeid MACHINE_ID_FILE=$T/machine-id PROC=$T/proc
+mkdir -p "$T/proc/sys/kernel/random"; printf '%s\n' "$NEW_UUID" >"$T/proc/sys/kernel/random/uuid"
+install() {{ command cp "${{@: -2:1}}" "${{@: -1}}"; }}
+step_id() {{ ensure_node_id; }}
+run_step id step_id; write_status ok; cat "$STATUS"
+"""
+
+UUID_A, UUID_B = "6f1c1e7a-3b2d-4c5e-8f90-1a2b3c4d5e6f", "0b9d8c7a-1111-4222-8333-444455556666"
+
+
+def node_id(tmp_path: Path, machine: str, new_uuid: str) -> dict:
+    (tmp_path / "machine-id").write_text(machine + "\n")
+    result = bash(NODE_ID.format(tmp=tmp_path), tmp_path, {"NEW_UUID": new_uuid})
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_a_node_id_is_made_for_the_machine_without_a_newline(tmp_path):
+    status = node_id(tmp_path, "m1", UUID_A)
+    assert (tmp_path / "nodeid").read_text() == UUID_A  # kumod parses the whole file as the UUID
+    assert status["facts"]["node_id"] == UUID_A and status["steps"][0]["changed"] is True
+    assert (tmp_path / "state/restart-needed").exists()
+
+
+def test_the_node_id_stays_on_its_machine_and_changes_on_a_clone(tmp_path):
+    node_id(tmp_path, "m1", UUID_A)
+    again = node_id(tmp_path, "m1", UUID_B)
+    assert (tmp_path / "nodeid").read_text() == UUID_A and again["steps"][0]["changed"] is False
+    clone = node_id(tmp_path, "m2", UUID_B)  # the same disk contents on another machine
+    assert (tmp_path / "nodeid").read_text() == UUID_B and clone["steps"][0]["changed"] is True
+
+
+def test_a_node_id_kumod_made_before_kumo_infra_is_kept(tmp_path):
+    (tmp_path / "nodeid").write_text(UUID_A)
+    status = node_id(tmp_path, "m1", UUID_B)
+    assert (tmp_path / "nodeid").read_text() == UUID_A and status["steps"][0]["changed"] is False
+
+
+def test_source_mode_never_keeps_kumod_from_starting(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "bootstrap.env").write_text("KUMO_HOSTNAME=mta.example.com\nKUMO_CLOUD=aws\nKUMO_OS=debian12\n")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "ip").write_text("#!/bin/sh\nexit 2\n")
+    (stubs / "ip").chmod(0o755)
+    script = tmp_path / "kumo-bootstrap"
+    # The state and lock paths of a real node, moved under tmp_path.
+    script.write_text(SCRIPT.read_text().replace("STATE_DIR=/var/lib/kumo-infra", f"STATE_DIR={tmp_path}/state")
+                      .replace("LOG=/var/log/kumo-infra-bootstrap.log", f"LOG={tmp_path}/log")
+                      .replace("/run/kumo-bootstrap.lock", f"{tmp_path}/lock")
+                      .replace("mktemp -d /run/kumo-bootstrap.XXXXXX", f"mktemp -d {tmp_path}/work.XXXXXX"))
+    done = subprocess.run(["bash", str(script), "source"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{stubs}:/usr/bin:/bin", "KUMO_CONF_DIR": str(conf)})
+    assert done.returncode == 0, done.stderr
+    assert "source address not refreshed" in done.stdout.splitlines()[-1]
+    assert json.loads((tmp_path / "state/source-status.json").read_text())["failed_step"] == "source"
