@@ -201,6 +201,7 @@ local function copy(t)
   for k, v in pairs(t) do out[k] = copy(v) end
   return out
 end
+M.copy = copy
 
 ------------------------------------------------------------------------------ keysources
 

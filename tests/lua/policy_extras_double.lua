@@ -8,14 +8,7 @@ local M = {}
 
 function M.install(double)
   local kumo = double.module
-  local raise = double.raise
-
-  local function copy(t)
-    if type(t) ~= 'table' then return t end
-    local out = {}
-    for k, v in pairs(t) do out[k] = copy(v) end
-    return out
-  end
+  local raise, copy = double.raise, double.copy
 
   ------------------------------------------------------------------ policy-extras.shaping
   package.preload['policy-extras.shaping'] = function()
