@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
+import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
@@ -151,6 +149,11 @@ def check_request(stack: "StackConfig", nodes: Optional[Sequence[str]], allow_do
         raise ConfigError(Problem(f"{ROOT}.lifecycle.protect", "is true: pulumi refuses to replace the "
                                                                "protected machines; set it to false for the roll "
                                                                "(and back after)"))
+    if not stack.deployment.network.api_cidrs:
+        raise ConfigError(Problem(f"{ROOT}.network.api_cidrs", "is empty: the nodes' API listens on their loopback "
+                                                               "only, where neither the drain nor the health check "
+                                                               "reaches it; add the network you run kumo-infra from "
+                                                               "and run pulumi up"))
     every = planned_nodes(stack)
     if len(every) == 1 and not allow_downtime:
         raise ConfigError(Problem("--allow-downtime", f"stack {stack.stack} has one node: no other node serves while "
@@ -204,10 +207,8 @@ def node_outputs(outputs: Mapping[str, Any], stack: "StackConfig") -> dict[str, 
                                              f"its stack file plans {', '.join(planned_nodes(stack))}: bring it up "
                                              "with this stack file first (pulumi up)"))
     if outputs.get("api") is None:
-        raise ConfigError(Problem(f"{ROOT}.network.api_cidrs", f"stack {stack.stack} has no api output: its nodes' "
-                                                               "API listens on loopback only, where neither the "
-                                                               "drain nor the health check reaches it; add this "
-                                                               "machine's address and pulumi up"))
+        raise ConfigError(Problem("--stack", f"stack {stack.stack} has no api output: run pulumi up since "
+                                             "network.api_cidrs was set"))
     return by_name
 
 
@@ -222,20 +223,16 @@ def next_peer(node: str, order: Sequence[str]) -> Optional[str]:
 
 def liveness(api: "NodeApi", timeout_s: float = HTTP_TIMEOUT_S) -> tuple[bool, str]:
     """GET /api/check-liveness/v1 (KumoMTA answers 200 while it accepts work, 503 when shutting
-    down or shedding load; it needs no credentials), the node's certificate checked against the
-    deployment's own CA (the certificate names every node's address)."""
-    context = ssl.create_default_context(cadata=api.ca_pem) if api.ca_pem else ssl.create_default_context()
+    down or shedding load; it needs no credentials) through drain's request: straight to the node,
+    its certificate checked against the deployment's own (which names every node's address)."""
+    from .drain import DrainError, https_request
+
     url = api.base_url.rstrip("/") + LIVENESS_PATH
-    # No proxy: the operator's HTTPS_PROXY would see the node's API instead of this process.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
     try:
-        with opener.open(urllib.request.Request(url, method="GET"), timeout=timeout_s) as response:
-            return response.status == 200, f"{url} answered {response.status}"
-    except urllib.error.HTTPError as error:
-        return False, f"{url} answered {error.code}"
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        return False, f"{url}: {shown(reason, 200)}"
+        status, _ = https_request("GET", url, None, {}, api.ca_pem, timeout_s)
+    except DrainError as error:
+        return False, str(error)
+    return status == 200, f"{url} answered {status}"
 
 
 def default_health(deployment: "Deployment", console: Optional["ConsoleReader"], *,
@@ -297,9 +294,14 @@ class _Roll:
         peer = next_peer(node, self.order)
         self.say(f"kumo-infra: {node}: draining" + (f" into {peer} ({self.apis[peer].private_ip})" if peer else
                                                      " until its queue is empty (no other node to take it)"))
-        result = self.drain(self.apis[node], to=self.apis[peer] if peer else None, timeout_s=self.drain_s,
-                            progress=lambda left, total: self.say(f"kumo-infra: {node}: {left} of {total} "
-                                                                  "message(s) left"))
+        from .drain import DrainError
+
+        try:
+            result = self.drain(self.apis[node], to=self.apis[peer] if peer else None, timeout_s=self.drain_s,
+                                progress=lambda left, most: self.say(f"kumo-infra: {node}: {left} message(s) left "
+                                                                     f"(of {most} seen)"))
+        except DrainError as exc:
+            raise RollStopped(self.stopped(node, DRAIN, str(exc))) from None
         if not result.drained:
             raise RollStopped(self.stopped(node, DRAIN, f"{result.message} ({result.remaining} message(s) still on "
                                                         "it)"))
@@ -352,11 +354,28 @@ class _Roll:
         return "\n".join(lines + ([serving] if serving else []))
 
 
-def drain_apis(deployment: "Deployment", outputs: Mapping[str, Any]) -> list["NodeApi"]:
-    """How `kumo-infra drain` reaches each node's API (authenticated, issue 6), in node order."""
-    from . import drain
+def drain_apis(deployment: "Deployment", outputs: Mapping[str, Any],
+               env: Optional[Mapping[str, str]] = None) -> list["NodeApi"]:
+    """Each node's API as `kumo-infra drain` reaches it (issue 6): its ip_url and the certificate
+    from the api output, the API user, the password from KUMO_API_PASSWORD (ConfigError naming
+    the command that prints it when unset)."""
+    from .drain import PASSWORD_ENV, NodeApi
+    from .secretspec import API_PASSWORD, API_USER, secret_specs
 
-    return drain.node_apis(deployment, outputs)  # type: ignore[attr-defined]
+    password = (os.environ if env is None else env).get(PASSWORD_ENV, "")
+    if not password:
+        spec = next(s for s in secret_specs(deployment) if s.key == API_PASSWORD)
+        raise ConfigError(Problem(PASSWORD_ENV, "is not set: export it with the API password, which this prints "
+                                                f"(with your own credentials): "
+                                                f"{deployment.target.secrets.read_command(deployment, spec)}"))
+    api = outputs.get("api") or {}
+    endpoints = api.get("endpoints") if isinstance(api.get("endpoints"), list) else []
+    nodes = outputs.get("nodes") or []
+    if len(endpoints) != len(nodes):
+        raise ConfigError(Problem("--stack", f"the api output lists {len(endpoints)} endpoint(s) for {len(nodes)} "
+                                             "node(s): bring the stack up with this stack file first (pulumi up)"))
+    return [NodeApi(str(node.get("name")), str(endpoint.get("ip_url")), API_USER, password,
+                    api.get("ca_certificate"), node.get("private_ip")) for node, endpoint in zip(nodes, endpoints)]
 
 
 def run(args: argparse.Namespace, deps: Optional[Deps] = None) -> int:

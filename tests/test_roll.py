@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from kumo_infra import cli, roll
-from kumo_infra.drain import DrainResult, NodeApi
+from kumo_infra.drain import PASSWORD_ENV, DrainError, DrainResult, NodeApi
 from kumo_infra.smoke import Check, SmokeReport
 from kumo_infra.stackconfig import read_values
 from tests import fake_pulumi
@@ -68,8 +68,8 @@ class Fleet:
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, cloud: str = "aws", nodes: int = 3,
                  **deployment: object) -> None:
         base, self.component_type, self.component, self.machine_type = TARGETS[cloud]
-        self.project = write_project(tmp_path, base, nodes=nodes, network={"api_cidrs": ["203.0.113.0/24"]},
-                                     **deployment)
+        self.project = write_project(tmp_path, base, **{"nodes": nodes, "network": {"api_cidrs": ["203.0.113.0/24"]},
+                                                        **deployment})
         monkeypatch.chdir(self.project)
         self.names = [f"node{i + 1}" for i in range(nodes)]
         self.generation = {name: 0 for name in self.names}
@@ -121,8 +121,9 @@ class Fleet:
 
     def node_apis(self, deployment, outputs) -> list[NodeApi]:
         endpoints = outputs["api"]["endpoints"]
-        return [NodeApi(n["name"], e["ip_url"], outputs["api"]["user"], "api-password", outputs["api"]["ca_certificate"],
-                        n["private_ip"]) for n, e in zip(outputs["nodes"], endpoints)]
+        api = outputs["api"]
+        return [NodeApi(n["name"], e["ip_url"], api["user"], "api-password", api["ca_certificate"], n["private_ip"])
+                for n, e in zip(outputs["nodes"], endpoints)]
 
     def drain(self, node: NodeApi, *, to: NodeApi | None = None, timeout_s: float, progress=None) -> DrainResult:
         self.log.append(f"drain {node.name} -> " + (f"{to.name} {to.private_ip}" if to else "nobody")
@@ -180,7 +181,7 @@ def test_each_node_in_turn_others_checked_drained_into_the_next_replaced_then_he
     ])
     out = capsys.readouterr()
     assert out.out == "stack fleet: rolled node1, node2, node3: each drained, its machine replaced, healthy again\n"
-    assert "kumo-infra: node1: 0 of 7 message(s) left" in fleet.lines  # the drain's progress, shown
+    assert "kumo-infra: node1: 0 message(s) left (of 7 seen)" in fleet.lines  # the drain's progress, shown
 
 
 def test_the_up_replaces_and_targets_exactly_that_machine_with_its_dependents(tmp_path, monkeypatch):
@@ -252,6 +253,19 @@ def test_a_failed_drain_stops_before_any_up(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "stopped at node1, step drain: timed out after 1800s (42 message(s) still on it)" in err
     assert "node1 was not replaced" in err and "rolled: none; not touched: node2, node3" in err
+
+
+def test_a_drain_error_stops_before_any_up(tmp_path, monkeypatch, capsys):
+    fleet = Fleet(tmp_path, monkeypatch)
+
+    def unreachable(node, **kwargs):
+        raise DrainError(f"cannot reach {node.base_url}/api/admin/suspend/v1: timed out")
+
+    monkeypatch.setattr(fleet, "drain", unreachable)
+    assert fleet.run(monkeypatch) == 1
+    assert fleet.ups() == []
+    assert ("stopped at node1, step drain: cannot reach https://198.51.100.1:8443/api/admin/suspend/v1: timed out"
+            in capsys.readouterr().err)
 
 
 def test_a_failed_up_stops_with_the_node_drained_and_how_to_finish(tmp_path, monkeypatch, capsys):
@@ -364,8 +378,17 @@ def test_a_stack_without_the_api_output_is_bad_input(tmp_path, monkeypatch, caps
     fleet = Fleet(tmp_path, monkeypatch)
     fleet.command.backend.state["stacks"][STACK]["outputs"]["api"] = None
     assert fleet.run(monkeypatch) == 2
-    assert "kumo:deployment.network.api_cidrs: stack fleet has no api output" in capsys.readouterr().err
+    assert "--stack: stack fleet has no api output: run pulumi up since network.api_cidrs was set" \
+        in capsys.readouterr().err
     assert fleet.log == []
+
+
+def test_a_stack_file_without_api_cidrs_is_refused_before_pulumi(tmp_path, monkeypatch, capsys):
+    fleet = Fleet(tmp_path, monkeypatch, network={"api_cidrs": []})
+    assert fleet.run(monkeypatch) == 2
+    assert "kumo:deployment.network.api_cidrs: is empty: the nodes' API listens on their loopback only" \
+        in capsys.readouterr().err
+    assert fleet.calls == []
 
 
 def test_outputs_of_another_node_count_are_bad_input(tmp_path, monkeypatch, capsys):
@@ -487,7 +510,7 @@ def test_liveness_trusts_the_deployments_certificate_and_nothing_else(tmp_path):
         api = NodeApi("node1", server.url, "kumo-api", "pw", cert.read_text(), "10.0.0.1")
         assert roll.liveness(api, 5.0) == (True, f"{server.url}{roll.LIVENESS_PATH} answered 200")
         ok, said = roll.liveness(NodeApi("node1", server.url, "kumo-api", "pw", other_cert.read_text(), None), 5.0)
-        assert not ok and "CERTIFICATE_VERIFY_FAILED" in said
+        assert not ok and "the node's certificate does not verify against the deployment's API certificate" in said
         server.check()
     finally:
         server.stop()
@@ -495,7 +518,7 @@ def test_liveness_trusts_the_deployments_certificate_and_nothing_else(tmp_path):
 
 def test_liveness_reports_a_refused_connection():
     ok, said = roll.liveness(NodeApi("node1", "https://127.0.0.1:9", "kumo-api", "pw", None, None), 5.0)
-    assert not ok and said.startswith("https://127.0.0.1:9/api/check-liveness/v1: ")
+    assert not ok and said.startswith("cannot reach https://127.0.0.1:9/api/check-liveness/v1: ")
 
 
 # -- the command as users run it ------------------------------------------------------------------------
@@ -520,7 +543,7 @@ def test_cli_a_stack_missing_from_the_backend_exits_2_after_asking_pulumi(tmp_pa
 
 
 def _project(tmp_path: Path, nodes: int) -> tuple[Path, dict, Path]:
-    project = write_project(tmp_path, "aws-dev", nodes=nodes)
+    project = write_project(tmp_path, "aws-dev", nodes=nodes, network={"api_cidrs": ["203.0.113.0/24"]})
     state_path = tmp_path / "pulumi-state.json"
     env = fake_pulumi.install(tmp_path / "bin", state_path)
     env["PYTHONPATH"] = str(ROOT)
@@ -536,3 +559,38 @@ def test_the_state_json_shape_is_what_the_fake_exports(tmp_path, monkeypatch):
     stack = load_file(fleet.project / "stacks" / f"Pulumi.{STACK}.yaml", stack=STACK)
     assert roll.machine_urns(exported, stack, ["node2", "node1"]) == {
         "node2": fleet.machine_urn("node2"), "node1": fleet.machine_urn("node1")}
+
+
+def test_cli_without_the_api_password_exits_2_after_reading_the_outputs_only(tmp_path):
+    project, env, state_path = _project(tmp_path, nodes=2)
+    state = fake_pulumi.new_state(stacks={STACK: {"tags": {}, "resources": [], "history": [], "secret_outputs": [],
+                                                  "created": fake_pulumi.now_text(), "project": PROJECT,
+                                                  "outputs": _two_node_outputs()}})
+    state_path.write_text(json.dumps(state))
+    env.pop(PASSWORD_ENV, None)
+    result = subprocess.run([sys.executable, "-m", "kumo_infra.cli", "roll", "--stack", STACK], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result
+    assert f"{PASSWORD_ENV}: is not set: export it with the API password, which this prints" in result.stderr
+    assert "aws secretsmanager get-secret-value" in result.stderr and "Traceback" not in result.stderr
+    assert fake_pulumi.verbs(fake_pulumi.read_state(state_path)["calls"]) == ["version", "stack select",
+                                                                              "stack output"]
+
+
+def _two_node_outputs() -> dict:
+    nodes = [{"name": f"node{i}", "hostname": f"mta{i}.example.com", "public_ip": f"198.51.100.{i}",
+              "private_ip": f"10.0.0.{i}", "machine_id": f"i-{i}"} for i in (1, 2)]
+    return {"nodes": nodes, "api": {"user": "kumo-api", "ca_certificate": "PEM",
+                                    "endpoints": [{"ip_url": f"https://{n['public_ip']}:8443"} for n in nodes]}}
+
+
+def test_drain_apis_are_each_nodes_ip_url_certificate_and_private_address():
+    from kumo_infra.stackconfig import from_values
+
+    values = read_values(ROOT / "stacks" / "Pulumi.aws-dev.yaml")
+    values["kumo:deployment"].update(nodes=2, network={"api_cidrs": ["203.0.113.0/24"]})
+    deployment = from_values(STACK, values).deployment
+    apis = roll.drain_apis(deployment, _two_node_outputs(), env={PASSWORD_ENV: "the-password"})
+    assert apis == [NodeApi("node1", "https://198.51.100.1:8443", "kumo-api", "the-password", "PEM", "10.0.0.1"),
+                    NodeApi("node2", "https://198.51.100.2:8443", "kumo-api", "the-password", "PEM", "10.0.0.2")]
+    assert "the-password" not in repr(apis)
