@@ -240,9 +240,10 @@ def test_three_nodes_have_their_own_machine_address_and_spool():
     ips = r.outputs["public_ips"]
     assert len(set(ips)) == 3 and ips == [n["public_ip"] for n in r.outputs["nodes"]]
     assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("192.0.2.0/24") for ip in ips)
-    # Shared resources exist once.
-    for token in (VPC, SUBNET, SG, ROLE, PROFILE):
+    # Shared resources exist once (the fleet's Redis has its own security group).
+    for token in (VPC, SUBNET, ROLE, PROFILE):
         r.one(token)
+    assert sorted(by_name(r, SG)) == ["kumo-test-firewall", "kumo-test-redis-sg"]
 
 
 # -- firewall -------------------------------------------------------------------------
@@ -499,18 +500,26 @@ API_VERSION = "kumo-test-api-password-version"
 API_PW = "offline-generated-password-of-kumo-test-api-password"
 
 
+# What every fleet (more than one node) stores besides: its Redis URL and its peer list (kumo_infra.fleet).
+FLEET_STORES = ["kumo-infra/kumo-test/fleet-peers", "kumo-infra/kumo-test/redis-url"]
+
+
 def with_api(**extra) -> dict:
     return deployment(network={"ssh_cidrs": ["198.51.100.10/32"], "api_cidrs": ["198.51.100.0/24"]}, **extra)
 
 
 def test_api_password_is_generated_and_stored_like_the_other_secrets():
     r = run_secrets(with_api(nodes=2), password=None)
-    generated = r.one(RANDOM_PASSWORD)
-    assert generated.name == "kumo-test-api-password" and generated.parent == "kumo-test"
+    # Besides the fleet's Redis AUTH token (tests/test_managed_redis.py).
+    assert sorted(by_name(r, RANDOM_PASSWORD)) == ["kumo-test-api-password", "kumo-test-redis-auth-token"]
+    generated = by_name(r, RANDOM_PASSWORD)["kumo-test-api-password"]
+    assert generated.parent == "kumo-test"
     assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
     secrets = {x.inputs["name"]: x for x in r.of_type(SECRET)}
-    # the password, and the API listener's certificate and key (tests/test_api_tls_aws.py)
-    assert sorted(secrets) == [API_STORE, "kumo-infra/kumo-test/api-tls-cert", "kumo-infra/kumo-test/api-tls-key"]
+    # the password, and the API listener's certificate and key (tests/test_api_tls_aws.py), and the
+    # fleet's Redis URL and peer list
+    assert sorted(secrets) == [API_STORE, "kumo-infra/kumo-test/api-tls-cert", "kumo-infra/kumo-test/api-tls-key",
+                               *FLEET_STORES]
     assert secret_value(by_name(r, VERSION)[API_VERSION]) == API_PW
     # The role reads it by its exact ARN, like the DKIM key; nothing else grants it.
     (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
@@ -709,8 +718,10 @@ def test_volume_id_slack_covers_how_real_ids_compress():
 def test_machines_wait_for_the_secrets_and_the_grant():
     r = run_secrets(deployment(nodes=2, port25=RELAY, dkim={"domains": DKIM_DOMAINS}))
     machines, versions, grants = r.of_type(INSTANCE), r.of_type(VERSION), r.of_type(ROLE_POLICY)
-    assert len(machines) == 2 and len(versions) == 3 and len(grants) == 1
-    needed = {x.urn for x in versions + grants}
+    assert len(machines) == 2 and len(versions) == 3 + len(FLEET_STORES) and len(grants) == 1
+    # All but the peer list, made of the machines' own addresses (NodeSecret.machines_wait).
+    needed = {x.urn for x in versions + grants if x.name != "kumo-test-fleet-peers-version"}
+    assert len(needed) == len(versions)
     for vm in machines:
         assert needed <= set(vm.dependencies)
 

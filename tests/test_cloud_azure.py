@@ -549,6 +549,8 @@ def test_preview_completes_with_unknowns():
 # -- secrets: Key Vault, secrets and their readers (issue 5) ----------------------------------------
 
 DKIM_DOMAINS = ["example.com", "example.org"]
+# What every fleet (more than one node) stores besides: its Redis URL and its peer list (kumo_infra.fleet).
+FLEET_STORES = ["redis-url", "fleet-peers"]
 GUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
@@ -643,7 +645,7 @@ def test_example_stack_vm_identity_reads_only_the_secret(azdev):
 def test_each_vm_identity_reads_exactly_the_deployments_secrets():
     d = dep(nodes=2, dkim={"domains": DKIM_DOMAINS})
     result, seen = run_component(d)
-    names = ["relay-password", "dkim-example-com-kumo", "dkim-example-org-kumo"]
+    names = ["relay-password", "dkim-example-com-kumo", "dkim-example-org-kumo", *FLEET_STORES]
     assert seen["secret_names"] == names
     secrets = result.of_type(SECRET)
     assert sorted(s.inputs["secretName"] for s in secrets) == sorted(names)
@@ -651,7 +653,7 @@ def test_each_vm_identity_reads_exactly_the_deployments_secrets():
     assert {s.inputs["vaultName"] for s in secrets} == {vault.inputs["vaultName"]}
     secret_ids = {f"{s.name}-id" for s in secrets}
     roles = result.of_type(ROLE)
-    assert len(roles) == 2 * 3
+    assert len(roles) == 2 * len(names)
     principals = seen["identity_principal_ids"]
     assert len(set(principals)) == 2
     for i, principal in enumerate(principals, 1):
@@ -676,21 +678,25 @@ def test_each_vm_identity_reads_exactly_the_deployments_secrets():
 def test_vms_depend_on_the_secrets_and_assignments_replace_delete_first():
     result = run(dep(nodes=2, dkim={"domains": DKIM_DOMAINS}))
     secrets, vms, roles = result.of_type(SECRET), result.of_type(VM), result.of_type(ROLE)
-    assert len(secrets) == 3 and len(vms) == 2
+    assert len(secrets) == 3 + len(FLEET_STORES) and len(vms) == 2
+    # All but the peer list, made of the machines' own addresses (NodeSecret.machines_wait).
+    waited = [s for s in secrets if s.inputs["secretName"] != "fleet-peers"]
+    assert len(waited) == len(secrets) - 1
     for vm in vms:
-        assert {s.urn for s in secrets} <= set(vm.dependencies)
-    assert len(roles) == 6
+        assert {s.urn for s in waited} <= set(vm.dependencies)
+    assert len(roles) == 2 * len(secrets)
     for role in roles:
         assert role.delete_before_replace is True  # a replaced VM's assignment reuses its GUID name
 
 
 def test_direct_mode_without_dkim_has_no_secret_store_at_all():
-    result, seen = run_component(direct(nodes=2), password=None)
+    # One node: a fleet stores its Redis URL and peer list.
+    result, seen = run_component(direct(nodes=1), password=None)
     assert not result.of_type(VAULT) and not result.of_type(SECRET) and not result.of_type(ROLE)
     assert not [r for r in result.resources if r.type.startswith(f"{T}:authorization")]
     assert f"{T}:authorization:getClientConfig" not in [i["token"] for i in result.invokes]
     assert seen["secret_names"] == [] and seen["deliverability_records"] == []
-    assert len(result.of_type(VM)) == 2
+    assert len(result.of_type(VM)) == 1
     # And through the program, with no relay password configured.
     program_run = offline.run(program.run, {"kumo:deployment": direct()}, stack="t")
     assert not program_run.of_type(VAULT) and not program_run.of_type(ROLE)
@@ -845,7 +851,7 @@ API_STORES = ["api-password", "api-tls-key", "api-tls-cert"]
 def test_api_password_in_the_vault_readable_only_by_each_vm():
     d = dep(nodes=2, network={"api_cidrs": ["198.51.100.0/24"]})
     result, seen = run_component(d)
-    assert seen["secret_names"] == ["relay-password", *API_STORES]
+    assert seen["secret_names"] == ["relay-password", *API_STORES, *FLEET_STORES]
     api_secret = next(s for s in result.of_type(SECRET) if s.inputs["secretName"] == "api-password")
     assert secret_inputs(api_secret)["value"] == API_PW
     readers = [r for r in result.of_type(ROLE) if r.inputs["scope"] == f"{api_secret.name}-id"]

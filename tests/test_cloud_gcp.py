@@ -557,9 +557,12 @@ def test_dkim_keys_are_generated_stored_and_published():
 def test_secrets_with_three_nodes_share_one_store_and_one_grant_per_secret():
     dep = gcp_deployment(nodes=3, dkim={"domains": ["example.com"]})
     result = run(dep, password=RELAY_PW)
-    stores = ["kumo-test-relay-password", "kumo-test-dkim-example-com-kumo"]
+    stores = ["kumo-test-relay-password", "kumo-test-dkim-example-com-kumo", *FLEET_STORES]
     _assert_store_access(result, stores, "test-project")
-    needed = {r.name for r in result.of_type(SECRET_VERSION) + result.of_type(SECRET_ACCESS)}
+    # All but the peer list's value, made of the machines' own addresses (NodeSecret.machines_wait).
+    needed = {r.name for r in result.of_type(SECRET_VERSION) + result.of_type(SECRET_ACCESS)} - {
+        "kumo-test-fleet-peers-version"}
+    assert len(needed) == 2 * len(stores) - 1
     for vm in result.of_type(INSTANCE):
         assert set(vm.depends_on_names) >= needed
     spf = result.outputs["deliverability_records"][0]["value"]
@@ -597,7 +600,7 @@ def test_api_password_is_generated_stored_and_readable_only_by_the_nodes():
     generated = result.one(RANDOM_PASSWORD)
     assert generated.name == "kumo-test-api-password" and generated.parent == "kumo-test"
     assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
-    stores = ["kumo-test-relay-password", *API_STORES]
+    stores = ["kumo-test-relay-password", *API_STORES, *FLEET_STORES]
     _assert_store_access(result, stores, "test-project")
     version = next(v for v in result.of_type(SECRET_VERSION) if v.name == "kumo-test-api-password-version")
     assert _secret_value(version.inputs["secretData"]) == API_PW
@@ -629,6 +632,8 @@ def test_no_api_cidrs_no_api_password():
 # -- the HTTP API's TLS certificate (issue 8, point 6) -----------------------------------------
 
 API_STORES = ["kumo-test-api-password", "kumo-test-api-tls-key", "kumo-test-api-tls-cert"]
+# What every fleet (more than one node) stores besides: its Redis URL and its peer list (kumo_infra.fleet).
+FLEET_STORES = ["kumo-test-redis-url", "kumo-test-fleet-peers"]
 
 
 def test_api_certificate_names_every_node_hostname_and_address():
@@ -640,7 +645,7 @@ def test_api_certificate_names_every_node_hostname_and_address():
 
 def test_api_tls_key_and_certificate_are_stored_and_readable_only_by_the_nodes():
     result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}), password=RELAY_PW)
-    _assert_store_access(result, ["kumo-test-relay-password", *API_STORES], "test-project")
+    _assert_store_access(result, ["kumo-test-relay-password", *API_STORES, *FLEET_STORES], "test-project")
     versions = {v.name: v for v in result.of_type(SECRET_VERSION)}
     key = versions["kumo-test-api-tls-key-version"]
     cert = versions["kumo-test-api-tls-cert-version"]
@@ -658,7 +663,7 @@ def test_api_tls_key_and_certificate_are_stored_and_readable_only_by_the_nodes()
 
 def test_preview_with_api_tls_completes_with_the_addresses_unknown():
     result = run(gcp_deployment(nodes=2, network={"api_cidrs": API_CIDRS}), preview=True)
-    assert len(result.of_type(api_tls_checks.CERT)) == 1 and len(result.of_type(SECRET_VERSION)) == 4
+    assert len(result.of_type(api_tls_checks.CERT)) == 1 and len(result.of_type(SECRET_VERSION)) == 4 + len(FLEET_STORES)
 
 
 def test_no_api_cidrs_no_api_tls_key_or_certificate():

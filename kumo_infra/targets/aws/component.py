@@ -6,7 +6,8 @@ an IAM role + instance profile, and the deployment's secrets (relay password,
 DKIM keys) in Secrets Manager with one inline policy letting that role read only
 them. Per node: an EC2 instance booting the gzip-compressed kumo-bootstrap
 cloud-config, an Elastic IP, optionally the forward A record and the PTR, and for
-``block`` spools an encrypted gp3 volume.
+``block`` spools an encrypted gp3 volume. A fleet (several nodes) without fleet.redis_url also gets
+the ElastiCache replication group its throttles live in (kumo_infra/targets/aws/redis.py).
 
 The flow is the base component's (kumo_infra.component); this module fills in its hooks.
 Everything here is checked against pulumi-aws 7.51 and runs under the mock engine
@@ -25,12 +26,13 @@ import pulumi_aws as aws
 
 from ...bootstrap import AWS_USER_DATA_LIMIT, NodeFilesBundle, compressed, node_files_bundle, render_user_data
 from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild,
-                          NodePlan, NodeSecret, child, machine_options, node_output, prepare, secrets_for,
+                          NodePlan, NodeSecret, SharedRedis, child, machine_options, node_output, prepare, secrets_for,
                           spool_options, subnet_cidr, base_tags, was)
 from ...errors import ConfigError
 from ...netplan import Rule
 from ...secretspec import SecretSpec
 from .config import AwsSection
+from .redis import shared_redis
 
 # What ``kumo_infra.clouds.aws`` re-exports for programs written before the move.
 __all__ = ["AwsKumoMta", "KumoMtaArgs", "KumoMtaComponent", "ComponentPlan", "NodePlan", "NodeSecret", "TYPE",
@@ -133,6 +135,10 @@ def ami_filters(cp: ComponentPlan) -> tuple[list[str], list[dict]]:
     ]
 
 
+# The name part of a rule whose source or destination is the nodes' own security group (Rule.from_nodes).
+NODES_SLUG = "nodes"
+
+
 def _cidr_slug(cidr: str) -> str:
     """A resource-name part for a CIDR: 203.0.113.0-24, 2001_db8__-32, __-0 (::/0)."""
     return cidr.replace(":", "_").replace("/", "-")
@@ -221,15 +227,24 @@ class AwsKumoMta(KumoMtaComponent):
         return sg
 
     def _rule(self, b: Build, sg: aws.ec2.SecurityGroup, rule: Rule) -> None:
-        """One rule resource per CIDR, named by the CIDR so adding one never renames the others."""
+        """One rule resource per CIDR, named by the CIDR so adding one never renames the others; a
+        rule between the nodes (Rule.from_nodes) is one resource naming the nodes' own group as the
+        source (ingress) or the destination (egress), whatever addresses the nodes have."""
         cls = aws.vpc.SecurityGroupIngressRule if rule.direction == "ingress" else aws.vpc.SecurityGroupEgressRule
+        common = dict(security_group_id=sg.id, ip_protocol=rule.protocol, from_port=rule.port, to_port=rule.port,
+                      description=rule.description, tags={**b.tags, "Name": f"{b.name}-{rule.name}"})
+        if rule.from_nodes:
+            cls(b.names.firewall_rule(rule.name, NODES_SLUG), referenced_security_group_id=sg.id, **common,
+                opts=child(self))
+            return
         for family, cidrs in rule.families():
             for cidr in cidrs:
                 address = {"cidr_ipv4": cidr} if family == "v4" else {"cidr_ipv6": cidr}
-                cls(b.names.firewall_rule(rule.name, _cidr_slug(cidr)), security_group_id=sg.id,
-                    ip_protocol=rule.protocol, from_port=rule.port, to_port=rule.port, description=rule.description,
-                    tags={**b.tags, "Name": f"{b.name}-{rule.name}"}, **address,
+                cls(b.names.firewall_rule(rule.name, _cidr_slug(cidr)), **common, **address,
                     opts=child(self, aliases=was(f"{b.name}-sg-{rule.name}-{_cidr_slug(cidr)}")))
+
+    def _shared_redis(self, b: Build) -> SharedRedis:
+        return shared_redis(self, b, b.firewall, b.cp.target.managed_redis or "")
 
     def _identity(self, b: Build) -> _Identity:
         # Its only permission is reading the deployment's own secrets (_store_secrets), when it has any.

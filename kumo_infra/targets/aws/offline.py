@@ -19,6 +19,12 @@ COMPUTED = {
     # instance role's policy names these exact ARNs. Offline: the resource name, region "placeholder".
     "aws:secretsmanager/secret:Secret": {
         "arn": "arn:aws:secretsmanager:placeholder:000000000000:secret:{name}-{n:06x}"},
+    # A fleet's Redis (targets/aws/redis.py): the subnet group is auto-named, and the primary endpoint
+    # is a name ElastiCache gives (master.<group id>.<suffix>.cache.amazonaws.com), here under .invalid.
+    "aws:elasticache/subnetGroup:SubnetGroup": {"name": "{name}-{n:07x}"},
+    "aws:elasticache/replicationGroup:ReplicationGroup": {
+        "primaryEndpointAddress": "master.{name}-{n:07x}.offline.invalid",
+        "arn": "arn:aws:elasticache:placeholder:000000000000:replicationgroup:{name}-{n:07x}"},
 }
 
 INVOKES = {

@@ -60,14 +60,15 @@ from pulumi_azure_native import authorization, compute, dns, keyvault, network, 
 
 from ...bootstrap import compressed
 from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild,
-                          NodePlan, NodeSecret, child, generated_password, machine_options, node_output, prepare,
-                          secrets_for, spool_options, subnet_cidr, base_tags, was)
+                          NodePlan, NodeSecret, SharedRedis, child, generated_password, machine_options, node_output,
+                          prepare, secrets_for, spool_options, subnet_cidr, base_tags, was)
 from ...config import ROOT, Deployment
 from ...errors import ConfigError
 from ...netplan import Rule
 from . import vault_name as azure_vault_name
 from .config import AzureSection
 from .images import AzureImage
+from .redis import shared_redis
 
 # What ``kumo_infra.clouds.azure`` re-exports for programs written before the move.
 __all__ = ["AzureKumoMta", "KumoMtaComponent", "child", "KumoMtaArgs", "TYPE", "BOOTSTRAP_PATHS",
@@ -98,6 +99,8 @@ ALLOW_PRIORITY_START = 100
 PRIORITY_STEP = 10
 # NSG priorities run 100..4096; the explicit denies take the last one, below every allow.
 DENY_PRIORITY = 4096
+# The name part of an NSG rule whose peers are the nodes' application security group (Rule.from_nodes).
+NODES_SLUG = "nodes"
 # Built-in role "Key Vault Secrets User": read secret contents (data plane), nothing else.
 SECRETS_USER_ROLE = "4633458b-17de-408a-b874-0445c86b69e6"
 # The minimum Azure allows: with purge protection a deleted vault's (deterministic) name stays taken
@@ -150,6 +153,7 @@ ENCRYPTION_AT_HOST_FAMILIES = frozenset({"Bv1", "Bsv2", "Dsv5", "Lsv3", "Dadsv6"
 class _Network:
     resource_group: pulumi.Input[str]  # its name
     subnet_id: pulumi.Input[str]
+    vnet_id: pulumi.Input[str]  # the subnet's network: a fleet's Redis DNS zone is linked to it
 
 
 class AzureKumoMta(KumoMtaComponent):
@@ -183,7 +187,8 @@ class AzureKumoMta(KumoMtaComponent):
             rg_name = rg.name
         self.resource_group_name = pulumi.Output.from_input(rg_name)
         if az.subnet_id:
-            return _Network(rg_name, az.subnet_id)
+            assert az.vnet_id  # the target's network_pairs: a given subnet comes with its network
+            return _Network(rg_name, az.subnet_id, az.vnet_id)
         vnet = network.VirtualNetwork(
             b.names.network, resource_group_name=rg_name, location=region,
             address_space=network.AddressSpaceArgs(address_prefixes=[az.vnet_cidr]), tags=b.tags,
@@ -196,14 +201,24 @@ class AzureKumoMta(KumoMtaComponent):
             # The Key Vault admits this subnet by a virtual network rule, which needs the endpoint.
             service_endpoints=[network.ServiceEndpointPropertiesFormatArgs(service=KEY_VAULT_ENDPOINT)],
             opts=child(self))
-        return _Network(rg_name, subnet.id)
+        return _Network(rg_name, subnet.id, vnet.id)
 
     def _firewall(self, b: Build) -> network.NetworkSecurityGroup:
+        # The nodes' own NICs, as the peers of a rule between them (Rule.from_nodes): an application
+        # security group every NIC joins (_machine), whatever else shares the subnet. Only a fleet has one.
+        self.nodes_group: Optional[network.ApplicationSecurityGroup] = None
+        if any(rule.from_nodes for rule in b.cp.rules):
+            self.nodes_group = network.ApplicationSecurityGroup(
+                f"{b.name}-nodes-asg", resource_group_name=b.network.resource_group, location=b.deployment.region,
+                tags=b.tags, opts=child(self))
         self.network_security_group = network.NetworkSecurityGroup(
             b.names.firewall, resource_group_name=b.network.resource_group, location=b.deployment.region,
-            security_rules=security_rules(b.cp.rules), tags=b.tags,
-            opts=child(self, aliases=was(f"{b.name}-nsg")))
+            security_rules=security_rules(b.cp.rules, self.nodes_group.id if self.nodes_group else None),
+            tags=b.tags, opts=child(self, aliases=was(f"{b.name}-nsg")))
         return self.network_security_group
+
+    def _shared_redis(self, b: Build) -> SharedRedis:
+        return shared_redis(self, b, b.cp.target.managed_redis or "")
 
     def _store_secrets(self, b: Build) -> list[pulumi.Resource]:
         """One Key Vault and a secret per value; each VM's identity gets read access to each secret
@@ -291,7 +306,8 @@ class AzureKumoMta(KumoMtaComponent):
             ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
                 name="primary", primary=True, subnet={"id": b.network.subnet_id},
                 public_ip_address=network.PublicIPAddressArgs(id=n.address.resource.id),
-                private_ip_allocation_method="Dynamic", private_ip_address_version="IPv4")],
+                private_ip_allocation_method="Dynamic", private_ip_address_version="IPv4",
+                application_security_groups=[{"id": self.nodes_group.id}] if self.nodes_group else None)],
             network_security_group=network.NetworkSecurityGroupArgs(id=b.firewall.id),
             enable_accelerated_networking=itype.accelerated_networking,
             tags=b.tags, opts=child(self))
@@ -479,18 +495,29 @@ def _prefixes(field: str, cidrs: list[str]) -> dict[str, Any]:
     return {f"{field}_address_prefix": cidrs[0]} if len(cidrs) == 1 else {f"{field}_address_prefixes": cidrs}
 
 
-def security_rules(rules: tuple[Rule, ...] | list[Rule]) -> list[network.SecurityRuleArgs]:
-    """Every rule of cp.rules, one NSG rule per address family (Azure refuses mixed v4/v6 prefixes),
-    then the explicit denies: all other inbound, and all other outbound to the Internet."""
+def security_rules(rules: tuple[Rule, ...] | list[Rule],
+                   nodes_group_id: Optional[pulumi.Input[str]] = None) -> list[network.SecurityRuleArgs]:
+    """Every rule of cp.rules, one NSG rule per address family (Azure refuses mixed v4/v6 prefixes) or,
+    between the nodes (Rule.from_nodes), one naming their application security group ``nodes_group_id``
+    as the source (inbound) or destination (outbound); then the explicit denies: all other inbound, and
+    all other outbound to the Internet."""
     made: list[network.SecurityRuleArgs] = []
     priority = {"ingress": ALLOW_PRIORITY_START, "egress": ALLOW_PRIORITY_START}
     for rule in rules:
-        for family, cidrs in rule.families():
-            inbound = rule.direction == "ingress"
-            remote = _prefixes("source" if inbound else "destination", list(cidrs))
-            local = {"destination_address_prefix": "*"} if inbound else {"source_address_prefix": "*"}
+        inbound = rule.direction == "ingress"
+        local = {"destination_address_prefix": "*"} if inbound else {"source_address_prefix": "*"}
+        peers: list[tuple[str, dict[str, Any]]] = [
+            (family, _prefixes("source" if inbound else "destination", list(cidrs)))
+            for family, cidrs in rule.families()]
+        if rule.from_nodes:
+            assert nodes_group_id is not None  # _firewall makes the group whenever a rule names the nodes
+            # An application security group replaces the address prefix on its side of the rule.
+            group = [network.ApplicationSecurityGroupArgs(id=nodes_group_id)]
+            peers = [(NODES_SLUG, {"source_application_security_groups": group} if inbound else
+                      {"destination_application_security_groups": group})]
+        for which, remote in peers:
             made.append(network.SecurityRuleArgs(
-                name=f"allow-{rule.name}-{family}", description=rule.description,
+                name=f"allow-{rule.name}-{which}", description=rule.description,
                 direction="Inbound" if inbound else "Outbound", access="Allow",
                 protocol=rule.protocol.capitalize(), priority=priority[rule.direction],
                 source_port_range="*", destination_port_range=str(rule.port), **remote, **local))

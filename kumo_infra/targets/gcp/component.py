@@ -19,16 +19,17 @@ instance.
 
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 from pulumi_gcp import compute, dns, secretmanager, serviceaccount
 
 from ...bootstrap import render_startup_script
 from ...component import (Address, Build, ComponentPlan, KumoMtaArgs, KumoMtaComponent, Machine, NodeBuild,
-                          NodeSecret, child, machine_options, node_output, prepare, secrets_for, spool_options,
-                          base_tags, was)
+                          NodeSecret, SharedRedis, child, machine_options, node_output, prepare, secrets_for,
+                          spool_options, base_tags, was)
 from ...netplan import WORLD, Rule
+from .redis import managed_redis
 
 # What ``kumo_infra.clouds.gcp`` re-exports for programs written before the move.
 __all__ = ["GcpKumoMta", "KumoMtaComponent", "child", "KumoMtaArgs", "TYPE", "BOOTSTRAP_PATHS", "FIXED_PATHS",
@@ -48,6 +49,8 @@ SECRET_ACCESSOR = "roles/secretmanager.secretAccessor"
 ALLOW_PRIORITY = 1000
 # GCP's implied rules sit at 65535; the explicit denies go just above them, below every allow.
 DENY_PRIORITY = 65534
+# The name part of a rule whose peers are the deployment's own instances (Rule.from_nodes).
+NODES_SLUG = "nodes"
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,13 @@ class GcpKumoMta(KumoMtaComponent):
         name, project, tag = b.name, self._project(b), self._tag(b)
         made = []
         for rule in b.cp.rules:
+            if rule.from_nodes:
+                made.append(self._firewall_rule(b.names.firewall_rule(rule.name, NODES_SLUG), project,
+                                                b.network.network, tag, rule, self._nodes_only(b, rule)))
             for family, cidrs in rule.families():
+                ranges = {"source_ranges" if rule.direction == "ingress" else "destination_ranges": list(cidrs)}
                 made.append(self._firewall_rule(b.names.firewall_rule(rule.name, family), project,
-                                                b.network.network, tag, rule, list(cidrs)))
+                                                b.network.network, tag, rule, ranges))
         # Explicit denies below every allow: inbound anything else, outbound anything else.
         for direction, suffix in (("INGRESS", "deny-in"), ("EGRESS", "deny-out")):
             for family, world in WORLD.items():
@@ -106,13 +113,52 @@ class GcpKumoMta(KumoMtaComponent):
         return made
 
     def _firewall_rule(self, resource_name: str, project: str, network: pulumi.Input[str], tag: str, rule: Rule,
-                       cidrs: list[str]) -> compute.Firewall:
-        ranges = {"source_ranges": cidrs} if rule.direction == "ingress" else {"destination_ranges": cidrs}
+                       peers: dict[str, Any]) -> compute.Firewall:
+        """One allow rule for this deployment's instances; ``peers``: its source_ranges or source_tags
+        (ingress), or destination_ranges (egress)."""
         return compute.Firewall(
             resource_name, project=project, network=network, direction=rule.direction.upper(),
             priority=ALLOW_PRIORITY,
             allows=[compute.FirewallAllowArgs(protocol=rule.protocol, ports=[str(rule.port)])],
-            target_tags=[tag], description=rule.description, **ranges, opts=child(self))
+            target_tags=[tag], description=rule.description, **peers, opts=child(self))
+
+    def _nodes_only(self, b: Build, rule: Rule) -> dict[str, Any]:
+        """The deployment's own instances as a rule's peers (Rule.from_nodes): their network tag as the
+        source of an ingress rule; as the destination of an egress rule, which GCP takes as ranges only
+        (pulumi_gcp compute/firewall.py: target and source tags, destination_ranges), the nodes' subnet."""
+        if rule.direction == "ingress":
+            return {"source_tags": [self._tag(b)]}
+        return {"destination_ranges": [self._nodes_range(b)]}
+
+    def _nodes_range(self, b: Build) -> pulumi.Input[str]:
+        """The primary range of the nodes' subnet: the one kumo-infra creates, else the given one's (or,
+        with a network alone, the region's subnet of that auto-mode network, which GCP names after it)."""
+        gcp, region = b.deployment.gcp, b.deployment.region
+        if getattr(self, "_nodes_range_result", None) is None:
+            if not gcp.network:
+                self._nodes_range_result = pulumi.Output.from_input(gcp.subnet_cidr)
+                return self._nodes_range_result
+            if gcp.subnetwork and "/" in gcp.subnetwork:
+                where = {"self_link": gcp.subnetwork}
+            elif gcp.subnetwork:  # a name: in the instances' project, as the NIC resolves it
+                where = {"name": gcp.subnetwork, "region": region, "project": gcp.project}
+            else:
+                where = {"name": gcp.network.rsplit("/", 1)[-1], "region": region,
+                         "project": network_project(gcp.network) or gcp.project}
+            self._nodes_range_result = compute.get_subnetwork_output(
+                **where, opts=pulumi.InvokeOutputOptions(parent=self)).ip_cidr_range
+        return self._nodes_range_result
+
+    def _shared_redis(self, b: Build) -> SharedRedis:
+        instance, url = managed_redis(self, b, self._zone(b))
+        compute.Firewall(
+            b.names.firewall_rule("out-redis", "managed"), project=self._project(b), network=b.network.network,
+            direction="EGRESS", priority=ALLOW_PRIORITY,
+            allows=[compute.FirewallAllowArgs(protocol="tcp", ports=[instance.port.apply(str)])],
+            destination_ranges=[instance.reserved_ip_range], target_tags=[self._tag(b)],
+            description=f"kumo-infra {b.name}: the fleet's Redis", opts=child(self))
+        return SharedRedis(url=url, resource=instance, title=b.cp.target.managed_redis or "",
+                           endpoint=pulumi.Output.concat(instance.host, ":", instance.port.apply(str)))
 
     def _identity(self, b: Build) -> serviceaccount.Account:
         # One dedicated service account with no project-level role at all: KumoMTA logs to local files
@@ -250,3 +296,9 @@ class GcpKumoMta(KumoMtaComponent):
             self._image_result = compute.get_image_output(family=image.family, project=image.project,
                                                           opts=pulumi.InvokeOutputOptions(parent=self))
         return self._image_result
+
+
+def network_project(network: str) -> Optional[str]:
+    """The project a network self-link names (projects/PROJECT/global/networks/NAME), None for a plain name."""
+    parts = network.split("/")
+    return parts[parts.index("projects") + 1] if "projects" in parts else None

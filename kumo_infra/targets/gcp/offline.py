@@ -17,9 +17,19 @@ COMPUTED = {
         # The instance's URI (its machine_id output); GCP names the instance, offline the resource name.
         "selfLink": "https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/instances/{name}",
     },
+    # A fleet's Memorystore instance (targets/gcp/redis.py): its address in the /29 Memorystore reserves,
+    # the TLS port, and the AUTH string. The provider marks that secret (pulumi_gcp redis/instance.py:
+    # additional_secret_outputs), which the answer leaves out: the component must not rely on it.
+    "gcp:redis/instance:Instance": {
+        "host": "192.0.2.250", "port": 6378, "reservedIpRange": "192.0.2.248/29",
+        "authString": "offline-memorystore-auth-of-{name}",
+    },
 }
 
 INVOKES = {
     "gcp:compute/getImage:getImage": {"selfLink": "projects/placeholder/global/images/placeholder",
                                       "name": PLACEHOLDER},
+    # An operator's subnetwork (gcp.network), whose range a fleet's egress between the nodes names.
+    "gcp:compute/getSubnetwork:getSubnetwork": {"ipCidrRange": "198.51.100.0/24", "name": PLACEHOLDER,
+                                                "selfLink": PLACEHOLDER},
 }
