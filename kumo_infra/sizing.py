@@ -286,7 +286,7 @@ def fleet_reason(w: Workload, nodes: int, redis: ManagedRedis | None, price_regi
     shared = (f"{nodes} nodes make a fleet: each node's limits would multiply by {nodes}, so the nodes share "
               "their throttles (and connection limits) through one Redis")
     if w.external_redis or redis is None:
-        return f"{shared}: your own (fleet.redis_url), not priced here"
+        return f"{shared}: your own (fleet.redis_url), its cost not counted here"
     return (f"{shared}: {redis.title}, {redis.instance}, ${redis.price_usd_month:,.2f}/month ({price_region}, "
             f"prices of {redis.price_taken}), besides the machines' price")
 

@@ -141,11 +141,10 @@ def needs_redis_password(deployment: Deployment) -> bool:
 
 
 def needed_secret_keys(deployment: Deployment) -> list[str]:
-    """The secret config keys ``deployment`` cannot be deployed without, in SECRET_KEYS' order."""
-    needed = {RELAY_PASSWORD_KEY: needs_relay_password(deployment),
-              REDIS_PASSWORD_KEY: needs_redis_password(deployment),
-              **{key: True for key in deployment.target.secret_config.values()}}
-    return [key for key in SECRET_KEYS if needed.get(key)]
+    """The secret config keys ``deployment`` cannot be deployed without: the core's, then the target's own."""
+    core = [key for key, needed in ((RELAY_PASSWORD_KEY, needs_relay_password(deployment)),
+                                    (REDIS_PASSWORD_KEY, needs_redis_password(deployment))) if needed]
+    return core + [key for key in deployment.target.secret_config.values() if key not in core]
 
 
 def warnings_for(deployment: Deployment) -> list[str]:

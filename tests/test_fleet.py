@@ -60,8 +60,9 @@ def run(target: str, d: dict, *, redis_password: str | None = HOSTILE_PASSWORD, 
     """The stack program over ``d``; with ``probe``, what the skeleton handed the target's store
     (each NodeSecret's key, machines_wait and resolved value) and whether each export is a secret."""
     c = case(target)
-    config: dict[str, Any] = {ROOT: d, "kumo:relayPassword": RELAY_PW, **c.config}
-    secret_keys = ["kumo:relayPassword", *c.secret_keys]
+    config: dict[str, Any] = {ROOT: d, "kumo:relayPassword": RELAY_PW,
+                              **{k: v for k, v in c.config.items() if k != REDIS_PASSWORD_KEY}}
+    secret_keys = ["kumo:relayPassword", *(k for k in c.secret_keys if k != REDIS_PASSWORD_KEY)]
     if redis_password is not None:
         config[REDIS_PASSWORD_KEY] = redis_password
         secret_keys.append(REDIS_PASSWORD_KEY)
@@ -328,7 +329,7 @@ def test_the_sizing_says_a_fleet_shares_its_throttles_and_what_the_managed_redis
     assert cat.redis.title in line and f"${cat.redis.price_usd_month:,.2f}/month" in line
     own = sizing.plan(sizing.Workload(cloud=cloud, messages_per_hour=1_000_000, avg_message_kb=50, nodes=3,
                                       external_redis=True), cat)
-    assert any("your own (fleet.redis_url)" in r and "$" not in r for r in own.reasons)
+    assert any("your own (fleet.redis_url)" in r and "$" not in r and "price" not in r for r in own.reasons)
     one = sizing.plan(sizing.Workload(cloud=cloud, messages_per_hour=1_000, avg_message_kb=50), cat)
     assert one.nodes == 1 and any(r.startswith("1 node:") and "no Redis" in r for r in one.reasons)
     assert not any("fleet" in r for r in one.reasons)
