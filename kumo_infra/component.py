@@ -50,7 +50,7 @@ import pulumi
 from . import catalog, fleet, targets
 from .bootstrap import render_user_data
 from .bootstrap.policy import API_TLS_PORT
-from .component_args import ApiAccess, DnsRecord, KumoMtaArgs, Node, SizingPlan
+from .component_args import ApiAccess, DnsRecord, FleetShared, KumoMtaArgs, Node, SizingPlan
 from .config import REDIS_PASSWORD_KEY, Deployment, parse_deployment
 from .errors import ConfigError
 from .netplan import Rule, firewall_rules
@@ -323,6 +323,8 @@ class KumoMtaComponent(pulumi.ComponentResource):
     """SPF, DMARC and DKIM TXT records to publish for each sending domain."""
     api: Optional[pulumi.Output[ApiAccess]]
     """How to reach the HTTP API from network.api_cidrs (api_access); null without api_cidrs."""
+    fleet: Optional[pulumi.Output[FleetShared]]
+    """What the nodes of a fleet share (their Redis, the peers); null for a single node."""
 
     # Set by each target's component, unannotated: Pulumi's schema inference takes every public
     # annotation of a component class for an output.
@@ -335,9 +337,6 @@ class KumoMtaComponent(pulumi.ComponentResource):
     # A fleet's peer list (secrets_for makes its secret), given the machines' private addresses once
     # they exist.
     _name_peers: Optional[Callable[[pulumi.Output[str]], None]] = None
-    # What the fleet shares (Redis endpoint, peers; fleet_output), None for a single node. Unannotated
-    # and private until component_args declares its type: Pulumi's inference takes annotations for outputs.
-    _fleet: Optional[pulumi.Output[dict]] = None
 
     def __init__(self, name: str, args: KumoMtaArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         # Everything that can be wrong with the input is found before anything is registered.
@@ -371,7 +370,7 @@ class KumoMtaComponent(pulumi.ComponentResource):
         private_ips = [n.machine.private_ip for n in built if n.machine is not None]
         if self._name_peers is not None:
             self._name_peers(peers_json(private_ips))
-        self._fleet = fleet_output(cp, b.redis, private_ips)
+        self.fleet = fleet_output(cp, b.redis, private_ips)
 
         node_outputs = [node_output(cp, n.node, public_ip=n.address.ip, private_ip=n.machine.private_ip,
                                     machine_id=n.machine.machine_id)
@@ -463,13 +462,8 @@ class KumoMtaComponent(pulumi.ComponentResource):
         self.register_outputs({"nodes": self.nodes, "public_ips": self.public_ips, "dns_records": self.dns_records,
                                "sizing": self.sizing, "secret_names": self.secret_names,
                                "deliverability_records": self.deliverability_records,
-                               **{k: v for k, v in {"api": self.api, "fleet": self._fleet, **extra}.items()
+                               **{k: v for k, v in {"api": self.api, "fleet": self.fleet, **extra}.items()
                                   if v is not None}})
-
-    @property
-    def fleet(self) -> Optional[pulumi.Output[dict]]:
-        """What a fleet's nodes share (fleet_output); None for a single node."""
-        return self._fleet
 
 
 def node_output(cp: ComponentPlan, node: NodePlan, *, public_ip: pulumi.Input[str],

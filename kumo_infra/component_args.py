@@ -245,6 +245,39 @@ class LifecycleConfig(TypedDict):
     """A stack made to be destroyed, as kumo_infra.ephemeral creates for CI: nothing protected or retained, secrets deleted with no recovery window (default false; refused with protect)."""
 
 
+class ShapingOverrideConfig(TypedDict):
+    """One destination's own limits, layered over KumoMTA's shaping rules: exactly one of domain or provider."""
+
+    domain: NotRequired[str]
+    """A destination domain (like gmail.com)."""
+    provider: NotRequired[str]
+    """A provider as KumoMTA's shaping rules name it (like google, yahoo, microsoft)."""
+    connection_limit: NotRequired[int]
+    """Connections open at once to the destination, per node (or fleet-wide with Redis)."""
+    max_connection_rate: NotRequired[str]
+    """New connections per period, like 20/min."""
+    max_message_rate: NotRequired[str]
+    """Messages per period, like 100/s."""
+    max_deliveries_per_connection: NotRequired[int]
+    """Messages sent on one connection before it is closed."""
+
+
+class ShapingConfig(TypedDict):
+    """kumo:deployment.shaping: how fast each destination is sent to."""
+
+    community_rules: NotRequired[bool]
+    """Load KumoMTA's community shaping rules on top of its defaults (default true)."""
+    overrides: NotRequired[list[ShapingOverrideConfig]]
+    """The deployment's own limits per domain or provider, applied last (default none)."""
+
+
+class FleetConfig(TypedDict):
+    """kumo:deployment.fleet: what several nodes share."""
+
+    redis_url: NotRequired[str]
+    """An existing Redis for the shared throttles, redis:// or rediss:// without credentials (password: the secret redis_password); unset: a managed Redis kumo-infra creates for a fleet."""
+
+
 class OsUpdatesConfig(TypedDict):
     """kumo:deployment.os_updates: the node's own OS updates."""
 
@@ -333,6 +366,8 @@ class SshHostConfig(TypedDict):
     """The machine's OpenSSH public host key (ssh-ed25519 or ecdsa-sha2-nistp*); never trusted on first use."""
     spool_device: NotRequired[str]
     """A whole disk by its /dev/disk/by-id/ name for the spool; unset: a directory on the OS disk."""
+    private_address: NotRequired[str]
+    """The IP address the other nodes of a fleet reach this host on (default: address)."""
 
 
 class SshConfig(TypedDict):
@@ -373,6 +408,10 @@ class DeploymentConfig(TypedDict):
     """Forward records and PTRs."""
     dkim: NotRequired[DkimConfig]
     """Domains to sign with DKIM."""
+    shaping: NotRequired[ShapingConfig]
+    """Traffic shaping: KumoMTA's rules and the deployment's own limits."""
+    fleet: NotRequired[FleetConfig]
+    """What several nodes share (their throttles' Redis)."""
     lifecycle: NotRequired[LifecycleConfig]
     """What a change may do to running machines."""
     os_updates: NotRequired[OsUpdatesConfig]
@@ -397,6 +436,8 @@ class KumoMtaArgs(TypedDict):
     """The smarthost password as a Pulumi secret (secret kumo:relayPassword); needed in relay mode."""
     ssh_private_key: NotRequired[pulumi.Input[str]]
     """The ssh target's private key (secret kumo:sshPrivateKey), as a Pulumi secret."""
+    redis_password: NotRequired[pulumi.Input[str]]
+    """The password of the Redis in fleet.redis_url as a Pulumi secret (secret kumo:redisPassword)."""
 
 
 # -- outputs ------------------------------------------------------------------------------
@@ -489,6 +530,32 @@ class ApiAccess(TypedDict):
     """The self-signed certificate (PEM) clients trust."""
     pinned_public_key: str
     """curl's --pinnedpubkey value of the API key (sha256//...), which survives renewal."""
+
+
+class FleetRedis(TypedDict):
+    """Where a fleet's shared throttles live; never the URL with its credentials."""
+
+    source: str
+    """managed (kumo-infra created it) or external (fleet.redis_url)."""
+    title: str
+    """What the Redis is."""
+    endpoint: str
+    """host:port the nodes connect to with TLS."""
+    url_secret_name: str
+    """The name of the secret in the target's store holding the URL with its credentials."""
+
+
+class FleetShared(TypedDict):
+    """What the nodes of a fleet share; absent for a single node."""
+
+    nodes: int
+    """How many nodes."""
+    redis: FleetRedis
+    """The Redis of the shared throttles."""
+    peers: list[str]
+    """Every node's private address, in node order: where each publishes to the TSA daemons."""
+    peers_secret_name: str
+    """The name of the secret in the target's store holding that list, which the nodes fetch at boot."""
 
 
 class SizingPlan(TypedDict):

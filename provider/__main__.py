@@ -42,9 +42,10 @@ def version() -> str:
 
 
 def secret_inputs() -> set[str]:
-    """The component arguments that carry a secret: the relay password, which every target takes,
+    """The component arguments that carry a secret: the relay and Redis passwords, which every target takes,
     and each target's own secret stack config (Target.secret_config: component argument -> key)."""
-    return {"relay_password", *(arg for target in targets.registry().values() for arg in target.secret_config)}
+    return {"relay_password", "redis_password",
+            *(arg for target in targets.registry().values() for arg in target.secret_config)}
 
 
 class KumoProvider(ComponentProvider):

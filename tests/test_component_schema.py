@@ -41,7 +41,7 @@ from tests.conftest import ROOT, STACKS
 ROOT_PATH = "kumo:deployment"
 TARGETS = targets.names()
 # Inputs that carry a secret: typed pulumi.Input[str], so a secret Output reaches the component unresolved.
-SECRET_INPUTS = ("relay_password", "ssh_private_key")
+SECRET_INPUTS = ("relay_password", "ssh_private_key", "redis_password")
 
 # Strings the model validates against a table the enum is built from: the TypedDict may narrow them.
 NARROWED: dict[str, tuple[type[enum.Enum], typing.Callable[[], set[str]]]] = {
@@ -326,6 +326,7 @@ EXPECTED_OUTPUTS = {  # the documented output shapes (docs/component-spec.md), a
     "secretNames": {"type": "array", "items": {"type": "string"}},
     "deliverabilityRecords": {"type": "array", "items": {"$ref": "#/types/kumo:index:DnsRecord"}},
     "api": {"$ref": "#/types/kumo:index:ApiAccess"},
+    "fleet": {"$ref": "#/types/kumo:index:FleetShared"},
 }
 
 
@@ -343,7 +344,8 @@ def test_schema_outputs_are_declared_with_their_types(name):
     own = {camel_case(k) for k in component_tables.declared_outputs(cls)}
     assert set(resource["properties"]) == set(EXPECTED_OUTPUTS) | own
     assert {k: _without_descriptions(resource["properties"][k]) for k in EXPECTED_OUTPUTS} == EXPECTED_OUTPUTS
-    assert resource["required"] == sorted(set(resource["properties"]) - {"api"})  # api: null without api_cidrs
+    # api: null without api_cidrs; fleet: null for a single node
+    assert resource["required"] == sorted(set(resource["properties"]) - {"api", "fleet"})
     node = doc["types"]["kumo:index:Node"]
     assert set(node["properties"]) == {camel_case(k) for k in hints(component_args.Node)}
     assert node["properties"]["forwardRecord"]["$ref"] == "#/types/kumo:index:ForwardRecord"
@@ -552,7 +554,8 @@ def test_published_outputs_match_their_declarations(stack, api):
 
     def program():
         mta = cls("t", {"deployment": raw, "relay_password": pulumi.Output.secret("test-relay-password"),
-                        "ssh_private_key": pulumi.Output.secret("test-ssh-private-key")})
+                        "ssh_private_key": pulumi.Output.secret("test-ssh-private-key"),
+                        "redis_password": pulumi.Output.secret("test-redis-password")})
         for key in declared:
             pulumi.export(key, getattr(mta, key))
 
@@ -560,6 +563,7 @@ def test_published_outputs_match_their_declarations(stack, api):
     assert set(outputs) == set(declared)
     assert [p for key, ann in declared.items() for p in conformance(outputs[key], ann, key)] == []
     assert (outputs["api"] is None) == (not raw.get("network", {}).get("api_cidrs"))
+    assert (outputs["fleet"] is None) == (len(outputs["nodes"]) == 1)
 
 
 def test_output_declarations_are_typed_precisely():
