@@ -9,7 +9,7 @@ import subprocess
 import tomllib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kumo_infra.bootstrap import FILES, PER_NODE_FILES, node_files
@@ -85,7 +85,10 @@ def test_without_overrides_shaping_custom_toml_is_an_empty_document():
 @given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x7f",
                              min_codepoint=32), max_size=80))
 def test_toml_strings_round_trip_through_a_real_toml_parser(value):
-    assert tomllib.loads(f"k = {toml_str(value)}\n[{toml_str(value)}]\nx = 1\n") == {"k": value, value: {"x": 1}}
+    assume(value != "provider")  # the provider table's own name, never a domain (a hostname has a dot)
+    assert tomllib.loads(f"k = {toml_str(value)}\n") == {"k": value}
+    assert tomllib.loads(f"[{toml_str(value)}]\nx = 1\n[provider.{toml_str(value)}]\ny = 2\n") == {
+        value: {"x": 1}, "provider": {value: {"y": 2}}}
 
 
 @pytest.mark.parametrize("value", ["a\nb", "\x00", "\x1b[2J", "x\x7f"])

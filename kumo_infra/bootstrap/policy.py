@@ -164,16 +164,16 @@ def render_peers(deployment: Deployment) -> str:
     """PEERS (the fleet's private addresses, read at load) and the TSA daemons to publish to."""
     if not is_fleet(deployment):
         return f"""
--- One node: no peers; delivery results go to this node's TSA daemon.
-local PEERS = {{}}
+-- One node: delivery results go to its own TSA daemon.
 local TSA_PUBLISH = {{ {lua_str(LOCAL_TSA)} }}
 """
     return f"""
--- The fleet's private addresses (a JSON list fetched at boot), read at every policy load. Every
--- node's results go to every TSA daemon; each node subscribes to its own.
-local PEERS = kumo.json_load({lua_str(FLEET_PEERS_PATH)})
+-- The fleet's private addresses (a JSON list fetched at boot), read at every policy load: trusted
+-- by the HTTP listener (xfer); every node's results go to every TSA daemon.
+local TRUSTED = {lua_list(LOOPBACK)}
 local TSA_PUBLISH = {{}}
-for _, ip in ipairs(PEERS) do
+for _, ip in ipairs(kumo.json_load({lua_str(FLEET_PEERS_PATH)})) do
+  table.insert(TRUSTED, ip)
   local host = ip:find(':', 1, true) and ('[' .. ip .. ']') or ip
   table.insert(TSA_PUBLISH, 'http://' .. host .. ':{TSA_PORT}')
 end
@@ -183,11 +183,7 @@ end
 def render_shaping(deployment: Deployment, hostname: str) -> str:
     return f"""
 local HOSTNAME = {lua_str(hostname)}
-local TRUSTED = {lua_list(LOOPBACK)}
-{render_peers(deployment)}for _, ip in ipairs(PEERS) do
-  table.insert(TRUSTED, ip)
-end
-
+{render_peers(deployment)}
 -- Shaping with TSA (assets/policy-extras/shaping.lua setup_with_automation). The full file list
 -- is given (no_default_files) so that it is tsa_init.lua's list exactly.
 local shaper = shaping:setup_with_automation {{
@@ -288,7 +284,7 @@ def render_http_listener(deployment: Deployment) -> str:
         return f"""  -- HTTP API on loopback (health checks, kcli on the node): loopback peers are trusted.
   kumo.start_http_listener {{
     listen = '127.0.0.1:{HTTP_PORT}',
-    trusted_hosts = TRUSTED,
+    trusted_hosts = {lua_list(LOOPBACK)},
   }}
 """
     return f"""  -- HTTP API for loopback and the fleet's nodes, which POST transferred messages to
@@ -364,25 +360,24 @@ end)
 def render_tsa_init(deployment: Deployment) -> str:
     """The TSA daemon's policy (tsa_init.lua): its listener and the shaping files kumod loads."""
     if is_fleet(deployment):
-        listen, peers = f"0.0.0.0:{TSA_PORT}", f"""
+        listen, trusted, peers = f"0.0.0.0:{TSA_PORT}", "TRUSTED", f"""
 -- The fleet's nodes publish here too (their addresses: a JSON list fetched at boot).
+local TRUSTED = {lua_list(LOOPBACK)}
 for _, ip in ipairs(kumo.json_load({lua_str(FLEET_PEERS_PATH)})) do
   table.insert(TRUSTED, ip)
 end
 """
     else:
-        listen, peers = f"127.0.0.1:{TSA_PORT}", ""
+        listen, trusted, peers = f"127.0.0.1:{TSA_PORT}", lua_list(LOOPBACK), ""
     return f"""-- TSA daemon policy for {deployment.name}, rendered by kumo-infra (after KumoMTA's
 -- assets/tsa_init.lua). Replaced by the next kumo-bootstrap run: change the stack config instead.
 local tsa = require 'tsa'
 local kumo = require 'kumo'
-
-local TRUSTED = {lua_list(LOOPBACK)}
 {peers}
 kumo.on('tsa_init', function()
   tsa.start_http_listener {{
     listen = '{listen}',
-    trusted_hosts = TRUSTED,
+    trusted_hosts = {trusted},
   }}
 end)
 
