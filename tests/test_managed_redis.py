@@ -32,7 +32,9 @@ AWS_SG = "aws:ec2/securityGroup:SecurityGroup"
 AWS_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 AWS_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 AWS_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
-AZURE_CACHE = "azure-native:redis:Redis"
+AZURE_CLUSTER = "azure-native:redisenterprise:RedisEnterprise"
+AZURE_DATABASE = "azure-native:redisenterprise:Database"
+AZURE_KEYS = "azure-native:redisenterprise:listDatabaseKeys"
 AZURE_ENDPOINT = "azure-native:network:PrivateEndpoint"
 AZURE_ZONE = "azure-native:privatedns:PrivateZone"
 AZURE_LINK = "azure-native:privatedns:VirtualNetworkLink"
@@ -46,14 +48,14 @@ GCP_FIREWALL = "gcp:compute/firewall:Firewall"
 GCP_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"
 REDIS_TYPES = {
     "aws": (AWS_GROUP, AWS_SUBNETS),
-    "azure": (AZURE_CACHE, AZURE_ENDPOINT, AZURE_ZONE, AZURE_LINK, AZURE_ZONE_GROUP, AZURE_ASG),
+    "azure": (AZURE_CLUSTER, AZURE_DATABASE, AZURE_ENDPOINT, AZURE_ZONE, AZURE_LINK, AZURE_ZONE_GROUP, AZURE_ASG),
     "gcp": (GCP_INSTANCE,),
 }
-REDIS_RESOURCE = {"aws": AWS_GROUP, "azure": AZURE_CACHE, "gcp": GCP_INSTANCE}
+REDIS_RESOURCE = {"aws": AWS_GROUP, "azure": AZURE_CLUSTER, "gcp": GCP_INSTANCE}
 
 # The credentials each cloud's Redis takes, as the offline engine answers them.
 AWS_TOKEN = f"offline-generated-password-of-{NAME}-redis-auth-token"
-AZURE_KEY = azure_offline.INVOKES["azure-native:redis:listRedisKeys"]["primaryKey"]
+AZURE_KEY = azure_offline.INVOKES[AZURE_KEYS]["primaryKey"]
 GCP_AUTH = f"offline-memorystore-auth-of-{NAME}-redis"
 CREDENTIAL = {"aws": AWS_TOKEN, "azure": AZURE_KEY, "gcp": GCP_AUTH}
 
@@ -210,40 +212,61 @@ def test_aws_rules_between_nodes_name_the_nodes_security_group():
 
 # -- Azure ---------------------------------------------------------------------------------------
 
-def test_azure_cache_is_tls_only_and_private():
+def test_azure_managed_redis_is_tls_only_and_private():
     result = fleet("azure")
-    cache = result.one(AZURE_CACHE)
-    i = cache.inputs
-    assert i["sku"] == {"name": "Standard", "family": "C", "capacity": 1}
-    assert i["enableNonSslPort"] is False and i["minimumTlsVersion"] == "1.2"
-    assert i["publicNetworkAccess"] == "Disabled" and "subnetId" not in i and "staticIp" not in i
+    cluster = result.one(AZURE_CLUSTER)
+    i = cluster.inputs
+    # Azure Managed Redis: new tenants can no longer create Azure Cache for Redis (targets/azure/redis.py).
+    assert not [r.name for r in result.resources if r.type.startswith("azure-native:redis:")]
+    assert i["sku"] == {"name": "Balanced_B0"} and i["highAvailability"] == "Enabled"
+    assert i["minimumTlsVersion"] == "1.2" and i["publicNetworkAccess"] == "Disabled"
+    database = result.one(AZURE_DATABASE).inputs
+    assert database["clusterName"] == cluster.name and database["databaseName"] == "default"
+    assert database["clientProtocol"] == "Encrypted" and database["port"] == 10000
     url = urllib.parse.urlsplit(stored_url(result, "azure"))
-    # The cache's own name, which its certificate names, on the TLS port.
-    assert url.hostname == f"{cache.name}.redis.cache.windows.net" and url.port == 6380
+    # The cluster's own name, which its certificate names, on the database's TLS port.
+    assert url.hostname == f"{cluster.name}.{i['location']}.redis.azure.net" and url.port == 10000
+    assert result.outputs["fleet"]["redis"]["endpoint"] == f"{url.hostname}:10000"
 
 
-def test_azure_cache_is_reached_through_a_private_endpoint_in_the_nodes_subnet():
+def test_azure_database_is_one_endpoint_with_access_keys_and_no_eviction():
+    """KumoMTA's client takes one URL and is then no cluster client (crates/mod-redis build_client): the
+    database must not redirect keys (OSSCluster, the API's default); it must take the key in the URL
+    (access keys, off by default); and it must not drop a throttle's counter under memory pressure."""
+    database = fleet("azure").one(AZURE_DATABASE).inputs
+    assert database["clusteringPolicy"] == "EnterpriseCluster"
+    assert database["accessKeysAuthentication"] == "Enabled"
+    assert database["evictionPolicy"] == "NoEviction"
+
+
+def test_azure_managed_redis_is_reached_through_a_private_endpoint_in_the_nodes_subnet():
     result = fleet("azure")
-    cache = result.one(AZURE_CACHE)
+    cluster = result.one(AZURE_CLUSTER)
     endpoint = result.one(AZURE_ENDPOINT).inputs
     assert endpoint["subnet"] == {"id": f"{NAME}-subnet-id"}
     (connection,) = endpoint["privateLinkServiceConnections"]
-    assert connection["privateLinkServiceId"] == f"{cache.name}-id" and connection["groupIds"] == ["redisCache"]
-    # The cache's name resolves to the endpoint inside the nodes' network.
+    assert connection["privateLinkServiceId"] == f"{cluster.name}-id" and connection["groupIds"] == ["redisEnterprise"]
+    # The cluster's name resolves to the endpoint inside the nodes' network.
     zone = result.one(AZURE_ZONE)
-    assert zone.inputs["privateZoneName"] == "privatelink.redis.cache.windows.net"
+    assert zone.inputs["privateZoneName"] == "privatelink.redis.azure.net"
     link = result.one(AZURE_LINK).inputs
     assert link["virtualNetwork"] == {"id": f"{NAME}-network-id"} and link["registrationEnabled"] is False
+    assert link["privateZoneName"] == zone.inputs["privateZoneName"]
     group = result.one(AZURE_ZONE_GROUP).inputs
     assert group["privateEndpointName"] == result.one(AZURE_ENDPOINT).name
     assert [c["privateDnsZoneId"] for c in group["privateDnsZoneConfigs"]] == [f"{zone.name}-id"]
 
 
-def test_azure_access_key_is_read_from_the_cache_it_names():
+def test_azure_access_key_is_read_from_the_database_it_names():
     result = fleet("azure")
-    cache = result.one(AZURE_CACHE)
-    (keys,) = [i for i in result.invokes if i["token"] == "azure-native:redis:listRedisKeys"]
-    assert keys["args"] == {"name": cache.name, "resourceGroupName": f"{NAME}-rg"}
+    cluster = result.one(AZURE_CLUSTER)
+    (keys,) = [i for i in result.invokes if i["token"] == AZURE_KEYS]
+    assert keys["args"] == {"clusterName": cluster.name, "databaseName": "default", "resourceGroupName": f"{NAME}-rg"}
+
+
+def test_azure_database_follows_the_lifecycle():
+    assert fleet("azure", lifecycle={"protect": True}).one(AZURE_DATABASE).protect
+    assert not fleet("azure").one(AZURE_DATABASE).protect
 
 
 def test_azure_dns_link_names_a_given_network():

@@ -13,9 +13,11 @@ COMPUTED = {
     "azure-native:network:NetworkInterface": {"ipConfigurations": [{"privateIPAddress": "192.0.2.{n}"}]},
     "azure-native:compute:VirtualMachine": {"identity": {"principalId": "00000000-0000-0000-0000-{n:012d}",
                                                          "tenantId": "00000000-0000-0000-0000-000000000000"}},
-    # A fleet's cache (targets/azure/redis.py), auto-named, and its private endpoint, whose name the DNS
+    # A fleet's Azure Managed Redis cluster (targets/azure/redis.py), auto-named, with its host name in the
+    # cluster's region; its database, named by its input; and its private endpoint, whose name the DNS
     # zone group names.
-    "azure-native:redis:Redis": {"name": "{name}", "hostName": "{name}.redis.cache.windows.net", "sslPort": 6380},
+    "azure-native:redisenterprise:RedisEnterprise": {"name": "{name}", "hostName": "{name}.{location}.redis.azure.net"},
+    "azure-native:redisenterprise:Database": {"name": "{databaseName}"},
     "azure-native:network:PrivateEndpoint": {"name": "{name}"},
 }
 
@@ -25,7 +27,7 @@ INVOKES = {
                                                    "subscriptionId": "00000000-0000-0000-0000-000000000000",
                                                    "objectId": "00000000-0000-0000-0000-000000000000",
                                                    "clientId": "00000000-0000-0000-0000-000000000000"},
-    # A cache's access keys: base64, like Azure's, with the characters a URL's userinfo must escape.
-    "azure-native:redis:listRedisKeys": {"primaryKey": "b2ZmbGluZSBwcmltYXJ5+/key=",
-                                         "secondaryKey": "b2ZmbGluZSBzZWNvbmRhcnk+/key="},
+    # A database's access keys: base64, like Azure's, with the characters a URL's userinfo must escape.
+    "azure-native:redisenterprise:listDatabaseKeys": {"primaryKey": "b2ZmbGluZSBwcmltYXJ5+/key=",
+                                                      "secondaryKey": "b2ZmbGluZSBzZWNvbmRhcnk+/key="},
 }
