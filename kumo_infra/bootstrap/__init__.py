@@ -29,7 +29,7 @@ import yaml
 
 from .. import __version__
 from ..config import Deployment
-from ..secretspec import SecretSpec, secrets_list
+from ..secretspec import SecretSpec, secret_specs, secrets_list
 from ..sizing import MIN_DISK_GB, MIN_MEMORY_GIB, Plan
 from . import packages
 from .policy import HTTP_PORT, render_policy, render_shaping_custom, render_tsa_init
@@ -221,16 +221,25 @@ class NodeFile:
     permissions: str = "0644"
 
 
+FETCH_SECRET_PATH = "/usr/local/sbin/kumo-fetch-secret"
+
+
+def fetch_secret_file(deployment: Deployment) -> NodeFile:
+    """kumo-fetch-secret with only the deployment's own secret store."""
+    return NodeFile(FETCH_SECRET_PATH, fetch_secret_script(deployment.target.secrets.backend), "0755")
+
+
 def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Timeouts = Timeouts(),
                *, spool_volume_id: str | None = None) -> list[NodeFile]:
     """Every file the bootstrap puts on a node, whichever way the cloud delivers them.
 
     In the order that compresses smallest (measured: kumo-fetch-secret first and kumo-bootstrap
-    last save ~130 bytes of AWS's 16 KiB user data); nothing depends on it.
+    last save ~130 bytes of AWS's 16 KiB user data); nothing depends on it. kumo-fetch-secret only
+    for a deployment with secrets (kumo-bootstrap runs it once per secrets.list line): ~2.8 KB of
+    AWS's user data, which a deployment without secrets then carries whole, with no secret store.
     """
-    backend = deployment.target.secrets.backend
     files = [
-        NodeFile("/usr/local/sbin/kumo-fetch-secret", fetch_secret_script(backend), "0755"),
+        *([fetch_secret_file(deployment)] if secret_specs(deployment) else []),
         NodeFile("/etc/kumo-infra/bootstrap.env",
                  settings_env(deployment, plan, hostname, timeouts, spool_volume_id=spool_volume_id)),
         NodeFile("/etc/kumo-infra/init.lua", lua_without_comments(render_policy(deployment, hostname)), "0600"),
@@ -265,7 +274,7 @@ def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Time
 # What stays in the user data when the other node files come from the secret store: the files
 # that differ per node, and what fetches the rest.
 PER_NODE_FILES = ("/etc/kumo-infra/bootstrap.env", "/etc/kumo-infra/init.lua", "/etc/kumo-infra/secrets.list",
-                  "/usr/local/sbin/kumo-fetch-secret")
+                  FETCH_SECRET_PATH)
 NODE_FILES_FETCHER = "/usr/local/sbin/kumo-node-files"
 
 
@@ -352,6 +361,8 @@ def render_user_data(deployment: Deployment, plan: Plan, node: int = 0, timeouts
     if node_files_from is not None:
         reference, sha256 = node_files_from
         files = [f for f in files if f.path in PER_NODE_FILES]
+        if not any(f.path == FETCH_SECRET_PATH for f in files):  # kumo-node-files fetches the bundle with it
+            files.insert(0, fetch_secret_file(deployment))
         files.append(NodeFile(NODE_FILES_FETCHER, _file("kumo-node-files.sh"), "0755"))
         # As an argument list, never a shell line: the reference and the hash are data.
         runcmd.insert(0, [NODE_FILES_FETCHER, reference, sha256])
