@@ -28,6 +28,11 @@ STORE = "kumo-infra/kumo-test/"
 KEY_VERSION = "kumo-test-api-tls-key-version"
 CERT_VERSION = "kumo-test-api-tls-cert-version"
 API = {"ssh_cidrs": ["198.51.100.10/32"], "api_cidrs": ["198.51.100.0/24"]}
+# Stored besides a fleet's own secrets: its Redis URL and peer list (kumo_infra.fleet), and the
+# shared node files its bootstrap (with kumo-fetch-secret) no longer fits AWS's 16 KiB of user data
+# without (the aws component's node_files_in_store).
+FLEET_STORES = [STORE + "fleet-peers", STORE + "redis-url"]
+NODE_FILES_STORE = STORE + "node-files"
 
 
 def user_data(instance) -> str:
@@ -63,7 +68,8 @@ def test_machines_wait_for_the_key_but_not_for_the_certificate_that_names_their_
 
 def test_api_tls_key_and_certificate_are_stored_and_readable_only_by_the_role(three_nodes):
     secrets = {s.inputs["name"]: s for s in three_nodes.of_type(SECRET)}
-    assert sorted(secrets) == [STORE + "api-password", STORE + "api-tls-cert", STORE + "api-tls-key"]
+    assert sorted(secrets) == sorted([STORE + "api-password", STORE + "api-tls-cert", STORE + "api-tls-key",
+                                      *FLEET_STORES, NODE_FILES_STORE])
     versions = {v.name: v for v in three_nodes.of_type(VERSION)}
     assert secret_value(versions[KEY_VERSION]) == api_tls_checks.key_pkcs8("kumo-test")
     assert secret_value(versions[CERT_VERSION]) == api_tls_checks.certificate_pem("kumo-test")
@@ -92,5 +98,7 @@ def test_no_api_cidrs_no_api_tls_key_or_certificate():
                          stack="t")
     assert result.of_type(api_tls_checks.CERT) == []
     assert [k.name for k in result.of_type(api_tls_checks.KEY)] == ["kumo-test-dkim-example-com-kumo"]
-    assert [s.inputs["name"] for s in result.of_type(SECRET)] == [STORE + "dkim-example-com-kumo"]
+    assert sorted(s.inputs["name"] for s in result.of_type(SECRET)) == sorted(
+        [STORE + "dkim-example-com-kumo", *FLEET_STORES, NODE_FILES_STORE])
+    assert not [s for s in result.of_type(SECRET) if "api-" in s.inputs["name"]]
     assert result.outputs["api"] is None

@@ -29,6 +29,7 @@ from kumo_infra.bootstrap import (
     compressed,
     fetch_secret_script,
     lua_without_comments,
+    node_files,
     node_files_bundle,
     python_for_node,
     render_startup_script,
@@ -229,6 +230,44 @@ def test_every_targets_secret_backend_is_in_the_fetcher():
         fetch_secret_script(target.secrets.backend)  # raises for a backend without its section
     with pytest.raises(ValueError, match="no backend 'oracle'"):
         fetch_secret_script("oracle")
+
+
+FETCH_SECRET = "/usr/local/sbin/kumo-fetch-secret"
+# Each way a deployment comes to have secrets (secretspec.secret_specs).
+WITH_SECRETS = {"relay": {"port25": {"outbound": "relay", **RELAY}}, "dkim": {"dkim": {"domains": ["example.com"]}},
+                "api": {"network": {"api_cidrs": ["198.51.100.0/24"]}}, "fleet": {"nodes": 2}}
+
+
+def _node_files_of(raw: dict) -> dict[str, str]:
+    d = parse_deployment(raw)
+    return {f.path: f.content for f in node_files(d, plan_for(d), "mta.example.com")}
+
+
+def test_a_deployment_without_secrets_carries_no_secret_fetcher():
+    # Nothing to fetch: the fetcher (~2.8 KB of AWS's 16 KiB user data) stays off the node.
+    files = _node_files_of(deployment())
+    assert FETCH_SECRET not in files
+    assert "/usr/local/sbin/kumo-bootstrap" in files  # the node files themselves are there
+
+
+@pytest.mark.parametrize("extra", list(WITH_SECRETS.values()), ids=list(WITH_SECRETS))
+def test_a_deployment_with_secrets_carries_the_fetcher_of_its_own_store(extra):
+    assert _node_files_of(deployment(**extra))[FETCH_SECRET] == fetch_secret_script("aws")
+
+
+@pytest.mark.parametrize("extra", [{}, *WITH_SECRETS.values()], ids=["no-secrets", *WITH_SECRETS])
+def test_node_files_from_the_store_always_come_with_the_fetcher(extra):
+    """kumo-node-files fetches the bundle with kumo-fetch-secret: the user data carries it once,
+    even for a deployment that has no secret of its own."""
+    d = parse_deployment(deployment(**extra))
+    plan = plan_for(d)
+    bundle = node_files_bundle(d, plan)
+    user_data = render_user_data(d, plan, node_files_from=("aws:us-east-1:kumo-infra/kumo-test/node-files",
+                                                           bundle.sha256))
+    paths = [f["path"] for f in yaml.safe_load(user_data)["write_files"]]
+    assert paths.count(FETCH_SECRET) == 1
+    assert write_files(user_data)[FETCH_SECRET] == fetch_secret_script("aws")
+    assert FETCH_SECRET not in bundle.paths  # per node, never in the bundle it fetches
 
 
 def _bytecode(lua: str, tmp_path: Path, name: str) -> bytes:

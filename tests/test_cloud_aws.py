@@ -404,6 +404,11 @@ PASSWORD = "s3cr3t-relay-pw"
 RELAY = {"outbound": "relay", "relay": {"host": "smtp.example.net", "username": "kumo"}}
 DKIM_DOMAINS = ["example.com", "mail.example.org"]
 GET_SECRET = "secretsmanager:GetSecretValue"
+# A deployment with secrets carries kumo-fetch-secret, and with the shaping/TSA policy its bootstrap
+# no longer fits AWS's 16 KiB of user data: the shared node files are kept in Secrets Manager too
+# (aws component's node_files_in_store), a stored secret the role reads but not one of the deployment's.
+NODE_FILES_STORE = "kumo-infra/kumo-test/node-files"
+NODE_FILES_SECRET = "kumo-test-node-files-secret"
 
 
 def run_secrets(d: dict, *, password: str | None = PASSWORD, preview: bool = False) -> offline.OfflineResult:
@@ -438,7 +443,8 @@ def test_relay_and_dkim_secrets_are_stored():
     keys = ["relay-password", "dkim-example-com-kumo", "dkim-mail-example-org-kumo"]
     names = [f"kumo-infra/kumo-test/{k}" for k in keys]
     secrets = by_name(r, SECRET)
-    assert sorted(secrets) == sorted(f"kumo-test-{k}-secret" for k in keys)
+    assert sorted(secrets) == sorted([*(f"kumo-test-{k}-secret" for k in keys), NODE_FILES_SECRET])
+    assert secrets[NODE_FILES_SECRET].inputs["name"] == NODE_FILES_STORE
     for key, store in zip(keys, names):
         inputs = secrets[f"kumo-test-{key}-secret"].inputs
         assert inputs["name"] == store and inputs["recoveryWindowInDays"] == 7
@@ -447,7 +453,7 @@ def test_relay_and_dkim_secrets_are_stored():
         version = by_name(r, VERSION)[f"kumo-test-{key}-version"].inputs
         assert version["secretId"] == f"kumo-test-{key}-secret-id"
         assert version["region"] == "us-east-1"
-    assert len(r.of_type(VERSION)) == 3
+    assert len(r.of_type(VERSION)) == 3 + 1  # and the node files
     assert secret_value(by_name(r, VERSION)["kumo-test-relay-password-version"]) == PASSWORD
     # One RSA key pair per DKIM domain, its private half the DKIM secret's value.
     assert sorted(by_name(r, KEY_PAIR)) == ["kumo-test-dkim-example-com-kumo", "kumo-test-dkim-mail-example-org-kumo"]
@@ -475,7 +481,9 @@ def test_role_reads_exactly_its_secrets():
     assert statement["Effect"] == "Allow"
     assert statement["Action"] == [GET_SECRET]
     assert all(a.startswith("arn:aws:secretsmanager:") for a in statement["Resource"])
-    assert arn_names(statement["Resource"]) == sorted(x.name for x in r.of_type(SECRET)) and len(r.of_type(SECRET)) == 3
+    # The relay password, two DKIM keys and the node files: each by its exact ARN.
+    assert arn_names(statement["Resource"]) == sorted(x.name for x in r.of_type(SECRET)) and len(r.of_type(SECRET)) == 4
+    assert NODE_FILES_SECRET in arn_names(statement["Resource"])
     assert not any("*" in a for a in statement["Resource"])
     # Nothing else grants the role anything.
     role = r.one(ROLE)
@@ -485,9 +493,11 @@ def test_role_reads_exactly_its_secrets():
 
 def test_dkim_only_deployment_stores_only_the_keys():
     r = run_secrets(deployment(dkim={"domains": ["example.com"]}), password=None)
-    assert [x.inputs["name"] for x in r.of_type(SECRET)] == ["kumo-infra/kumo-test/dkim-example-com-kumo"]
+    # Its key, and the node files its bootstrap (with kumo-fetch-secret) cannot carry: no relay password.
+    assert sorted(x.inputs["name"] for x in r.of_type(SECRET)) == ["kumo-infra/kumo-test/dkim-example-com-kumo",
+                                                                   NODE_FILES_STORE]
     (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
-    assert arn_names(statement["Resource"]) == ["kumo-test-dkim-example-com-kumo-secret"]
+    assert arn_names(statement["Resource"]) == ["kumo-test-dkim-example-com-kumo-secret", NODE_FILES_SECRET]
     assert r.outputs["secret_names"] == ["kumo-infra/kumo-test/dkim-example-com-kumo"]
     assert r.of_type(RANDOM_PASSWORD) == [] and r.outputs["api"] is None  # no api_cidrs: no API password
 
@@ -516,10 +526,10 @@ def test_api_password_is_generated_and_stored_like_the_other_secrets():
     assert generated.parent == "kumo-test"
     assert generated.inputs == {"length": 40, "special": False, "minUpper": 1, "minLower": 1, "minNumeric": 1}
     secrets = {x.inputs["name"]: x for x in r.of_type(SECRET)}
-    # the password, and the API listener's certificate and key (tests/test_api_tls_aws.py), and the
-    # fleet's Redis URL and peer list
-    assert sorted(secrets) == [API_STORE, "kumo-infra/kumo-test/api-tls-cert", "kumo-infra/kumo-test/api-tls-key",
-                               *FLEET_STORES]
+    # the password, and the API listener's certificate and key (tests/test_api_tls_aws.py), the
+    # fleet's Redis URL and peer list, and the node files the user data cannot carry
+    assert sorted(secrets) == sorted([API_STORE, "kumo-infra/kumo-test/api-tls-cert",
+                                      "kumo-infra/kumo-test/api-tls-key", *FLEET_STORES, NODE_FILES_STORE])
     assert secret_value(by_name(r, VERSION)[API_VERSION]) == API_PW
     # The role reads it by its exact ARN, like the DKIM key; nothing else grants it.
     (statement,) = json.loads(r.one(ROLE_POLICY).inputs["policy"])["Statement"]
@@ -582,8 +592,11 @@ def test_naming_the_volume_does_not_replace_existing_machines(monkeypatch):
     new = run(d)
     from kumo_infra.bootstrap import render_user_data as render
 
+    # The previous release's user data: the same, without the volume's id. (A fleet has secrets, so
+    # its shared node files come from Secrets Manager either way: that part is kept.)
     monkeypatch.setattr(aws_component, "render_user_data",
-                        lambda dep, plan, index, spool_volume_id=None, node_files_from=None: render(dep, plan, index))
+                        lambda dep, plan, index, spool_volume_id=None, node_files_from=None:
+                        render(dep, plan, index, node_files_from=node_files_from))
     old = run(d)
     assert sorted((x.type, x.name) for x in old.resources) == sorted((x.type, x.name) for x in new.resources)
     for before in old.resources:
@@ -676,11 +689,19 @@ def test_a_bootstrap_too_big_for_the_user_data_takes_its_shared_files_from_secre
 
 
 def test_a_bootstrap_that_fits_carries_every_file_and_stores_none():
-    r = run(deployment(dkim={"domains": ["example.com"]}))
-    assert "kumo-test-node-files-secret" not in by_name(r, SECRET)
-    doc = yaml.safe_load(user_data_of(r.one(INSTANCE)))
+    from kumo_infra.bootstrap import node_files
+
+    # Without secrets: no kumo-fetch-secret, and the whole bootstrap fits the user data.
+    d = deployment()
+    r = run(d)
+    assert r.of_type(SECRET) == [] and r.of_type(ROLE_POLICY) == []
+    vm = r.one(INSTANCE)
+    doc = yaml.safe_load(user_data_of(vm))
     assert doc["runcmd"] == [["/usr/local/sbin/kumo-bootstrap", "all"]]
-    assert "/usr/local/sbin/kumo-bootstrap" in {f["path"] for f in doc["write_files"]}
+    carried = {f["path"] for f in doc["write_files"]}
+    expected = node_files(parse_deployment(d), plan_of(d), "mta.example.com", spool_volume_id=f"{r.one(VOLUME).name}-id")
+    assert carried == {f.path for f in expected}
+    assert "/usr/local/sbin/kumo-bootstrap" in carried and "/usr/local/sbin/kumo-fetch-secret" not in carried
 
 
 def test_user_data_limit_is_aws_16_kib():
@@ -718,7 +739,9 @@ def test_volume_id_slack_covers_how_real_ids_compress():
 def test_machines_wait_for_the_secrets_and_the_grant():
     r = run_secrets(deployment(nodes=2, port25=RELAY, dkim={"domains": DKIM_DOMAINS}))
     machines, versions, grants = r.of_type(INSTANCE), r.of_type(VERSION), r.of_type(ROLE_POLICY)
-    assert len(machines) == 2 and len(versions) == 3 + len(FLEET_STORES) and len(grants) == 1
+    # The relay password, two DKIM keys, the fleet's stores and the node files' bundle.
+    assert len(machines) == 2 and len(versions) == 3 + len(FLEET_STORES) + 1 and len(grants) == 1
+    assert "kumo-test-node-files-version" in {x.name for x in versions}
     # All but the peer list, made of the machines' own addresses (NodeSecret.machines_wait).
     needed = {x.urn for x in versions + grants if x.name != "kumo-test-fleet-peers-version"}
     assert len(needed) == len(versions)
@@ -755,6 +778,6 @@ def test_direct_mode_without_dkim_has_no_secret_store_at_all():
 
 def test_secret_store_preview_completes_with_unknown_arns():
     r = run_secrets(relay_dkim(), preview=True)
-    assert len(r.of_type(SECRET)) == 3 and r.one(ROLE_POLICY)
+    assert len(r.of_type(SECRET)) == 3 + 1 and r.one(ROLE_POLICY)  # and the node files' bundle
     assert r.outputs["secret_names"] == [f"kumo-infra/kumo-test/{k}" for k in
                                          ("relay-password", "dkim-example-com-kumo", "dkim-mail-example-org-kumo")]
