@@ -18,7 +18,9 @@ kumod's (KumoCorp/kumomta crates/kumo-api-types/src/lib.rs and xfer.rs):
    the xfer queues included; crates/kumod/src/queue/metrics.rs) plus the sum of ``ready_count``
    per service (crates/kumod/src/metrics_helper.rs); shape as docs/reference/http/sample-metrics.json.
    Drained only when both read 0 twice in a row (a transaction in flight when the suspension began
-   may still add one).
+   may still add one), both readings taken once the suspension has existed longer than the
+   policy's cache of it (fleet.DRAIN_CHECK_TTL_S) plus a poll: until then the node may still
+   accept a message.
 5. Drained: the suspension stays (the node must not take mail again before it is replaced).
    Timeout or failure: the transfer is cancelled (``POST /api/admin/xfer/cancel/v1``,
    XferCancelV1Request on the xfer queue ``<target>.xfer.kumomta.internal``) and the suspension
@@ -43,7 +45,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping, Optional, TextIO
 
 from .errors import ConfigError, Problem, shown
-from .fleet import DRAIN_REASON, DRAIN_SUSPENSION_DOMAIN, xfer_target_url
+from .fleet import DRAIN_CHECK_TTL_S, DRAIN_REASON, DRAIN_SUSPENSION_DOMAIN, xfer_target_url
 from .ports import API_TLS_PORT
 
 
@@ -235,9 +237,11 @@ def drain_node(node: NodeApi, *, to: Optional[NodeApi] = None, timeout_s: float,
     deadline = clock() + timeout_s
     client.suspensions()  # reachable, trusted, authenticated: checked before anything changes
     suspension = client.suspend(timeout_s + HOLD_S)
+    # The suspension exists by now; the node's policy may not see it before its cache lapses.
+    settled_at = clock() + DRAIN_CHECK_TTL_S + poll_s
     try:
-        drained, (scheduled, ready) = _until_empty(client, target_url, deadline, progress, clock, sleep, poll_s,
-                                                   rexfer_s)
+        drained, (scheduled, ready) = _until_empty(client, target_url, deadline, settled_at, progress, clock, sleep,
+                                                   poll_s, rexfer_s)
     except BaseException as exc:  # an error or an interrupt: the node must serve again
         notes = _reopen(client, target_url, suspension)
         if isinstance(exc, DrainError):
@@ -255,15 +259,17 @@ def drain_node(node: NodeApi, *, to: Optional[NodeApi] = None, timeout_s: float,
                        + ("; ".join(notes) if notes else f"{node.name} accepts mail again"))
 
 
-def _until_empty(client: NodeClient, target: Optional[str], deadline: float, progress: Optional[Progress],
-                 clock: Callable[[], float], sleep: Callable[[float], Any], poll_s: float,
-                 rexfer_s: float) -> tuple[Optional[str], tuple[int, int]]:
-    """(the drained message, or None when the deadline passed first; the last reading)."""
+def _until_empty(client: NodeClient, target: Optional[str], deadline: float, settled_at: float,
+                 progress: Optional[Progress], clock: Callable[[], float], sleep: Callable[[float], Any],
+                 poll_s: float, rexfer_s: float) -> tuple[Optional[str], tuple[int, int]]:
+    """(the drained message, or None when the deadline passed first; the last reading). A 0 read
+    read by ``settled_at`` never counts: the node may still have been accepting mail."""
     name = client.node.name
     last_xfer = None
     most = 0
     zero_seen = False
     while True:
+        settled = clock() > settled_at
         reading = client.queued()
         remaining = sum(reading)
         most = max(most, remaining)
@@ -273,7 +279,7 @@ def _until_empty(client: NodeClient, target: Optional[str], deadline: float, pro
             where = f"moved to {target}" if target else "delivered"
             return (f"{name} holds no message (all {where}); it answers 421 to new mail until it is replaced "
                     f"(the suspension of {DRAIN_SUSPENSION_DOMAIN} lapses after {HOLD_S / 3600:g}h)"), reading
-        zero_seen = remaining == 0
+        zero_seen = remaining == 0 and settled
         if target and remaining and (last_xfer is None or clock() - last_xfer >= rexfer_s):
             client.xfer(target)
             last_xfer = clock()

@@ -38,6 +38,11 @@ FLEET_PEERS_PATH = f"{SECRETS_DIR}/{FLEET_PEERS}.json"
 # Cancelling the suspension (DELETE /api/admin/suspend/v1 {id}) makes the node accept mail again.
 DRAIN_SUSPENSION_DOMAIN = "drain.kumo-infra.invalid"
 DRAIN_REASON = "kumo-infra drain: this node is being emptied before it is replaced"
+# How long a node may go on accepting mail once the drain suspension exists: the policy lists
+# the suspensions through kumo.memoize with this TTL (bootstrap/policy.py render_drain), so a
+# node still holding "not draining" in its cache takes mail until it lapses. drain_node reads the
+# node as empty only after this (and a poll) has passed: a message accepted meanwhile is counted.
+DRAIN_CHECK_TTL_S = 3
 
 # Where a peer receives the messages another node transfers to it (kumod POSTs them to
 # /api/xfer/inject/v1 of the target URL, crates/kumod/src/xfer): the HTTP listener on HTTP_PORT, which in a

@@ -206,6 +206,64 @@ def test_an_interrupt_during_the_drain_reopens_the_node(node, tls) -> None:
     assert drain_suspensions(node) == []
 
 
+class ScriptedNode:
+    """A node's API on a fake clock: the suspension is created at once, and /metrics.json reports
+    ``queued_at(now)`` messages. Records when each reading was taken."""
+
+    def __init__(self, clock: "FakeClock", queued_at) -> None:
+        self.clock, self.queued_at = clock, queued_at
+        self.suspended_at: float | None = None
+        self.readings: list[tuple[float, int]] = []
+
+    def __call__(self, method, url, body, headers, ca_pem, timeout):
+        path = "/" + url.split("/", 3)[3]
+        if path == "/api/admin/suspend/v1" and method == "POST":
+            self.suspended_at = self.clock.now
+            return 200, b'{"id": "s-1"}'
+        if path == "/metrics.json":
+            count = self.queued_at(self.clock.now)
+            self.readings.append((self.clock.now, count))
+            return 200, json.dumps({"scheduled_count_total": {"value": float(count)}}).encode()
+        return 200, b"[]"
+
+
+def drain_on_a_fake_clock(queued_at) -> tuple[drain.DrainResult, ScriptedNode]:
+    clock = FakeClock()
+    node = ScriptedNode(clock, queued_at)
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    api = NodeApi("node1", "https://192.0.2.10:8443", "kumo-api", PASSWORD, None, None)
+    result = drain_node(api, timeout_s=600, http=node, clock=clock, sleep=sleep)
+    return result, node
+
+
+def test_an_empty_node_is_drained_only_once_its_policy_must_have_seen_the_suspension() -> None:
+    # The policy caches "not draining" for fleet.DRAIN_CHECK_TTL_S: before that (and a poll) has
+    # passed, two empty readings prove nothing.
+    result, node = drain_on_a_fake_clock(lambda now: 0)
+    assert result.drained
+    settled = node.suspended_at + fleet.DRAIN_CHECK_TTL_S + drain.POLL_S
+    assert len(node.readings) >= 2 and all(at > settled for at, _ in node.readings[-2:])
+    assert node.readings[0][0] == node.suspended_at  # still read (and shown) at once
+
+
+def test_a_message_accepted_before_the_policys_cache_lapses_is_waited_for() -> None:
+    # Empty at first; the node accepts one more message 2.5 s in (its policy has not yet seen the
+    # suspension), which leaves at 20 s.
+    result, node = drain_on_a_fake_clock(lambda now: 1 if 2.5 <= now < 20 else 0)
+    assert result.drained
+    assert any(count == 1 for _, count in node.readings)
+    assert node.readings[-2][0] >= 20
+
+
+def test_the_policy_and_drain_share_one_cache_ttl() -> None:
+    from kumo_infra.bootstrap.policy import render_drain
+
+    assert f"ttl = '{fleet.DRAIN_CHECK_TTL_S} seconds'" in render_drain()
+
+
 def test_a_wrong_password_is_refused_before_anything_changes(node, tls) -> None:
     hold(node, 1)
     recorder = Recorder()

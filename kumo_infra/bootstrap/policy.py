@@ -17,7 +17,7 @@ KumoMTA's source (repository KumoCorp/kumomta); the Lua comments stay short: AWS
 from __future__ import annotations
 
 from ..config import SHAPING_LIMITS, Deployment
-from ..fleet import DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH, is_fleet, redis_source
+from ..fleet import DRAIN_CHECK_TTL_S, DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH, is_fleet, redis_source
 from ..ports import API_TLS_PORT, HTTP_PORT, TSA_PORT
 from ..secretspec import (API_PASSWORD_PATH, API_TLS_CERT_PATH, API_TLS_KEY_PATH, API_USER, RELAY_PASSWORD_PATH,
                           secret_specs)
@@ -210,7 +210,8 @@ def render_drain() -> str:
     return f"""
 -- kumo-infra drain: new mail is refused with 421 while the admin suspension of
 -- {DRAIN_SUSPENSION_DOMAIN} exists (kumo.api.admin.suspend.list, crates/kumod/src/http_server/
--- admin_suspend_v1.rs). Listed at most every 3 s: memoize caches are shared by every policy load.
+-- admin_suspend_v1.rs). Listed at most every {DRAIN_CHECK_TTL_S} s (memoize caches are shared by every
+-- policy load); kumo-infra drain waits that long before it reads the node as empty.
 local DRAIN_DOMAIN = {lua_str(DRAIN_SUSPENSION_DOMAIN)}
 local draining = kumo.memoize(function()
   for _, s in ipairs(kumo.api.admin.suspend.list()) do
@@ -219,7 +220,7 @@ local draining = kumo.memoize(function()
     end
   end
   return false
-end, {{ name = 'user.kumo-infra-drain', ttl = '{DRAIN_CHECK_TTL}', capacity = 1 }})
+end, {{ name = 'user.kumo-infra-drain', ttl = '{DRAIN_CHECK_TTL_S} seconds', capacity = 1 }})
 
 -- 4.3.2: not accepting mail (RFC 3463); kumod closes the session after a 421.
 local function refuse_while_draining()
@@ -234,8 +235,6 @@ end)
 """
 
 
-# How long a drain marker (or its removal) takes at most to reach new SMTP sessions and injections.
-DRAIN_CHECK_TTL = "3 seconds"
 # What the API user (network.api_cidrs) may do beyond KumoMTA's default ACL (which lets any
 # authenticated identity inject): exactly what kumo-infra drain needs. Liveness needs no grant:
 # the default ACL allows it to anyone.
