@@ -11,9 +11,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -123,7 +126,7 @@ def test_every_host_key_type_pulumi_command_can_pin_is_accepted(make):
 def test_addresses_may_be_ipv6_or_names_with_a_public_ip():
     d = parse_deployment(with_host(0, address="2001:DB8::10", public_ip="192.0.2.20"))
     assert d.ssh.hosts[0].address == "2001:db8::10" and d.ssh.hosts[0].mail_address == "192.0.2.20"
-    d = parse_deployment(with_host(0, address="MTA1.Example.NET.", public_ip="192.0.2.20"))
+    d = parse_deployment(with_host(0, address="MTA1.Example.NET.", public_ip="192.0.2.20", private_address="10.0.0.10"))
     assert d.ssh.hosts[0].address == "mta1.example.net"
     d = parse_deployment(with_host(0, address="10.1.2.3", public_ip="198.51.100.7"))
     assert d.ssh.hosts[0].mail_address == "198.51.100.7"
@@ -661,6 +664,27 @@ def test_a_fleet_of_hosts_peers_by_private_address_else_the_ssh_address():
 @pytest.mark.parametrize("value", ["mta.example.net", "0.0.0.0", "127.0.0.1", "224.0.0.1", "10.0.0.1%eth0", ""])
 def test_a_private_address_is_an_ip_the_other_hosts_can_reach(value):
     refused(with_host(0, private_address=value), "ssh.hosts[0].private_address", "IP address")
+
+
+def test_a_fleet_host_named_by_dns_needs_a_private_address():
+    # The peer list becomes the nodes' trusted_hosts, which take IP addresses and networks only.
+    raw = with_host(1, address="mta2.example.net", public_ip="192.0.2.21")
+    refused(raw, "ssh.hosts[1].private_address", "DNS name", "IP address")
+    assert parse_deployment(with_host(1, address="mta2.example.net", public_ip="192.0.2.21",
+                                      private_address="10.0.0.11")).ssh.hosts[1].peer_address == "10.0.0.11"
+    one = base(fleet={})
+    one["ssh"]["hosts"] = [{**one["ssh"]["hosts"][0], "address": "mta1.example.net", "public_ip": "192.0.2.20"}]
+    assert parse_deployment(one)  # a single host has no peers
+
+
+def test_a_fleet_host_named_by_dns_exits_2_naming_the_key(tmp_path):
+    raw = with_host(1, address="mta2.example.net", public_ip="192.0.2.21")
+    stack = tmp_path / "Pulumi.lab.yaml"
+    stack.write_text(yaml.safe_dump({"config": {ROOT: raw}}))
+    done = subprocess.run([sys.executable, "-m", "kumo_infra.cli", "validate", "--config", str(stack)],
+                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{ROOT}.ssh.hosts[1].private_address" in done.stderr and "like 10.0.0.10" in done.stderr
 
 
 def test_two_hosts_of_one_private_address_are_refused():

@@ -184,6 +184,12 @@ def check(d: "Deployment") -> list[tuple[str, str]]:
         for key, values, message, first in firsts:
             if first[i] is not None:
                 found.append((f"ssh.hosts[{i}].{key}", message(values[i], first[i])))
+        if len(given) > 1 and host.private_address is None and ip_literal(host.address) is None:
+            # The peer list becomes trusted_hosts (the HTTP and TSA listeners), which take addresses only.
+            found.append((f"ssh.hosts[{i}].private_address", f"address {host.address} is a DNS name, and a fleet's "
+                                                             "nodes trust and publish to each other by IP address: "
+                                                             "give the IP address the other hosts reach this one at "
+                                                             "(like 10.0.0.10)"))
         if host.mail_address is None:
             why = "a DNS name" if ip_literal(host.address) is None else "not a public IPv4 address"
             found.append((f"ssh.hosts[{i}].public_ip", f"address {host.address} is {why}: give the public IPv4 "
