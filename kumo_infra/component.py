@@ -20,8 +20,8 @@ or one the target creates. The contract with a target that creates one (Target.m
 ``_shared_redis(b)`` is called after ``_network`` and ``_firewall`` (the Redis goes in the nodes'
 private network, reachable from the nodes only, TLS in transit, its auth token kept in the state
 as a secret) and before the secrets, and returns a :class:`SharedRedis`. Its ``url`` becomes the
-REDIS_URL secret, which the machines wait for (NodeSecret.machines_wait True): Azure Cache for
-Redis can take more than 20 minutes to create, longer than a node's boot-time fetch waits
+REDIS_URL secret, which the machines wait for (NodeSecret.machines_wait True): a managed Redis
+can take tens of minutes to create, longer than a node's boot-time fetch waits
 (KUMO_SECRET_WAIT_S, 600 s), and the URL needs no machine, so waiting costs no cycle. The nodes'
 way out to the Redis's port is the target's to open, with the Redis (netplan opens the way to
 fleet.redis_url only).
