@@ -33,9 +33,58 @@ from tests.gen_urn_baseline import digest, flat, path_digests
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
+# Why issue 12 adds resources: the baseline's two-node configurations (aws-full, azure-full,
+# gcp-full, and gcp-nvme-existing-net, whose sizing plans two nodes) are now fleets that share their
+# throttles through a Redis, and an AWS deployment with secrets no longer fits its bootstrap in the user data.
+FLEET_SECRET = "a fleet's Redis URL or peer list, stored like its other secrets and fetched at boot (kumo_infra.fleet)"
+FLEET_SECRET_ACCESS = "the node's read access to the fleet's Redis URL or peer list, as to its other secrets"
+NODE_RULE = ("TSA (8008) and xfer (8000) traffic between the fleet's own nodes only, in and out "
+             "(netplan.Rule.from_nodes)")
+MANAGED_REDIS = "the managed Redis the fleet's nodes share their throttles through"
+REDIS_REACH = "the managed Redis reachable from the fleet's nodes only, over the private network"
+NODE_FILES = ("the node files every node shares, kept in Secrets Manager: the bootstrap of a deployment with "
+              "secrets (shaping, TSA, kumo-fetch-secret) no longer fits AWS's 16 KiB of user data")
+FLEET_SECRETS = {"redis-url-secret": FLEET_SECRET, "fleet-peers-secret": FLEET_SECRET}
+NODE_RULES = {f"fw{out}-{port}-nodes": NODE_RULE for out in ("", "-out") for port in ("tsa", "xfer")}
+
+
+def named(prefix: str, reasons: dict[str, str]) -> dict[str, str]:
+    """``reasons`` by the resource's name: the configuration's name prefix and each suffix."""
+    return {f"{prefix}-{suffix}": reason for suffix, reason in reasons.items()}
+
+
+def gcp_fleet(prefix: str) -> dict[str, str]:
+    return named(prefix, {
+        **FLEET_SECRETS, "redis-url-version": FLEET_SECRET, "fleet-peers-version": FLEET_SECRET,
+        "redis-url-access": FLEET_SECRET_ACCESS, "fleet-peers-access": FLEET_SECRET_ACCESS, **NODE_RULES,
+        "redis": MANAGED_REDIS + " (Memorystore)", "fw-out-redis-managed": REDIS_REACH})
+
+
 # Resources today's code registers that no earlier release did, by configuration, each with its
-# reason. Empty: issue 9 renames children and adds none.
-NEW_RESOURCES: dict[str, dict[str, str]] = {}
+# reason (issue 9 renamed children and added none). By name only: the type of a new resource is
+# the target's choice (Azure's managed Redis changed from Azure Cache for Redis to Azure Managed Redis).
+NEW_RESOURCES: dict[str, dict[str, str]] = {
+    "aws-full": named("kumo-a", {
+        **FLEET_SECRETS, "redis-url-version": FLEET_SECRET, "fleet-peers-version": FLEET_SECRET, **NODE_RULES,
+        "redis": MANAGED_REDIS + " (an ElastiCache replication group)",
+        "redis-auth-token": "the ElastiCache replication group's generated AUTH token",
+        "redis-subnets": "the subnets the ElastiCache replication group lives in",
+        "redis-sg": REDIS_REACH + " (its own security group)", "redis-sg-ingress": REDIS_REACH,
+        "fw-out-redis-managed": REDIS_REACH + " (the nodes' egress to it)"}),
+    "azure-full": named("kumo-z", {
+        **FLEET_SECRETS,
+        **{f"node{n}-{key}-access": FLEET_SECRET_ACCESS for n in (1, 2) for key in ("redis-url", "fleet-peers")},
+        "nodes-asg": "the application security group of the fleet's nodes, the source and destination of "
+                     "the rules between them",
+        "redis": MANAGED_REDIS + " (Azure Managed Redis)", "redis-db": MANAGED_REDIS + ": its database",
+        "redis-endpoint": REDIS_REACH + " (a private endpoint; public access off)",
+        "redis-dns": REDIS_REACH + ": the private DNS zone its name resolves in",
+        "redis-dns-link": REDIS_REACH + ": the private DNS zone linked to the network",
+        "redis-dns-group": REDIS_REACH + ": the private endpoint's record in that zone"}),
+    "gcp-full": gcp_fleet("kumo-g"),
+    "gcp-nvme-existing-net": gcp_fleet("kumo-h"),
+    "stack-aws-prod": named("kumo-prod", {"node-files-secret": NODE_FILES, "node-files-version": NODE_FILES}),
+}
 
 # Inputs a release changes on purpose and the engine updates, by (type, the old name's end) and
 # property path, each with its reason. Nothing a rename may change; nothing that replaces a machine,
@@ -47,6 +96,21 @@ RELEASE_CHANGES: dict[tuple[str, str], dict[str, str]] = {
                         "ignore): a new version of the same secret, fetched by kumo-node-files at the next "
                         "bootstrap; the machines keep running",
     },
+    ("aws:iam/rolePolicy:RolePolicy", "-secrets-read"): {
+        "policy": "the role reads exactly the deployment's stored secrets by their ARNs, and a release adds some "
+                  "(a fleet's Redis URL and peer list, the node files): the inline policy is updated in place "
+                  "(only its name and role replace it)",
+    },
+    # azure-full is the baseline's only Azure fleet: a single node's firewall and interface stay checked.
+    ("azure-native:network:NetworkSecurityGroup", "::kumo-z-nsg"): {
+        "securityRules": "the fleet's rules between its own nodes (NODE_RULE), from and to their application "
+                         "security group: the group's rules are updated in place",
+    },
+    **{("azure-native:network:NetworkInterface", f"::kumo-z-node{n}-nic"): {
+        "ipConfigurations": "the node's interface joins the fleet's application security group, which Azure "
+                            "updates on the existing interface (`az network nic ip-config update --asgs`): the "
+                            "machine keeps its interface and is not touched",
+    } for n in (1, 2)},
 }
 
 
@@ -170,6 +234,12 @@ def test_every_old_resource_is_kept_unchanged(variant):
     assert proof.problems(set(NEW_RESOURCES.get(variant, {}))) == []
 
 
+def test_every_listed_new_resource_is_new():
+    """NEW_RESOURCES names only what a replay creates: a stale entry would let that name in unplanned."""
+    for variant, listed in NEW_RESOURCES.items():
+        assert set(listed) <= {u.split("::")[-1] for u in replayed(variant)[1].new}, variant
+
+
 def test_the_baseline_covers_every_target_and_the_renames():
     """The proof means something: every target is replayed, and renames happen (aliases are used)."""
     from kumo_infra import targets
@@ -201,8 +271,9 @@ def test_a_rename_without_an_alias_is_caught(monkeypatch):
     proof = prove(baseline()["gcp-full"]["resources"], baseline_paths()["gcp-full"], result)
     lost = {u.split("::")[-1] for u in proof.lost}
     assert lost == {"kumo-g-node1-spool", "kumo-g-node2-spool"}
-    assert {u.split("::")[-1] for u in proof.new} == {"kumo-g-node1-queue", "kumo-g-node2-queue"}
-    assert proof.problems(set())
+    unlisted = {u.split("::")[-1] for u in proof.new} - set(NEW_RESOURCES["gcp-full"])
+    assert unlisted == {"kumo-g-node1-queue", "kumo-g-node2-queue"}
+    assert proof.problems(set(NEW_RESOURCES["gcp-full"]))
 
 
 def test_a_rename_with_its_alias_passes_and_a_changed_input_is_caught(monkeypatch):
@@ -220,7 +291,7 @@ def test_a_rename_with_its_alias_passes_and_a_changed_input_is_caught(monkeypatc
     monkeypatch.setattr(gcp.compute, "Disk", disk)
     grow = 0
     proof = prove(baseline()["gcp-full"]["resources"], baseline_paths()["gcp-full"], replay("gcp-full"))
-    assert proof.problems(set()) == []
+    assert proof.problems(set(NEW_RESOURCES["gcp-full"])) == []
     assert {v.split("::")[-1] for v in proof.renamed.values()} >= {"kumo-g-node1-queue", "kumo-g-node2-queue"}
     grow = 1
     proof = prove(baseline()["gcp-full"]["resources"], baseline_paths()["gcp-full"], replay("gcp-full"))
