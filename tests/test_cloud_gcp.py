@@ -424,6 +424,16 @@ def test_engine_receives_ignore_changes_and_deletion_protection(replace, protect
     assert vm.inputs["deletionProtection"] is protect  # GCP's own guard, besides Pulumi's protect
 
 
+def test_a_replaced_instance_is_deleted_before_its_successor_is_created():
+    # Its static address (the access config's nat_ip) and its read-write spool disk belong to one
+    # instance at a time: kumo-infra roll's up --replace could not create the new one beside it.
+    result = run(gcp_deployment(nodes=2))
+    instances = result.of_type(INSTANCE)
+    assert len(instances) == 2 and all(vm.delete_before_replace for vm in instances)
+    assert all(vm.inputs["attachedDisks"] and vm.inputs["networkInterfaces"][0]["accessConfigs"][0]["natIp"]
+               for vm in instances)
+
+
 # -- structure and errors ------------------------------------------------------------------
 
 def test_preview_with_unknowns_completes():

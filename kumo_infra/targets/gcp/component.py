@@ -282,9 +282,13 @@ class GcpKumoMta(KumoMtaComponent):
             allow_stopping_for_update=True if cp.plan.spool_storage == "block" else None,
             deletion_protection=d.lifecycle.protect,
             description=f"KumoMTA {node.hostname} (kumo-infra)",
-            # The secrets' versions and grants, and the PTR's forward record, exist first.
+            # The secrets' versions and grants, and the PTR's forward record, exist first. A
+            # replacement (kumo-infra roll's up --replace) deletes the old instance first: while it
+            # exists it holds the static address (nat_ip) and the read-write spool disk, which GCP
+            # gives to one instance at a time, so the new one could not be created beside it.
             opts=machine_options(self, cp, BOOTSTRAP_PATHS, FIXED_PATHS,
-                                 depends_on=[*b.secrets_ready, *([n.record] if n.record is not None else [])]),
+                                 depends_on=[*b.secrets_ready, *([n.record] if n.record is not None else [])],
+                                 delete_before_replace=True),
         )
         return Machine(instance, instance.network_interfaces.apply(lambda nics: nics[0].network_ip if nics else None),
                        instance.self_link)
