@@ -177,9 +177,11 @@ def test_azure_purge_after_destroy_names_the_vault_the_component_creates():
 def test_azure_purge_after_destroy_only_for_an_ephemeral_deployment_with_secrets():
     c = case("azure")
     assert azure_target.purge_after_destroy(parse_deployment(deployment_of(c))) == []
-    # Direct sending (an EA subscription), no DKIM, no API: no secret, so no vault to purge.
+    # Direct sending (an EA subscription), no DKIM, no API, one node: no secret, so no vault to purge.
     bare = {**c.deployment, "port25": {"outbound": "direct"}, "dkim": {"domains": []},
-            "azure": {**c.deployment["azure"], "subscription_type": "ea"}, "network": {}, **EPHEMERAL}
+            "azure": {**c.deployment["azure"], "subscription_type": "ea"}, "network": {}, **EPHEMERAL,
+            # One node: a fleet has secrets of its own (its Redis URL and peer list, kumo_infra.fleet).
+            "nodes": 1}
     result = run("azure", bare, relay_password=None)
     assert result.of_type(AZURE_VAULT) == [] and result.of_type("azure-native:compute:Disk")
     assert azure_target.purge_after_destroy(parse_deployment(bare)) == []
