@@ -843,3 +843,50 @@ def test_ssh_secrets_are_delivered_and_the_node_reads_nothing_else(tmp_path):
     path.write_text(installer)
     check = subprocess.run([tool("shellcheck"), "--severity=style", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+
+
+# -- issue 12 review: the fleet's peer list fetched again (kumo-fleet-peers.timer) ----------------
+
+PEERS_UNITS = ("/etc/systemd/system/kumo-fleet-peers.service", "/etc/systemd/system/kumo-fleet-peers.timer")
+
+
+def test_only_a_fleet_that_fetches_its_secrets_gets_the_peer_list_timer(tmp_path):
+    from kumo_infra.bootstrap import PER_NODE_FILES
+    from kumo_infra.fleet import DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH
+
+    one = _node_files_of(deployment())
+    assert not set(PEERS_UNITS) & set(one)
+    assert source_env(one["/etc/kumo-infra/bootstrap.env"], tmp_path)["KUMO_FLEET_PEERS_PATH"] == ""
+
+    fleet = _node_files_of(deployment(nodes=2))
+    env = source_env(fleet["/etc/kumo-infra/bootstrap.env"], tmp_path)
+    assert env["KUMO_FLEET_PEERS_PATH"] == FLEET_PEERS_PATH and env["KUMO_DRAIN_DOMAIN"] == DRAIN_SUSPENSION_DOMAIN
+    # The step finds the secret to fetch again by its path in secrets.list.
+    assert [line.split("\t")[1] for line in fleet["/etc/kumo-infra/secrets.list"].splitlines()
+            if "\t" in line and not line.startswith("#")].count(FLEET_PEERS_PATH) == 1
+    service, timer = (fleet[path] for path in PEERS_UNITS)
+    assert "ExecStart=/usr/local/sbin/kumo-bootstrap peers" in service and "Type=oneshot" in service
+    assert "OnUnitActiveSec=5min" in timer and "RandomizedDelaySec=" in timer and "WantedBy=timers.target" in timer
+    # Shared by every node: AWS carries them in the node-files bundle, not in each user data.
+    assert not set(PEERS_UNITS) & set(PER_NODE_FILES)
+
+    # The ssh target delivers the list itself (and runs the installer again when it changes).
+    if _ssh_registered():
+        d, plan = ssh_build(devices=False)
+        ssh_files = {f.path: f.content for f in node_files(d, plan, "mta1.example.com")}
+        assert not set(PEERS_UNITS) & set(ssh_files)
+        assert source_env(ssh_files["/etc/kumo-infra/bootstrap.env"], tmp_path)["KUMO_FLEET_PEERS_PATH"] == ""
+
+
+def test_a_fleets_shared_node_files_are_the_same_on_every_node():
+    # node_files_bundle is built from node 1 and given to every node: only PER_NODE_FILES may differ.
+    from kumo_infra.bootstrap import PER_NODE_FILES
+
+    d = parse_deployment(deployment(nodes=3))
+    plan = plan_for(d)
+    per_node = [{f.path: f.content for f in node_files(d, plan, d.node_hostname(i, 3)) if f.path not in PER_NODE_FILES}
+                for i in range(3)]
+    assert per_node[0] == per_node[1] == per_node[2]
+    assert set(PEERS_UNITS) <= set(per_node[0])
+    bundle = node_files_bundle(d, plan)
+    assert set(PEERS_UNITS) <= set(bundle.paths)

@@ -1262,6 +1262,7 @@ systemctl() {{
   esac
 }}
 journalctl() {{ echo "tsa-daemon: cannot read its policy"; }}
+KUMO_FLEET_PEERS_PATH=''
 {setup}
 run_step start step_start; write_status ok; cat "$STATUS"
 """
@@ -1381,6 +1382,16 @@ def test_a_node_id_kumod_made_before_kumo_infra_is_kept(tmp_path):
     assert (tmp_path / "nodeid").read_text() == UUID_A and status["steps"][0]["changed"] is False
 
 
+def runnable_script(tmp_path: Path) -> Path:
+    """kumo-bootstrap with the state and lock paths of a real node moved under tmp_path."""
+    script = tmp_path / "kumo-bootstrap"
+    script.write_text(SCRIPT.read_text().replace("STATE_DIR=/var/lib/kumo-infra", f"STATE_DIR={tmp_path}/state")
+                      .replace("LOG=/var/log/kumo-infra-bootstrap.log", f"LOG={tmp_path}/log")
+                      .replace("/run/kumo-bootstrap.lock", f"{tmp_path}/lock")
+                      .replace("mktemp -d /run/kumo-bootstrap.XXXXXX", f"mktemp -d {tmp_path}/work.XXXXXX"))
+    return script
+
+
 def test_source_mode_never_keeps_kumod_from_starting(tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
@@ -1389,14 +1400,115 @@ def test_source_mode_never_keeps_kumod_from_starting(tmp_path):
     stubs.mkdir()
     (stubs / "ip").write_text("#!/bin/sh\nexit 2\n")
     (stubs / "ip").chmod(0o755)
-    script = tmp_path / "kumo-bootstrap"
-    # The state and lock paths of a real node, moved under tmp_path.
-    script.write_text(SCRIPT.read_text().replace("STATE_DIR=/var/lib/kumo-infra", f"STATE_DIR={tmp_path}/state")
-                      .replace("LOG=/var/log/kumo-infra-bootstrap.log", f"LOG={tmp_path}/log")
-                      .replace("/run/kumo-bootstrap.lock", f"{tmp_path}/lock")
-                      .replace("mktemp -d /run/kumo-bootstrap.XXXXXX", f"mktemp -d {tmp_path}/work.XXXXXX"))
+    script = runnable_script(tmp_path)
     done = subprocess.run(["bash", str(script), "source"], capture_output=True, text=True, timeout=60,
                           env={"PATH": f"{stubs}:/usr/bin:/bin", "KUMO_CONF_DIR": str(conf)})
     assert done.returncode == 0, done.stderr
     assert "source address not refreshed" in done.stdout.splitlines()[-1]
     assert json.loads((tmp_path / "state/source-status.json").read_text())["failed_step"] == "source"
+
+
+# -- issue 12 review: the fleet's peer list fetched again (kumo-bootstrap peers) ----------------
+
+OLD_PEERS, NEW_PEERS = '["10.0.1.11", "10.0.1.12"]', '["10.0.1.21", "10.0.1.12"]'
+PEERS_STUBS = {
+    # kumo-fetch-secret through python3: the store's value, or a failure.
+    "python3": '#!/bin/bash\necho "python3 $*" >>"$T/fetch.log"\n'
+               '[ -z "${FETCH_FAILS:-}" ] || { echo "kumo-fetch-secret: AccessDenied" >&2; exit 1; }\n'
+               'printf "%s" "$STORED_PEERS"\n',
+    "systemctl": '#!/bin/bash\necho "systemctl $*" >>"$T/systemctl.log"\n',
+    # kumod's GET /api/admin/suspend/v1 on loopback.
+    "curl": '#!/bin/bash\necho "curl $*" >>"$T/curl.log"\n[ -z "${CURL_FAILS:-}" ] || exit 7\n'
+            'printf "%s" "${SUSPENSIONS:-[]}"\n',
+    # root:kumod ownership is the node's; here the file is only copied.
+    "install": '#!/bin/bash\ncp "${@: -2:1}" "${@: -1}"\n',
+}
+
+
+def run_peers(tmp_path: Path, stored: str, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+    conf, stubs, secrets = tmp_path / "conf", tmp_path / "bin", tmp_path / "secrets"
+    for d in (conf, stubs, secrets):
+        d.mkdir(exist_ok=True)
+    peers = secrets / "fleet-peers.json"
+    if not peers.exists():
+        peers.write_text(OLD_PEERS)
+    (conf / "bootstrap.env").write_text(
+        "KUMO_HOSTNAME=mta1.example.com\nKUMO_CLOUD=aws\nKUMO_OS=debian12\nKUMO_HTTP_PORT=8000\n"
+        f"KUMO_FLEET_PEERS_PATH={peers}\nKUMO_DRAIN_DOMAIN=drain.kumo-infra.invalid\n")
+    (conf / "secrets.list").write_text(f"# secrets\naws:us-east-1:kumo/redis-url\t{secrets}/redis-url\n"
+                                       f"aws:us-east-1:kumo/fleet-peers\t{peers}\n")
+    for name, body in PEERS_STUBS.items():
+        (stubs / name).write_text(body)
+        (stubs / name).chmod(0o755)
+    script = runnable_script(tmp_path)
+    done = subprocess.run(["bash", str(script), "peers"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{stubs}:/usr/bin:/bin", "KUMO_CONF_DIR": str(conf), "T": str(tmp_path),
+                               "STORED_PEERS": stored, **env})
+    return done, peers
+
+
+def restarts(tmp_path: Path) -> list[str]:
+    log = tmp_path / "systemctl.log"
+    return [line for line in log.read_text().splitlines() if "restart" in line] if log.exists() else []
+
+
+def test_a_changed_peer_list_replaces_the_file_and_restarts_the_tsa_daemon_then_kumod(tmp_path):
+    done, peers = run_peers(tmp_path, NEW_PEERS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert peers.read_text() == NEW_PEERS
+    # Only the peer list is fetched, by its reference in secrets.list.
+    assert (tmp_path / "fetch.log").read_text().split()[-1] == "aws:us-east-1:kumo/fleet-peers"
+    assert restarts(tmp_path) == ["systemctl try-restart kumo-tsa-daemon.service", "systemctl try-restart kumomta"]
+    status = json.loads((tmp_path / "state/peers-status.json").read_text())
+    assert status["result"] == "ok" and status["changed"] is True
+    assert not (tmp_path / "state/restart-needed").exists()
+
+
+def test_the_same_peer_list_touches_nothing(tmp_path):
+    done, peers = run_peers(tmp_path, OLD_PEERS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert peers.read_text() == OLD_PEERS and restarts(tmp_path) == []
+    assert json.loads((tmp_path / "state/peers-status.json").read_text())["changed"] is False
+
+
+def test_a_failed_fetch_touches_nothing_and_exits_non_zero(tmp_path):
+    done, peers = run_peers(tmp_path, NEW_PEERS, FETCH_FAILS="1")
+    assert done.returncode != 0
+    assert peers.read_text() == OLD_PEERS and restarts(tmp_path) == []
+    status = json.loads((tmp_path / "state/peers-status.json").read_text())
+    assert status["result"] == "failed" and "AccessDenied" in status["steps"][0]["detail"]
+    assert "AccessDenied" in done.stdout.splitlines()[-1]
+
+
+def test_an_empty_fetch_touches_nothing(tmp_path):
+    done, peers = run_peers(tmp_path, "")
+    assert done.returncode != 0 and peers.read_text() == OLD_PEERS and restarts(tmp_path) == []
+
+
+def test_a_changed_peer_list_waits_while_the_node_is_being_drained(tmp_path):
+    # kumod keeps kumo-infra drain's suspension in memory only: a restart would reopen the node.
+    drained = '[{"id":"s-1","domain":"drain.kumo-infra.invalid","reason":"kumo-infra drain"}]'
+    done, peers = run_peers(tmp_path, NEW_PEERS, SUSPENSIONS=drained)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert peers.read_text() == OLD_PEERS and restarts(tmp_path) == []
+    assert "http://127.0.0.1:8000/api/admin/suspend/v1" in (tmp_path / "curl.log").read_text()
+    # Applied once the drain is over (the node replaced, or the drain cancelled).
+    done, peers = run_peers(tmp_path, NEW_PEERS)
+    assert peers.read_text() == NEW_PEERS and len(restarts(tmp_path)) == 2
+
+
+def test_a_running_kumod_that_cannot_say_whether_it_is_drained_keeps_its_peer_list(tmp_path):
+    done, peers = run_peers(tmp_path, NEW_PEERS, CURL_FAILS="1")
+    assert done.returncode != 0 and peers.read_text() == OLD_PEERS and restarts(tmp_path) == []
+    assert "whether it is being drained" in done.stdout.splitlines()[-1]
+
+
+def test_start_enables_the_peer_list_timer_on_fleet_nodes_only(tmp_path):
+    _, log = run_start(tmp_path)
+    assert not any("kumo-fleet-peers.timer" in line for line in log)
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "work").mkdir()
+    status, log = run_start(fleet, setup="KUMO_FLEET_PEERS_PATH=/etc/kumomta/secrets/fleet-peers.json")
+    assert status["steps"][0]["status"] == "ok", status
+    assert "systemctl enable kumo-fleet-peers.timer" in log and "systemctl start kumo-fleet-peers.timer" in log

@@ -29,6 +29,7 @@ import yaml
 
 from .. import __version__
 from ..config import Deployment
+from ..fleet import DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, is_fleet
 from ..secretspec import SecretSpec, secret_specs, secrets_list
 from ..sizing import MIN_DISK_GB, MIN_MEMORY_GIB, Plan
 from . import packages
@@ -49,6 +50,13 @@ class Timeouts:
     health_s: int = 180
     device_s: int = 180  # a cloud may attach the spool volume after the machine starts
     secret_s: int = 600  # a new read grant can take minutes to apply (Azure RBAC)
+
+
+def refreshes_peers(deployment: Deployment) -> bool:
+    """Whether the nodes fetch the fleet's peer list again every few minutes (kumo-fleet-peers.timer):
+    a fleet's nodes that fetch their secrets. Where the component delivers them (the ssh target) it
+    runs the installer again when the list changes, and there is nothing to fetch."""
+    return is_fleet(deployment) and deployment.target.secrets.backend != "delivered"
 
 
 @functools.cache
@@ -192,6 +200,10 @@ def settings_env(deployment: Deployment, plan: Plan, hostname: str, timeouts: Ti
         "KUMO_HEALTH_WAIT_S": str(timeouts.health_s),
         "KUMO_DEVICE_WAIT_S": str(timeouts.device_s),
         "KUMO_SECRET_WAIT_S": str(timeouts.secret_s),
+        # kumo-bootstrap peers (kumo-fleet-peers.timer): the secret it fetches again, empty where
+        # nothing is refreshed, and the drain suspension a restart would drop.
+        "KUMO_FLEET_PEERS_PATH": FLEET_PEERS_PATH if refreshes_peers(deployment) else "",
+        "KUMO_DRAIN_DOMAIN": DRAIN_SUSPENSION_DOMAIN,
     }
     lines = [f"# kumo-bootstrap settings for {hostname} (kumo-infra {__version__}); no secrets"]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
@@ -260,6 +272,9 @@ def node_files(deployment: Deployment, plan: Plan, hostname: str, timeouts: Time
         NodeFile(*packages.repository_definition(deployment)),
         NodeFile(packages.OS_UPDATES_CONF, packages.os_updates_config(deployment)),
     ]
+    if refreshes_peers(deployment):
+        files += [NodeFile(f"/etc/systemd/system/{unit}", unit_without_comments(_file(unit)))
+                  for unit in ("kumo-fleet-peers.service", "kumo-fleet-peers.timer")]
     if deployment.os_spec.family != "apt" and deployment.os_updates.reboot == "window":
         # The maintenance-window reboot of the dnf/yum families (apt: unattended-upgrades' own).
         files += [

@@ -8,6 +8,8 @@
 #                          boot, so a local NVMe disk the cloud wiped is re-created
 #   kumo-bootstrap source  only write this machine's source address for kumod; run before
 #                          every kumod start (the kumomta.service drop-in)
+#   kumo-bootstrap peers   only fetch the fleet's peer list again, restarting the TSA daemon
+#                          and kumod when it changed; run by kumo-fleet-peers.timer (fleets)
 #
 # Safe to run again at any time: a configured, healthy machine is left unchanged.
 # Settings come from /etc/kumo-infra/bootstrap.env; the result is written to
@@ -44,6 +46,8 @@ DEVDIR=/dev
 # Secrets the ssh target's installer read from its standard input (tmpfs, root only); the
 # secrets step installs them and removes the directory (kumo-fetch-secret's delivered backend).
 DELIVERED_DIR=/run/kumo-infra/delivered
+FETCH_SECRET=/usr/local/sbin/kumo-fetch-secret
+PEERS_TIMER=kumo-fleet-peers.timer
 
 say() { printf 'kumo-bootstrap: %s\n' "$*"; }
 
@@ -676,7 +680,7 @@ step_secrets() {
     # Exit 3: nothing was delivered for it in this run (a delivered secret, kumo-bootstrap run by
     # hand): the installed copy stands.
     rc=0
-    until "$py" /usr/local/sbin/kumo-fetch-secret "$ref" >"$WORK/secret" 2>"$WORK/fetch.err"; do
+    until "$py" "$FETCH_SECRET" "$ref" >"$WORK/secret" 2>"$WORK/fetch.err"; do
       rc=$?
       if [ "$rc" -eq 2 ] || [ "$rc" -eq 3 ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
       sleep 10
@@ -693,6 +697,55 @@ step_secrets() {
   rm -rf "$DELIVERED_DIR"
   fact secrets_fetched "$count"
   [ "$kept" -eq 0 ] || detail "$kept secret(s) not delivered in this run: the installed copies stand"
+}
+
+# -- the fleet's peer list, again (kumo-fleet-peers.timer) ------------------------------------
+# The TSA daemon and kumod read it only when they start (their listeners' trusted_hosts, the TSA
+# daemons kumod publishes to): after kumo-infra roll replaced a node (a new private address), the
+# others would go on publishing to the old address and refuse the new one's transfers.
+# KUMO_FLEET_PEERS_PATH is empty but on fleet nodes that fetch their secrets.
+peers_reference() {
+  awk -F'\t' -v path="$KUMO_FLEET_PEERS_PATH" '$2 == path { print $1; exit }' "$CONF_DIR/secrets.list"
+}
+
+# Whether kumod holds kumo-infra drain's suspension, which lives in its memory only: a restart
+# would end the drain and let the node take mail again.
+being_drained() {
+  local answer
+  if ! answer=$(curl -fsS --max-time 10 "http://127.0.0.1:$KUMO_HTTP_PORT/api/admin/suspend/v1" 2>&1); then
+    systemctl is-active --quiet kumomta || return 1
+    die "cannot ask kumod whether it is being drained ($answer); $KUMO_FLEET_PEERS_PATH left as it is"
+  fi
+  [[ "$answer" == *"$KUMO_DRAIN_DOMAIN"* ]]
+}
+
+step_peers() {
+  local ref py
+  [ -n "$KUMO_FLEET_PEERS_PATH" ] || die "this node refreshes no peer list: it is no fleet's, or its secrets are delivered to it"
+  ref=$(peers_reference)
+  [ -n "$ref" ] || die "$CONF_DIR/secrets.list names no secret for $KUMO_FLEET_PEERS_PATH"
+  py=$(python_bin) || die "no python3 on this machine to fetch the peer list with"
+  # One attempt (the timer tries again): a failed fetch changes nothing.
+  "$py" "$FETCH_SECRET" "$ref" >"$WORK/peers" 2>"$WORK/fetch.err" \
+    || die "cannot fetch the peer list $ref (exit $?): $(tail -n 1 "$WORK/fetch.err"); $KUMO_FLEET_PEERS_PATH left as it is"
+  [ -s "$WORK/peers" ] || die "the peer list $ref is empty; $KUMO_FLEET_PEERS_PATH left as it is"
+  if cmp -s "$WORK/peers" "$KUMO_FLEET_PEERS_PATH"; then
+    detail "peer list unchanged"
+    return 0
+  fi
+  if being_drained; then
+    detail "peer list changed, not applied while kumo-infra drain empties this node (a restart would end the drain)"
+    return 0
+  fi
+  install_if_changed "$WORK/peers" "$KUMO_FLEET_PEERS_PATH" 0640 "peer list $KUMO_FLEET_PEERS_PATH"
+  # A restart (only of a running service) stops kumod gracefully: the spool stays, open SMTP
+  # sessions get "421 4.3.2 shutting down" between commands (crates/kumod/src/smtp_server.rs
+  # check_shutdown) and their senders retry; a message not yet accepted is not lost, only sent again.
+  systemctl try-restart "$TSA_UNIT"
+  changed "restarted $TSA_UNIT (peer list changed)"
+  systemctl try-restart kumomta
+  changed "restarted kumomta (peer list changed)"
+  rm -f "$STATE_DIR/restart-needed"
 }
 
 # install_if_changed SRC DST MODE [WHAT]: replace DST (root:kumod, in one step) only when it
@@ -777,6 +830,10 @@ step_start() {
   enable_unit kumo-spool.service
   enable_unit kumo-log-retention.timer
   systemctl is-active --quiet kumo-log-retention.timer || { systemctl start kumo-log-retention.timer; changed "started kumo-log-retention.timer"; }
+  if [ -n "$KUMO_FLEET_PEERS_PATH" ]; then
+    enable_unit "$PEERS_TIMER"
+    start_unit "$PEERS_TIMER"
+  fi
   # The TSA daemon first: kumod publishes to it and subscribes to it from its start. It reads the
   # same files and secrets (the peers), so it restarts with kumod.
   enable_unit "$TSA_UNIT"
@@ -1010,9 +1067,10 @@ step_probe25() {
 
 # -- main ------------------------------------------------------------------------------
 # The result is the last line of the output (what a caller over SSH reads) and of the console.
+# The timer's peers mode runs every few minutes: its lines go to the journal only.
 result_line() {
   printf '%s\n' "$1"
-  printf '%s\n' "$1" >/dev/console 2>/dev/null || true
+  [ "$MODE" = peers ] || printf '%s\n' "$1" >/dev/console 2>/dev/null || true
 }
 
 console_warnings() {
@@ -1029,9 +1087,10 @@ trap 'rm -rf "$WORK"' EXIT
 STATUS=$STATE_DIR/status.json
 [ "$MODE" = spool ] && STATUS=$STATE_DIR/spool-status.json
 [ "$MODE" = source ] && STATUS=$STATE_DIR/source-status.json
+[ "$MODE" = peers ] && STATUS=$STATE_DIR/peers-status.json
 
 exec 9>/run/kumo-bootstrap.lock
-if [ "$MODE" = spool ] || [ "$MODE" = source ]; then
+if [ "$MODE" = spool ] || [ "$MODE" = source ] || [ "$MODE" = peers ]; then
   # At first boot the full bootstrap holds the lock and does this itself (it starts kumod).
   flock -n 9 || { say "full bootstrap in progress; it does the $MODE step"; exit 0; }
 else
@@ -1044,7 +1103,8 @@ case "$MODE" in
   all) STEPS="network:step_network machine:step_machine other_mtas:step_other_mtas time_sync:step_time_sync ssh:step_ssh install:step_install updates:step_updates spool:step_spool tuning:step_tuning secrets:step_secrets source:step_source policy:step_policy start:step_start health:step_health" ;;
   spool) STEPS="spool:step_spool" ;;
   source) STEPS="source:step_source" ;;
-  *) say "usage: kumo-bootstrap [all|spool|source]"; exit 2 ;;
+  peers) STEPS="peers:step_peers" ;;
+  *) say "usage: kumo-bootstrap [all|spool|source|peers]"; exit 2 ;;
 esac
 
 # Never call run_step in a condition (if, ||, &&): bash would then ignore errexit inside
