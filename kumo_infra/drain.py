@@ -14,23 +14,32 @@ kumod's (KumoCorp/kumomta crates/kumo-api-types/src/lib.rs and xfer.rs):
    moves the queues to the peer's xfer listener; repeated every REXFER_S while mail remains, since
    kumod moves only what sits in a scheduled queue at that moment (crates/kumod/src/queue/queue.rs
    xfer_all) and a failed delivery attempt puts a message back into one.
-4. ``GET /metrics.json``: the messages left are ``scheduled_count_total`` (every scheduled queue,
-   the xfer queues included; crates/kumod/src/queue/metrics.rs) plus the sum of ``ready_count``
-   per service (crates/kumod/src/metrics_helper.rs); shape as docs/reference/http/sample-metrics.json.
-   Drained only when both read 0 twice in a row (a transaction in flight when the suspension began
-   may still add one), both readings taken once the suspension has existed longer than the
-   policy's cache of it (fleet.DRAIN_CHECK_TTL_S) plus a poll: until then the node may still
-   accept a message.
+4. ``GET /metrics.json``: the messages left are ``message_count``, every Message object kumod
+   holds (crates/message/src/message.rs MESSAGE_COUNT: queued, being received, or popped from a
+   ready queue by a dispatcher delivering or transferring it, which ``ready_count`` no longer
+   counts: crates/kumod/src/ready_queue.rs Fifo::pop), less the records of the TSA log hooks
+   (shaping.lua names each hook and its scheduled queue ``<url>.tsa.kumomta``, and its ready
+   queue's service ends with ``@lua:make.<url>.tsa.kumomta``: ``scheduled_count{queue}``,
+   crates/kumod/src/queue/metrics.rs, and ``ready_count{service}``, crates/kumod/src/metrics_helper.rs
+   and ready_queue.rs compute_queue_name): they are not mail, and a dead peer's hook queue would
+   never empty. Shape as docs/reference/http/sample-metrics.json. Drained only when that reads 0
+   twice in a row (a transaction in flight when the suspension began may still add one), both
+   readings taken once the suspension has existed longer than the policy's cache of it
+   (fleet.DRAIN_CHECK_TTL_S) plus a poll: until then the node may still accept a message; and
+   only while the node still holds a drain suspension (another drain's replaces ours: kumod
+   keeps one suspension per criteria, crates/kumod/src/http_server/admin_suspend_v1.rs add).
 5. Drained: the suspension stays (the node must not take mail again before it is replaced).
    Timeout or failure: the transfer is cancelled (``POST /api/admin/xfer/cancel/v1``,
    XferCancelV1Request on the xfer queue ``<target>.xfer.kumomta.internal``) and the suspension
-   deleted (``DELETE /api/admin/suspend/v1`` {id}): the node serves again, its mail still on it.
+   deleted (``DELETE /api/admin/suspend/v1`` {id}): the node serves again, its mail still on it,
+   unless another drain's suspension holds it (a 404: the list says which).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -79,10 +88,14 @@ HOLD_S = 24 * 3600.0
 HTTP_TIMEOUT_S = 30.0
 # crates/kumo-api-types/src/xfer.rs XFER_QUEUE_SUFFIX.
 XFER_QUEUE_SUFFIX = ".xfer.kumomta.internal"
+# How every TSA log hook's queue and ready-queue service name end (assets/policy-extras/shaping.lua
+# setup_with_automation: hook_name = '<publish url>.tsa.kumomta', constructor 'make.' .. hook_name).
+TSA_HOOK_SUFFIX = ".tsa.kumomta"
 
 # (method, url, JSON body or None, headers, CA PEM, timeout) -> (status, response body).
 Http = Callable[[str, str, Optional[bytes], Mapping[str, str], Optional[str], float], tuple[int, bytes]]
-Progress = Callable[[int, int], Any]
+# (messages remaining, most seen, TSA log records left out) after each reading.
+Progress = Callable[[int, int, int], Any]
 
 
 class DrainError(Exception):
@@ -139,23 +152,56 @@ def xfer_queue_name(target: str) -> str:
     return f"{parts.scheme.lower()}://{host}{port}{path}{query}{XFER_QUEUE_SUFFIX}"
 
 
-def queued(metrics: Any) -> tuple[int, int]:
-    """(scheduled, ready) messages from /metrics.json: scheduled_count_total, and ready_count
-    summed over its services (absent when no ready queue exists: a pruning registry)."""
+@dataclass(frozen=True)
+class Queued:
+    """One reading of a node's /metrics.json."""
+
+    remaining: int  # messages on the node (mail only)
+    scheduled: int  # of which in scheduled queues (the xfer queues included)
+    ready: int  # of which in ready queues
+    tsa_records: int  # TSA log-hook records queued, not counted: not mail
+
+    @property
+    def in_flight(self) -> int:
+        """Being delivered, transferred or received: in no queue, still a Message object."""
+        return self.remaining - self.scheduled - self.ready
+
+    def detail(self) -> str:
+        return f"{self.scheduled} scheduled, {self.ready} ready, {self.in_flight} in flight"
+
+
+def queued(metrics: Any) -> Queued:
+    """The messages on the node from /metrics.json: ``message_count`` less the TSA log-hook
+    records in ``scheduled_count{queue}`` and ``ready_count{service}``; never below what its
+    scheduled and ready queues hold (the gauges are not read atomically)."""
     def number(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DrainError(f"/metrics.json: {shown(value)} is not a number")
         return value
 
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("scheduled_count_total"), dict):
-        raise DrainError("/metrics.json has no scheduled_count_total: the node's answer is not KumoMTA's metrics")
-    scheduled = number(metrics["scheduled_count_total"].get("value"))
-    ready_value = (metrics.get("ready_count") or {}).get("value", 0) if isinstance(metrics.get("ready_count"), dict) else 0
-    if isinstance(ready_value, dict):
-        ready = sum(number(v) for labels in ready_value.values() if isinstance(labels, dict) for v in labels.values())
-    else:
-        ready = number(ready_value)
-    return int(scheduled), int(ready)
+    def gauge(name: str) -> float:
+        entry = metrics.get(name)
+        if not isinstance(entry, dict):
+            raise DrainError(f"/metrics.json has no {name}: the node's answer is not KumoMTA's metrics")
+        return number(entry.get("value"))
+
+    def by_label(name: str, label: str) -> dict[str, float]:
+        """A pruning registry's values by label (absent while no such queue exists)."""
+        entry = metrics.get(name)
+        values = entry.get("value") if isinstance(entry, dict) else None
+        inner = values.get(label) if isinstance(values, dict) else None
+        return {str(k): number(v) for k, v in inner.items()} if isinstance(inner, dict) else {}
+
+    if not isinstance(metrics, dict):
+        raise DrainError("/metrics.json is not a JSON object: the node's answer is not KumoMTA's metrics")
+    messages, scheduled_total = gauge("message_count"), gauge("scheduled_count_total")
+    tsa_scheduled = sum(v for k, v in by_label("scheduled_count", "queue").items() if k.endswith(TSA_HOOK_SUFFIX))
+    ready_by_service = by_label("ready_count", "service")
+    tsa_ready = sum(v for k, v in ready_by_service.items() if k.endswith(TSA_HOOK_SUFFIX))
+    scheduled = max(0, int(scheduled_total - tsa_scheduled))
+    ready = max(0, int(sum(ready_by_service.values()) - tsa_ready))
+    remaining = max(int(messages - tsa_scheduled - tsa_ready), scheduled + ready)
+    return Queued(remaining, scheduled, ready, int(tsa_scheduled + tsa_ready))
 
 
 class NodeClient:
@@ -175,12 +221,13 @@ class NodeClient:
         status, data = self.http(method, self.node.base_url.rstrip("/") + path, body, headers, self.node.ca_pem,
                                  self.timeout_s)
         where = f"{self.node.name}: {method} {path}"
+        if status == 401 and _ACL_REFUSAL.search(data.decode("utf-8", "replace")):
+            raise DrainError(f"{where}: 401, this node's policy does not grant the API user drain's endpoints "
+                             f"(kumod: {shown(data.decode('utf-8', 'replace').strip(), 200)}): upgrade its bootstrap "
+                             "(its policy predates kumo-infra drain), then drain")
         if status == 401:
             raise ApiRefused(f"{where}: 401, the node refused user {self.node.username} with this password: set "
                              f"{PASSWORD_ENV} to the deployment's API password", PASSWORD_ENV)
-        if status == 403:
-            raise DrainError(f"{where}: 403, the node's policy does not let {self.node.username} call it (a node "
-                             "bootstrapped before kumo-infra drain existed: run pulumi up, then drain)")
         if status not in ok:
             raise DrainError(f"{where}: HTTP {status}: {shown(data.decode('utf-8', 'replace').strip(), 200)}")
         try:
@@ -194,6 +241,11 @@ class NodeClient:
             raise DrainError(f"{self.node.name}: GET /api/admin/suspend/v1 answered no list")
         return entries
 
+    def drain_suspension(self) -> Optional[dict[str, Any]]:
+        """The drain suspension the node holds (whichever drain made it), None when it holds none."""
+        return next((s for s in self.suspensions() if isinstance(s, dict) and s.get("domain") == DRAIN_SUSPENSION_DOMAIN),
+                    None)
+
     def suspend(self, duration_s: float) -> str:
         _, answer = self.call("POST", "/api/admin/suspend/v1", {
             "domain": DRAIN_SUSPENSION_DOMAIN, "reason": DRAIN_REASON, "duration": int(duration_s)})
@@ -202,8 +254,9 @@ class NodeClient:
         return answer["id"]
 
     def unsuspend(self, suspension_id: str) -> bool:
+        """False for a 404: expired, or replaced by another drain's suspension (the list says which)."""
         status, _ = self.call("DELETE", "/api/admin/suspend/v1", {"id": suspension_id}, ok=(200, 404))
-        return status == 200  # 404: expired or never there, the node takes mail either way
+        return status == 200
 
     def xfer(self, target: str) -> None:
         self.call("POST", "/api/admin/xfer/v1", {"reason": DRAIN_REASON, "target": target})
@@ -213,9 +266,28 @@ class NodeClient:
         self.call("POST", "/api/admin/xfer/cancel/v1", {"queue_name": xfer_queue_name(target), "reason": DRAIN_REASON},
                   ok=(200, 404))
 
-    def queued(self) -> tuple[int, int]:
+    def queued(self) -> Queued:
         _, metrics = self.call("GET", "/metrics.json")
         return queued(metrics)
+
+
+# kumod's 401 for an ACL refusal rather than a failed password (crates/kumo-server-common/src/
+# http_server/auth.rs auth_middleware: "<who> denied GET on <resource>" for an explicit Deny, "<who>
+# not permitted GET on <resource>" when no rule grants it; "HttpBasicAuth Authentication Failed
+# for <user>" for the password).
+_ACL_REFUSAL = re.compile(r" (?:denied|not permitted) [A-Z]+ on http_listener")
+
+
+def drain_suspension(node: NodeApi, http: Optional[Http] = None) -> Optional[dict[str, Any]]:
+    """The drain suspension ``node`` holds (GET /api/admin/suspend/v1), None when it serves."""
+    return NodeClient(node, http or https_request).drain_suspension()
+
+
+def reopen_hint(node: str, suspension: Mapping[str, Any]) -> str:
+    """How an operator deletes a drain suspension left on ``node``."""
+    entry = suspension.get("id")
+    return (f"on {node}, kcli suspend-cancel --id {entry} (or DELETE /api/admin/suspend/v1 "
+            f"{{\"id\": \"{entry}\"}} through its API)")
 
 
 def drain_node(node: NodeApi, *, to: Optional[NodeApi] = None, timeout_s: float,
@@ -225,10 +297,10 @@ def drain_node(node: NodeApi, *, to: Optional[NodeApi] = None, timeout_s: float,
                rexfer_s: float = REXFER_S) -> DrainResult:
     """Stop ``node`` accepting mail, move its queues to ``to`` (or ``target_url``, a peer's xfer
     listener; neither: wait for them to empty), until it holds nothing or ``timeout_s`` passes
-    (then it accepts mail again). ``progress(remaining, most seen)`` after every reading.
+    (then it accepts mail again). ``progress(remaining, most seen, TSA records)`` after every reading.
 
-    Raises ApiRefused (nothing changed on the node) or DrainError; whatever stops the drain
-    after the suspension began first cancels the transfer and deletes the suspension."""
+    Raises ApiRefused (nothing changed on the node), DrainError or DrainInterrupted; whatever stops
+    the drain after the suspension began first cancels the transfer and deletes the suspension."""
     if to is not None and target_url is None:
         if not to.private_ip:
             raise DrainError(f"peer {to.name} has no private address to transfer to")
@@ -240,28 +312,32 @@ def drain_node(node: NodeApi, *, to: Optional[NodeApi] = None, timeout_s: float,
     # The suspension exists by now; the node's policy may not see it before its cache lapses.
     settled_at = clock() + DRAIN_CHECK_TTL_S + poll_s
     try:
-        drained, (scheduled, ready) = _until_empty(client, target_url, deadline, settled_at, progress, clock, sleep,
-                                                   poll_s, rexfer_s)
+        drained, reading = _until_empty(client, target_url, suspension, deadline, settled_at, progress, clock, sleep,
+                                        poll_s, rexfer_s)
     except BaseException as exc:  # an error or an interrupt: the node must serve again
-        notes = _reopen(client, target_url, suspension)
+        after = "; ".join(_reopen(client, target_url, suspension)) or f"{node.name} accepts mail again"
         if isinstance(exc, DrainError):
-            raise DrainError("; ".join([str(exc), *notes] if notes else [str(exc), f"{node.name} accepts mail again"])
-                             ) from None
+            raise DrainError(f"{exc}; {after}") from None
+        if isinstance(exc, KeyboardInterrupt):
+            raise DrainInterrupted(f"interrupted: {after}, its mail still on it") from None
         raise
     if drained is not None:
         return DrainResult(True, 0, target_url, drained)
     notes = _reopen(client, target_url, suspension)
-    remaining = scheduled + ready
     moved = f"; the transfer to {target_url} was cancelled" if target_url else ""
-    return DrainResult(False, remaining, target_url,
-                       f"{node.name}: timed out after {timeout_s:g}s with {remaining} message(s) still on it "
-                       f"({scheduled} scheduled, {ready} ready){moved}; "
+    return DrainResult(False, reading.remaining, target_url,
+                       f"{node.name}: timed out after {timeout_s:g}s with {reading.remaining} message(s) still on it "
+                       f"({reading.detail()}){moved}; "
                        + ("; ".join(notes) if notes else f"{node.name} accepts mail again"))
 
 
-def _until_empty(client: NodeClient, target: Optional[str], deadline: float, settled_at: float,
+class DrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a drain, once the node was reopened (or not: the message says)."""
+
+
+def _until_empty(client: NodeClient, target: Optional[str], suspension: str, deadline: float, settled_at: float,
                  progress: Optional[Progress], clock: Callable[[], float], sleep: Callable[[float], Any],
-                 poll_s: float, rexfer_s: float) -> tuple[Optional[str], tuple[int, int]]:
+                 poll_s: float, rexfer_s: float) -> tuple[Optional[str], Queued]:
     """(the drained message, or None when the deadline passed first; the last reading). A 0 read
     read by ``settled_at`` never counts: the node may still have been accepting mail."""
     name = client.node.name
@@ -271,14 +347,12 @@ def _until_empty(client: NodeClient, target: Optional[str], deadline: float, set
     while True:
         settled = clock() > settled_at
         reading = client.queued()
-        remaining = sum(reading)
+        remaining = reading.remaining
         most = max(most, remaining)
         if progress is not None:
-            progress(remaining, most)
+            progress(remaining, most, reading.tsa_records)
         if remaining == 0 and zero_seen:
-            where = f"moved to {target}" if target else "delivered"
-            return (f"{name} holds no message (all {where}); it answers 421 to new mail until it is replaced "
-                    f"(the suspension of {DRAIN_SUSPENSION_DOMAIN} lapses after {HOLD_S / 3600:g}h)"), reading
+            return _still_closed(client, target, suspension), reading
         zero_seen = remaining == 0 and settled
         if target and remaining and (last_xfer is None or clock() - last_xfer >= rexfer_s):
             client.xfer(target)
@@ -289,8 +363,25 @@ def _until_empty(client: NodeClient, target: Optional[str], deadline: float, set
         sleep(min(poll_s, left))
 
 
+def _still_closed(client: NodeClient, target: Optional[str], suspension: str) -> str:
+    """The drained message, once the node is seen to hold a drain suspension still: one deleted
+    meanwhile (another drain timing out, an operator) let it take mail again, so it is not drained."""
+    name = client.node.name
+    holding = client.drain_suspension()
+    if holding is None:
+        raise DrainError(f"{name}: its drain suspension is gone (deleted by another drain or an operator): it takes "
+                         "new mail, so it is not drained; drain it again")
+    where = f"moved to {target}" if target else "delivered"
+    held_by = (f"the suspension of {DRAIN_SUSPENSION_DOMAIN} lapses after {HOLD_S / 3600:g}h" if holding.get("id") ==
+               suspension else f"another drain's suspension {holding.get('id')} holds it now: if that drain gives up, "
+                               "the node takes mail again")
+    return f"{name} holds no message (all {where}); it answers 421 to new mail until it is replaced ({held_by})"
+
+
 def _reopen(client: NodeClient, target: Optional[str], suspension: str) -> list[str]:
-    """Cancel the transfer and delete the suspension; what could not be done, for the operator."""
+    """Cancel the transfer and delete the suspension; what could not be done or still keeps the
+    node closed, for the operator (empty: the node takes mail again)."""
+    name = client.node.name
     notes = []
     if target:
         try:
@@ -298,18 +389,25 @@ def _reopen(client: NodeClient, target: Optional[str], suspension: str) -> list[
         except DrainError as exc:
             notes.append(f"the transfer could not be cancelled ({exc})")
     try:
-        client.unsuspend(suspension)
+        if not client.unsuspend(suspension):
+            # Lapsed, or replaced by another drain's suspension of the same domain (kumod keeps one).
+            other = client.drain_suspension()
+            if other is not None:
+                notes.append(f"{name} still refuses new mail: another drain's suspension {other.get('id')} replaced "
+                             f"this one ({shown(other.get('reason'), 120)}, {shown(other.get('duration'), 40)} left); "
+                             f"to reopen it: {reopen_hint(name, other)}")
     except DrainError as exc:
-        notes.append(f"the suspension {suspension} could not be deleted ({exc}): {client.node.name} refuses new mail "
-                     f"until it lapses or DELETE /api/admin/suspend/v1 {{\"id\": \"{suspension}\"}} succeeds")
+        notes.append(f"the suspension {suspension} could not be deleted ({exc}): {name} refuses new mail until it "
+                     f"lapses or {reopen_hint(name, {'id': suspension})} succeeds")
     return notes
 
 
 # -- progress ----------------------------------------------------------------------------------
 
 class ProgressReport:
-    """Messages remaining, on ``stream``: a bar redrawn in place on a terminal, else a line when the
-    count changes (at most every ``every_s``) and at least every ``every_s``."""
+    """Messages remaining, and the TSA log records left out of them, on ``stream``: a bar redrawn
+    in place on a terminal, else a line when the count changes (at most every ``every_s``) and at
+    least every ``every_s``."""
 
     WIDTH = 30
 
@@ -319,12 +417,13 @@ class ProgressReport:
         self.tty = stream.isatty() if tty is None else tty
         self._last: Optional[tuple[int, float]] = None
 
-    def __call__(self, remaining: int, most: int) -> None:
+    def __call__(self, remaining: int, most: int, tsa_records: int = 0) -> None:
+        left_out = f"{tsa_records} TSA log record(s) not counted"
         if self.tty:
             done = most - remaining
             filled = self.WIDTH if most == 0 else self.WIDTH * done // most
             self.stream.write(f"\r{self.node} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                              f"{remaining} message(s) remaining of {most}\x1b[K")
+                              f"{remaining} message(s) remaining of {most}, {left_out}\x1b[K")
             self.stream.flush()
             return
         now = self.clock()
@@ -333,7 +432,7 @@ class ProgressReport:
             if count == remaining and now - at < self.every_s:
                 return
         self._last = (remaining, now)
-        self.stream.write(f"{self.node}: {remaining} message(s) remaining (of {most} seen)\n")
+        self.stream.write(f"{self.node}: {remaining} message(s) remaining (of {most} seen), {left_out}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -378,7 +477,11 @@ def register(sub: Any) -> None:
     _add_stack_source(p)
     p.add_argument("--node", required=True, type=node_index, metavar="N", help="the node to drain: node1 or 1")
     p.add_argument("--to", metavar="PEER", help="transfer to this node (node2 or 2: its private address) or to "
-                                                "this xfer listener URL (http://10.0.0.12:8000)")
+                                                "this xfer listener URL (http://10.0.0.12:8000) of another node "
+                                                "of the deployment")
+    p.add_argument("--to-any-url", action="store_true",
+                   help="accept a --to URL whose host is none of the deployment's other nodes' private addresses "
+                        "(the rendered policy keeps a transfer to such a host queued on the node)")
     p.add_argument("--timeout", type=ci.duration, default=DEFAULT_TIMEOUT, metavar="DURATION",
                    help="give up after this long and let the node serve again (default 1h)")
     p.add_argument("--api-ca", metavar="FILE", help="the API certificate (PEM): required with --config, where no "
@@ -413,9 +516,13 @@ def run(args: Any, deps: Optional[Deps] = None) -> int:
         report.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except DrainInterrupted as exc:
+        report.close()
+        print(f"{node.name}: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         report.close()
-        print(f"interrupted: {node.name} accepts mail again, its mail still on it", file=sys.stderr)
+        print(f"interrupted before {node.name} was closed to new mail", file=sys.stderr)
         return 130
     report.close()
     print(result.message)
@@ -440,6 +547,8 @@ def resolve(args: Any, env: Mapping[str, str], pulumi_command: Any = None) -> tu
         raise ConfigError(Problem("--node", f"node{args.node + 1} does not exist: stack {stack.stack} has "
                                             f"{stack.plan.nodes} node(s), node1 to node{stack.plan.nodes}"))
     peer_index, target_url = _peer(args.to, args.node, stack.plan.nodes)
+    if args.to_any_url and target_url is None:
+        raise ConfigError(Problem("--to-any-url", "goes with a --to URL (http://HOST:PORT) only"))
     password = env.get(PASSWORD_ENV, "")
     if not password:
         spec = next(s for s in secret_specs(d) if s.key == API_PASSWORD)
@@ -469,17 +578,51 @@ def resolve(args: Any, env: Mapping[str, str], pulumi_command: Any = None) -> tu
     if peer is not None and not peer.private_ip:
         raise ConfigError(Problem("--to", f"{peer.name} has no private_ip in the stack's nodes output: give the "
                                           "peer's xfer URL instead (http://ADDRESS:8000)"))
+    if target_url is not None:
+        _check_target(target_url, args.node, nodes, args.to_any_url)
     return node_api(args.node), peer, target_url
+
+
+def _same_host(a: str, b: Any) -> bool:
+    if not isinstance(b, str) or not b:
+        return False
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b.strip("[]"))
+    except ValueError:
+        return a.lower() == b.strip("[]").lower()
+
+
+def _check_target(url: str, node: int, nodes: list[Any], any_url: bool) -> None:
+    """A --to URL names another node of the deployment by its private address: never the node
+    itself (its own addresses or names, loopback: kumod refuses an xfer to itself), and nothing
+    outside the deployment unless --to-any-url says so (the policy keeps such a transfer queued)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    entries = [n if isinstance(n, dict) else {} for n in nodes]
+    own = entries[node]
+    try:
+        address = ipaddress.ip_address(host)
+        local = address.is_loopback or address.is_unspecified
+    except ValueError:
+        local = host.lower() == "localhost"
+    if local or any(_same_host(host, own.get(key)) for key in ("private_ip", "public_ip", "hostname", "name")):
+        raise ConfigError(Problem("--to", f"{shown(url)} is node{node + 1} itself, the node being drained: name "
+                                          "another node (node2) or its xfer URL"))
+    peers = [e.get("private_ip") for i, e in enumerate(entries) if i != node and e.get("private_ip")]
+    if not any_url and not any(_same_host(host, p) for p in peers):
+        known = ", ".join(str(p) for p in peers) or "none listed"
+        raise ConfigError(Problem("--to", f"{shown(url)} is none of the other nodes' private addresses ({known}): "
+                                          "name a node (node2), or give --to-any-url to transfer to a host outside "
+                                          "the deployment (its policy keeps such a transfer queued)"))
 
 
 def _peer(text: Optional[str], node: int, count: int) -> tuple[Optional[int], Optional[str]]:
     if text is None:
         return None, None
     if re.match(r"(?i)https?://", text):
-        parts = urllib.parse.urlsplit(text)
         try:
+            parts = urllib.parse.urlsplit(text)
             parts.port  # noqa: B018 (raises for a port out of range)
-        except ValueError:
+        except ValueError:  # an unclosed [IPv6 literal, a port out of range
             parts = None
         if parts is None or not parts.hostname or parts.username or parts.password or parts.query or parts.fragment \
                 or parts.path not in ("", "/") or any(c.isspace() or ord(c) < 32 for c in text):

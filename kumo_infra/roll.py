@@ -5,7 +5,9 @@ stacks/Pulumi.<stack>.yaml), driven through the Automation API on a LocalWorkspa
 directory, with the CLI stopped cleanly on an interrupt (ephemeral.InterruptiblePulumiCommand).
 For each node in turn:
 
-1. check: every OTHER node is healthy (so at most this one is ever out of service);
+1. check: every OTHER node is healthy and holds no drain suspension (GET /api/admin/suspend/v1:
+   a node a stopped roll or drain left drained still answers SMTP 220 and liveness 200, yet
+   refuses mail), so at most this one is ever out of service and no drained node is a peer;
 2. drain: kumo_infra.drain.drain_node, its queues transferred to the next node (by its private
    address, fleet.xfer_target_url), never to itself; a stack of one node (--allow-downtime) waits
    until its queue is empty instead;
@@ -23,7 +25,7 @@ For each node in turn:
    a delete-before-replace must recreate would be refused ("untargeted create");
 4. health: SMTP 220 + STARTTLS and the bootstrap's ``KUMO-BOOTSTRAP OK`` on the console
    (kumo_infra.smoke.run_smoke for that node) and ``GET /api/check-liveness/v1`` through the API,
-   within --health-timeout.
+   within --health-timeout; and no drain suspension (a new machine's kumod holds none).
 
 The first failure stops the roll, saying which node and step, which nodes were rolled and what
 still serves (exit 1). Bad input exits 2 before anything is touched.
@@ -94,6 +96,8 @@ class Deps:
     node_apis: Optional[Callable[["Deployment", Mapping[str, Any]], list["NodeApi"]]] = None
     # None: smoke + liveness (default_health) with the target's console reader.
     check_health: Optional[HealthCheck] = None
+    # The drain suspension a node holds, None when it serves; None: kumo_infra.drain.drain_suspension.
+    drain_suspension: Optional[Callable[["NodeApi"], Optional[dict]]] = None
     on_output: Callable[[str], Any] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -273,24 +277,46 @@ class _Roll:
     drain: Callable[..., "DrainResult"]
     node_apis: Callable[["Deployment", Mapping[str, Any]], list["NodeApi"]]
     health: HealthCheck
+    drain_suspension: Callable[["NodeApi"], Optional[dict]]
     say: Callable[[str], Any]
     drain_s: float
     health_s: float
     rolled: list[str] = field(default_factory=list)
-    step: str = CHECK  # where the node being rolled is
+    current: str = ""  # the node being rolled
+    step: str = CHECK  # where it is
 
     def read(self, outputs: Mapping[str, Any]) -> None:
         self.nodes = node_outputs(outputs, self.stack)
         self.apis = {api.name: api for api in self.node_apis(self.stack.deployment, outputs)}
 
+    def drained(self, node: str) -> Optional[dict]:
+        """The drain suspension ``node`` holds (out of service: it refuses mail), None when it serves."""
+        from .drain import DrainError
+
+        try:
+            return self.drain_suspension(self.apis[node])
+        except DrainError as exc:
+            raise RollStopped(self.stopped(self.current, self.step, f"cannot tell whether {node} is drained: {exc}")
+                              ) from None
+
     def one(self, node: str) -> None:
-        self.step = CHECK
+        from .drain import reopen_hint
+
+        self.current, self.step = node, CHECK
         others = [n for n in self.order if n != node]
         for other in others:
             seen = self.health(self.nodes[other], self.apis[other], min(PRECHECK_S, self.health_s))
             if not seen.ok:
                 raise RollStopped(self.stopped(node, CHECK, f"{other} is not healthy: {seen.detail}"))
+            held = self.drained(other)
+            if held is not None:
+                raise RollStopped(self.stopped(node, CHECK, (
+                    f"{other} is drained: it holds the drain suspension {held.get('id')} "
+                    f"({shown(held.get('duration'), 40)} left) and refuses new mail, so it is out of service and "
+                    f"takes no node's queues. Reopen it ({reopen_hint(other, held)}) or finish its replace "
+                    f"(kumo-infra roll --stack {self.stack.stack} --nodes {other}), then roll again")))
         self.step = DRAIN
+        # Every other node was just seen serving and undrained: the peer is one of them.
         peer = next_peer(node, self.order)
         self.say(f"kumo-infra: {node}: draining" + (f" into {peer} ({self.apis[peer].private_ip})" if peer else
                                                      " until its queue is empty (no other node to take it)"))
@@ -298,8 +324,9 @@ class _Roll:
 
         try:
             result = self.drain(self.apis[node], to=self.apis[peer] if peer else None, timeout_s=self.drain_s,
-                                progress=lambda left, most: self.say(f"kumo-infra: {node}: {left} message(s) left "
-                                                                     f"(of {most} seen)"))
+                                progress=lambda left, most, tsa=0: self.say(
+                                    f"kumo-infra: {node}: {left} message(s) left (of {most} seen), {tsa} TSA log "
+                                    "record(s) not counted"))
         except DrainError as exc:
             raise RollStopped(self.stopped(node, DRAIN, str(exc))) from None
         if not result.drained:
@@ -323,6 +350,9 @@ class _Roll:
         seen = self.health(self.nodes[node], self.apis[node], self.health_s)
         if not seen.ok:
             raise RollStopped(self.stopped(node, HEALTH, seen.detail))
+        if self.drained(node) is not None:
+            raise RollStopped(self.stopped(node, HEALTH, f"{node} still holds the drain suspension: its machine was "
+                                                         "not replaced (a new kumod holds none)"))
         self.rolled.append(node)
         self.say(f"kumo-infra: {node}: rolled ({seen.detail})")
 
@@ -399,9 +429,13 @@ def run(args: argparse.Namespace, deps: Optional[Deps] = None) -> int:
     ws = auto.LocalWorkspace(work_dir=str(project_root()), pulumi_command=command)
     try:
         pulumi_stack = auto.Stack.select(args.stack, ws)
+        if deps.drain_suspension is None:
+            from .drain import drain_suspension
+        else:
+            drain_suspension = deps.drain_suspension
         roll = _Roll(stack, pulumi_stack, planned_nodes(stack), chosen, {}, {}, {}, drain,
-                     deps.node_apis or drain_apis, health, deps.on_output, args.drain_timeout.total_seconds(),
-                     args.health_timeout.total_seconds())
+                     deps.node_apis or drain_apis, health, drain_suspension, deps.on_output,
+                     args.drain_timeout.total_seconds(), args.health_timeout.total_seconds())
         roll.read(eph.plain_outputs(pulumi_stack))  # no secret output decrypted
         roll.urns = machine_urns(json.loads(eph.run_plain(pulumi_stack, ["stack", "export"]).stdout), stack, chosen)
     except auto.StackNotFoundError:

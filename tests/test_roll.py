@@ -7,6 +7,7 @@ as the fake CLI's `up`, so the tests see the exact order of what a roll does to 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import json
@@ -20,6 +21,7 @@ import yaml
 
 from kumo_infra import cli, roll
 from kumo_infra.drain import PASSWORD_ENV, DrainError, DrainResult, NodeApi
+from kumo_infra.fleet import DRAIN_SUSPENSION_DOMAIN
 from kumo_infra.smoke import Check, SmokeReport
 from kumo_infra.stackconfig import read_values
 from tests import fake_pulumi
@@ -76,6 +78,8 @@ class Fleet:
         self.log: list[str] = []
         self.drain_results: dict[str, DrainResult] = {}
         self.unhealthy: set[str] = set()  # "check node2" or "health node1": answered unhealthy
+        self.drained: dict[str, dict] = {}  # the drain suspension each node holds, by node name
+        self.suspension_reads: list[str] = []
         self.lines: list[str] = []
         self.command = fake_pulumi.FakePulumiCommand(fake_pulumi.FakeBackend(fake_pulumi.new_state(
             stacks={STACK: self.stack_state()}, up_resources=[], up_outputs=self.outputs(), up_secret_outputs=[]),
@@ -129,8 +133,12 @@ class Fleet:
         self.log.append(f"drain {node.name} -> " + (f"{to.name} {to.private_ip}" if to else "nobody")
                         + f" within {timeout_s:g}s")
         if progress:
-            progress(0, 7)
+            progress(0, 7, 2)
         return self.drain_results.get(node.name, DrainResult(True, 0, None, "drained"))
+
+    def drain_suspension(self, api: NodeApi) -> dict | None:
+        self.suspension_reads.append(api.name)
+        return self.drained.get(api.name)
 
     def health(self, node: dict, api: NodeApi, seconds: float) -> roll.Health:
         assert api.name == node["name"] and api.base_url.endswith(f"{node['public_ip']}:8443")
@@ -142,7 +150,8 @@ class Fleet:
 
     def deps(self) -> roll.Deps:
         return roll.Deps(pulumi_command=self.command, drain_node=self.drain, node_apis=self.node_apis,
-                         check_health=self.health, on_output=self.lines.append)
+                         check_health=self.health, drain_suspension=self.drain_suspension,
+                         on_output=self.lines.append)
 
     def run(self, monkeypatch: pytest.MonkeyPatch, *flags: str) -> int:
         """`kumo-infra roll --stack fleet FLAGS` through cli.main (its exit codes), with these fakes."""
@@ -181,7 +190,10 @@ def test_each_node_in_turn_others_checked_drained_into_the_next_replaced_then_he
     ])
     out = capsys.readouterr()
     assert out.out == "stack fleet: rolled node1, node2, node3: each drained, its machine replaced, healthy again\n"
-    assert "kumo-infra: node1: 0 message(s) left (of 7 seen)" in fleet.lines  # the drain's progress, shown
+    # The drain's progress, shown.
+    assert "kumo-infra: node1: 0 message(s) left (of 7 seen), 2 TSA log record(s) not counted" in fleet.lines
+    # Whether each node holds a drain suspension: every other node before a drain, the new one after.
+    assert fleet.suspension_reads[:3] == ["node2", "node3", "node1"]
 
 
 def test_the_up_replaces_and_targets_exactly_that_machine_with_its_dependents(tmp_path, monkeypatch):
@@ -291,6 +303,76 @@ def test_an_unhealthy_other_node_stops_before_the_node_is_drained(tmp_path, monk
     err = capsys.readouterr().err
     assert "stopped at node2, step check: node1 is not healthy: FAIL node1 smtp" in err
     assert "node2 was not touched" in err and "rolled: node1; not touched: node3" in err
+
+
+DRAINED = {"id": "5b7c1f0e-0000-4000-8000-000000000003", "domain": DRAIN_SUSPENSION_DOMAIN,
+           "reason": "kumo-infra drain", "duration": "23h 59m"}
+
+
+def test_a_node_left_drained_stops_the_roll_and_is_never_a_peer(tmp_path, monkeypatch, capsys):
+    # node3 was left drained (a roll stopped at its replace): SMTP 220 and liveness 200, yet it
+    # refuses mail. Rolling node2 would drain node2 into node3: two nodes out of service.
+    fleet = Fleet(tmp_path, monkeypatch)
+    fleet.drained["node3"] = DRAINED
+    assert fleet.run(monkeypatch, "--nodes", "node2") == 1
+    assert fleet.log == ["check node1", "check node3"]  # no drain, no up
+    err = capsys.readouterr().err
+    assert ("stopped at node2, step check: node3 is drained: it holds the drain suspension "
+            f"{DRAINED['id']} ('23h 59m' left) and refuses new mail, so it is out of service") in err
+    assert f"on node3, kcli suspend-cancel --id {DRAINED['id']}" in err
+    assert "or finish its replace (kumo-infra roll --stack fleet --nodes node3)" in err
+    assert "node2 was not touched" in err
+
+
+def test_a_machine_still_drained_after_the_up_is_not_healthy(tmp_path, monkeypatch, capsys):
+    fleet = Fleet(tmp_path, monkeypatch, nodes=2)
+    real_up = fleet.on_up
+
+    def up_that_left_the_machine(argv):
+        real_up(argv)
+        fleet.drained["node1"] = DRAINED  # the same kumod: nothing was replaced
+
+    fleet.command.backend.hooks["up"] = up_that_left_the_machine
+    assert fleet.run(monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert "stopped at node1, step health: node1 still holds the drain suspension: its machine was not replaced" in err
+    assert len(fleet.ups()) == 1
+
+
+def test_a_node_whose_suspensions_cannot_be_read_stops_the_roll(tmp_path, monkeypatch, capsys):
+    fleet = Fleet(tmp_path, monkeypatch)
+
+    def unreadable(api):
+        raise DrainError(f"{api.name}: GET /api/admin/suspend/v1: HTTP 500: try again later")
+
+    monkeypatch.setattr(fleet, "drain_suspension", unreadable)
+    assert fleet.run(monkeypatch) == 1
+    assert ("stopped at node1, step check: cannot tell whether node2 is drained: node2: GET /api/admin/suspend/v1: "
+            "HTTP 500" in capsys.readouterr().err)
+    assert fleet.log == ["check node2"]
+
+
+def test_the_roll_asks_each_nodes_api_whether_it_is_drained(tmp_path, monkeypatch, capsys):
+    # The default check: GET /api/admin/suspend/v1 on the stand-in kumod, as the API user.
+    from tests.vm.harness import KumodApi, make_api_certificate
+
+    cert, key = make_api_certificate(tmp_path / "tls", ip="127.0.0.1")
+    (tmp_path / "pw").write_text("api-password\n")
+    fleet = Fleet(tmp_path, monkeypatch, nodes=2)
+    with KumodApi(tls=(cert, key), password_file=tmp_path / "pw", trusted_hosts=[]) as node2:
+        node2.suspensions.add({"domain": DRAIN_SUSPENSION_DOMAIN, "reason": "left by a roll"})
+        apis = lambda deployment, outputs: [  # noqa: E731
+            NodeApi(n["name"], node2.url, "kumo-api", "api-password", cert.read_text(), n["private_ip"])
+            for n in outputs["nodes"]]
+        def healthy(node, api, seconds):  # SMTP and liveness fine: only the suspension tells
+            fleet.log.append(f"check {node['name']}")
+            return roll.Health(True, "ok")
+
+        deps = dataclasses.replace(fleet.deps(), node_apis=apis, check_health=healthy, drain_suspension=None)
+        monkeypatch.setitem(cli.COMMANDS, "roll", functools.partial(roll.run, deps=deps))
+        assert cli.main(["roll", "--stack", STACK, "--nodes", "node1"]) == 1
+    assert "stopped at node1, step check: node2 is drained: it holds the drain suspension" in capsys.readouterr().err
+    assert fleet.log == ["check node2"]
 
 
 # -- one node --------------------------------------------------------------------------------------

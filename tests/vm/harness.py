@@ -1433,7 +1433,7 @@ class KumodApi:
 
     def __init__(self, *, tls: tuple[Path, Path] | None = None, user: str = "kumo-api",
                  password_file: Path | None = None, trusted_hosts: list[str] | None = None,
-                 spool_dir: Path | None = None) -> None:
+                 spool_dir: Path | None = None, granted: set[tuple[str, str]] | None = None) -> None:
         import ssl
 
         kumod = standin_kumod()
@@ -1448,10 +1448,12 @@ class KumodApi:
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls[0]), str(tls[1]))
-        # The API user's grants as the rendered policy gives them on the TLS listener.
+        # The API user's grants as the rendered policy gives them on the TLS listener (``granted``:
+        # a policy granting other calls, or none, as one rendered before kumo-infra drain).
         from kumo_infra.bootstrap.policy import API_USER_GRANTS
 
-        granted = {(method, path) for path, methods in API_USER_GRANTS.items() for method in methods}
+        if granted is None:
+            granted = {(method, path) for path, methods in API_USER_GRANTS.items() for method in methods}
         self.server = kumod.make_http_server("127.0.0.1:0", self.health, self.api, trusted_hosts, context, granted)
         scheme = "https" if context else "http"
         self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
@@ -1462,6 +1464,14 @@ class KumodApi:
         """A message as the stand-in's SMTP listener holds it; its spool id."""
         kumod = self.kumod
         return self.queue.add(kumod.Message(kumod.new_spool_id(), sender, recipients, {}, data))
+
+    def hold_tsa_record(self, publish_url: str) -> str:
+        """A log record queued for the TSA daemon at ``publish_url``, as shaping.lua's log hook
+        queues it (should_enq: the queue is the hook's name, '<url>.tsa.kumomta'); its spool id."""
+        kumod = self.kumod
+        meta = {"queue": publish_url + kumod.TSA_HOOK_SUFFIX, "reception_protocol": "LogRecord"}
+        return self.queue.add(kumod.Message(kumod.new_spool_id(), "kumomta@localhost", ["tsa@localhost"], meta,
+                                            b'{"type": "Delivery"}\n'))
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -40,7 +40,7 @@ import yaml
 
 from kumo_infra import offline, program, targets
 from kumo_infra.bootstrap import delivered_secrets_payload
-from kumo_infra.drain import NodeApi, NodeClient, https_request
+from kumo_infra.drain import NodeApi, NodeClient, Queued, https_request
 from kumo_infra.fleet import DRAIN_SUSPENSION_DOMAIN
 from kumo_infra.ports import API_TLS_PORT
 from kumo_infra.secretspec import API_PASSWORD, API_TLS_CERT, API_TLS_KEY, API_USER
@@ -101,17 +101,17 @@ class Drain:
 class Story:
     held_first: dict[str, bytes]  # spool id -> body, as SMTP answered and sent
     peer_received: list[Any]  # the peer's messages after drain --to
-    node_after_xfer: tuple[int, int]
+    node_after_xfer: Queued
     transfer: Drain
     mail_after_transfer: int  # MAIL FROM's code once the drain finished (still drained)
     mail_reopened: int
     mail_while_waiting: int
     waiting: Drain
-    node_after_wait: tuple[int, int]
+    node_after_wait: Queued
     timed_out: Drain
     suspensions_after_timeout: list[dict[str, Any]]
     mail_after_timeout: int
-    node_after_timeout: tuple[int, int]
+    node_after_timeout: Queued
     policy_checks_drain: bool
 
 
@@ -216,7 +216,9 @@ def story(vm_rootfs: RootImage, node_mirror: MirrorFactory, tmp_path_factory: py
             for i in range(3):
                 body = f"Subject: drain {i}\r\nMessage-ID: <drain-{i}@example.org>\r\n\r\nbody {i}\r\n".encode()
                 held[node.send(body)] = body
-            transfer = run_drain(root, env, "--to", f"http://{PEER_GUEST[0]}:{PEER_GUEST[1]}", "--timeout", "5m")
+            # The peer is the host's stand-in, none of the stack's nodes: --to-any-url.
+            transfer = run_drain(root, env, "--to", f"http://{PEER_GUEST[0]}:{PEER_GUEST[1]}", "--to-any-url",
+                                 "--timeout", "5m")
             peer_received = peer.queue.held()
             node_after_xfer = client.queued()
             mail_after_transfer = node.mail_from()
@@ -255,7 +257,7 @@ def test_drain_to_a_peer_moves_exactly_the_held_messages(story: Story) -> None:
         assert message.data == story.held_first[prior_id]
         assert (message.sender, message.recipients) == ("sender@example.org", ["rcpt@example.net"])
         assert message.id != prior_id and message.meta["xfer_prior_node"]
-    assert story.node_after_xfer == (0, 0)
+    assert story.node_after_xfer == Queued(0, 0, 0, 0)
 
 
 def test_drained_node_keeps_refusing_new_mail_until_reopened(story: Story) -> None:
@@ -272,13 +274,14 @@ def test_drain_without_peer_refuses_mail_while_it_waits_for_the_queue_to_empty(s
     counts = [int(line.split(": ")[1].split()[0]) for line in story.waiting.stderr.splitlines()
               if line.startswith("node1: ") and "remaining" in line]
     assert counts[0] == 2 and counts[-1] == 0 and counts == sorted(counts, reverse=True), story.waiting.stderr
-    assert story.node_after_wait == (0, 0)
+    assert story.node_after_wait == Queued(0, 0, 0, 0)
 
 
 def test_timeout_exits_1_naming_what_remains_and_leaves_the_node_accepting_mail(story: Story) -> None:
     assert story.timed_out.returncode == 1, story.timed_out.stderr
-    assert "timed out after 20s with 1 message(s) still on it (1 scheduled, 0 ready)" in story.timed_out.stdout
+    assert ("timed out after 20s with 1 message(s) still on it (1 scheduled, 0 ready, 0 in flight)"
+            in story.timed_out.stdout)
     assert "node1 accepts mail again" in story.timed_out.stdout
     assert story.suspensions_after_timeout == []
     assert story.mail_after_timeout == 250
-    assert story.node_after_timeout == (1, 0)  # the mail is still there, nothing lost
+    assert story.node_after_timeout == Queued(1, 1, 0, 0)  # the mail is still there, nothing lost
