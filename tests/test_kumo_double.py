@@ -113,6 +113,74 @@ def test_the_good_twins_of_the_typed_values_pass(tmp_path):
     assert len(run_policy(in_init(body), tmp_path)["calls"]) == 5
 
 
+# --- addresses and CIDRs as Rust parses them (std::net, crates/cidr-map/src/map.rs parse_cidr).
+@pytest.mark.parametrize("entry, problem", [
+    ("fd00::1/8", "host bits set"), ("1::2::3", "not an IP address or CIDR"), ("::ffff:1.2.3.4.5", "not an IP"),
+    ("010.0.0.1", "not an IP"), ("10.0.0.0/33", "prefix longer than 32"), ("1:2:3:4:5:6:7:8:9", "not an IP"),
+    ("12345::", "not an IP"),
+])
+def test_cidr_lists_refuse_what_rust_refuses(tmp_path, entry, problem):
+    assert problem in refused(in_init(f"kumo.start_http_listener {{ listen = '0.0.0.0:8000', trusted_hosts = {{ '{entry}' }} }}"),
+                              tmp_path)
+
+
+# --- LimitSpec (crates/throttle/src/lib.rs).
+@pytest.mark.parametrize("limit, problem", [
+    ("'0'", "limit must be greater than 0"), ("'local:0'", "limit must be greater than 0"), ("'10/s'", "invalid limit"),
+    ("'remote:5'", "invalid limit"), ("0", "limit must be"), ("'ten'", "invalid limit"), ("1.5", "expected a string"),
+])
+def test_connection_limit_must_be_a_limit_spec(tmp_path, limit, problem):
+    assert problem in refused(in_init(f"kumo.make_egress_path {{ connection_limit = {limit} }}"), tmp_path)
+
+
+def test_the_good_limit_specs_pass(tmp_path):
+    body = "\n".join(f"kumo.make_egress_path {{ connection_limit = {v} }}" for v in ("5", "'local:5'", "'1_000'", "'local:1,000'"))
+    assert len(calls(run_policy(in_init(body), tmp_path), "make_egress_path")) == 4
+
+
+# --- ACLs (crates/kumo-server-common/src/authn_authz.rs, http_server/auth.rs).
+def acl_policy(identity: str, extra: str = "") -> str:
+    return in_init("kumo.start_http_listener { listen = '0.0.0.0:8000' }") + (
+        "local ACL = kumo.aaa.make_access_control_list { { criteria = { Identity = " + identity + " }, "
+        "privilege = 'POST', access = 'Allow' } }\n"
+        "kumo.on('get_acl_definition', function(resource)\n" + extra +
+        "  if resource == 'http_listener/0.0.0.0:8000/api/x' then return ACL end\nend)\n")
+
+
+@pytest.mark.parametrize("machine_set, problem", [
+    ("'10.0.0.5'", "expected a list of IPs/CIDRs"), ("{ '10.0.0.5/8' }", "host bits set"),
+    ("{ 'node1' }", "not an IP address or CIDR"), ("{ a = '10.0.0.5' }", "expected a sequence"),
+])
+def test_a_machine_set_is_a_list_of_cidrs(tmp_path, machine_set, problem):
+    assert problem in refused(acl_policy(f"{{ MachineSet = {machine_set} }}"), tmp_path)
+
+
+@pytest.mark.parametrize("peer, access", [
+    ("10.0.0.5", "Allow"), ("10.1.2.3", "Allow"), ("fd00::7", "Allow"), ("FD00:0:0::7", "Allow"),
+    ("11.0.0.1", "DenyByDefault"), ("fd00::8", "DenyByDefault"), ("::ffff:10.0.0.5", "DenyByDefault"),
+])
+def test_a_machine_set_matches_the_peer_address_in_its_own_family(tmp_path, peer, access):
+    policy = acl_policy("{ MachineSet = { '10.0.0.0/8', 'fd00::7' } }")
+    result = run_policy(policy, tmp_path, "acl", f"0.0.0.0:8000|/api/x|POST|-|0|{peer}")
+    assert [a["access"] for a in result["acl"]] == [access]
+
+
+def test_an_error_in_get_acl_definition_fails_the_check_with_500(tmp_path):
+    policy = acl_policy("'Any'", "  error('no')\n")
+    (answer,) = run_policy(policy, tmp_path, "acl", "0.0.0.0:8000|/api/x|POST|-|1")["acl"]
+    assert answer["access"] == "Error" and answer["status"] == 500
+
+
+@pytest.mark.parametrize("listener, peer, trusted", [
+    ("", "127.0.0.1", True), ("", "::1", True), ("", "10.0.0.5", False),  # default: loopback
+    (", trusted_hosts = { '10.0.0.0/8' }", "10.0.0.5", True), (", trusted_hosts = { '10.0.0.0/8' }", "127.0.0.1", False),
+])
+def test_trust_comes_from_the_listeners_trusted_hosts(tmp_path, listener, peer, trusted):
+    policy = in_init(f"kumo.start_http_listener {{ listen = '0.0.0.0:8000'{listener} }}")
+    (answer,) = run_policy(policy, tmp_path, "acl", f"0.0.0.0:8000|/api/admin/bounce/v1|POST|-|?|{peer}")["acl"]
+    assert answer["access"] == ("Allow" if trusted else "DenyByDefault")
+
+
 # --- kumo.on (crates/kumo-server-common/src/lib.rs).
 def test_second_handler_for_a_single_event_raises(tmp_path):
     policy = HEAD + "kumo.on('smtp_server_message_received', function(msg) end)\n" * 2

@@ -13,12 +13,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kumo_infra.bootstrap import FILES, PER_NODE_FILES, node_files
-from kumo_infra.bootstrap.policy import (API_USER_GRANTS, BOUNCE_RULES, EGRESS_POOL, SHAPING_COMMUNITY_RULES,
-                                         SHAPING_CUSTOM_PATH, SHAPING_DEFAULT_RULES, SOURCE_ADDRESS_PATH,
-                                         TSA_INIT_PATH, render_policy, render_shaping_custom, render_tsa_init,
-                                         shaping_files, toml_str)
+from kumo_infra.bootstrap.policy import (API_USER_GRANTS, BOUNCE_RULES, EGRESS_POOL, PEER_XFER_PATH,
+                                         SHAPING_COMMUNITY_RULES, SHAPING_CUSTOM_PATH, SHAPING_DEFAULT_RULES,
+                                         SOURCE_ADDRESS_PATH, TSA_INIT_PATH, XFER_CONNECTION_LIMIT, render_policy,
+                                         render_shaping_custom, render_tsa_init, shaping_files, toml_str)
 from kumo_infra.config import SHAPING_LIMITS, parse_deployment
-from kumo_infra.fleet import DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH
+from kumo_infra.drain import xfer_queue_name
+from kumo_infra.fleet import DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH, xfer_target_url
 from kumo_infra.ports import API_TLS_PORT, HTTP_PORT, TSA_PORT
 from kumo_infra.secretspec import API_USER
 from kumo_infra.stackconfig import plan_for
@@ -118,15 +119,18 @@ def test_the_shaper_is_set_up_once_with_tsa_and_binds_the_egress_paths(tmp_path)
                                                                       "kumo.tsa.config.monitor"}
 
 
-def test_the_tsa_hook_queues_keep_shapings_queue_config_and_get_the_shipped_limits(tmp_path):
-    result = run(tmp_path, d_of(nodes=3), "delivery")
+@pytest.mark.parametrize("nodes, hook_count", [(1, 1), (3, len(PEERS))])
+def test_the_tsa_hook_queues_keep_shapings_queue_config_and_get_the_shipped_limits(tmp_path, nodes, hook_count):
+    # KumoMTA's rules for its local TSA hook (assets/policy-extras/shaping.toml:232-242), for
+    # every TSA daemon, whatever the shaper's default section says.
+    result = run(tmp_path, d_of(nodes=nodes), "delivery")
     hooks = [h for h in result["queues"] if h.endswith(".tsa.kumomta")]
-    assert len(hooks) == len(PEERS)
+    assert len(hooks) == hook_count
     for hook in hooks:
         assert result["queues"][hook]["protocol"] == {"custom_lua": {"constructor": f"make.{hook}"}}
         assert "egress_pool" not in result["queues"][hook]
-        assert result["egress"][hook]["connection_limit"] == "local:5"
-        assert result["egress"][hook]["max_deliveries_per_connection"] == 8192
+        assert result["egress"][hook] == {"connection_limit": "local:5", "max_deliveries_per_connection": 8192,
+                                          "max_ready": 10000, "system_shutdown_timeout": "30s"}
 
 
 def test_relay_mode_still_routes_through_the_smarthost_with_the_shapers_limits(tmp_path):
@@ -185,8 +189,6 @@ def test_a_fleet_shares_throttles_in_redis_and_publishes_to_every_peers_tsa(tmp_
     assert result["shaping_setup"]["options"]["publish"] == [
         "http://10.0.0.5:8008", "http://10.0.0.6:8008", "http://[fd00::7]:8008"]
     assert result["shaping_setup"]["options"]["subscribe"] == [f"http://127.0.0.1:{TSA_PORT}"]
-    (http,) = calls(result, "start_http_listener")
-    assert http == {"listen": f"0.0.0.0:{HTTP_PORT}", "trusted_hosts": ["127.0.0.1", "::1", *PEERS]}
     (tsa,) = calls(run(tmp_path, d, daemon="tsa"), "tsa.start_http_listener")
     assert tsa == {"listen": f"0.0.0.0:{TSA_PORT}", "trusted_hosts": ["127.0.0.1", "::1", *PEERS]}
 
@@ -209,20 +211,42 @@ def test_tsa_init_runs_only_as_the_tsa_daemons_policy(tmp_path):
 
 
 # --- the drain marker
+ACCEPTED = {"smtp": "accepted", "data": "accepted", "http": "accepted", "generated": "accepted"}
+DRAIN_REPLY = f"4.3.2 {HOST} is being drained: try another node or later"
+
+
 @pytest.mark.parametrize("nodes", [1, 2])
-def test_new_mail_is_refused_with_421_while_the_drain_suspension_exists(tmp_path, nodes):
+def test_new_mail_is_refused_while_the_drain_suspension_exists(tmp_path, nodes):
     drain = run(tmp_path, d_of(nodes=nodes), "drain")["drain"]
-    assert drain["before"] == {"smtp": "accepted", "http": "accepted"}
-    for path in ("smtp", "http"):
-        assert drain["marked"][path]["code"] == 421 and "4.3.2" in drain["marked"][path]["error"]
+    assert drain["before"] == ACCEPTED
+    marked = drain["marked"]
+    assert marked["smtp"]["code"] == 421 and marked["smtp"]["error"].endswith(f"421 {DRAIN_REPLY}")
+    assert marked["data"]["code"] == 451 and marked["data"]["error"].endswith(f"451 {DRAIN_REPLY}")
+    assert marked["http"]["status"] == 500 and "is being drained" in marked["http"]["error"]
     # Memoized: the marker reaches new sessions once the cached list expires, not per message.
-    assert drain["marked_cached"] == {"smtp": "accepted", "http": "accepted"}
-    assert drain["unmarked"] == {"smtp": "accepted", "http": "accepted"}
+    assert drain["marked_cached"] == ACCEPTED
+    assert drain["unmarked"] == ACCEPTED
+
+
+def test_a_session_past_mail_from_when_the_drain_begins_gets_451_at_data(tmp_path):
+    # kumod answers the DATA with the reject's code for the whole transaction and spools nothing
+    # (crates/kumod/src/smtp_server.rs, the smtp_server_message_received call); 451 is temporary.
+    late = run(tmp_path, d_of(), "drain")["drain"]["late_data"]
+    assert late["mail_from"] == "accepted"
+    assert late["data"]["code"] == 451 and late["data"]["error"].endswith(f"451 {DRAIN_REPLY}")
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_http_message_generated_never_refuses_accepted_mail_while_draining(tmp_path, nodes):
+    # With deferred_generation the client already has its 200 when the messages are generated
+    # (crates/kumod/src/http_server/inject_v1.rs queue_deferred): a refusal there drops them.
+    drain = run(tmp_path, d_of(nodes=nodes, port25=RELAY), "drain")["drain"]
+    assert drain["marked"]["generated"] == "accepted"
 
 
 def test_another_suspension_does_not_stop_the_node_accepting_mail(tmp_path):
     drain = run(tmp_path, d_of(), "drain", "gmail.com")["drain"]
-    assert drain["marked"] == {"smtp": "accepted", "http": "accepted"}
+    assert drain["marked"] == ACCEPTED and drain["late_data"]["data"] == "accepted"
 
 
 def test_the_drain_check_is_memoized_under_a_user_cache_name(tmp_path):
@@ -231,13 +255,18 @@ def test_the_drain_check_is_memoized_under_a_user_cache_name(tmp_path):
     assert DRAIN_SUSPENSION_DOMAIN in render_policy(d_of(), HOST)
 
 
-# --- the API user's ACL
+# --- HTTP access: the API user, the fleet's peers, a drained node
 LISTEN = f"0.0.0.0:{API_TLS_PORT}"
+FLEET_HTTP = f"0.0.0.0:{HTTP_PORT}"
+API = {"api_cidrs": ["198.51.100.0/24"]}
 
 
-def acl(tmp_path, *checks, d=None):
-    d = d or d_of(network={"api_cidrs": ["198.51.100.0/24"]})
-    return [a["access"] for a in run(tmp_path, d, "acl", *checks)["acl"]]
+def decisions(tmp_path, *checks, d=None, scenario="acl"):
+    return run(tmp_path, d or d_of(network=API), scenario, *checks)["acl"]
+
+
+def acl(tmp_path, *checks, d=None, scenario="acl"):
+    return [a["access"] for a in decisions(tmp_path, *checks, d=d, scenario=scenario)]
 
 
 def test_the_api_user_may_do_exactly_what_drain_needs_on_the_tls_listener(tmp_path):
@@ -267,14 +296,125 @@ def test_the_api_user_gets_nothing_more(tmp_path, check):
 
 def test_trusted_hosts_keep_kumomtas_default_admin_rights(tmp_path):
     checks = [f"127.0.0.1:{HTTP_PORT}|/api/admin/suspend/v1|POST|-|1", f"127.0.0.1:{HTTP_PORT}|/metrics.json|GET|-|1",
-              f"{LISTEN}|/metrics.json|GET|-|1", f"0.0.0.0:{HTTP_PORT}|/api/xfer/inject/v1|POST|-|1"]
+              f"{LISTEN}|/metrics.json|GET|-|1", f"{FLEET_HTTP}|/api/xfer/inject/v1|POST|-|1"]
     assert acl(tmp_path, *checks) == ["Allow"] * 4
 
 
-def test_without_api_cidrs_there_is_no_acl_and_no_grant(tmp_path):
-    d = d_of()
-    assert "get_acl_definition" not in run(tmp_path, d)["events"]
-    assert acl(tmp_path, f"{LISTEN}|/api/admin/suspend/v1|GET|{API_USER}|0", d=d) == ["DenyByDefault"]
+def test_without_api_cidrs_the_api_user_has_no_grant(tmp_path):
+    assert acl(tmp_path, f"{LISTEN}|/api/admin/suspend/v1|GET|{API_USER}|0", d=d_of()) == ["DenyByDefault"]
+
+
+@pytest.mark.parametrize("network", [{}, API])
+def test_a_fleets_http_listener_trusts_loopback_only(tmp_path, network):
+    # A trusted host gets all of /api/admin (bounce, suspend, ...: assets/acls/default.toml).
+    (http,) = [x for x in calls(run(tmp_path, d_of(nodes=3, network=network)), "start_http_listener")
+               if x["listen"] == FLEET_HTTP]
+    assert http["trusted_hosts"] == ["127.0.0.1", "::1"]
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_a_peer_may_post_transferred_messages_and_nothing_else(tmp_path, peer):
+    d = d_of(nodes=3, network=API)
+    # '?': trusted or not as the policy's own listener decides.
+    assert acl(tmp_path, f"{FLEET_HTTP}|{PEER_XFER_PATH}|POST|-|?|{peer}", d=d) == ["Allow"]
+    refused = [f"{FLEET_HTTP}|{path}|{method}|-|?|{peer}" for method, path in [
+        ("POST", "/api/admin/bounce/v1"), ("POST", "/api/admin/suspend/v1"), ("GET", "/api/admin/suspend/v1"),
+        ("POST", "/api/admin/xfer/v1"), ("POST", "/api/admin/rebind/v1"), ("GET", "/metrics.json"),
+        ("GET", "/metrics"), ("GET", "/api/machine-info"), ("POST", "/api/inject/v1"), ("GET", PEER_XFER_PATH)]]
+    refused.append(f"{LISTEN}|{PEER_XFER_PATH}|POST|-|?|{peer}")  # not on the API listener either
+    assert acl(tmp_path, *refused, d=d) == ["DenyByDefault"] * len(refused)
+
+
+@pytest.mark.parametrize("machine", ["10.0.0.7", "198.51.100.7", "fd00::8", "10.0.0.0"])
+def test_a_machine_outside_the_fleet_may_not_transfer_messages_in(tmp_path, machine):
+    assert acl(tmp_path, f"{FLEET_HTTP}|{PEER_XFER_PATH}|POST|-|?|{machine}", d=d_of(nodes=3)) == ["DenyByDefault"]
+
+
+def test_loopback_keeps_kumomtas_default_rights_on_the_fleets_listener(tmp_path):
+    checks = [f"{FLEET_HTTP}|{PEER_XFER_PATH}|POST|-|?|127.0.0.1", f"{FLEET_HTTP}|/api/admin/suspend/v1|POST|-|?|::1"]
+    assert acl(tmp_path, *checks, d=d_of(nodes=3)) == ["Allow", "Allow"]
+
+
+def test_one_node_grants_no_machine_anything(tmp_path):
+    one = f"127.0.0.1:{HTTP_PORT}"
+    checks = [f"{one}|{PEER_XFER_PATH}|POST|-|?|10.0.0.6", f"{one}|/api/admin/suspend/v1|GET|-|?|10.0.0.6"]
+    assert acl(tmp_path, *checks, d=d_of()) == ["DenyByDefault"] * 2
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_while_draining_every_http_injection_fails_its_acl_check_and_nothing_else_does(tmp_path, nodes):
+    # The error fails the check before the request is accepted: kumod answers 500 "try again
+    # later" (crates/kumo-server-common/src/http_server/auth.rs auth_middleware).
+    http = FLEET_HTTP if nodes > 1 else f"127.0.0.1:{HTTP_PORT}"
+    checks = [f"{LISTEN}|/api/inject/v1|POST|{API_USER}|0", f"{http}|/api/inject/v1|POST|-|1",
+              f"{http}|/api/inject/v1/x|POST|-|1",
+              # what kumo-infra drain needs meanwhile, and the peers' transfers
+              f"{LISTEN}|/api/admin/suspend/v1|DELETE|{API_USER}|0", f"{LISTEN}|/metrics.json|GET|{API_USER}|0",
+              f"{LISTEN}|/api/admin/xfer/cancel/v1|POST|{API_USER}|0", f"{http}|/api/xfer/inject/v1|POST|-|1",
+              f"{LISTEN}|/api/check-liveness/v1|GET|-|0", f"{http}|/api/injection|POST|-|1"]
+    answers = decisions(tmp_path, *checks, d=d_of(nodes=nodes, network=API), scenario="acl_draining")
+    assert [a["access"] for a in answers] == ["Error"] * 3 + ["Allow"] * 5 + ["DenyByDefault"]
+    assert {a["status"] for a in answers[:3]} == {500}
+    # Not draining: the same injections are allowed.
+    assert acl(tmp_path, *checks[:3], d=d_of(nodes=nodes, network=API)) == ["Allow"] * 3
+
+
+# --- xfer: to the fleet's nodes only, without the shaper's limits
+SUFFIX = ".xfer.kumomta.internal"  # crates/kumo-api-types/src/xfer.rs XFER_QUEUE_SUFFIX
+
+
+def routing_domain(queue: str) -> str:
+    """The routing domain kumod passes get_egress_path_config for a queue without MX: the queue
+    name as crates/message/src/queue_name.rs parse splits it (after '@', then after '!')."""
+    domain = queue.split("@", 1)[1] if "@" in queue else queue
+    return domain.split("!", 1)[1] if "!" in domain else domain
+
+
+def egress(tmp_path, d, *queues):
+    domains = [routing_domain(q) for q in queues]
+    result = run(tmp_path, d, "egress", *domains)["egress"]
+    return [result[domain] for domain in domains]
+
+
+def peer_queue(ip: str) -> str:
+    """The xfer queue kumod fills for `kumo-infra drain --to` a peer (drain's own computation)."""
+    return xfer_queue_name(xfer_target_url(ip))
+
+
+@pytest.mark.parametrize("port25", [None, RELAY])
+def test_an_xfer_to_a_peer_gets_a_per_node_connection_limit_and_none_of_the_shapers_limits(tmp_path, port25):
+    d = d_of(nodes=3, **({"port25": port25} if port25 else {}))
+    paths = egress(tmp_path, d, *(peer_queue(peer) for peer in PEERS))
+    # The shaper's default (100/s, 10 connections, Redis-shared in a fleet) would cap a drain.
+    assert paths == [{"connection_limit": XFER_CONNECTION_LIMIT}] * len(PEERS)
+    assert XFER_CONNECTION_LIMIT.startswith("local:")
+
+
+# Queue names as kumod makes them from an xfer target (the URL as the url crate prints it).
+@pytest.mark.parametrize("queue", [
+    "http://198.51.100.9:8000/" + SUFFIX,  # not a node of the fleet
+    "http://127.0.0.1:8000/" + SUFFIX,  # this node's loopback
+    "https://10.0.0.6:8000/" + SUFFIX,  # a peer, but not its xfer listener
+    "http://10.0.0.6:8001/" + SUFFIX,
+    "http://10.0.0.6:8000/elsewhere" + SUFFIX,
+    "http://user@10.0.0.6:8000/" + SUFFIX,  # kumod's routing domain is what follows the '@'
+    "http://10.0.0.6:8000/!x" + SUFFIX,  # ... and what follows a '!'
+])
+def test_an_xfer_to_anything_but_a_peer_raises_so_its_messages_stay_queued(tmp_path, queue):
+    # kumod requeues them as a transient failure and sends nothing (policy.py XFER_CONNECTION_LIMIT);
+    # kumo-infra drain's cancel (POST /api/admin/xfer/cancel/v1) returns them to their queues.
+    (path,) = egress(tmp_path, d_of(nodes=3), queue)
+    assert "xfer only to a node of this fleet" in path["error"]
+
+
+def test_one_node_transfers_to_no_target_not_even_its_own_address(tmp_path):
+    paths = egress(tmp_path, d_of(), peer_queue("10.0.0.5"), peer_queue("10.0.0.6"), "http://127.0.0.1:8000/" + SUFFIX)
+    assert all("xfer only to a node of this fleet" in p["error"] for p in paths)
+
+
+def test_other_routing_domains_keep_the_shapers_limits(tmp_path):
+    (path,) = run(tmp_path, d_of(nodes=3), "egress", "xfer.kumomta.internal.example.com")["egress"].values()
+    assert path["connection_limit"] == 10 and path["max_message_rate"] == "100/s"
 
 
 # --- the node files

@@ -2,8 +2,8 @@
 
 Safe by construction: relaying only from loopback and ``kumomta.relay_cidrs`` (whose
 coverage of public addresses is bounded at validation, kumo_infra/addresses.py); the HTTP API trusts loopback only
-(and, in a fleet, the deployment's own nodes) and is reachable from ``network.api_cidrs`` only
-through TLS (with the deployment's generated certificate) and HTTP basic auth; no message is ever
+(a fleet's nodes may only transfer messages to each other, and only to each other) and is reachable from
+``network.api_cidrs`` only through TLS (with the deployment's generated certificate) and HTTP basic auth; no message is ever
 refused because of its headers (signing problems are logged, and the message is sent unsigned).
 
 Delivery follows KumoMTA's production setup: its shaping helper with the shipped and community
@@ -17,6 +17,7 @@ KumoMTA's source (repository KumoCorp/kumomta); the Lua comments stay short: AWS
 from __future__ import annotations
 
 from ..config import SHAPING_LIMITS, Deployment
+from ..drain import XFER_QUEUE_SUFFIX
 from ..fleet import DRAIN_CHECK_TTL_S, DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH, is_fleet, redis_source
 from ..ports import API_TLS_PORT, HTTP_PORT, TSA_PORT
 from ..secretspec import (API_PASSWORD_PATH, API_TLS_CERT_PATH, API_TLS_KEY_PATH, API_USER, RELAY_PASSWORD_PATH,
@@ -161,21 +162,33 @@ def render_shaping_custom(deployment: Deployment) -> str:
 
 
 def render_peers(deployment: Deployment) -> str:
-    """PEERS (the fleet's private addresses, read at load) and the TSA daemons to publish to."""
+    """PEERS (the fleet's private addresses, read at load), the TSA daemons to publish to and
+    XFER_TARGETS, the xfer queues (routing domains) this node may deliver: one per peer.
+
+    An xfer queue is named ``<target URL><XFER_QUEUE_SUFFIX>``, the URL as the url crate prints
+    it ("http://10.0.0.6:8000/": crates/kumo-api-types/src/xfer.rs to_queue_name); kumod passes
+    that name as the routing domain (crates/message/src/queue_name.rs parse, no '@' or '!' in it;
+    crates/kumod/src/ready_queue.rs compute_config). A peer is never a trusted host: those get all
+    of /api/admin (assets/acls/default.toml); render_acl grants the peers the xfer POST only.
+    """
+    suffix = f"local XFER_SUFFIX = {lua_str(XFER_QUEUE_SUFFIX)}"
     if not is_fleet(deployment):
         return f"""
--- One node: delivery results go to its own TSA daemon.
+-- One node: delivery results go to its own TSA daemon; no peer to transfer mail to.
 local TSA_PUBLISH = {{ {lua_str(LOCAL_TSA)} }}
+local XFER_TARGETS = {{}}
+{suffix}
 """
     return f"""
--- The fleet's private addresses (a JSON list fetched at boot), read at every policy load: trusted
--- by the HTTP listener (xfer); every node's results go to every TSA daemon.
-local TRUSTED = {lua_list(LOOPBACK)}
-local TSA_PUBLISH = {{}}
-for _, ip in ipairs(kumo.json_load({lua_str(FLEET_PEERS_PATH)})) do
-  table.insert(TRUSTED, ip)
-  local host = ip:find(':', 1, true) and ('[' .. ip .. ']') or ip
+-- The fleet's private addresses (a JSON list fetched at boot), read at every policy load:
+-- every node's results go to every TSA daemon; peers may transfer mail to each other.
+local PEERS = kumo.json_load({lua_str(FLEET_PEERS_PATH)})
+local TSA_PUBLISH, XFER_TARGETS = {{}}, {{}}
+{suffix}
+for _, ip in ipairs(PEERS) do
+  local host = ip:find(':', 1, true) and ('[' .. ip:lower() .. ']') or ip
   table.insert(TSA_PUBLISH, 'http://' .. host .. ':{TSA_PORT}')
+  XFER_TARGETS['http://' .. host .. ':{HTTP_PORT}/' .. XFER_SUFFIX] = true
 end
 """
 
@@ -222,15 +235,16 @@ local draining = kumo.memoize(function()
   return false
 end, {{ name = 'user.kumo-infra-drain', ttl = '{DRAIN_CHECK_TTL_S} seconds', capacity = 1 }})
 
--- 4.3.2: not accepting mail (RFC 3463); kumod closes the session after a 421.
-local function refuse_while_draining()
+-- 4.3.2: not accepting mail (RFC 3463). Refused at MAIL FROM (421: kumod ends the session)
+-- and at DATA (451, smtp_server_message_received below); HTTP injections in get_acl_definition.
+local function refuse_while_draining(code)
   if draining() then
-    kumo.reject(421, '4.3.2 ' .. HOSTNAME .. ' is being drained: try another node or later')
+    kumo.reject(code, '4.3.2 ' .. HOSTNAME .. ' is being drained: try another node or later')
   end
 end
 
 kumo.on('smtp_server_mail_from', function(sender)
-  refuse_while_draining()
+  refuse_while_draining(421)
 end)
 """
 
@@ -246,20 +260,40 @@ API_USER_GRANTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def render_api_acl(deployment: Deployment) -> str:
-    """get_acl_definition: the API user's grants on the TLS listener only."""
-    if not deployment.network.api_cidrs:
-        return ""
-    grants = "".join(f"\n  [{lua_str(path)}] = {lua_list(methods)}," for path, methods in API_USER_GRANTS.items())
-    return f"""
--- The API user's grants for kumo-infra drain, on the TLS listener only. kumod asks for each
--- resource from the most specific up (http_listener/<listen>/<path>, then its parents, then
--- http_listener/*/...) until one ACL decides; a resource this answers nil for keeps KumoMTA's
--- default ACL (crates/kumo-server-common/src/authn_authz.rs, http_server/auth.rs
--- HttpEndpointResource). Only listener-specific names: the defaults stay whole.
+# The one HTTP path the fleet's nodes may use on each other's HTTP listener: kumod's xfer client
+# POSTs each transferred message to /api/xfer/inject/v1 of the target URL (crates/kumod/src/xfer/
+# mod.rs XferDispatcher::deliver_message). The peers are matched by address, an ACLIdentity
+# MachineSet (a CidrSet, deserialized from a list of address/CIDR strings: crates/kumo-server-
+# common/src/authn_authz.rs ACLIdentity, crates/cidr-map/src/set.rs).
+PEER_XFER_PATH = "/api/xfer/inject/v1"
+
+
+def render_acl(deployment: Deployment) -> str:
+    """get_acl_definition: the API user's grants on the TLS listener (with network.api_cidrs), the
+    peers' xfer POST on the fleet's HTTP listener, and the drained node's refusal of HTTP injections.
+
+    The refusal comes before anything is accepted: an error raised here fails the ACL check, which
+    kumod answers with 500 "try again later" (crates/kumo-server-common/src/http_server/auth.rs
+    auth_middleware, the Err arm of query_resource_access; the error is cached for the ACL cache's
+    300 ms, authn_authz.rs ACL_CACHE_TTL_MS). http_message_generated must not refuse: with
+    deferred_generation the client already has its 200 and the messages are generated later
+    (crates/kumod/src/http_server/inject_v1.rs inject_v1_impl -> queue_deferred; the generator
+    ignores per-recipient errors, HttpInjectionGeneratorDispatcher::try_send), so a refusal there
+    would drop accepted mail.
+    """
+    out = ["""
+-- HTTP access beyond KumoMTA's default ACL (assets/acls/default.toml). kumod asks for each
+-- resource from the most specific up (http_listener/<listen>/<path>, its parents, then
+-- http_listener/*/...) until one ACL decides; nil keeps the default's answer
+-- (crates/kumo-server-common/src/authn_authz.rs, http_server/auth.rs).
+local ACLS = {}
+"""]
+    if deployment.network.api_cidrs:
+        grants = "".join(f"\n  [{lua_str(path)}] = {lua_list(methods)}," for path, methods in API_USER_GRANTS.items())
+        out.append(f"""
+-- The API user's grants for kumo-infra drain, on the TLS listener only.
 local API_GRANTS = {{{grants}
 }}
-local API_ACLS = {{}}
 for path, methods in pairs(API_GRANTS) do
   local rules = {{}}
   for _, method in ipairs(methods) do
@@ -269,13 +303,28 @@ for path, methods in pairs(API_GRANTS) do
       access = 'Allow',
     }})
   end
-  API_ACLS['http_listener/0.0.0.0:{API_TLS_PORT}' .. path] = kumo.aaa.make_access_control_list(rules)
+  ACLS['http_listener/0.0.0.0:{API_TLS_PORT}' .. path] = kumo.aaa.make_access_control_list(rules)
 end
-
+""")
+    if is_fleet(deployment):
+        out.append(f"""
+-- The peers, untrusted, may only POST the messages they transfer here.
+ACLS[{lua_str(f"http_listener/0.0.0.0:{HTTP_PORT}{PEER_XFER_PATH}")}] = kumo.aaa.make_access_control_list {{
+  {{ criteria = {{ Identity = {{ MachineSet = PEERS }} }}, privilege = 'POST', access = 'Allow' }},
+}}
+""")
+    out.append("""
+-- A drained node fails the check of every HTTP injection (kumod answers 500 'try again
+-- later'): refused before it is accepted, unlike in http_message_generated.
 kumo.on('get_acl_definition', function(resource)
-  return API_ACLS[resource]
+  local path = resource:match('^http_listener/[^/]+(/.*)$')
+  if path and (path == '/api/inject' or path:find('^/api/inject/')) and draining() then
+    error('kumo-infra drain: ' .. HOSTNAME .. ' is being drained: HTTP injection refused')
+  end
+  return ACLS[resource]
 end)
-"""
+""")
+    return "".join(out)
 
 
 def render_http_listener(deployment: Deployment) -> str:
@@ -286,11 +335,11 @@ def render_http_listener(deployment: Deployment) -> str:
     trusted_hosts = {lua_list(LOOPBACK)},
   }}
 """
-    return f"""  -- HTTP API for loopback and the fleet's nodes, which POST transferred messages to
-  -- /api/xfer/inject/v1 (the cloud firewall opens {HTTP_PORT} to the nodes only).
+    return f"""  -- HTTP API for loopback and the fleet's nodes (the cloud firewall opens {HTTP_PORT} to the
+  -- nodes only), which may only POST transferred messages (get_acl_definition below).
   kumo.start_http_listener {{
     listen = '0.0.0.0:{HTTP_PORT}',
-    trusted_hosts = TRUSTED,
+    trusted_hosts = {lua_list(LOOPBACK)},
   }}
 """
 
@@ -353,7 +402,7 @@ kumo.on('init', function()
   -- Delivery results to the TSA daemons; suspensions from the local one.
   shaper.setup_publish()
 end)
-{render_api_auth(deployment)}{render_api_acl(deployment)}{render_drain()}{render_delivery(deployment)}"""
+{render_api_auth(deployment)}{render_drain()}{render_acl(deployment)}{render_delivery(deployment)}"""
 
 
 def render_tsa_init(deployment: Deployment) -> str:
@@ -392,6 +441,19 @@ kumo.on('tsa_load_shaping_data', function()
 end)
 """
 
+
+# An xfer queue's egress path (render_delivery). Without the shaper's limits, which its default
+# section would set (100/s, 10 connections, shared through Redis in a fleet): they would cap a drain,
+# and the receiver is a peer, not a mailbox provider. "local:" keeps the limit per node, out of the
+# fleet's Redis (crates/throttle/src/lib.rs LimitSpec::try_from); 32 is kumod's own default
+# (crates/kumo-api-types/src/egress_path.rs default_connection_limit): each connection is one
+# POST at a time (crates/kumod/src/xfer/mod.rs, batch size 1).
+# An xfer to any other target raises in get_egress_path_config: kumod then logs a transient
+# failure and requeues each message (crates/kumod/src/ready_queue.rs compute_config, crates/kumod/
+# src/queue/queue.rs insert_ready_impl SourceInsertResult::FailedResolve and insert_ready's
+# requeue_message): nothing is sent or bounced, the messages wait in the xfer queue until
+# `POST /api/admin/xfer/cancel/v1` returns them (or their max_age, 7 days by default, passes).
+XFER_CONNECTION_LIMIT = "local:32"
 
 # Headers signed by DKIM: the ones receivers check, and that relays do not rewrite.
 DKIM_HEADERS = ("From", "To", "Subject", "Date", "MIME-Version", "Content-Type", "Message-ID")
@@ -461,6 +523,14 @@ kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_n
       system_shutdown_timeout = '30s',
     }}
   end
+  if routing_domain:sub(-#XFER_SUFFIX) == XFER_SUFFIX then
+    -- An xfer queue: to a peer without shaping, each node its own connections; to anything
+    -- else the error leaves the messages queued (to cancel), never sent.
+    if not XFER_TARGETS[routing_domain] then
+      error('kumo-infra: xfer only to a node of this fleet, not ' .. routing_domain)
+    end
+    return kumo.make_egress_path {{ connection_limit = {lua_str(XFER_CONNECTION_LIMIT)} }}
+  end
   if routing_domain == RELAY.host then
     -- The shaper's limits for the smarthost (skip_make: its parameters, shaping.lua), with
     -- its port, STARTTLS and credentials.
@@ -481,19 +551,24 @@ local function sign(msg) end
 """)
     else:
         out.append(render_signing(deployment.dkim.selector, keys))
+    # Late DATA while drained: kumo.reject raises a RejectError with RejectDisconnect::If421
+    # (crates/kumod/src/mod_kumo.rs:138-147), which process_data answers to the DATA with its code,
+    # for the whole transaction, before anything is spooled (crates/kumod/src/smtp_server.rs:3048-3082,
+    # the SMTP_SERVER_MSG_RX call); 451 is temporary and keeps the session, whose next MAIL FROM
+    # gets the 421.
     out.append("""
 -- Routing first, signing last: nothing may change the message after it is signed. Neither
 -- raises: an error here would answer 421 to the SMTP client (crates/kumod/src/smtp_server.rs,
 -- the smtp_server_message_received call) or fail the injection, for every retry.
+-- A session past MAIL FROM when the drain began gets 451 to its DATA (the whole transaction).
 kumo.on('smtp_server_message_received', function(msg)
+  refuse_while_draining(451)
   route(msg)
   sign(msg)
 end)
 
--- A drained node refuses injections too: the error fails each recipient
--- (crates/kumod/src/http_server/inject_v1.rs, the http_message_generated call).
+-- Never refuses: this mail is already accepted (see get_acl_definition).
 kumo.on('http_message_generated', function(msg)
-  refuse_while_draining()
   route(msg)
   sign(msg)
 end)

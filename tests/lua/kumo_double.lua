@@ -53,18 +53,67 @@ local made = setmetatable({}, { __mode = 'k' })
 
 local function is_integer(v) return math.type(v) == 'integer' end
 
--- std::net::IpAddr's FromStr: a dotted IPv4 address or an IPv6 address, nothing else.
-local function is_ip(s)
-  if type(s) ~= 'string' then return false end
-  local a, b, c, d = s:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
-  if a then
-    for _, x in ipairs({ a, b, c, d }) do
-      if tonumber(x) > 255 or (#x > 1 and x:sub(1, 1) == '0') then return false end
-    end
-    return true
+-- std::net::Ipv4Addr's FromStr: four decimal octets, no leading zeros; the 4 bytes, or nil.
+local function ipv4_bytes(s)
+  local parts = { s:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$') }
+  if #parts ~= 4 then return nil end
+  local bytes = {}
+  for i, x in ipairs(parts) do
+    if tonumber(x) > 255 or (#x > 1 and x:sub(1, 1) == '0') then return nil end
+    bytes[i] = tonumber(x)
   end
-  return s:find(':', 1, true) ~= nil and s:match('^[%x:.]+$') ~= nil and not s:find(':::', 1, true)
+  return bytes
 end
+
+-- std::net::Ipv6Addr's FromStr: eight groups of 1-4 hex digits, one '::' standing for a run of
+-- zero groups, the last 32 bits optionally as dotted IPv4; the 16 bytes, or nil.
+local function ipv6_bytes(s)
+  if not s:match('^[%x:.]+$') then return nil end
+  local function groups(part, v4_last)
+    local words = {}
+    if part == '' then return words end
+    local pieces = {}
+    for g in (part .. ':'):gmatch('([^:]*):') do table.insert(pieces, g) end
+    for i, g in ipairs(pieces) do
+      local v4 = v4_last and i == #pieces and ipv4_bytes(g)
+      if v4 then
+        table.insert(words, v4[1] * 256 + v4[2])
+        table.insert(words, v4[3] * 256 + v4[4])
+      elseif g:match('^%x%x?%x?%x?$') then
+        table.insert(words, tonumber(g, 16))
+      else
+        return nil
+      end
+    end
+    return words
+  end
+  local words
+  local left_part, right_part = s:match('^(.-)::(.*)$')
+  if left_part then
+    local left, right = groups(left_part, false), groups(right_part, true)
+    if not left or not right or right_part:find('::', 1, true) or #left + #right > 7 then return nil end
+    words = left
+    for _ = 1, 8 - #left - #right do table.insert(words, 0) end
+    for _, w in ipairs(right) do table.insert(words, w) end
+  else
+    words = groups(s, true)
+    if not words or #words ~= 8 then return nil end
+  end
+  local bytes = {}
+  for _, w in ipairs(words) do
+    table.insert(bytes, w >> 8)
+    table.insert(bytes, w & 255)
+  end
+  return bytes
+end
+
+-- std::net::IpAddr's FromStr: an IPv4 or an IPv6 address, nothing else; its bytes, or nil.
+local function ip_bytes(s)
+  if type(s) ~= 'string' then return nil end
+  return ipv4_bytes(s) or ipv6_bytes(s)
+end
+
+local function is_ip(s) return ip_bytes(s) ~= nil end
 M.is_ip = is_ip
 
 -- crates/duration-serde/src/lib.rs: a humantime string ('1 minute', '5m') or seconds.
@@ -84,34 +133,50 @@ local function is_humantime(s)
   return any and s:gsub('%s*%d+%s*%a+', ''):match('^%s*$') ~= nil
 end
 
--- crates/cidr-map/src/map.rs parse_cidr: an address or CIDR; host bits set is an error.
-local function ipv4_bytes(s)
-  local a, b, c, d = s:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
-  if not a then return nil end
-  local bytes = { tonumber(a), tonumber(b), tonumber(c), tonumber(d) }
-  for _, x in ipairs(bytes) do if x > 255 then return nil end end
-  return bytes
+-- The network part of byte i of an address under a prefix of `bits`, as a mask.
+local function prefix_mask(bits, i)
+  local keep = math.max(0, math.min(8, bits - (i - 1) * 8))
+  return (0xff << (8 - keep)) & 0xff
+end
+
+-- crates/cidr-map/src/map.rs parse_cidr (cidr's AnyIpCidr::from_str): an address or
+-- address/prefix; host bits set is an error. { bytes, bits }, or nil and the problem.
+local function parse_cidr(entry)
+  if type(entry) ~= 'string' then return nil, 'not a string' end
+  local addr, prefix = entry:match('^([^/]+)/(%d+)$')
+  local bytes = ip_bytes(addr or entry)
+  if not bytes then return nil, 'not an IP address or CIDR' end
+  local bits = tonumber(prefix or tostring(#bytes * 8))
+  if bits > #bytes * 8 then return nil, 'prefix longer than ' .. #bytes * 8 end
+  for i, byte in ipairs(bytes) do
+    if byte & ~prefix_mask(bits, i) & 0xff ~= 0 then return nil, 'host bits set' end
+  end
+  return { bytes = bytes, bits = bits }
 end
 
 local function cidr_problem(entry)
-  if type(entry) ~= 'string' then return 'not a string' end
-  local addr, prefix = entry:match('^([^/]+)/(%d+)$')
-  addr = addr or entry
-  local v4 = ipv4_bytes(addr)
-  if v4 then
-    local bits = tonumber(prefix or '32')
-    if bits > 32 then return 'prefix longer than 32' end
-    local value = ((v4[1] * 256 + v4[2]) * 256 + v4[3]) * 256 + v4[4]
-    local host = (1 << (32 - bits)) - 1
-    if value & host ~= 0 then return 'host bits set' end
-    return nil
-  end
-  if addr:find(':', 1, true) and addr:match('^[%x:.]+$') then
-    if tonumber(prefix or '128') > 128 then return 'prefix longer than 128' end
-    return nil -- IPv6 host bits are not checked by the double
-  end
-  return 'not an IP address or CIDR'
+  local _, problem = parse_cidr(entry)
+  return problem
 end
+
+-- CidrSet::contains (crates/cidr-map/src/set.rs): the address is in one of the entries, of its
+-- own family (an IPv4 address is not in an IPv6 range).
+local function cidrs_contain(entries, address)
+  local bytes = ip_bytes(address)
+  if not bytes then return false end
+  for _, entry in ipairs(entries) do
+    local cidr = assert(parse_cidr(entry))
+    if #cidr.bytes == #bytes then
+      local inside = true
+      for i = 1, #bytes do
+        if bytes[i] & prefix_mask(cidr.bits, i) ~= cidr.bytes[i] then inside = false end
+      end
+      if inside then return true end
+    end
+  end
+  return false
+end
+M.cidrs_contain = cidrs_contain
 
 local check_struct -- forward
 
@@ -245,7 +310,25 @@ implemented['kumo.start_esmtp_listener'] = struct_function('kumo.start_esmtp_lis
 implemented['kumo.start_http_listener'] = struct_function('kumo.start_http_listener')
 implemented['kumo.define_spool'] = struct_function('kumo.define_spool')
 implemented['kumo.configure_local_logs'] = struct_function('kumo.configure_local_logs')
-implemented['kumo.make_egress_path'] = struct_function('kumo.make_egress_path')
+-- LimitSpec (crates/throttle/src/lib.rs:344-430): a whole number >= 1, or a string of one
+-- ('_' and ',' allowed as separators), optionally 'local:' (not shared through Redis).
+local function limit_spec_problem(v)
+  if is_integer(v) then return v < 1 and 'limit must be 1 or larger' or nil end
+  if type(v) ~= 'string' then return 'expected a string or numeric limit spec' end
+  local digits = (v:match('^local:(.*)$') or v):gsub('[_,]', '')
+  if not digits:match('^%d+$') then return "invalid limit '" .. digits .. "'" end
+  if tonumber(digits) == 0 then return 'limit must be greater than 0' end
+  return nil
+end
+
+local check_egress_path = struct_function('kumo.make_egress_path')
+implemented['kumo.make_egress_path'] = function(args)
+  if type(args) == 'table' and args.connection_limit ~= nil then
+    local problem = limit_spec_problem(args.connection_limit)
+    if problem then raise('kumo.make_egress_path.connection_limit: ' .. problem) end
+  end
+  return check_egress_path(args)
+end
 implemented['kumo.make_listener_domain'] = struct_function('kumo.make_listener_domain')
 
 local make_queue_config = struct_function('kumo.make_queue_config')
@@ -495,6 +578,18 @@ local function check_term(where, term)
     if want == nil or next(value, kind) ~= nil then raise(where .. ': unknown ACLIdentity ' .. tostring(kind)) end
     if want == 'string' and type(v) ~= 'string' then raise(where .. '.' .. kind .. ': expected a string') end
     if want == 'ip' and not is_ip(v) then raise(where .. '.' .. kind .. ': expected an IP address') end
+    if want == 'table' then
+      -- MachineSet(CidrSet): #[serde(try_from = "Vec<String>")], each entry through parse_cidr
+      -- (crates/cidr-map/src/set.rs; crates/kumo-server-common/src/authn_authz.rs ACLIdentity).
+      if type(v) ~= 'table' then raise(where .. '.' .. kind .. ': expected a list of IPs/CIDRs') end
+      for key in pairs(v) do
+        if not is_integer(key) or key < 1 or key > #v then raise(where .. '.' .. kind .. ': expected a sequence') end
+      end
+      for i, entry in ipairs(v) do
+        local problem = cidr_problem(entry)
+        if problem then raise(where .. '.' .. kind .. '[' .. i .. ']: ' .. tostring(entry) .. ': ' .. problem) end
+      end
+    end
   else
     raise(where .. ': unknown variant ' .. tostring(key) .. ', expected AllOf, AnyOf, Not or Identity')
   end
@@ -1099,7 +1194,9 @@ local function matches(info, term)
     for _, i in ipairs(info.identities) do if i == v then return true end end
   elseif kind == 'Group' then
     for _, g in ipairs(info.groups) do if g == v then return true end end
-  elseif kind == 'Machine' then return info.peer_address == v
+  elseif kind == 'Machine' then return info.peer_address ~= nil and is_ip(info.peer_address)
+    and table.concat(ip_bytes(info.peer_address), '.') == table.concat(ip_bytes(v), '.')
+  elseif kind == 'MachineSet' then return info.peer_address ~= nil and cidrs_contain(v, info.peer_address)
   end
   return false
 end
@@ -1107,10 +1204,15 @@ end
 -- AccessControlList::query_resource_access: each resource in turn; get_acl_definition's answer,
 -- or (answering nothing, fall_back_to_acl_map's default) the default map's; the first rule whose
 -- criteria and privilege match decides; a resource with no deciding rule passes to the next.
--- info: { identities = {...}, groups = {...}, peer_address = '...' }.
+-- info: { identities = {...}, groups = {...}, peer_address = '...' }. An error raised by
+-- get_acl_definition fails the whole check: 500 'try again later' (http_server/auth.rs
+-- auth_middleware, the Err arm of query_resource_access).
 function M.http_access(listen, path, method, info)
   for _, resource in ipairs(M.http_resources(listen, path)) do
-    local acl = M.fire('get_acl_definition', resource)
+    local ok, acl = pcall(M.fire, 'get_acl_definition', resource)
+    if not ok then
+      return { access = 'Error', status = 500, resource = resource, error = tostring(acl) }
+    end
     local rules
     if acl ~= nil then
       if made[acl] ~= 'kumo.aaa.make_access_control_list' then
@@ -1127,6 +1229,18 @@ function M.http_access(listen, path, method, info)
     end
   end
   return { access = 'DenyByDefault' }
+end
+
+-- auth_middleware: a peer in the listener's trusted_hosts (CidrSet::default_trusted_hosts,
+-- loopback, when the policy names none: crates/cidr-map/src/set.rs) joins the group
+-- 'kumomta:http-listener-trusted-ip'. listen: as the policy started the listener.
+function M.trusted_by_listener(listen, peer_address)
+  for _, c in ipairs(M.calls) do
+    if c.fn == 'start_http_listener' and c.args.listen == listen then
+      return cidrs_contain(c.args.trusted_hosts or { '127.0.0.1', '::1' }, peer_address)
+    end
+  end
+  error('no HTTP listener on ' .. listen)
 end
 
 M.module = module

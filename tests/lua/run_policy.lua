@@ -11,10 +11,20 @@
 --                       or the error it raised
 --   delivery [ROUTING...]  the queue and egress path configs of gmail.com, of every TSA log
 --                       hook's queue and of each ROUTING domain; the egress pool and its sources
---   drain               MAIL FROM and an HTTP injection without the drain suspension, with it
---                       (before and after the memoized list expires), and after its removal
---   acl CHECK...        KumoMTA's HTTP access decision for each LISTEN|PATH|METHOD|USER|TRUSTED
---                       (USER '-' for none; TRUSTED 1 when the peer is a trusted host)
+--   drain [DOMAIN]      without the drain suspension (of DOMAIN, default the drain marker's),
+--                       with it (before and after the memoized list expires), and after its
+--                       removal: MAIL FROM (smtp), the DATA of a session already past MAIL FROM
+--                       (data), an HTTP injection by a loopback client as kumod runs it, ACL
+--                       check then http_message_generated (http), and the generation of an
+--                       injection accepted earlier with deferred_generation (generated); also
+--                       late_data: MAIL FROM before the suspension, DATA after it
+--   egress ROUTING...   get_egress_path_config for each routing domain of a queue without MX
+--                       (xfer: source 'unspecified', site name = routing domain,
+--                       crates/kumod/src/ready_queue.rs compute_queue_name), or the error raised
+--   acl_draining CHECK...  the same while the drain suspension exists
+--   acl CHECK...        KumoMTA's HTTP access decision for each LISTEN|PATH|METHOD|USER|TRUSTED[|PEER]
+--                       (USER '-' for none; TRUSTED 1 when the peer is a trusted host, 0 when not,
+--                       ? as the policy's listener on LISTEN decides; PEER default 198.51.100.7)
 --   tsa_shaping         (with KUMO_DOUBLE_DAEMON=tsa) the files tsa_load_shaping_data loads
 -- KUMO_DOUBLE_ROOT: a directory standing for / when a file is read.
 -- KUMO_DOUBLE_DAEMON: kumod (default) or tsa, the daemon loading the policy (tsa_init.lua).
@@ -106,35 +116,62 @@ elseif scenario == 'delivery' then
   result.shaping_setup = double.shaping_setup
   result.sources_files = double.sources_files
 elseif scenario == 'drain' then
-  local function attempt()
-    local out = {}
-    for _, step in ipairs({
-      { 'smtp', function() double.fire('smtp_server_mail_from', { email = 'news@example.com' }, {}) end },
-      { 'http', function() double.fire('http_message_generated', double.new_message('news@example.com', 'user@gmail.com'), {}) end },
-    }) do
-      local ok, err = pcall(step[2])
-      out[step[1]] = ok and 'accepted' or { code = type(err) == 'table' and err.code or nil, error = tostring(err) }
-    end
-    return out
+  local function outcome(step)
+    local ok, err = pcall(step)
+    return ok and 'accepted' or { code = type(err) == 'table' and err.code or nil, error = tostring(err) }
   end
-  result.drain = {}
-  result.drain.before = attempt()
-  double.suspensions = {
+  local function mail_from() double.fire('smtp_server_mail_from', { email = 'news@example.com' }, {}) end
+  local function data() double.fire('smtp_server_message_received', double.new_message('news@example.com', 'user@gmail.com'), {}) end
+  local function generated() double.fire('http_message_generated', double.new_message('news@example.com', 'user@gmail.com'), {}) end
+  local function http_inject()
+    local listen
+    for _, c in ipairs(double.calls) do
+      if c.fn == 'start_http_listener' and not c.args.use_tls then listen = c.args.listen end
+    end
+    local info = { identities = {}, groups = { 'kumomta:http-listener-trusted-ip' }, peer_address = '127.0.0.1' }
+    local access = double.http_access(listen, '/api/inject/v1', 'POST', info)
+    if access.access ~= 'Allow' then
+      return { status = access.status or 401, error = access.error or access.access }
+    end
+    return outcome(generated)
+  end
+  local function attempt()
+    return { smtp = outcome(mail_from), data = outcome(data), http = http_inject(), generated = outcome(generated) }
+  end
+  local marker = {
     { id = '9b1e0d3c-0000-4000-8000-000000000001', domain = 'other.example', reason = 'tsa', duration = '1h' },
     { id = '9b1e0d3c-0000-4000-8000-000000000002', domain = arg[3] or 'drain.kumo-infra.invalid', reason = 'drain', duration = '1h' },
   }
+  result.drain = {}
+  result.drain.before = attempt()
+  double.suspensions = marker
   result.drain.marked_cached = attempt()
   double.expire_memos()
   result.drain.marked = attempt()
   double.suspensions = {}
   double.expire_memos()
   result.drain.unmarked = attempt()
-elseif scenario == 'acl' then
+  result.drain.late_data = { mail_from = outcome(mail_from) }
+  double.suspensions = marker
+  double.expire_memos()
+  result.drain.late_data.data = outcome(data)
+elseif scenario == 'egress' then
+  result.egress = {}
+  for i = 3, #arg do
+    local ok, path = pcall(double.fire, 'get_egress_path_config', arg[i], 'unspecified', arg[i])
+    result.egress[arg[i]] = ok and path or { error = tostring(path) }
+  end
+elseif scenario == 'acl' or scenario == 'acl_draining' then
+  if scenario == 'acl_draining' then
+    double.suspensions = { { id = '9b1e0d3c-0000-4000-8000-000000000002', domain = 'drain.kumo-infra.invalid', reason = 'drain', duration = '1h' } }
+  end
   result.acl = {}
   for i = 3, #arg do
-    local listen, path, method, user, trusted = arg[i]:match('^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-    local info = { identities = {}, groups = {}, peer_address = '198.51.100.7' }
+    local listen, path, method, user, trusted, peer = arg[i]:match('^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
+    peer = (peer ~= nil and peer ~= '') and peer or '198.51.100.7'
+    local info = { identities = {}, groups = {}, peer_address = peer }
     if user ~= '-' then table.insert(info.identities, user) end
+    if trusted == '?' then trusted = double.trusted_by_listener(listen, peer) and '1' or '0' end
     if trusted == '1' then table.insert(info.groups, 'kumomta:http-listener-trusted-ip') end
     table.insert(result.acl, double.http_access(listen, path, method, info))
   end
