@@ -187,8 +187,14 @@ def test_bootstrap_installs_tunes_starts_and_survives_rerun_and_wiped_nvme(vm_ro
         assert facts["outbound_25"] == "blocked" and facts["deliverability"] == "failed"
         assert by_name["probe25"]["status"] == "failed"
         assert "deliverability=FAILED" in console
+        # The policy kumod runs is exactly the rendered one (hostname, loopback-only relaying), and
+        # the TSA daemon runs its own rendered policy.
         policy = vm.read_file("/opt/kumomta/etc/policy/init.lua").decode()
-        assert f"hostname = '{HOSTNAME}'" in policy and "relay_hosts = { '127.0.0.1', '::1' }" in policy
+        rendered = {f["path"]: f["content"] for f in doc["write_files"]}
+        assert policy == rendered["/etc/kumo-infra/init.lua"]
+        assert f"local HOSTNAME = '{HOSTNAME}'" in policy and "relay_hosts = { '127.0.0.1', '::1' }" in policy
+        assert vm.read_file("/opt/kumomta/etc/policy/tsa_init.lua").decode() == rendered["/etc/kumo-infra/tsa_init.lua"]
+        assert vm.exec(["systemctl", "is-active", "kumo-tsa-daemon"]).stdout.strip() == "active"
 
         # Supply chain: the key was trusted by its pinned fingerprint, the list is the rendered
         # one (never the repository host's), and apt verified the signed index with that key.
