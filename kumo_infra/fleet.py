@@ -43,6 +43,12 @@ DRAIN_REASON = "kumo-infra drain: this node is being emptied before it is replac
 # node still holding "not draining" in its cache takes mail until it lapses. drain_node reads the
 # node as empty only after this (and a poll) has passed: a message accepted meanwhile is counted.
 DRAIN_CHECK_TTL_S = 3
+# How long the other nodes may take to learn a replaced node's new private address: the peer
+# list's refresh timer (bootstrap/files/kumo-fleet-peers.timer: every 5 min, up to 2 min late)
+# plus a minute for the fetch and the restart. Until then they neither send a drain's transfers to
+# it (the policy keeps them queued) nor take its: `kumo-infra roll` waits this long before draining
+# into a node it replaced.
+PEER_REFRESH_MAX_S = (5 + 2 + 1) * 60
 
 # Where a peer receives the messages another node transfers to it (kumod POSTs them to
 # /api/xfer/inject/v1 of the target URL, crates/kumod/src/xfer): the HTTP listener on HTTP_PORT, which in a

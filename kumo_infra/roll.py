@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
+from . import fleet
 from .errors import ConfigError, Problem, shown
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ class Deps:
     # The drain suspension a node holds, None when it serves; None: kumo_infra.drain.drain_suspension.
     drain_suspension: Optional[Callable[["NodeApi"], Optional[dict]]] = None
     on_output: Callable[[str], Any] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+    sleep: Callable[[float], Any] = time.sleep
+    clock: Callable[[], float] = time.monotonic
 
 
 class RollStopped(Exception):
@@ -284,6 +287,9 @@ class _Roll:
     rolled: list[str] = field(default_factory=list)
     current: str = ""  # the node being rolled
     step: str = CHECK  # where it is
+    sleep: Callable[[float], Any] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    replaced_at: dict[str, float] = field(default_factory=dict)  # clock() when each rolled node was healthy
 
     def read(self, outputs: Mapping[str, Any]) -> None:
         self.nodes = node_outputs(outputs, self.stack)
@@ -318,6 +324,14 @@ class _Roll:
         self.step = DRAIN
         # Every other node was just seen serving and undrained: the peer is one of them.
         peer = next_peer(node, self.order)
+        if peer in self.replaced_at:
+            # The peer has a new private address, which this node learns only from its peer-list
+            # refresh: a transfer to an address it does not know yet stays queued on it.
+            wait = self.replaced_at[peer] + fleet.PEER_REFRESH_MAX_S - self.clock()
+            if wait > 0:
+                self.say(f"kumo-infra: {node}: waiting {wait:.0f}s for it to learn {peer}'s new address "
+                         "(the fleet's peer-list refresh)")
+                self.sleep(wait)
         self.say(f"kumo-infra: {node}: draining" + (f" into {peer} ({self.apis[peer].private_ip})" if peer else
                                                      " until its queue is empty (no other node to take it)"))
         from .drain import DrainError
@@ -354,6 +368,7 @@ class _Roll:
             raise RollStopped(self.stopped(node, HEALTH, f"{node} still holds the drain suspension: its machine was "
                                                          "not replaced (a new kumod holds none)"))
         self.rolled.append(node)
+        self.replaced_at[node] = self.clock()
         self.say(f"kumo-infra: {node}: rolled ({seen.detail})")
 
     def where(self, node: str, step: str) -> str:
@@ -436,6 +451,7 @@ def run(args: argparse.Namespace, deps: Optional[Deps] = None) -> int:
         roll = _Roll(stack, pulumi_stack, planned_nodes(stack), chosen, {}, {}, {}, drain,
                      deps.node_apis or drain_apis, health, drain_suspension, deps.on_output,
                      args.drain_timeout.total_seconds(), args.health_timeout.total_seconds())
+        roll.sleep, roll.clock = deps.sleep, deps.clock
         roll.read(eph.plain_outputs(pulumi_stack))  # no secret output decrypted
         roll.urns = machine_urns(json.loads(eph.run_plain(pulumi_stack, ["stack", "export"]).stdout), stack, chosen)
     except auto.StackNotFoundError:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from kumo_infra import cli, roll
+from kumo_infra import fleet as fleet_module
 from kumo_infra.drain import PASSWORD_ENV, DrainError, DrainResult, NodeApi
 from kumo_infra.fleet import DRAIN_SUSPENSION_DOMAIN
 from kumo_infra.smoke import Check, SmokeReport
@@ -69,6 +70,7 @@ class Fleet:
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, cloud: str = "aws", nodes: int = 3,
                  **deployment: object) -> None:
+        self.now = 0.0
         base, self.component_type, self.component, self.machine_type = TARGETS[cloud]
         self.project = write_project(tmp_path, base, **{"nodes": nodes, "network": {"api_cidrs": ["203.0.113.0/24"]},
                                                         **deployment})
@@ -151,7 +153,12 @@ class Fleet:
     def deps(self) -> roll.Deps:
         return roll.Deps(pulumi_command=self.command, drain_node=self.drain, node_apis=self.node_apis,
                          check_health=self.health, drain_suspension=self.drain_suspension,
-                         on_output=self.lines.append)
+                         on_output=self.lines.append, sleep=self.sleep, clock=lambda: self.now)
+
+    def sleep(self, seconds: float) -> None:
+        """The roll's waits, on a clock of its own: logged, never slept."""
+        self.log.append(f"wait {seconds:g}s")
+        self.now += seconds
 
     def run(self, monkeypatch: pytest.MonkeyPatch, *flags: str) -> int:
         """`kumo-infra roll --stack fleet FLAGS` through cli.main (its exit codes), with these fakes."""
@@ -166,10 +173,37 @@ class Fleet:
         return [c for c in self.calls if "up" in c[:2]]
 
 
-def every_step(node: str, others: list[str], peer: str | None, peer_ip: str, generation: int = 1) -> list[str]:
-    return ([f"check {o}" for o in others]
+def every_step(node: str, others: list[str], peer: str | None, peer_ip: str, generation: int = 1,
+               wait: float = 0) -> list[str]:
+    return ([f"check {o}" for o in others] + ([f"wait {wait:g}s"] if wait else [])
             + [f"drain {node} -> " + (f"{peer} {peer_ip}" if peer else "nobody") + " within 1800s"]
             + [f"up --replace {{{node}}}", f"health {node} machine-{node}-{generation} within {HEALTH_S:g}s"])
+
+
+def test_a_node_drains_into_a_replaced_peer_only_once_it_can_have_learnt_its_address(tmp_path, monkeypatch):
+    fleet = Fleet(tmp_path, monkeypatch, nodes=2)
+    assert fleet.run(monkeypatch) == 0
+    # node2 drains into node1, replaced moments ago: it waits the whole refresh period first ...
+    assert fleet.log.index(f"wait {fleet_module.PEER_REFRESH_MAX_S:g}s") == fleet.log.index(
+        "drain node2 -> node1 10.0.1.1 within 1800s") - 1
+    # ... and only what is left of it when time has passed since (a long health check, say).
+    fleet = Fleet(tmp_path / "again", monkeypatch, nodes=2)
+    original = fleet.health
+
+    def slow_health(node, api, seconds):
+        fleet.now += 100
+        return original(node, api, seconds)
+
+    fleet.health = slow_health
+    assert fleet.run(monkeypatch) == 0
+    assert f"wait {fleet_module.PEER_REFRESH_MAX_S - 100:g}s" in fleet.log
+
+
+def test_the_refresh_wait_covers_the_peer_list_timer():
+    timer = (Path(roll.__file__).parent / "bootstrap" / "files" / "kumo-fleet-peers.timer").read_text()
+    minutes = {k: int(v.removesuffix("min")) for k, v in
+               (line.split("=", 1) for line in timer.splitlines() if line.startswith(("OnUnitActiveSec", "Randomized")))}
+    assert fleet_module.PEER_REFRESH_MAX_S > (minutes["OnUnitActiveSec"] + minutes["RandomizedDelaySec"]) * 60
 
 
 def with_urns(fleet: Fleet, steps: list[str]) -> list[str]:
@@ -185,8 +219,9 @@ def test_each_node_in_turn_others_checked_drained_into_the_next_replaced_then_he
         *every_step("node1", ["node2", "node3"], "node2", "10.0.0.2"),
         # node1 is back (its new machine's address), node3 untouched: node2 drains into node3.
         *every_step("node2", ["node1", "node3"], "node3", "10.0.0.3"),
-        # The last drains into the first, at the address its new machine has.
-        *every_step("node3", ["node1", "node2"], "node1", "10.0.1.1"),
+        # The last drains into the first, at the address its new machine has, once the fleet's
+        # peer-list refresh has told it that address (nothing passes on the fake clock but waits).
+        *every_step("node3", ["node1", "node2"], "node1", "10.0.1.1", wait=fleet_module.PEER_REFRESH_MAX_S),
     ])
     out = capsys.readouterr()
     assert out.out == "stack fleet: rolled node1, node2, node3: each drained, its machine replaced, healthy again\n"
