@@ -54,7 +54,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping, Optional, TextIO
 
 from .errors import ConfigError, Problem, shown
-from .fleet import DRAIN_CHECK_TTL_S, DRAIN_REASON, DRAIN_SUSPENSION_DOMAIN, xfer_target_url
+from .fleet import DRAIN_CHECK_TTL_S, DRAIN_REASON, DRAIN_SUSPENSION_DOMAIN, XFER_QUEUE_SUFFIX, xfer_target_url
 from .ports import API_TLS_PORT
 
 
@@ -86,8 +86,6 @@ REXFER_S = 30.0
 # replaced; a drain that was killed leaves it closed this long at most.
 HOLD_S = 24 * 3600.0
 HTTP_TIMEOUT_S = 30.0
-# crates/kumo-api-types/src/xfer.rs XFER_QUEUE_SUFFIX.
-XFER_QUEUE_SUFFIX = ".xfer.kumomta.internal"
 # How every TSA log hook's queue and ready-queue service name end (assets/policy-extras/shaping.lua
 # setup_with_automation: hook_name = '<publish url>.tsa.kumomta', constructor 'make.' .. hook_name).
 TSA_HOOK_SUFFIX = ".tsa.kumomta"

@@ -54,6 +54,11 @@ PEER_REFRESH_MAX_S = (5 + 2 + 1) * 60
 # /api/xfer/inject/v1 of the target URL, crates/kumod/src/xfer): the HTTP listener on HTTP_PORT, which in a
 # fleet listens on every address, trusts loopback and the peers only, and is open in the cloud
 # firewall to the deployment's own nodes only. Plain HTTP inside the deployment's private network.
+# The queue KumoMTA moves a transfer's messages through is named <target URL> + this
+# (crates/kumo-api-types/src/xfer.rs XFER_QUEUE_SUFFIX): drain cancels by it, the policy routes by it.
+XFER_QUEUE_SUFFIX = ".xfer.kumomta.internal"
+
+
 def xfer_target_url(private_ip: str) -> str:
     host = f"[{private_ip}]" if ":" in private_ip else private_ip
     return f"http://{host}:{HTTP_PORT}"

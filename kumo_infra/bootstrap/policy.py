@@ -17,8 +17,8 @@ KumoMTA's source (repository KumoCorp/kumomta); the Lua comments stay short: AWS
 from __future__ import annotations
 
 from ..config import SHAPING_LIMITS, Deployment
-from ..drain import XFER_QUEUE_SUFFIX
-from ..fleet import DRAIN_CHECK_TTL_S, DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH, is_fleet, redis_source
+from ..fleet import (DRAIN_CHECK_TTL_S, DRAIN_SUSPENSION_DOMAIN, FLEET_PEERS_PATH, REDIS_URL_PATH, XFER_QUEUE_SUFFIX,
+                     is_fleet, redis_source)
 from ..ports import API_TLS_PORT, HTTP_PORT, TSA_PORT
 from ..secretspec import (API_PASSWORD_PATH, API_TLS_CERT_PATH, API_TLS_KEY_PATH, API_USER, RELAY_PASSWORD_PATH,
                           secret_specs)
