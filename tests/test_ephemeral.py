@@ -297,6 +297,18 @@ def test_sigterm_during_a_stack_init_that_fails_is_raised_again_not_dropped():
 
 # -- the real CLI's interrupt: a process of its own -----------------------------------------------------
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT as Python handles it by default: KeyboardInterrupt. A Python started as a background job
+    of a non-interactive shell (`pytest ... &`, nohup) inherits SIGINT ignored and then installs no
+    handler (Python's signal module does so only over SIG_DFL): a SIGINT would do nothing, and the
+    up the tests interrupt would run to its end."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_an_interrupt_during_up_lets_pulumi_finish_what_is_in_flight_then_destroys(tmp_path, monkeypatch):
     """A real process (the fake CLI as an executable) up step by step; Ctrl-C while step 1 runs.
     With the library's own PulumiCommand the CLI would get no SIGINT and lose its pipes."""
@@ -330,6 +342,7 @@ def test_an_interrupt_during_up_lets_pulumi_finish_what_is_in_flight_then_destro
                                           if any(n.startswith("KUMO_SECRET_") for n in names)]
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_cli_that_does_not_stop_within_the_grace_is_killed(tmp_path, monkeypatch):
     state_path = tmp_path / "state.json"
     env = fake_pulumi.install(tmp_path / "bin", state_path, fake_pulumi.new_state(up_steps=2, up_step_s=30))
