@@ -527,11 +527,25 @@ def run(args: Any, deps: Optional[Deps] = None) -> int:
     return 0 if result.drained else 1
 
 
+def api_password(deployment: Any, env: Mapping[str, str]) -> str:
+    """The API password from KUMO_API_PASSWORD (never a flag); ConfigError naming the command that
+    prints it, with the operator's own credentials, when unset."""
+    from .secretspec import API_PASSWORD, secret_specs
+
+    password = env.get(PASSWORD_ENV, "")
+    if not password:
+        spec = next(s for s in secret_specs(deployment) if s.key == API_PASSWORD)
+        raise ConfigError(Problem(PASSWORD_ENV, "is not set: export it with the API password, which this prints "
+                                                "(with your own credentials): "
+                                                f"{deployment.target.secrets.read_command(deployment, spec)}"))
+    return password
+
+
 def resolve(args: Any, env: Mapping[str, str], pulumi_command: Any = None) -> tuple[NodeApi, Optional[NodeApi], Optional[str]]:
     """(the node, the peer node or None, the peer URL or None) from the arguments; ConfigError
     (exit 2) for anything wrong, before the node is contacted."""
     from .cli import load_stack
-    from .secretspec import API_PASSWORD, API_USER, secret_specs
+    from .secretspec import API_USER
 
     stack = load_stack(args)
     d = stack.deployment
@@ -547,11 +561,7 @@ def resolve(args: Any, env: Mapping[str, str], pulumi_command: Any = None) -> tu
     peer_index, target_url = _peer(args.to, args.node, stack.plan.nodes)
     if args.to_any_url and target_url is None:
         raise ConfigError(Problem("--to-any-url", "goes with a --to URL (http://HOST:PORT) only"))
-    password = env.get(PASSWORD_ENV, "")
-    if not password:
-        spec = next(s for s in secret_specs(d) if s.key == API_PASSWORD)
-        raise ConfigError(Problem(PASSWORD_ENV, f"is not set: export it with the API password, which this prints "
-                                                f"(with your own credentials): {d.target.secrets.read_command(d, spec)}"))
+    password = api_password(d, env)
     ca_pem = _read_ca(args.api_ca) if args.api_ca else None
     outputs = _stack_outputs(args.stack, pulumi_command) if args.stack is not None else _config_outputs(stack, args)
     nodes, api = outputs.get("nodes"), outputs.get("api")

@@ -404,15 +404,10 @@ def drain_apis(deployment: "Deployment", outputs: Mapping[str, Any],
     """Each node's API as `kumo-infra drain` reaches it (issue 6): its ip_url and the certificate
     from the api output, the API user, the password from KUMO_API_PASSWORD (ConfigError naming
     the command that prints it when unset)."""
-    from .drain import PASSWORD_ENV, NodeApi
-    from .secretspec import API_PASSWORD, API_USER, secret_specs
+    from .drain import NodeApi, api_password
+    from .secretspec import API_USER
 
-    password = (os.environ if env is None else env).get(PASSWORD_ENV, "")
-    if not password:
-        spec = next(s for s in secret_specs(deployment) if s.key == API_PASSWORD)
-        raise ConfigError(Problem(PASSWORD_ENV, "is not set: export it with the API password, which this prints "
-                                                f"(with your own credentials): "
-                                                f"{deployment.target.secrets.read_command(deployment, spec)}"))
+    password = api_password(deployment, os.environ if env is None else env)
     api = outputs.get("api") or {}
     endpoints = api.get("endpoints") if isinstance(api.get("endpoints"), list) else []
     nodes = outputs.get("nodes") or []
